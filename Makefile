@@ -1,0 +1,42 @@
+# tinytrace: `make book` runs the main job, `make test` runs the tests.
+# The environment lives in .venv/ at the root; `make install` creates it when absent.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# pinned first so pip never resolves a multi-GB build on CPU-only machines; override for GPUs
+TORCH_SPEC ?= torch==2.13.0
+DATA   := data/tinytracing
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test book html lab clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+# The main job: build the shipped test set(s), show one example, build the book.
+book: install
+	$(BIN)/tinytrace data build --preset base --num-snippets 1024 --validation-size 0 \
+		--test-size 1024 --seed 0 --no-tokens --out $(DATA)
+	$(BIN)/python -c "from tinytrace.data import load; print(load('$(DATA)', 'base', 'test')[0]['trace'])"
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "open _build/html/index.html"
+
+# Only rebuild the HTML from what is committed.
+html: install
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+lab: install
+	$(BIN)/jupyter lab --allow-root notebooks/
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tinytrace.cli import main
+
+CODE = "a = 5\nif a < 3:\n\tb = a + 1\nc = a - 2\n"
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "tinytrace", *args], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_trace_from_stdin_and_file(tmp_path):
+    r = run_cli("trace", stdin=CODE)
+    assert r.returncode == 0 and r.stdout.endswith("@^$a?5;c?3\n")
+    f = tmp_path / "s.py"
+    f.write_text(CODE)
+    assert run_cli("trace", str(f)).stdout == r.stdout
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["import os; os.mkdir('{m}')", "open('{m}', 'w')", "a = open('{m}', 'w')",
+     "x = __import__('os').mkdir('{m}')", "a.b = open('{m}', 'w')"],
+)
+def test_trace_rejects_code_outside_the_language_before_running(template, tmp_path):
+    marker = tmp_path / "ran"
+    r = run_cli("trace", stdin="x = 1\n" + template.format(m=marker) + "\n")
+    assert r.returncode == 2 and "unsupported" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()  # nothing ran
+
+
+def test_trace_runtime_rejection():
+    r = run_cli("trace", "--value-range", "-9", "9", stdin="a = 5\nb = a + 7\n")
+    assert r.returncode == 1 and "value_range" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["data", "build", "--preset", "nope", "--num-snippets", "5", "--out", "x"], "invalid choice"),
+        (["data", "build", "--preset", "base", "--num-snippets", "-5", "--out", "x"], ">= 0"),
+        (["data", "build", "--preset", "base", "--num-snippets", "5", "--out", "x"], "exceed"),
+        (["data", "build", "--preset", "base", "--num-snippets", "50", "--test-size", "1",
+          "--validation-size", "1", "--set", "max_statements=2", "--out", "x"], "statement range"),
+        (["data", "build", "--preset", "base", "--num-snippets", "50", "--test-size", "1",
+          "--validation-size", "1", "--set", "bogus=2", "--out", "x"], "bogus"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_one_line_exit_2(args, match, tmp_path, capsys):
+    args = [str(tmp_path / a) if a == "x" else a for a in args]
+    with pytest.raises(SystemExit) as e:
+        code = main(args)
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+
+
+def test_data_build_cli(tmp_path):
+    r = run_cli("data", "build", "--preset", "base", "--num-snippets", "300", "--test-size", "100",
+                "--validation-size", "50", "--seed", "1", "--workers", "1", "--quiet",
+                "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "train 150" in r.stdout and (tmp_path / "base" / "test-00000-of-00001.parquet").exists()
+
+
+def test_bench_generate_json():
+    r = run_cli("bench", "generate", "--seconds", "0.2", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for k in ("generate_only", "settrace", "fast", "pipeline", "fast_over_settrace"):
+        assert result[k] > 0
+
+
+def test_trace_does_not_import_torch():
+    r = subprocess.run([sys.executable, "-c",
+                        "import sys; from tinytrace.cli import main; main(['trace', '/dev/null'])"
+                        " if False else None; import tinytrace.cli as c; c.build_parser(['trace']);"
+                        " print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert r.stdout.strip() == "False"

@@ -1,0 +1,176 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tinytrace import tokenizer as tk
+from tinytrace.config import get_preset, sample_pairs
+from tinytrace.data import BuildConfig, build, build_preset, load, token_stream, write_card
+from tinytrace.program import parse
+from tinytrace.tracer import format_example, run, run_settrace
+
+
+def _table(folder: Path, config: str, split: str):
+    import pyarrow as pa
+
+    files = sorted((folder / config).glob(f"{split}-*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    summary = build_preset("base", out, 3000, seed=3, test_size=300, validation_size=200,
+                           workers=1, progress=False, chunk_size=256, shard_rows=1000)
+    return out, summary
+
+
+def test_hub_layout_and_card(built):
+    out, summary = built
+    names = sorted(p.name for p in (out / "base").glob("*.parquet"))
+    assert names == ["test-00000-of-00001.parquet", "train-00000-of-00003.parquet",
+                     "train-00001-of-00003.parquet", "train-00002-of-00003.parquet",
+                     "validation-00000-of-00001.parquet"]
+    card = (out / "README.md").read_text()
+    assert "config_name: base" in card and "path: base/train-*" in card
+    assert "SHA-256" in card and "seed 3" in card
+    assert summary["splits"] == {"train": 2500, "validation": 200, "test": 300}
+    assert json.loads((out / "base" / "build.json").read_text())["build"]["seed"] == 3
+
+
+def test_load_dataset_offline(built):
+    out, _ = built
+    ds = load(out, "base", "test")
+    assert len(ds) == 300
+    cols = set(ds.column_names)
+    assert {"code", "trace", "n_statements", "max_depth", "n_steps", "n_tokens",
+            "operand_pairs", "executed_operand_pairs", "sha256"} <= cols
+    from datasets import load_dataset
+
+    assert len(load_dataset(str(out), "base", split="train")) == 2500
+    with pytest.raises(FileNotFoundError, match="no config 'longer'"):
+        load(out, "longer")
+
+
+def test_every_row_retraces_byte_for_byte(built):
+    out, _ = built
+    t = _table(out, "base", "test").to_pylist()
+    for row in t:
+        lines = parse(row["code"])
+        assert row["trace"] == format_example(lines, run_settrace(row["code"]))
+        assert row["n_tokens"] == len(tk.encode(row["trace"] + "\n\n"))
+        assert 5 <= row["n_statements"] <= 10 and row["max_depth"] <= 2
+
+
+def test_no_snippet_in_two_splits(built):
+    out, _ = built
+    hashes = {s: set(_table(out, "base", s)["sha256"].to_pylist()) for s in ("train", "validation", "test")}
+    assert sum(len(h) for h in hashes.values()) == 3000  # unique within splits too
+    assert not hashes["train"] & hashes["test"] and not hashes["train"] & hashes["validation"]
+    assert not hashes["validation"] & hashes["test"]
+
+
+def test_token_stream_matches_traces(built):
+    out, _ = built
+    stream = token_stream(out, "base", "validation")
+    idx = np.load(out / "base" / "tokens" / "validation.idx.npy")
+    traces = _table(out, "base", "validation")["trace"].to_pylist()
+    assert len(idx) == len(traces) == 200
+    ends = list(idx[1:]) + [len(stream)]
+    for s, e, text in zip(idx, ends, traces):
+        assert tk.decode(stream[s:e].tolist()) == text + "\n\n"
+    assert stream[-1] == tk.EOS_ID
+
+
+def test_seed_determinism_with_1_and_2_workers(tmp_path):
+    a = build_preset("base", tmp_path / "a", 1500, seed=9, test_size=100, validation_size=100,
+                     workers=1, progress=False, chunk_size=128)
+    b = build_preset("base", tmp_path / "b", 1500, seed=9, test_size=100, validation_size=100,
+                     workers=2, progress=False, chunk_size=128)
+    assert a["stats"] == b["stats"]
+    for split in ("train", "validation", "test"):
+        assert _table(tmp_path / "a", "base", split).equals(_table(tmp_path / "b", "base", split))
+    assert (tmp_path / "a/base/tokens/train.bin").read_bytes() == (tmp_path / "b/base/tokens/train.bin").read_bytes()
+
+
+def test_determinism_filter(tmp_path):
+    # a tiny window: only short traces may enter test/validation; train keeps the others
+    s = build_preset("base", tmp_path, 600, seed=1, test_size=50, validation_size=50,
+                     workers=1, progress=False, context=120)
+    for split in ("test", "validation"):
+        assert max(_table(tmp_path, "base", split)["max_step_pair_tokens"].to_pylist()) <= 120
+    assert max(_table(tmp_path, "base", "train")["max_step_pair_tokens"].to_pylist()) > 120
+    s2 = build_preset("base", tmp_path / "strict", 300, seed=1, test_size=50, validation_size=50,
+                      workers=1, progress=False, context=120, deterministic_train=True)
+    assert max(_table(tmp_path / "strict", "base", "train")["max_step_pair_tokens"].to_pylist()) <= 120
+    assert s2["stats"]["nondeterministic"] > 0 and s["stats"]["nondeterministic"] == 0
+
+
+def test_configs_accumulate_in_one_folder(tmp_path):
+    build_preset("base", tmp_path, 120, test_size=60, validation_size=60, workers=1, progress=False)
+    build_preset("longer", tmp_path, 60, test_size=60, validation_size=0, workers=1, progress=False)
+    card = (tmp_path / "README.md").read_text()
+    assert "config_name: base" in card and "config_name: longer" in card
+    assert len(load(tmp_path, "longer", "test")) == 60
+    assert "split: train" not in card  # no empty split is declared
+
+
+def test_pair_datasets(tmp_path):
+    pairs = sample_pairs(50, seed=0)
+    train_cfg = get_preset("base", forbidden_pairs=pairs, exclusion_scope="global")
+    build(BuildConfig(train_cfg, num_snippets=400, test_size=100, validation_size=0,
+                      config_name="global-50"), tmp_path, workers=1, progress=False)
+    test_cfg = get_preset("base", forbidden_pairs=pairs, require_forbidden_pair=True)
+    build(BuildConfig(test_cfg, num_snippets=100, test_size=100, validation_size=0,
+                      config_name="excluded-50"), tmp_path, workers=1, progress=False)
+    from tinytrace.data import cooccurring_pairs
+
+    fs = set(pairs)
+    for row in _table(tmp_path, "global-50", "train").to_pylist():
+        assert not fs & set(cooccurring_pairs(parse(row["code"])))
+    for row in _table(tmp_path, "excluded-50", "test").to_pylist():
+        assert fs & set(row["executed_operand_pairs"])
+
+
+def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
+    import tinytrace.data as data
+
+    calls = {"n": 0}
+    real = data._make_chunk
+
+    def flaky(args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(data, "_make_chunk", flaky)
+    cfg = BuildConfig(get_preset("base"), num_snippets=800, test_size=100, validation_size=100,
+                      chunk_size=128)
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg, tmp_path, workers=1, progress=False)
+    assert not (tmp_path / "base").exists() and (tmp_path / ".base.incomplete").exists()
+    monkeypatch.setattr(data, "_make_chunk", real)
+    build(cfg, tmp_path, workers=1, progress=False)  # rerunning finishes it
+    assert (tmp_path / "base" / "build.json").exists() and not (tmp_path / ".base.incomplete").exists()
+
+
+def test_bad_build_arguments():
+    with pytest.raises(ValueError, match="exceed"):
+        BuildConfig(num_snippets=10, test_size=8, validation_size=8)
+    with pytest.raises(ValueError, match=">= 0"):
+        BuildConfig(num_snippets=-1)
+
+
+def test_push_is_real_but_needs_the_network(built, monkeypatch):
+    from tinytrace.data import push
+
+    with pytest.raises(Exception) as e:  # offline in tests: huggingface_hub refuses
+        push(built[0], "someone/tinytracing", token="hf_fake")
+    assert "offline" in repr(e.value).lower() or "connect" in repr(e.value).lower()
+    with pytest.raises(FileNotFoundError, match="README"):
+        push(built[0] / "base", "someone/x", token="t")

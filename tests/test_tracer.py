@@ -1,0 +1,147 @@
+import multiprocessing as mp
+import random
+
+import pytest
+
+from tinytrace.config import PRESETS
+from tinytrace.generator import Generator
+from tinytrace.program import UnsupportedCode, parse, render
+from tinytrace.tracer import (
+    Rejected, format_example, make_example, max_step_pair_tokens, run, run_settrace, trace,
+)
+
+ISSUE_EXAMPLE = """a = 5
+if a < 3:
+\tb = a + 1
+c = a - 2
+#STEP
+@a = 5$
+if a < 3:
+\tb = a + 1
+c = a - 2
+#STEP
+a = 5
+@if a < 3:$a?5
+\tb = a + 1
+c = a - 2
+#STEP
+a = 5
+if a < 3:
+\tb = a + 1
+@c = a - 2$a?5
+#STEP
+a = 5
+if a < 3:
+\tb = a + 1
+c = a - 2
+@^$a?5;c?3"""
+
+
+def test_format_is_the_authors():
+    assert trace("a = 5\nif a < 3:\n\tb = a + 1\nc = a - 2") == ISSUE_EXAMPLE
+    lines = parse("a = 5\nif a < 3:\n\tb = a + 1\nc = a - 2")
+    assert make_example(lines, run(lines)).text == ISSUE_EXAMPLE
+
+
+def test_state_order_is_first_assignment_at_run_time():
+    code = "b = 1\nif b > 0:\n\tz = 2\na = 3\nz = 4\nb = 5"
+    out = trace(code)
+    assert out.endswith("@^$b?5;z?4;a?3")
+    assert out == format_example(parse(code), run_settrace(code))
+
+
+def _compare(args):
+    """Trace `n` snippets of a preset with both tracers; return (accepted, first mismatch)."""
+    preset, seed, n = args
+    cfg = PRESETS[preset]
+    gen = Generator(cfg)
+    rng = random.Random(seed)
+    vr, cap = cfg.value_range, cfg.max_loop_iterations
+    accepted = 0
+    for _ in range(n):
+        lines = gen.generate(rng)
+        code = render(lines)
+        try:
+            fast = format_example(lines, run(lines, vr, cap))
+        except Rejected as r:
+            try:
+                run_settrace(code, vr, cap)
+                return accepted, ("fast rejected, settrace accepted", code)
+            except Rejected as ref:
+                if ref.reason != r.reason:
+                    return accepted, (f"reasons differ {r.reason} {ref.reason}", code)
+            continue
+        accepted += 1
+        if fast != format_example(lines, run_settrace(code, vr, cap)):
+            return accepted, ("traces differ", code)
+    return accepted, None
+
+
+# >= 10,000 snippets of every preset, rejected ones included (their reasons must agree),
+# split over two processes
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_fast_tracer_equals_settrace(preset):
+    with mp.get_context("fork").Pool(2) as pool:
+        results = pool.map(_compare, [(preset, 2 * i + len(preset), 5_000) for i in range(2)])
+    for accepted, mismatch in results:
+        assert mismatch is None, mismatch
+    assert sum(a for a, _ in results) > 1000
+
+
+def test_control_flow_events():
+    # no line event for `else:`, one per loop test, elif tested only when reached
+    code = "a = 1\nif a > 5:\n\tb = 1\nelif a > 0:\n\tb = 2\nelse:\n\tb = 3\nc = 0\nwhile c < 2:\n\tc = c + 1"
+    lines = parse(code)
+    ex = run(lines)
+    assert [i for i, _ in ex.steps] == [0, 1, 3, 4, 7, 8, 9, 8, 9, 8]
+    assert ex.final == (("a", 1), ("b", 2), ("c", 2))
+    assert format_example(lines, ex) == format_example(lines, run_settrace(code))
+    code2 = "a = 9\nif a < 5:\n\tb = 1\nelse:\n\tb = 3"
+    assert [i for i, _ in run(parse(code2)).steps] == [0, 1, 4]
+
+
+def test_runtime_filters():
+    with pytest.raises(Rejected, match="value_range"):
+        run(parse("a = 90\nb = a + 20"))
+    with pytest.raises(Rejected, match="exception"):
+        run(parse("a = b + 1"))
+    with pytest.raises(Rejected, match="exception"):
+        run(parse("a = 0\nb = 5 // a"))
+    with pytest.raises(Rejected, match="loop_cap"):
+        run(parse("a = 0\nwhile a < 50:\n\ta = a + 1"), max_loop_iterations=10)
+    with pytest.raises(Rejected, match="loop_cap"):
+        run_settrace("a = 0\nwhile a < 5:\n\tb = 1", max_loop_iterations=10)
+    # a read before assignment is fine when that line never runs
+    assert run(parse("a = 1\nif a > 5:\n\tc = z + 1"))
+
+
+@pytest.mark.parametrize(
+    "code, match",
+    [
+        ("import os", "Import"),
+        ("a = len(b)", "unsupported expression"),
+        ("a.b = 1", "assignments"),
+        ("ab = 1", "single letters"),
+        ("a = 'x'", "unsupported expression"),
+        ("a = 1.5", "unsupported expression"),
+        ("def f():\n\treturn 1", "FunctionDef"),
+        ("if a < b < c:\n\td = 1", "condition"),
+        ("a = 1; b = 2", "one statement per line"),
+        ("if a < 1:\n    b = 2", "tab"),
+        ("a = (", "syntax error"),
+        ("", "empty"),
+    ],
+)
+def test_parse_rejects_code_outside_the_language(code, match):
+    with pytest.raises(UnsupportedCode, match=match):
+        parse(code)
+
+
+def test_step_pair_length():
+    lines = parse("a = 1\nb = 2")
+    e = make_example(lines, run(lines))
+    assert sum(e.part_lengths) == len(e.tokens)
+    # pairs are measured from the #STEP opening a block to the end of the next one
+    assert max_step_pair_tokens(e.part_lengths) == max(
+        a + b for a, b in zip(e.part_lengths[1:], e.part_lengths[2:])
+    )

@@ -1,0 +1,55 @@
+"""Command line: ``tinytrace`` / ``python -m tinytrace``.
+
+Each command lives in the module that implements it (``add_cli(subparsers)``); only the module
+of the command being run is imported, so ``tinytrace trace`` never loads torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, function registering the command's parser, one-line help)
+COMMANDS = {
+    "data": ("tinytrace.data_cli", "add_data_cli", "build or push Hub-layout datasets"),
+    "trace": ("tinytrace.data_cli", "add_trace_cli", "trace a snippet (file or stdin)"),
+    "train": ("tinytrace.train", "add_cli", "train a model with Accelerate"),
+    "eval": ("tinytrace.evaluate", "add_cli", "greedy exact-match evaluation of a checkpoint"),
+    "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one clear line on stderr, exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = _Parser(prog="tinytrace", description="TinyTracing companion")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    wanted = argv[0] if argv and not argv[0].startswith("-") else None
+    for name, (module, func, help_) in COMMANDS.items():
+        if wanted in (None, name):
+            getattr(importlib.import_module(module), func)(sub)
+        else:
+            sub.add_parser(name, help=help_)  # listed in --help, not loaded
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"tinytrace {args.command}: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""``tinytrace data build|push`` and ``tinytrace trace`` (no torch import here)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import PRESETS
+
+
+def _positive(kind):
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+        return v
+
+    return parse
+
+
+def add_data_cli(sub) -> None:
+    p = sub.add_parser("data", help="build or push Hub-layout datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,push}")
+    b = dsub.add_parser("build", help="generate, trace, filter, dedup, split and write a config")
+    b.add_argument("--preset", required=True, choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"generator preset: {', '.join(PRESETS)}")
+    b.add_argument("--num-snippets", type=_positive(int), required=True,
+                   help="unique snippets in all splits together")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=_positive(int), default=None, help="default: all cores")
+    b.add_argument("--validation-size", type=_positive(int), default=1024)
+    b.add_argument("--test-size", type=_positive(int), default=1024)
+    b.add_argument("--context", type=_positive(int), default=512,
+                   help="window of the determinism filter, in tokens")
+    b.add_argument("--deterministic-train", action="store_true",
+                   help="apply the determinism filter to train too")
+    b.add_argument("--config-name", default=None, help="config name (default: the preset)")
+    b.add_argument("--no-tokens", action="store_true", help="skip the uint8 token streams")
+    b.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                   help="override a generator field, e.g. --set max_literal=9")
+    b.add_argument("--out", required=True, help="dataset folder (Hub layout)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_build)
+    u = dsub.add_parser("push", help="push a built dataset folder to the Hugging Face Hub")
+    u.add_argument("dir")
+    u.add_argument("--repo-id", required=True, help="ORG/NAME")
+    u.add_argument("--token", default=None, help="default: HF_TOKEN / cached login")
+    u.add_argument("--private", action="store_true")
+    u.add_argument("--include-tokens", action="store_true")
+    u.set_defaults(func=_push)
+
+
+def add_trace_cli(sub) -> None:
+    t = sub.add_parser("trace", help="trace a snippet (file or stdin) and print the example")
+    t.add_argument("file", nargs="?", help="snippet file (default: stdin)")
+    t.add_argument("--max-loop-iterations", type=_positive(int), default=100)
+    t.add_argument("--value-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="reject values outside [LO, HI] (default: no limit)")
+    t.set_defaults(func=_trace)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for item in pairs:
+        if "=" not in item:
+            raise ValueError(f"--set expects FIELD=JSON, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _build(args) -> int:
+    from .config import get_preset
+    from .data import BuildConfig, build
+
+    overrides = _overrides(args.set)
+    try:
+        gen = get_preset(args.preset, **overrides)
+    except TypeError as e:
+        raise ValueError(f"bad --set field: {e}") from None
+    cfg = BuildConfig(
+        gen,
+        num_snippets=args.num_snippets,
+        seed=args.seed,
+        test_size=args.test_size,
+        validation_size=args.validation_size,
+        context=args.context,
+        deterministic_train=args.deterministic_train,
+        config_name=args.config_name,
+        tokens=not args.no_tokens,
+    )
+    summary = build(cfg, args.out, workers=args.workers, progress=not args.quiet)
+    tok = summary["tokens"]
+    print(
+        f"built {args.out}/{summary['config_name']}: "
+        + ", ".join(f"{s} {n}" for s, n in summary["splits"].items() if n)
+        + f" in {summary['seconds']} s ("
+        + ", ".join(f"{s} mean {v['mean_tokens']} tokens" for s, v in tok.items())
+        + ")"
+    )
+    return 0
+
+
+def _push(args) -> int:
+    from .data import push
+
+    try:
+        url = push(args.dir, args.repo_id, token=args.token, private=args.private,
+                   include_tokens=args.include_tokens)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        sys.stderr.write(f"tinytrace data push: error: {type(e).__name__}: {e}\n")
+        return 1
+    print(url)
+    return 0
+
+
+def _trace(args) -> int:
+    from .program import UnsupportedCode, parse
+    from .tracer import Rejected, format_example, run
+
+    if args.file:
+        with open(args.file) as f:
+            code = f.read()
+    else:
+        code = sys.stdin.read()
+    try:
+        lines = parse(code)
+    except UnsupportedCode as e:
+        sys.stderr.write(f"tinytrace trace: unsupported code: {e}\n")
+        return 2
+    vr = tuple(args.value_range) if args.value_range else (-(10**18), 10**18)
+    try:
+        ex = run(lines, vr, args.max_loop_iterations)
+    except Rejected as r:
+        sys.stderr.write(f"tinytrace trace: rejected by the runtime filter: {r.reason}\n")
+        return 1
+    print(format_example(lines, ex))
+    return 0

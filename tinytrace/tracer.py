@@ -1,0 +1,360 @@
+"""Execution traces in the TinyTracing format (paper Sec. 2.1, Fig. 1, App. A).
+
+One example is the snippet, then one block per executed line, then a final block::
+
+    <snippet>
+    #STEP
+    <snippet with the line about to run as `@<tabs><line>$<state>`>
+    ...
+    #STEP
+    <snippet>
+    @^$<final state>
+
+``<state>`` lists the variables bound *before* the line runs as ``name?value`` joined by ``;``
+in the order they were first assigned at run time. Examples are separated by a blank line.
+
+Two engines produce the executed-line sequence: :func:`run` interprets the restricted language
+directly (canonical, fast, independent of the Python version) and :func:`run_settrace` executes
+the snippet under :func:`sys.settrace`, as the paper does (Sec. 2.2), for differential testing.
+Both apply the runtime filters of Sec. 2.2/3.2 and raise :class:`Rejected` with a reason.
+"""
+from __future__ import annotations
+
+import operator
+import sys
+from dataclasses import dataclass
+
+from . import tokenizer as tk
+from .program import ASSIGN, ELIF, ELSE, IF, WHILE, Line, parse
+
+State = tuple  # tuple of (name, value) pairs in first-assignment order
+
+
+class Rejected(Exception):
+    """A runtime filter rejected the snippet; ``reason`` is one of REASONS."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+REASONS = ("value_range", "loop_cap", "exception")
+
+_ARITH = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "//": operator.floordiv,
+    "%": operator.mod,
+}
+_CMP = {
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass
+class Execution:
+    """What ran: ``steps`` = (line index, state before it) per executed line, ``final`` state,
+    and the indices of the executed assignment lines."""
+
+    steps: list[tuple[int, State]]
+    final: State
+
+
+# --- the fast tracer ------------------------------------------------------------------------
+def block_ends(lines: list[Line]) -> list[int]:
+    """For each line, the index of the first later line at the same or a lower indentation
+    (the end of its block, for headers)."""
+    n = len(lines)
+    ends = [n] * n
+    open_: list[int] = []
+    for i, ln in enumerate(lines):
+        ind = ln.indent
+        while open_ and lines[open_[-1]].indent >= ind:
+            ends[open_.pop()] = i
+        open_.append(i)
+    return ends
+
+
+def run(lines: list[Line], value_range=(-99, 99), max_loop_iterations: int = 100) -> Execution:
+    """Interpret a snippet; return the executed lines with the state before each.
+
+    Events follow CPython's line events: one per executed line, one per loop test, none for an
+    ``else:`` line. Runtime filters (Sec. 2.2): a value outside ``value_range`` after any
+    assignment, more than ``max_loop_iterations`` body entries of one ``while`` line, or any
+    exception (a variable read before assignment, division by zero) raise :class:`Rejected`."""
+    lo, hi = value_range
+    n = len(lines)
+    ends = block_ends(lines)
+    env: dict[str, int] = {}
+    steps: list[tuple[int, State]] = []
+    append = steps.append
+    state: State = ()
+    loops: list[int] = []  # active while headers, innermost last
+    counts: dict[int, int] = {}
+    i = 0
+    try:
+        while True:
+            while loops and i >= ends[loops[-1]]:
+                i = loops.pop()  # end of a loop body: back to its test
+            if i >= n:
+                break
+            ln = lines[i]
+            kind = ln.kind
+            if kind == ASSIGN:
+                append((i, state))
+                a = ln.a
+                x = a if a.__class__ is int else env[a]
+                op = ln.op
+                if op is not None:
+                    b = ln.b
+                    y = b if b.__class__ is int else env[b]
+                    if op == "+":
+                        x = x + y
+                    elif op == "-":
+                        x = x - y
+                    else:
+                        x = _ARITH[op](x, y)
+                if x < lo or x > hi:
+                    raise Rejected("value_range")
+                env[ln.target] = x
+                state = tuple(env.items())
+                i += 1
+            elif kind == IF or kind == WHILE:
+                append((i, state))
+                if _test(ln, env):
+                    if kind == WHILE:
+                        c = counts.get(i, 0) + 1
+                        if c > max_loop_iterations:
+                            raise Rejected("loop_cap")
+                        counts[i] = c
+                        loops.append(i)
+                    i += 1
+                    continue
+                # condition false: try the chain's elif tests, then its else body
+                ind = ln.indent
+                i = ends[i]
+                while kind == IF and i < n and lines[i].indent == ind:
+                    nxt = lines[i]
+                    if nxt.kind == ELIF:
+                        append((i, state))
+                        if _test(nxt, env):
+                            i += 1
+                            break
+                        i = ends[i]
+                    elif nxt.kind == ELSE:
+                        i += 1  # CPython emits no line event for `else:`
+                        break
+                    else:
+                        break
+            else:  # reached an elif/else after a taken branch: skip the rest of the chain
+                ind = ln.indent
+                while i < n and lines[i].indent == ind and lines[i].kind in (ELIF, ELSE):
+                    i = ends[i]
+    except KeyError:
+        raise Rejected("exception") from None
+    except ZeroDivisionError:
+        raise Rejected("exception") from None
+    return Execution(steps, state)
+
+
+def _test(ln: Line, env: dict) -> bool:
+    a, b = ln.a, ln.b
+    x = a if a.__class__ is int else env[a]
+    y = b if b.__class__ is int else env[b]
+    op = ln.op
+    if op == "<":
+        return x < y
+    if op == ">":
+        return x > y
+    return _CMP[op](x, y)
+
+
+# --- the reference tracer ---------------------------------------------------------------------
+def run_settrace(code: str, value_range=(-99, 99), max_loop_iterations: int = 100) -> Execution:
+    """Execute ``code`` under :func:`sys.settrace` and record each line event with the
+    variables bound before it (``f_locals`` of the module frame). The code is first parsed
+    with :func:`tinytrace.program.parse`, so only the supported language ever runs."""
+    lines = parse(code)
+    lo, hi = value_range
+    compiled = compile(code, "<snippet>", "exec")
+    body_of = _while_bodies(lines)
+    steps: list[tuple[int, State]] = []
+    loops: dict[int, int] = {}
+    last = [None]
+
+    def snapshot(f_locals) -> State:
+        items = tuple((k, v) for k, v in f_locals.items() if len(k) == 1 and "a" <= k <= "z")
+        for _, v in items:
+            if v < lo or v > hi:
+                raise Rejected("value_range")
+        return items
+
+    def local(frame, event, arg):
+        if event == "line":
+            i = frame.f_lineno - 1
+            steps.append((i, snapshot(frame.f_locals)))
+            prev = last[0]
+            if prev is not None and prev in body_of and i in body_of[prev]:
+                n = loops.get(prev, 0) + 1
+                if n > max_loop_iterations:
+                    raise Rejected("loop_cap")
+                loops[prev] = n
+            last[0] = i
+        return local
+
+    def global_(frame, event, arg):
+        return local if frame.f_code is compiled else None
+
+    env: dict = {"__builtins__": {}}
+    old = sys.gettrace()
+    sys.settrace(global_)
+    try:
+        exec(compiled, env)
+    except Rejected:
+        raise
+    except Exception:
+        raise Rejected("exception") from None
+    finally:
+        sys.settrace(old)
+    return Execution(steps, snapshot(env))
+
+
+def _while_bodies(lines: list[Line]) -> dict[int, set[int]]:
+    """For each ``while`` line, the indices of the lines in its body."""
+    out = {}
+    for i, ln in enumerate(lines):
+        if ln.kind == WHILE:
+            j = i + 1
+            while j < len(lines) and lines[j].indent > ln.indent:
+                j += 1
+            out[i] = set(range(i + 1, j))
+    return out
+
+
+# --- formatting ---------------------------------------------------------------------------------
+# `name?value` text and tokens, precomputed for every name and every value with |v| < 1000
+_PAIR_TEXT: dict[tuple[str, int], str] = {}
+_PAIR_TOKENS: dict[tuple[str, int], bytes] = {}
+_SEMI = bytes([tk.STOI[";"]])
+
+
+def _fill_pair_cache() -> None:
+    q = tk.STOI["?"]
+    for k in tk.LETTERS:
+        kid = tk.STOI[k]
+        for v in range(-999, 1000):
+            _PAIR_TEXT[(k, v)] = f"{k}?{v}"
+            _PAIR_TOKENS[(k, v)] = bytes([kid, q, *tk.int_tokens(v)])
+
+
+def state_text(state: State) -> str:
+    """``a?5;c?3``: the variables in first-assignment order."""
+    try:
+        return ";".join(map(_PAIR_TEXT.__getitem__, state))
+    except KeyError:
+        if not _PAIR_TEXT:
+            _fill_pair_cache()
+            return state_text(state)
+        return ";".join(f"{k}?{v}" for k, v in state)
+
+
+def state_tokens(state: State) -> bytes:
+    try:
+        return _SEMI.join(map(_PAIR_TOKENS.__getitem__, state))
+    except KeyError:
+        if not _PAIR_TOKENS:
+            _fill_pair_cache()
+            return state_tokens(state)
+        return _SEMI.join(bytes([tk.STOI[k], tk.STOI["?"], *tk.int_tokens(v)]) for k, v in state)
+
+
+def format_example(lines: list[Line], ex: Execution) -> str:
+    """The example text (without the blank line that separates examples); plain version of
+    :func:`make_example`, kept as the readable definition of the format."""
+    src = ["\t" * ln.indent + ln.text() for ln in lines]
+    parts = ["\n".join(src)]
+    for i, state in ex.steps:
+        block = src[:i] + ["@" + src[i] + "$" + state_text(state)] + src[i + 1 :]
+        parts.append("\n".join(block))
+    parts.append("\n".join(src) + "\n@^$" + state_text(ex.final))
+    return "\n#STEP\n".join(parts)
+
+
+@dataclass
+class Example:
+    """A traced snippet: its code, the example text (without the separating blank line), its
+    token ids as bytes (ending with the end-of-example token) and the length in tokens of each
+    part: the snippet, then each step block and the final block, each counted with the
+    ``#STEP`` token that opens it (the final one also with the end-of-example token)."""
+
+    code: str
+    text: str
+    tokens: bytes
+    part_lengths: list[int]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+_STEP, _EOS = bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
+_AT, _DOLLAR, _FINAL = bytes([tk.STOI["@"]]), bytes([tk.STOI["$"]]), bytes(
+    [tk.NEWLINE_ID, tk.STOI["@"], tk.STOI["^"], tk.STOI["$"]]
+)
+
+
+def make_example(lines: list[Line], ex: Execution) -> Example:
+    """Text and tokens of an example, assembled from slices of the snippet (fast path)."""
+    src = ["\t" * ln.indent + ln.text() for ln in lines]
+    code = "\n".join(src)
+    code_t = tk.encode_canonical(code)
+    # character and token offsets of each line's start and end within the snippet
+    starts, ends, tstarts, tends = [], [], [], []
+    pos = tpos = 0
+    for s, t in zip(src, code_t.split(tk.NEWLINE_BYTE)):
+        starts.append(pos)
+        tstarts.append(tpos)
+        pos += len(s)
+        tpos += len(t)
+        ends.append(pos)
+        tends.append(tpos)
+        pos += 1
+        tpos += 1
+    cache: dict[int, tuple[str, bytes]] = {}
+    texts = [code]
+    toks = [code_t]
+    lengths = [len(code_t)]
+    for i, state in ex.steps:
+        c = cache.get(id(state))
+        if c is None:
+            c = cache[id(state)] = (state_text(state), state_tokens(state))
+        s, e, ts, te = starts[i], ends[i], tstarts[i], tends[i]
+        texts.append("".join((code[:s], "@", code[s:e], "$", c[0], code[e:])))
+        block = b"".join((_STEP, code_t[:ts], _AT, code_t[ts:te], _DOLLAR, c[1], code_t[te:]))
+        toks.append(block)
+        lengths.append(len(block))
+    final = b"".join((_STEP, code_t, _FINAL, state_tokens(ex.final), _EOS))
+    texts.append(code + "\n@^$" + state_text(ex.final))
+    toks.append(final)
+    lengths.append(len(final))
+    return Example(code, "\n#STEP\n".join(texts), b"".join(toks), lengths)
+
+
+def max_step_pair_tokens(part_lengths: list[int]) -> int:
+    """Longest span the evaluator must hold at once: two consecutive step blocks, from the
+    ``#STEP`` opening the first to the token ending the second (the next ``#STEP`` excluded,
+    the end-of-example token included), as the authors' determinism filter measures it
+    (Sec. 2.2, C.5)."""
+    return max(a + b for a, b in zip(part_lengths[1:], part_lengths[2:]))
+
+
+def trace(code: str, value_range=(-99, 99), max_loop_iterations: int = 100) -> str:
+    """Trace a snippet given as text (parsed first: nothing outside the language runs)."""
+    lines = parse(code)
+    return format_example(lines, run(lines, value_range, max_loop_iterations))
