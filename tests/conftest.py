@@ -16,3 +16,16 @@ def _hf_home(tmp_path_factory, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # tiny models gain nothing from threads; oversubscribed cores lose a lot
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """One experiment cache for the whole session: the smoke-scale base model is trained once
+    and reused by the experiment tests and the notebook runs."""
+    return tmp_path_factory.mktemp("smoke-cache")

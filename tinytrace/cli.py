@@ -16,6 +16,9 @@ COMMANDS = {
     "train": ("tinytrace.train", "add_cli", "train a model with Accelerate"),
     "eval": ("tinytrace.evaluate", "add_cli", "greedy exact-match evaluation of a checkpoint"),
     "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
+    "sft": ("tinytrace.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
+    "experiment": ("tinytrace.experiments", "add_cli", "run one of the paper's experiments"),
+    "notebooks": ("tinytrace.notebooks", "add_cli", "execute the section notebooks with papermill"),
 }
 
 

@@ -1,0 +1,224 @@
+"""tinytrace.evaluate: sliding window, cached == uncached == one-at-a-time greedy, metrics, CLI."""
+import argparse
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tinytrace import tokenizer as tk
+from tinytrace.cli import main
+from tinytrace.data import build_preset, load
+from tinytrace.evaluate import (
+    Record, bench_eval, evaluate, final_state, first_wrong, fit_window, greedy_generate, make_records,
+    restart_offset, teacher_forced, tf_metrics,
+)
+from tinytrace.model import GPT, get_model_config, save_checkpoint
+
+S = tk.STEP_ID
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    build_preset("base", d, 300, test_size=40, validation_size=0, workers=1, progress=False, tokens=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def rows(data_dir, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf")))
+        return [dict(r) for r in load(data_dir, "base", "test")]
+
+
+class Teacher(torch.nn.Module):
+    """Replays known token sequences: finds where a window occurs (longest prefix match) and
+    predicts the true next tokens; remembers every window it was shown."""
+
+    def __init__(self, seqs, block_size):
+        super().__init__()
+        self.config = SimpleNamespace(block_size=block_size)
+        self.seqs = [np.asarray(s) for s in seqs]
+        self.windows = []
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, len(tk.VOCAB))
+        for b, row in enumerate(idx.numpy()):
+            row = row[: int((row != tk.PAD_ID).sum())]  # right padding; PAD never occurs in traces
+            self.windows.append(row.tolist())
+            best = (-1, None, 0)
+            for s in self.seqs:
+                for o in np.flatnonzero(s == row[0]):
+                    seg = s[o: o + len(row)]
+                    eq = seg == row[: len(seg)]
+                    m = len(seg) if eq.all() else int(eq.argmin())
+                    if m > best[0]:
+                        best = (m, s, o)
+            m, s, o = best
+            nxt = s[o + 1: o + m + 1]
+            logits[b, np.arange(len(nxt)), nxt] = 1.0
+        return logits, None
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return GPT(get_model_config("tiny", **kw)).eval()
+
+
+def test_restart_rule():
+    w = [5, S, 7, 8, S, 9, 9, S, 6]
+    assert restart_offset(w, 8) == 4  # the #STEP opening the previous block
+    assert fit_window(w, 0, 8) == 4 and fit_window(w, 0, 9) == 0
+    assert restart_offset([S, 7, 7, 7, S, 6], 5) == 4  # previous block at 0: the last #STEP
+    assert restart_offset([7] * 10, 8) == 6  # no #STEP at all: keep the newest half
+    assert len(w) - fit_window(w, 0, 2) <= 2
+
+
+def test_records_and_metric_helpers(rows):
+    recs = make_records(rows, 3)
+    r = recs[0]
+    assert r.prompt == rows[0]["code"] + "\n#STEP\n" and r.target.endswith("\n\n")
+    assert tk.decode(r.prompt_ids + r.target_ids) == rows[0]["trace"] + "\n\n"
+    t = r.target_ids
+    assert first_wrong(t, t) is None
+    k = t.index(S, t.index(S) + 1) + 3  # third token of block 3
+    bad = t[:k] + [tk.STOI["z"]] + t[k + 1:]
+    assert first_wrong(bad, t) == (k, 3, 0)
+    last = len(t) - 1 - t[::-1].index(S)
+    assert first_wrong(t[:-1], t) == (len(t) - 1, t.count(S) + 1, t[last + 1: -1].count(tk.NEWLINE_ID))
+    fs = final_state(t)
+    assert fs == tk.encode(rows[0]["trace"].rsplit("@^$", 1)[1])
+    assert final_state(t[:5]) is None
+    m = tf_metrics(t, np.asarray(t))
+    assert m["blocks"] == m["blocks_ok"] == t.count(S) + 1 and m["state_ok"] == m["state_tokens"] > 0
+    m = tf_metrics(t, np.asarray(bad))
+    assert m["blocks_ok"] == m["blocks"] - 1
+    with pytest.raises(ValueError):
+        make_records([{"code": "a = 1", "trace": "b = 1\n#STEP\n"}])
+
+
+def test_teacher_exact_match_with_window_restarts(rows):
+    """A model that replays the truth gets every metric at 1.0, through window restarts that
+    always start at a #STEP token."""
+    bs = 160
+    pick = [r for r in rows if r["max_step_pair_tokens"] <= bs and r["n_tokens"] > 1.5 * bs][:3]
+    assert len(pick) == 3
+    recs = make_records(pick)
+    teacher = Teacher([r.prompt_ids + r.target_ids for r in recs], bs)
+    df, summary = evaluate(teacher, recs, batch_size=2, use_cache=False, max_len_factor=1.0)
+    assert summary["n"] == 3 and summary["exact_match"] == 1.0 and df["correct"].all()
+    assert summary["step_em_tf"] == summary["final_state_match"] == summary["state_token_acc"] == 1.0
+    assert summary["window_restarts"] > 0
+    prompts = {tuple(r.prompt_ids[:8]) for r in recs}
+    assert all(len(w) <= bs for w in teacher.windows)
+    assert all(w[0] == S or tuple(w[:8]) in prompts for w in teacher.windows)
+    assert sum(w[0] == S for w in teacher.windows) > 0
+    assert df["first_wrong_step"].isna().all()
+
+
+def test_exact_match_counts_a_single_wrong_token(rows):
+    recs = make_records(rows[:2])
+    seqs = [r.prompt_ids + r.target_ids for r in recs]
+    t = recs[0].target_ids
+    k = t.index(S, t.index(S) + 1) + 1  # first token of block 3
+    k = next(i for i in range(k, len(t)) if tk.VOCAB[t[i]].isdigit())
+    wrong = list(seqs[0])
+    wrong[len(recs[0].prompt_ids) + k] = tk.STOI[str((int(tk.VOCAB[t[k]]) + 1) % 10)]
+    teacher = Teacher([wrong, seqs[1]], 512)
+    df, summary = evaluate(teacher, recs, batch_size=2, use_cache=False)
+    assert summary["exact_match"] == 0.5 and df["correct"].tolist() == [False, True]
+    row = df.iloc[0]
+    line = t[t.index(S, t.index(S) + 1) + 1: k].count(tk.NEWLINE_ID)
+    assert (row.first_wrong_token, row.first_wrong_step, row.first_wrong_line) == (k, 3, line)
+    assert 0 < summary["step_em_tf"] < 1 and row.finished
+
+
+@pytest.mark.parametrize("pe", ["ape", "rpe", "rpb"])
+def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
+    """Random tiny model, window of 64 tokens: batched cached == batched re-encoding ==
+    one-at-a-time greedy, through window restarts; teacher forcing on the model's own outputs
+    (same windows) predicts them exactly."""
+    m = tiny(block_size=64, pe=pe, rpe_clip=16, rpb_max_distance=32, rpb_buckets=8)
+    recs = [r for r in make_records(rows) if len(r.prompt_ids) < 60][:4]
+    prompts = [r.prompt_ids for r in recs]
+    max_new = [90, 110, 70, 100][: len(prompts)]
+    cached, st = greedy_generate(m, prompts, max_new, stop_at_eos=False, sync_every=3)
+    uncached, su = greedy_generate(m, prompts, max_new, use_cache=False, stop_at_eos=False)
+    single = [greedy_generate(m, [p], [n], stop_at_eos=False)[0][0] for p, n in zip(prompts, max_new)]
+    assert cached == uncached == single
+    assert [len(o) for o in cached] == max_new and st == su and st["restarts"] > 0
+    own = [Record("", "", p, o) for p, o in zip(prompts, cached)]
+    preds = teacher_forced(m, own, batch_size=3)
+    assert all(np.array_equal(p, o) for p, o in zip(preds, cached))
+
+
+def test_sliding_window_equals_full_context_while_it_fits(rows):
+    m = tiny()
+    prompts = [r.prompt_ids for r in make_records(rows[:2])]
+    out, st = greedy_generate(m, prompts, [40, 40], stop_at_eos=False)
+    assert st["restarts"] == 0
+    for p, o in zip(prompts, out):
+        x = torch.tensor([p])
+        with torch.no_grad():
+            for _ in range(40):
+                x = torch.cat([x, m(x)[0][:, -1].argmax(-1, keepdim=True)], 1)
+        assert x[0, len(p):].tolist() == o
+
+
+class EOSAfter7(GPT):
+    """Random tiny GPT that always emits EOS after token 7."""
+
+    def forward(self, idx, targets=None, **kw):
+        logits, loss = super().forward(idx, targets, **kw)
+        return logits + 100.0 * (idx == 7)[..., None] * torch.nn.functional.one_hot(
+            torch.tensor(tk.EOS_ID), logits.size(-1)), loss
+
+
+def test_eos_stops_rows():
+    torch.manual_seed(1)
+    m = EOSAfter7(get_model_config("tiny")).eval()
+    prompts = [[3, 4, 7], [3, 4, 5], [9, 9], [12, 13, 14]]
+    outs, st = greedy_generate(m, prompts, [30] * 4, sync_every=4)
+    ref, _ = greedy_generate(m, prompts, [30] * 4, use_cache=False)
+    assert outs == ref and outs[0] == [tk.EOS_ID]
+    for o in outs:
+        assert o.count(tk.EOS_ID) <= 1 and (o[-1] == tk.EOS_ID or len(o) == 30)
+        assert 7 not in o or o[o.index(7) + 1] == tk.EOS_ID
+    assert st["generated_tokens"] == sum(map(len, outs))
+
+
+def test_cli_eval_json(tmp_path, data_dir, capsys):
+    save_checkpoint(tiny(), tmp_path / "run")
+    args = ["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(data_dir), "--config", "base",
+            "--split", "test", "--limit", "2", "--batch-size", "2", "--max-len-factor", "0.2",
+            "--json", "--out", str(tmp_path / "res")]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 2 and res["exact_match"] == 0.0 and "step_em_tf" in res
+    assert (tmp_path / "res" / "records.jsonl").read_text().count("\n") == 2
+    assert json.loads((tmp_path / "res" / "summary.json").read_text())["model"]["n_layer"] == 2
+    cfg = tmp_path / "run" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"z"', '"Z"'))
+    assert main(args) == 2
+    assert "vocab" in capsys.readouterr().err
+
+
+def test_bench_eval(data_dir, capsys):
+    args = argparse.Namespace(json=True, model="tiny", checkpoint=None, limit=3, batch_size=2,
+                              device="cpu", data=str(data_dir), config="base", max_new_tokens=24)
+    assert bench_eval(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["outputs_equal"] and res["generated_tokens"] == 72 and res["speedup"] > 0
+    with pytest.raises(ValueError):
+        bench_eval(argparse.Namespace(**{**vars(args), "limit": 0}))

@@ -1,0 +1,264 @@
+"""tinytrace.train: schedule, windows, resume, CLI, 2-process launch, and a real learning run."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tinytrace import train as T
+from tinytrace.data import build_preset, load, token_stream
+from tinytrace.model import get_model_config, load_checkpoint
+
+# Straight-line snippets with few variables and small values: learnable in seconds on a CPU.
+SIMPLE = dict(min_statements=2, max_statements=3, max_depth=0, variables="ab", max_literal=4,
+              value_range=(-4, 4))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    build_preset("base", d, 600, test_size=32, validation_size=32, workers=1, progress=False,
+                 generator_overrides=SIMPLE, config_name="simple")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one thread is as fast, and far faster when the other core is busy.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny(**kw):
+    return get_model_config("tiny", block_size=32, **kw)
+
+
+def _cfg(**kw):
+    base = dict(epochs=4, batch_size=4, micro_batch_size=2, block_size=32, log_every=1,
+                val_windows=0, lr_peak=3e-3, lr_min=3e-4)
+    base.update(kw)
+    return T.get_train_config("smoke", **base)
+
+
+def _weights(run):
+    return {k: v.clone() for k, v in load_checkpoint(run).state_dict().items()}
+
+
+def _log(run):
+    return [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+
+
+# --- schedule ----------------------------------------------------------------------------------
+def test_schedule_key_steps():
+    n = 1000  # phase 1: steps 0..499 (warmup 0..49), phase 2: 500..999 (warmup 500..549)
+    lr = lambda s: T.lr_at(s, n)  # noqa: E731
+    assert lr(0) == pytest.approx(1e-4)
+    assert lr(25) == pytest.approx(5.5e-4)  # halfway up the warmup
+    assert lr(50) == pytest.approx(1e-3)  # end of warmup: the peak
+    assert lr(275) == pytest.approx(5.5e-4)  # middle of the cosine
+    assert lr(499) == pytest.approx(1e-4, rel=1e-3)  # end of phase 1: back to the start
+    assert lr(500) == pytest.approx(1e-5)  # phase 2: everything x0.1
+    assert lr(550) == pytest.approx(1e-4)
+    assert lr(999) == pytest.approx(1e-5, rel=1e-3)
+    assert lr(1000) == pytest.approx(1e-5)
+    assert max(lr(s) for s in range(n)) == pytest.approx(1e-3)
+    # a single phase, and the LambdaLR that drives the optimizer
+    assert T.lr_at(100, 100, phase1_frac=1.0) == pytest.approx(1e-4)
+    tc = T.get_train_config("paper")
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr_peak)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(tc, n))
+    for s in range(n):
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr(s))
+        opt.step()
+        sched.step()
+
+
+def test_epoch_length_and_batch_plan():
+    # paper: 933M tokens, 512 x 512 tokens per step -> 3559 steps per epoch
+    assert T.steps_per_epoch(933_000_000, 512, 512) == 3559
+    assert T.steps_per_epoch(10_000, 4, 32) == 78
+    assert T.steps_per_epoch(10, 512, 512) == 1
+    assert T.batch_plan(512, 64, 4) == (128, 64, 2)
+    assert T.batch_plan(512, None, 1) == (512, 512, 1)
+    assert T.batch_plan(8, 64, 2) == (4, 4, 1)
+    with pytest.raises(ValueError):
+        T.batch_plan(6, None, 4)
+    with pytest.raises(ValueError):
+        T.batch_plan(12, 5, 1)
+    with pytest.raises(ValueError):
+        T.TrainConfig(lr_min=1e-2, lr_peak=1e-3)
+
+
+def test_window_sampling():
+    tokens = np.arange(1000, dtype=np.int64).astype(np.uint8)  # wraps, content is checked below
+    s = T.WindowSampler(tokens, block_size=16, batch_size=8, seed=3)
+    a, b = s.offsets(5), s.offsets(5)
+    assert np.array_equal(a, b)  # reproducible from (seed, step)
+    assert not np.array_equal(s.offsets(5), s.offsets(6))
+    assert not np.array_equal(a, T.WindowSampler(tokens, 16, 8, seed=4).offsets(5))
+    offs = np.concatenate([s.offsets(i) for i in range(500)])
+    assert offs.min() >= 0 and offs.max() <= len(tokens) - 17  # window + 1 target fit
+    assert offs.max() > len(tokens) - 60  # the whole stream is reachable
+    # ranks: disjoint slices of one global draw, so the data does not depend on the world size
+    r0, r1 = s.local_offsets(5, 0, 2), s.local_offsets(5, 1, 2)
+    assert np.array_equal(np.concatenate([r0, r1]), a)
+    x, y = s.windows(a)
+    assert x.shape == y.shape == (8, 16) and x.dtype == torch.long
+    for i, o in enumerate(a):
+        assert x[i].tolist() == tokens[o:o + 16].tolist()
+        assert y[i].tolist() == tokens[o + 1:o + 17].tolist()
+    with pytest.raises(ValueError):
+        T.WindowSampler(tokens[:10], block_size=16, batch_size=1)
+
+
+# --- runs --------------------------------------------------------------------------------------
+def test_resume_equivalence(data_dir, tmp_path):
+    mc = _tiny(dropout=0.1)  # dropout: the resumed run also needs the RNG state
+    full, half = tmp_path / "full", tmp_path / "half"
+    s_full = T.train(_cfg(max_steps=8), mc, data_dir, "simple", full, progress=False)
+    s1 = T.train(_cfg(max_steps=4), mc, data_dir, "simple", half, progress=False)
+    assert s1["step"] == 4 and load_checkpoint(half) is not None
+    with pytest.raises(ValueError, match="already holds a run"):
+        T.train(_cfg(max_steps=8), mc, data_dir, "simple", half, progress=False)
+    with pytest.raises(ValueError, match="lr_peak"):
+        T.train(_cfg(max_steps=8, lr_peak=1e-2), mc, data_dir, "simple", half, resume=True)
+    s2 = T.train(_cfg(max_steps=8), mc, data_dir, "simple", half, resume=True, progress=False)
+    assert s2["start_step"] == 4 and s2["step"] == 8
+    assert s2["loss"] == pytest.approx(s_full["loss"], rel=1e-5)
+    wf, wh = _weights(full), _weights(half)
+    assert wf.keys() == wh.keys()
+    for k in wf:
+        torch.testing.assert_close(wh[k], wf[k], rtol=1e-5, atol=1e-6)
+    losses = lambda run: [r["loss"] for r in _log(run) if r["event"] == "step"]  # noqa: E731
+    assert losses(half) == pytest.approx(losses(full), rel=1e-5)
+    run = json.loads((half / "run.json").read_text())
+    assert run["resumes"][0]["step"] == 4 and run["seed"] == 0
+    assert {"torch", "accelerate"} <= set(run["env"]["libraries"]) and "git_commit" in run["env"]
+    trainer = json.loads((half / "state" / "trainer.json").read_text())
+    assert trainer["step"] == 8
+    assert json.loads((half / "config.json").read_text())["step"] == 8
+
+
+def test_epochs_callbacks_validation(data_dir, tmp_path):
+    n_tokens = len(token_stream(data_dir, "simple", "train"))
+    tc = _cfg(epochs=2, batch_size=32, micro_batch_size=None, val_windows=8, log_every=5)
+    spe = T.steps_per_epoch(n_tokens, 32, 32)
+    seen = []
+
+    def cb(epoch, model, accelerator, record):
+        assert not model.training and "val_loss" in record
+        seen.append((epoch, record["step"]))
+        return {"my_metric": epoch * 10}
+
+    out = tmp_path / "run"
+    s = T.train(tc, _tiny(), data_dir, "simple", out, callbacks=[cb], progress=False)
+    assert seen == [(1, spe), (2, 2 * spe)]
+    assert s["step"] == s["total_steps"] == 2 * spe
+    epochs = [r for r in _log(out) if r["event"] == "epoch"]
+    assert [r["my_metric"] for r in epochs] == [10, 20]
+    assert all(math.isfinite(r["val_loss"]) for r in epochs)
+    assert epochs[1]["val_loss"] < epochs[0]["val_loss"] + 0.5
+    steps = [r for r in _log(out) if r["event"] == "step"]
+    assert steps[-1]["loss"] < steps[0]["loss"]  # it learns something
+    assert all(r["tokens_per_s"] > 0 for r in steps)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["epoch"] == 2 and meta["step"] == 2 * spe
+
+
+def test_cli_smoke(data_dir, tmp_path):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "tinytrace", "train", "--data", str(data_dir), "--config",
+            "simple", "--out", str(out)]
+    args = ["--model", "tiny", "--batch-size", "4", "--block-size", "32", "--no-progress"]
+    r = subprocess.run(base + args + ["--max-steps", "3"], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 3
+    for f in ("model.safetensors", "config.json", "log.jsonl", "run.json", "state/trainer.json"):
+        assert (out / f).exists(), f
+    assert load_checkpoint(out).config.n_layer == get_model_config("tiny").n_layer
+    assert [r["step"] for r in _log(out) if r["event"] == "step"] == [3]  # paper preset: every 10
+    # --resume continues with the saved configuration
+    r = subprocess.run(base + ["--resume", "--max-steps", "5", "--no-progress"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["start_step"], summary["step"]) == (3, 5)
+
+
+
+def test_cli_bad_input(data_dir, tmp_path, capsys):
+    from tinytrace.cli import main
+
+    rc = main(["train", "--data", str(data_dir), "--config", "simple", "--out", str(tmp_path / "bad"),
+               "--model", "tiny", "--batch-size", "6", "--micro-batch-size", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "micro_batch_size" in err and len(err.strip().splitlines()) == 1
+    rc = main(["train", "--data", str(data_dir), "--config", "nope", "--out", str(tmp_path / "bad2"),
+               "--model", "tiny", "--no-progress"])
+    assert rc == 2 and "nope" in capsys.readouterr().err
+
+
+def test_bench_train(capsys):
+    T.bench_train(Namespace(model="tiny", steps=2, batch_size=2, micro_batch_size=1, json=True,
+                            compile=False, device="cpu"))
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for k in ("params", "tokens_per_s", "mfu", "device", "flops_per_token"):
+        assert k in out
+    assert out["tokens_per_s"] > 0 and out["accumulation_steps"] == 2 and out["mfu"] is None
+    assert T.peak_flops("NVIDIA H100 80GB HBM3") == 798e12 and T.peak_flops("cpu") is None
+    with pytest.raises(ValueError):
+        T.measure_train_throughput(steps=0)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_launch(data_dir, tmp_path):
+    """`accelerate launch` with 2 CPU processes (MULTI_CPU, gloo) equals 1 process: each rank
+    takes half of the same global batch and DDP averages the gradients."""
+    train_args = ["train", "--data", str(data_dir), "--config", "simple", "--model", "tiny",
+                  "--batch-size", "4", "--block-size", "32", "--max-steps", "4", "--log-every", "1",
+                  "--no-progress", "--model-arg", "block_size=32"]
+    two = tmp_path / "two"
+    cmd = ["timeout", "300", sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+           "--main_process_port", str(_free_port()), "-m", "tinytrace"]
+    t0 = time.time()
+    r = subprocess.run(cmd + train_args + ["--out", str(two)], capture_output=True, text=True,
+                       env=_env(), timeout=330)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert time.time() - t0 < 300
+    start = [x for x in _log(two) if x["event"] == "start"][0]
+    assert start["num_processes"] == 2
+    one = tmp_path / "one"
+    r = subprocess.run([sys.executable, "-m", "tinytrace"] + train_args + ["--out", str(one)],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    l1 = [x["loss"] for x in _log(one) if x["event"] == "step"]
+    l2 = [x["loss"] for x in _log(two) if x["event"] == "step"]
+    assert len(l2) == 4 and l2 == pytest.approx(l1, rel=1e-4)
+    w1, w2 = _weights(one), _weights(two)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
