@@ -6,9 +6,12 @@ BIN    := $(VENV)/bin
 # pinned first so pip never resolves a multi-GB build on CPU-only machines; override for GPUs
 TORCH_SPEC ?= torch==2.13.0
 DATA   := data/tinytracing
+# scale of the notebook runs: gpu when a CUDA device is visible, else cpu; JOBS notebooks at once
+SCALE  ?= $(shell $(BIN)/python -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+JOBS   ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test book html lab clean
+.PHONY: install test book html lab clean notebooks
 
 install: $(VENV)/.installed
 
@@ -23,16 +26,23 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 test: install
 	$(BIN)/python -m pytest
 
-# The main job: build the shipped test set(s), show one example, build the book.
+# The main job: build the shipped test set, show one example, run every section notebook at
+# $(SCALE) into book/sections/ (a progress line per notebook), regenerate the pages, build the book.
 book: install
 	$(BIN)/tinytrace data build --preset base --num-snippets 1024 --validation-size 0 \
 		--test-size 1024 --seed 0 --no-tokens --out $(DATA)
 	$(BIN)/python -c "from tinytrace.data import load; print(load('$(DATA)', 'base', 'test')[0]['trace'])"
+	$(BIN)/tinytrace notebooks run --scale $(SCALE) --jobs $(JOBS)
+	$(BIN)/tinytrace notebooks pages
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "open _build/html/index.html"
 
+notebooks: install
+	$(BIN)/tinytrace notebooks run --scale $(SCALE) --jobs $(JOBS)
+
 # Only rebuild the HTML from what is committed.
 html: install
+	$(BIN)/tinytrace notebooks pages
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 lab: install

@@ -398,6 +398,9 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
             raise ValueError(f"cannot resume {out}: {', '.join(bad)} differ from the saved run")
 
     acc = accelerator or make_accelerator(tc, log_with, out)
+    if acc.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside bf16 autocast
+        torch.backends.cudnn.allow_tf32 = True
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     per, micro, accum = batch_plan(tc.batch_size, tc.micro_batch_size, world)
     acc.gradient_accumulation_steps = accum
@@ -538,13 +541,16 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
                 if isinstance(extra, dict):
                     rec.update(extra)
             model.train()
-            rec["elapsed_s"] = elapsed0 + time.perf_counter() - t0
+            t_log = time.perf_counter()  # tokens/s measures training, not evaluation or saving
+            rec["elapsed_s"] = elapsed0 + t_log - t0
             if main:
                 _append_jsonl(out / "log.jsonl", rec)
             if acc.log_with:
                 acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
         elif (tc.save_every and step % tc.save_every == 0) or step == stop:
             save(step / spe)
+            if step_log == step:
+                t_log = time.perf_counter()
     pbar.close()
     seconds = time.perf_counter() - t0
     if step == start_step and not (out / "model.safetensors").exists():

@@ -1,0 +1,280 @@
+"""The section notebooks and their papermill runner (issue 5).
+
+Committed notebooks are clean and parameterized; every one executes at smoke scale through
+``tinytrace notebooks run`` and writes its results JSON; a failing notebook is reported with its
+cell and never replaces a good earlier result; several jobs spread over GPUs and wait for the
+section that builds the shared base model.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tinytrace import notebooks as nbm
+from tinytrace.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REQUIRED_PARAMS = {"scale", "seed", "cache_dir", "device", "results_dir"}
+
+
+def _read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def _param_cells(nb):
+    return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def test_registry_matches_the_notebooks():
+    assert [p.stem for p in SOURCES] == list(nbm.NOTEBOOKS)
+    assert set(nbm.discover()) == set(nbm.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_committed_without_outputs(path):
+    nb = _read(path)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert "papermill" not in nb.metadata and "tinytrace" not in nb.metadata
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a cell has outputs"
+            assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
+            ast.parse(cell.source)  # plain Python: runs in Colab, papermill and as a script
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    assert "Sec." in first.source.split("\n\n")[1]  # the paper section, right under the title
+    assert f"colab.research.google.com/github/tinytrace/tinytrace/blob/main/notebooks/{path.name}" in first.source
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_one_parameters_cell_of_plain_literals(path):
+    nb = _read(path)
+    cells = _param_cells(nb)
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged parameters"
+    names = {}
+    for stmt in ast.parse(cells[0].source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.unparse(stmt)
+        names[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # raises unless a literal
+    assert REQUIRED_PARAMS <= set(names)
+    assert names["scale"] in ("smoke", "cpu", "gpu", "paper") and names["device"] is None
+    # the next code cell installs the package in Colab only, then shows scale and hardware
+    idx = nb.cells.index(cells[0])
+    setup = nb.cells[idx + 1].source
+    assert 'if "google.colab" in sys.modules' in setup and "pip" in setup
+    assert "nb.banner(scale, hardware, seed)" in setup
+    body = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert f'nb.write_results_json("{path.stem}"' in body
+    if path.stem != "01_task_and_generator":
+        assert "nb.comparison(" in body  # the paper-vs-ours table from tinytrace.paper.compare
+
+
+# --- the smoke batch: every notebook through `tinytrace notebooks run` ----------------------------
+@pytest.fixture(scope="module")
+def smoke_batch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sections")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytrace", "notebooks", "run", "--scale", "smoke", "--out",
+         str(out), "--cache-dir", str(out / "cache"), "--jobs", "2"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    return out, proc, time.perf_counter() - t0
+
+
+def test_smoke_batch_succeeds(smoke_batch):
+    out, proc, seconds = smoke_batch
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for stem in nbm.NOTEBOOKS:
+        assert f"{stem}: ok in" in proc.stdout  # one progress line per notebook, with its time
+    assert "6 ok, 0 failed" in proc.stdout
+    print(f"smoke batch: {seconds:.0f}s")
+
+
+@pytest.mark.parametrize("stem", list(nbm.NOTEBOOKS))
+def test_smoke_notebook_outputs(smoke_batch, stem):
+    out, proc, _ = smoke_batch
+    executed, result = out / f"{stem}.ipynb", out / f"{stem}.json"
+    assert executed.exists() and result.exists(), proc.stdout + proc.stderr
+    assert str(ROOT) not in executed.read_text() + result.read_text()  # no local paths
+    nb = _read(executed)
+    assert nb.metadata["tinytrace"]["scale"] == "smoke"
+    assert nb.metadata["papermill"]["parameters"]["scale"] == "smoke"
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = json.dumps([o.get("data", {}).get("text/markdown", "") for o in outputs])
+    assert "**Scale:** `smoke`" in text and "hardware:" in text and "scaled-down task" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+    doc = json.loads(result.read_text())
+    assert doc["notebook"] == stem and doc["scale"] == "smoke" and doc["seed"] == 0
+    assert doc["hardware"].startswith(("CPU: ", "GPU: ")) and doc["date"]
+    assert doc["paper_vs_ours"] and doc["results"]
+    for row in doc["paper_vs_ours"]:
+        assert {"what", "section", "paper", "this run", "scale"} <= set(row)
+        assert row["scale"] == "smoke"
+    for experiment in nbm.NOTEBOOKS[stem].experiments:
+        rows = doc["results"][experiment]
+        assert rows and {"exact_match", "test_set", "scale", "hardware"} <= set(rows[0])
+    assert not list(out.glob(f".{stem}.*")), "leftovers of a successful run"
+
+
+def test_results_page_from_smoke_batch(smoke_batch, tmp_path):
+    out, _, _ = smoke_batch
+    page = nbm.write_results_page(out, tmp_path / "results.md").read_text()
+    assert "not run yet" not in page
+    assert page.count("`smoke`") >= len(nbm.NOTEBOOKS)
+    assert "| what | paper section | paper | this run | scale |" in page
+    assert "100.00%" in page  # the paper's ID exact match, formatted as a percentage
+
+
+# --- failures ------------------------------------------------------------------------------------
+TOY = [
+    ("markdown", "# Toy\n\nA notebook that fails on demand."),
+    ("code", 'scale = "cpu"\nseed = 0\ncache_dir = "cache"\ndevice = None\nresults_dir = "."\n'
+             "fail = False", "parameters"),
+    ("code", "import pandas as pd\n\nfrom tinytrace import notebooks as nb"),
+    ("code", 'if fail:\n    raise RuntimeError("deliberate failure")'),
+    ("code", 'nb.write_results_json("07_toy", scale=scale, seed=seed, hardware="none",\n'
+             '                      comparison=pd.DataFrame(), results={"x": pd.DataFrame({"a": [1]})})'),
+]
+
+
+def _toy(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, (kind, src, *tags) in enumerate(TOY):
+        cell = nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+        cell.id = f"toy-{i}"
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    path = folder / "07_toy.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_failure_reported_with_cell_and_keeps_good_result(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _toy(src)
+    base = ["notebooks", "run", "--scale", "smoke", "--src", str(src), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(base + ["-p", "fail=false"]) == 0
+    good_nb, good_json = (out / "07_toy.ipynb").read_bytes(), (out / "07_toy.json").read_bytes()
+    capsys.readouterr()
+
+    assert main(base + ["-p", "fail=true"]) == 1
+    printed = capsys.readouterr().out
+    assert "07_toy: FAILED" in printed
+    assert "at cell 4" in printed  # the source notebook's 4th cell (papermill's index differs)
+    assert "RuntimeError: deliberate failure" in printed
+    assert "if fail:" in printed  # the first line of the failing cell
+    assert (out / "07_toy.ipynb").read_bytes() == good_nb
+    assert (out / "07_toy.json").read_bytes() == good_json
+    failed = nbformat.read(out / ".07_toy.failed.ipynb", as_version=4)
+    assert any(o.output_type == "error" for c in failed.cells if c.cell_type == "code" for o in c.outputs)
+    # --missing skips notebooks already executed into --out (what `make book` relies on)
+    assert main(base + ["--missing"]) == 0
+    assert "notebooks: 0 at scale" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_clear(tmp_path, capsys):
+    assert main(["notebooks", "run", "--scale", "smoke", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "matches no notebook" in capsys.readouterr().err
+    assert main(["notebooks", "run", "--scale", "huge", "--out", str(tmp_path)]) == 2
+    assert "unknown scale" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["notebooks", "run", "--scale", "smoke", "--jobs", "0"])
+
+
+def test_only_matches_stems_prefixes_and_names():
+    avail = nbm.discover()
+    assert list(nbm.select(avail, ["03"])) == ["03_id_robustness"]
+    assert list(nbm.select(avail, ["ood,01_task_and_generator"])) == ["01_task_and_generator", "05_ood"]
+    assert list(nbm.select(avail, ["06_ablations.ipynb"])) == ["06_ablations"]
+
+
+def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch):
+    """Four GPUs, three jobs: each concurrent notebook gets its own GPU, and the sections that
+    reuse the base model start only after 02 has finished."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for stem in nbm.NOTEBOOKS:
+        (src / f"{stem}.ipynb").write_text("{}")
+    events, lock = [], threading.Lock()
+
+    def fake_execute(name, src_path, out, params, env=None, timeout=None, gpu=None):
+        with lock:
+            events.append(("start", name, env.get("CUDA_VISIBLE_DEVICES"), time.perf_counter()))
+        time.sleep(0.3 if name in ("02_model_data_training", "05_ood") else 0.05)
+        with lock:
+            events.append(("end", name, env.get("CUDA_VISIBLE_DEVICES"), time.perf_counter()))
+        return nbm.Outcome(name, True, 0.1, out / f"{name}.ipynb", gpu=gpu)
+
+    monkeypatch.setattr(nbm, "execute", fake_execute)
+    monkeypatch.setattr(nbm, "gpu_slots", lambda: ["0", "1", "2", "3"])
+    lines = []
+    outcomes = nbm.run_notebooks("smoke", jobs=3, out=tmp_path / "out", src=src, echo=lines.append)
+    assert all(o.ok for o in outcomes) and len(outcomes) == 6
+    starts = {n: (g, t) for kind, n, g, t in events if kind == "start"}
+    ends = {n: t for kind, n, g, t in events if kind == "end"}
+    for stem, sec in nbm.NOTEBOOKS.items():
+        for dep in sec.after:
+            assert starts[stem][1] >= ends[dep], f"{stem} started before {dep} finished"
+    running = {}
+    for kind, name, gpu, _ in sorted(events, key=lambda e: e[3]):
+        if kind == "start":
+            assert gpu not in running.values(), "two concurrent notebooks on one GPU"
+            running[name] = gpu
+        else:
+            running.pop(name)
+    assert {g for g, _ in starts.values()} <= {"0", "1", "2"}
+    assert sum(line.startswith("[start]") for line in lines) == 6
+
+    # without 02 in the batch, 05 (which also runs "base") builds the base model alone first
+    events.clear()
+    nbm.run_notebooks("smoke", only=["03,04,05,06"], jobs=3, out=tmp_path / "out", src=src,
+                      echo=lines.append)
+    starts = {n: t for kind, n, g, t in events if kind == "start"}
+    ends = {n: t for kind, n, g, t in events if kind == "end"}
+    assert starts["03_id_robustness"] >= ends["05_ood"]
+    assert starts["06_ablations"] >= ends["05_ood"]
+    assert starts["04_coverage"] < ends["05_ood"]  # independent: runs beside it
+
+
+def test_measured_values_map_tidy_results_to_paper_keys():
+    import pandas as pd
+
+    cov = pd.DataFrame({
+        "scope": ["assignment"] * 4 + ["global"] * 4,
+        "test_set": ["excluded"] * 8,
+        "exclusion_pct": [10, 90, 98, 100] * 2,
+        "exact_match": [0.95, 0.9, 0.6, 0.05, 0.9, 0.7, 0.3, 0.0],
+    })
+    m = nbm.measured("pair_coverage", cov)
+    assert m == {"assignment_excluded_above_80_until": 90, "assignment_collapse_at": 100,
+                 "global_below_80_from": 90}
+    cur = pd.DataFrame({"p": [0] * 5 + [5] * 5,
+                        "test_set": ["depth-0-2", "depth-3", "depth-4", "depth-5", "depth-6"] * 2,
+                        "exact_match": [1, .9, .5, .2, 0, 1, .99, .995, .9, .1]})
+    m = nbm.measured("depth_curriculum", cur)
+    assert m["depth6_p0"] == 0.9 and m["depth67_p1"] == 0.99 and m["depth8_best"] == 0.9
+    sft = pd.DataFrame({"model": ["pre-trained"] * 3 + ["fine-tuned"] * 6,
+                        "test_set": ["id", "deeper", "longer"] * 3,
+                        "exact_match": [1, 0, .4, .9, 0, .5, .8, 0, .6],
+                        "data_size": [0] * 3 + [64] * 3 + [128] * 3, "sft_epochs": [0] * 3 + [1] * 6,
+                        "trainable_params": [0] * 3 + [10] * 6,
+                        "best_val_loss": [None] * 3 + [0.5] * 3 + [0.7] * 3})
+    m = nbm.measured("sft_lora", sft)
+    assert m["finetuned_id"] == 0.9 and m["finetuned_longer"] == 0.5 and m["trainable_params"] == 10
+    table = nbm.comparison("sft_lora", sft, "smoke", "CPU")
+    assert list(table["key"])[:2] == ["pretrained_id", "pretrained_deeper"]
+    assert table.loc[table["key"] == "pretrained_id", "this run"].item() == 1

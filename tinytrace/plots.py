@@ -1,0 +1,307 @@
+"""The paper's figures and tables, drawn with seaborn from tidy results (Sec. 2-4, App. E-G).
+
+Every function takes the DataFrame that :func:`tinytrace.experiments.run_experiment` returns
+(or the generator statistics / training log) and returns a matplotlib ``Figure`` or a pandas
+``DataFrame``; notebooks only call them. Exact match is stored as a fraction and drawn in
+percent. Titles carry the scale, so a figure never loses where its numbers came from.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from . import paper
+
+PCT = 100.0
+THEME = {"style": "whitegrid", "context": "notebook"}
+TEST_SET_ORDER = ["id", "longer", "deeper"]
+EDIT_ORDER = ["none", "variable_renaming", "comparison_symmetry", "addition_commutativity",
+              "neutral_operator", "neutral_assignment"]
+
+
+def _theme():
+    sns.set_theme(**THEME)
+
+
+def _scale_note(df: pd.DataFrame) -> str:
+    scales = sorted(set(df["scale"].dropna().astype(str))) if "scale" in df else []
+    return f"scale: {', '.join(scales)}" if scales else ""
+
+
+def _pct(df: pd.DataFrame, col: str = "exact_match") -> pd.DataFrame:
+    df = df.copy()
+    df["EM (%)"] = df[col].astype(float) * PCT
+    return df
+
+
+def _order(values, preferred: list[str]) -> list[str]:
+    present = list(dict.fromkeys(str(v) for v in values))
+    return [v for v in preferred if v in present] + [v for v in present if v not in preferred]
+
+
+# --- Sec. 2: the generator ---------------------------------------------------------------------
+def generator_distributions(stats: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Histograms of statements, nesting depth, executed steps and tokens per snippet."""
+    _theme()
+    cols = [("n_statements", "statements"), ("max_depth", "max if-nesting depth"),
+            ("n_steps", "executed steps"), ("n_tokens", "tokens per example")]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for ax, (col, label) in zip(axes, cols):
+        discrete = col != "n_tokens"
+        sns.histplot(stats, x=col, discrete=discrete, stat="percent", ax=ax,
+                     bins="auto" if discrete else 40)
+        ax.set_xlabel(label)
+        ax.set_ylabel("snippets (%)" if ax is axes[0] else "")
+    fig.suptitle(title or f"Generator output: {len(stats):,} accepted snippets")
+    fig.tight_layout()
+    return fig
+
+
+def rejections(counts: dict, title: str = "") -> plt.Figure:
+    """Why generated snippets were rejected (counts per reason, accepted included)."""
+    _theme()
+    df = pd.DataFrame({"reason": list(counts), "snippets": [counts[k] for k in counts]})
+    df = df.sort_values("snippets", ascending=False)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1.2))
+    sns.barplot(df, y="reason", x="snippets", ax=ax, color="C0")
+    for c in ax.containers:
+        ax.bar_label(c, fmt="{:,.0f}", padding=3)
+    ax.set_title(title or "Generation attempts by outcome")
+    fig.tight_layout()
+    return fig
+
+
+# --- Sec. 3: training and ID accuracy ----------------------------------------------------------
+def loss_curve(log: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Training loss (log scale) and learning rate against the optimizer step."""
+    _theme()
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(12, 3.6))
+    sns.lineplot(log, x="step", y="loss", ax=ax)
+    ax.set_yscale("log")
+    ax.set_title("training loss")
+    if "lr" in log and log["lr"].notna().any():
+        sns.lineplot(log, x="step", y="lr", ax=ax_lr, color="C1")
+        ax_lr.set_title("learning rate")
+    else:
+        ax_lr.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+METRICS = {"exact_match": "exact match", "step_em_tf": "step EM (teacher forced)",
+           "final_state_match": "final state match", "state_token_acc": "state token accuracy"}
+
+
+def metrics_bars(df: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Exact match and the early metrics per test set, in percent."""
+    _theme()
+    cols = [c for c in METRICS if c in df]
+    long = df.melt(id_vars=["test_set"], value_vars=cols, var_name="metric", value_name="value")
+    long = long.dropna(subset=["value"])
+    long["metric"] = long["metric"].map(METRICS)
+    long["%"] = long["value"].astype(float) * PCT
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    sns.barplot(long, x="test_set", y="%", hue="metric", ax=ax,
+                order=_order(long["test_set"], TEST_SET_ORDER), errorbar=None)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("test set")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
+    ax.set_title(title or f"Greedy evaluation ({_scale_note(df)})")
+    fig.tight_layout()
+    return fig
+
+
+# --- Sec. 4.1, App. E: in-distribution robustness (Fig. 3, Fig. 12) ----------------------------
+def id_robustness(df: pd.DataFrame, subset: str = "correct", title: str = "") -> plt.Figure:
+    """Fig. 3 (``subset="correct"``: edits applied to the snippets traced correctly) or Fig. 12
+    (``subset="full"``: edits applied to the whole test set): EM per epoch, one panel per
+    training corpus, one line per edit ("none" is the unaltered test set)."""
+    _theme()
+    d = df[df["subset"] == subset] if "subset" in df else df
+    if not d["edit"].eq("none").any():
+        # the unaltered test set ("none") is the reference line of both figures
+        d = pd.concat([d, df[df["edit"] == "none"]])
+    d = _pct(d)
+    corpora = list(dict.fromkeys(d.sort_values("corpus_snippets", ascending=False)["corpus"]))
+    g = sns.relplot(d, x="epoch", y="EM (%)", hue="edit", style="edit", col="corpus",
+                    col_order=corpora, hue_order=_order(d["edit"], EDIT_ORDER), kind="line",
+                    markers=True, dashes=False, height=3.2, aspect=0.95,
+                    facet_kws={"sharey": True})
+    g.set(ylim=(-3, 103))
+    g.set_titles("corpus {col_name}")
+    fig_no = "3" if subset == "correct" else "12"
+    g.figure.suptitle(title or f"Fig. {fig_no}: EM under in-distribution edits "
+                      f"({'correctly traced snippets' if subset == 'correct' else 'full test set'}; "
+                      f"{_scale_note(df)})", y=1.03)
+    return g.figure
+
+
+# --- Sec. 4.2, 4.2.1: pair coverage (Fig. 4a, 4b) ----------------------------------------------
+def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") -> plt.Figure:
+    """Fig. 4a (``scope="assignment"``) or 4b (``"global"``): EM on the allowed-pairs and
+    excluded-pairs test sets against the percentage of the 351 pairs excluded from training."""
+    _theme()
+    d = _pct(df[df["scope"] == scope]).sort_values("exclusion_pct")
+    names = {"allowed": "Allowed Pairs Test", "excluded": "Excluded Pairs Test"}
+    d["test set"] = d["test_set"].map(names).fillna(d["test_set"])
+    pcts = sorted(d["exclusion_pct"].unique())
+    # categorical x like the paper: 10..90 then 95..100 would crowd on a linear axis
+    d["exclusion (%)"] = d["exclusion_pct"].map(lambda v: f"{v:g}")
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(pcts) + 2), 3.8))
+    sns.pointplot(d, x="exclusion (%)", y="EM (%)", hue="test set",
+                  order=[f"{v:g}" for v in pcts], ax=ax, errorbar=None, markers=["o", "s"])
+    ax.axhline(80, ls="--", lw=1, color="grey")
+    ax.set_ylim(-3, 103)
+    fig_no = "4a" if scope == "assignment" else "4b"
+    ax.set_title(title or f"Fig. {fig_no}: {scope} exclusion ({_scale_note(df)})")
+    fig.tight_layout()
+    return fig
+
+
+# --- Sec. 4.3, 4.3.1, App. F -------------------------------------------------------------------
+def paper_vs_ours(table: pd.DataFrame, x: str, hue: str | None = None, title: str = "") -> plt.Figure:
+    """Grouped bars of a table with columns ``x``, (``hue``), ``paper`` and ``this run``
+    (fractions): paper and this run side by side."""
+    _theme()
+    ids = [x] + ([hue] if hue else [])
+    long = table.melt(id_vars=ids, value_vars=["paper", "this run"], var_name="source",
+                      value_name="value").dropna(subset=["value"])
+    long["EM (%)"] = long["value"].astype(float) * PCT
+    if hue:
+        g = sns.catplot(long, x=x, y="EM (%)", hue="source", col=hue, kind="bar", height=3.4,
+                        aspect=0.9, errorbar=None)
+        g.set(ylim=(0, 105))
+        g.set_titles("{col_name}")
+        for ax in g.axes.flat:
+            for c in ax.containers:
+                ax.bar_label(c, fmt="%.1f", fontsize=8)
+        g.figure.suptitle(title, y=1.04)
+        return g.figure
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.barplot(long, x=x, y="EM (%)", hue="source", ax=ax, errorbar=None)
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.1f", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def ood_numbers(df: pd.DataFrame, title: str = "") -> plt.Figure:
+    """The Sec. 4.3 numbers: the base model on ID, longer and deeper, beside the paper's."""
+    t = ood_table(df)
+    return paper_vs_ours(t, x="test_set",
+                         title=title or f"Sec. 4.3: base model, ID vs OOD ({_scale_note(df)})")
+
+
+def ood_table(df: pd.DataFrame) -> pd.DataFrame:
+    """EM of the base model per test set with the paper's value (Sec. 4.3, Table 3 row 1)."""
+    rows = []
+    for ts in _order(df["test_set"], TEST_SET_ORDER):
+        em = _first(df[df["test_set"] == ts], "exact_match")
+        rows.append({"test_set": ts, "paper": _paper("base", ts), "this run": em})
+    return pd.DataFrame(rows)
+
+
+def depth_order(names) -> list[str]:
+    """The training-range set (``depth-0-5``) first, then ``depth-6``, ``depth-7``, ... by depth
+    (scaled names such as ``depth-0-2``, ``depth-3`` sort the same way)."""
+    names = list(dict.fromkeys(str(n) for n in names))
+    return sorted(names, key=lambda t: (t.count("-") == 1, int(t.rsplit("-", 1)[-1])
+                                        if t.rsplit("-", 1)[-1].isdigit() else 0, t))
+
+
+def depth_curriculum(df: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Fig. 13: EM on depth 0-5 and on depths 6, 7, 8, 9 against p, the percentage of
+    depth-6/7 snippets in training."""
+    _theme()
+    d = _pct(df).sort_values("p")
+    d["p (%)"] = d["p"].map(lambda v: f"{v:g}")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    sns.pointplot(d, x="p (%)", y="EM (%)", hue="test_set",
+                  order=[f"{v:g}" for v in sorted(d["p"].unique())],
+                  hue_order=depth_order(d["test_set"]), ax=ax, errorbar=None)
+    ax.set_ylim(-3, 103)
+    ax.legend(title="test set", loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
+    ax.set_title(title or f"Fig. 13: depth generalization vs p ({_scale_note(df)})")
+    fig.tight_layout()
+    return fig
+
+
+# --- Sec. 4.4, App. G: Tables 3 and 4 ----------------------------------------------------------
+def _first(d: pd.DataFrame, col: str):
+    if col not in d:
+        return math.nan
+    v = d[col].dropna()
+    return float(v.iloc[0]) if len(v) else math.nan
+
+
+def _paper(experiment: str, key: str):
+    try:
+        v = paper.reported(experiment, key).value
+    except KeyError:
+        return math.nan
+    return v if isinstance(v, (int, float)) else math.nan
+
+
+def table3(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 3: pre-trained vs LoRA fine-tuned EM on ID, deeper and longer, paper beside ours.
+    With several fine-tuned runs (data size x epochs) the selected one is used (see
+    :func:`tinytrace.notebooks.select_sft`)."""
+    from .notebooks import select_sft
+
+    d = select_sft(df)
+    keys = {"pre-trained": "pretrained", "fine-tuned": "finetuned"}
+    rows = []
+    for model in ["pre-trained", "fine-tuned"]:
+        for ts in ["id", "deeper", "longer"]:
+            m = d[(d["model"] == model) & (d["test_set"] == ts)]
+            rows.append({"model": model, "test_set": ts,
+                         "paper": _paper("sft_lora", f"{keys[model]}_{ts}"),
+                         "this run": _first(m, "exact_match")})
+    return pd.DataFrame(rows)
+
+
+def table4(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: EM of APE, RPE (Shaw) and RPB (T5) models on ID, longer and deeper."""
+    rows = []
+    for model in _order(df["model"], ["ape", "rpe", "rpb"]):
+        for ts in ["id", "longer", "deeper"]:
+            m = df[(df["model"] == model) & (df["test_set"] == ts)]
+            row = {"model": model, "test_set": ts, "paper": _paper("pe_ablation", f"{model}_{ts}"),
+                   "this run": _first(m, "exact_match")}
+            if "params" in df:
+                row["params"] = _first(m, "params")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def em_table(df: pd.DataFrame, index, columns) -> pd.DataFrame:
+    """Exact match in percent as a grid (e.g. corpus x epoch by edit, p by test set)."""
+    t = _pct(df).pivot_table(index=index, columns=columns, values="EM (%)", sort=False)
+    return t.round(2)
+
+
+def wide(table: pd.DataFrame, index: str = "model") -> pd.DataFrame:
+    """A paper-vs-ours long table as the paper prints it: one row per ``index``, one column
+    pair (paper, this run) per test set, in percent."""
+    t = table.copy()
+    for c in ("paper", "this run"):
+        t[c] = t[c].astype(float) * PCT
+    w = t.pivot_table(index=index, columns="test_set", values=["paper", "this run"], sort=False)
+    w = w.swaplevel(0, 1, axis=1)
+    order = _order(t["test_set"], TEST_SET_ORDER)
+    w = w.reindex(columns=[(ts, s) for ts in order for s in ("paper", "this run")])
+    w.columns.names = ["test set", "EM (%)"]
+    return w.round(2)
+
+
+def close(fig) -> None:
+    """Release a figure (long notebooks otherwise keep every figure alive)."""
+    plt.close(fig)
+
