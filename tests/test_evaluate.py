@@ -19,12 +19,6 @@ from tinytrace.model import GPT, get_model_config, save_checkpoint
 S = tk.STEP_ID
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,6 @@ VARIANTS = [dict(pe="ape"), dict(pe="rpe"), dict(pe="rpe", rpe_values=True), dic
 IDS = ["ape", "rpe", "rpe+values", "rpb"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: one thread is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw) -> GPT:

@@ -17,12 +17,6 @@ SIMPLE = dict(min_statements=2, max_statements=3, max_depth=0, variables="ab", m
 BLOCK = 128  # most SIMPLE examples (46-137 tokens) fit; a few are truncated
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
