@@ -264,6 +264,13 @@ def device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or device.type
 
 
@@ -477,7 +484,9 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if main:
-            info = {"step": step, "epoch": epoch_float, "tokens": tokens_seen,
+            # The data cursor is the step: step s reads the windows drawn from (seed, s).
+            info = {"step": step, "data_cursor": {"seed": tc.seed, "next_step": step},
+                    "epoch": epoch_float, "tokens": tokens_seen,
                     "elapsed_s": elapsed0 + time.perf_counter() - t0, "seed": tc.seed,
                     "steps_per_epoch": spe, "total_steps": total}
             (tmp / TRAINER_FILE).write_text(json.dumps(info) + "\n")
