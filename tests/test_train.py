@@ -155,6 +155,26 @@ def test_resume_equivalence(data_dir, tmp_path):
     assert json.loads((half / "config.json").read_text())["step"] == 8
 
 
+def test_compile_failure_falls_back_to_eager(data_dir, tmp_path, monkeypatch):
+    """A compiler error at the first step must not cost the run: it trains eagerly, on the
+    same trajectory (accelerate's micro-batch counter restarts the step), and logs why."""
+    eager = T.train(_cfg(max_steps=3), _tiny(), data_dir, "simple", tmp_path / "eager",
+                    progress=False)
+
+    def broken_compile(model, **kw):
+        def fwd(*a, **k):
+            model(*a, **k)  # part of the work is done before the "compiler" fails
+            raise RuntimeError("inductor exploded")
+        return fwd
+
+    monkeypatch.setattr(T.torch, "compile", broken_compile)
+    out = tmp_path / "compiled"
+    s = T.train(_cfg(max_steps=3, compile=True), _tiny(), data_dir, "simple", out, progress=False)
+    assert s["step"] == 3 and s["loss"] == pytest.approx(eager["loss"], rel=1e-6)
+    failed = [r for r in _log(out) if r["event"] == "compile_failed"]
+    assert len(failed) == 1 and "inductor exploded" in failed[0]["error"]
+
+
 def test_epochs_callbacks_validation(data_dir, tmp_path):
     n_tokens = len(token_stream(data_dir, "simple", "train"))
     tc = _cfg(epochs=2, batch_size=32, micro_batch_size=None, val_windows=8, log_every=5)

@@ -151,10 +151,13 @@ def _scales() -> dict[str, Scale]:
     gpu = Scale(
         name="gpu",
         description="one GPU, each experiment <= 10 min on an H100: the paper's task and model, "
-                    "smaller corpora and fewer epochs",
+                    "a fifth of the corpus, one epoch of the `fast` recipe (one cosine phase, "
+                    "peak lr 2e-3)",
         model="paper",
-        train=dict(epochs=1, batch_size=512, micro_batch_size=128),
-        corpus_snippets=1_000_000,
+        # 600k snippets x 1 epoch = ~185M tokens: ~3 H100-minutes of training at ~1M tokens/s
+        train=dict(epochs=1, batch_size=512, micro_batch_size=256, lr_peak=2e-3,
+                   warmup_frac=0.05, phase1_frac=1.0, compile=True),
+        corpus_snippets=600_000,
         test_size=1024,
         task=paper_task(),
         robustness_corpora=(1.0, 0.5, 0.25, 0.125),
@@ -164,7 +167,7 @@ def _scales() -> dict[str, Scale]:
         curriculum_ps=(0, 1, 10, 100),
         sft_sizes=(65_536,),
         sft_epochs=(1,),
-        sft=dict(batch_size=512, micro_batch_size=128),
+        sft=dict(batch_size=512, micro_batch_size=256),
         eval_batch_size=256,
     )
     paper = Scale(
@@ -277,6 +280,9 @@ class Cache:
             return json.loads(path.read_text())
         df, summary = evaluate(model, data, batch_size=batch_size, max_len_factor=max_len_factor)
         result = {k: summary.get(k) for k in METRICS}
+        result["timing"] = {k: summary.get(k) for k in (
+            "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
+            "traces_per_s", "batch_size", "device")}
         result["correct"] = [bool(c) for c in df["correct"]]
         result["clip_candidates"] = _clip_flags(df)
         path.write_text(json.dumps(result) + "\n")

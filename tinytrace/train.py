@@ -113,6 +113,10 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # A laptop run of a small model: same schedule shape, small batches.
     "cpu": TrainConfig(name="cpu", batch_size=32, micro_batch_size=None, block_size=256,
                        log_every=10, val_windows=32),
+    # Issue 6's `fast` recipe for one H100 (the `gpu` scale): one cosine phase at twice the
+    # paper's peak lr, short warmup, compiled, 256-window micro-batches. Not in the paper.
+    "fast": TrainConfig(name="fast", epochs=1, micro_batch_size=256, lr_peak=2e-3,
+                        warmup_frac=0.05, phase1_frac=1.0, compile=True),
     # Smoke tests: a few tiny steps.
     "smoke": TrainConfig(name="smoke", epochs=1, batch_size=4, micro_batch_size=None,
                          block_size=64, log_every=1, val_windows=4),
@@ -209,7 +213,10 @@ class WindowSampler:
 
     def windows(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (B, block_size) int64 on the sampler's device; y is x shifted by one."""
-        off = torch.from_numpy(np.ascontiguousarray(offsets)).to(self.data.device, non_blocking=True)
+        off = torch.from_numpy(np.ascontiguousarray(offsets))
+        if self.data.is_cuda:  # pinned: the upload is truly asynchronous (no stream sync)
+            off = off.pin_memory()
+        off = off.to(self.data.device, non_blocking=True)
         w = self.data[off[:, None] + self._ar]  # (B, T+1) uint8
         if w.device != self.device:
             w = w.to(self.device, non_blocking=True)
@@ -438,6 +445,7 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
     # Not prepared: AcceleratedScheduler would step once per process; we step once per update.
     acc.register_for_checkpointing(scheduler)
     fwd = torch.compile(model) if tc.compile else model
+    compiled = tc.compile  # falls back to eager if the first compiled step fails
     raw = acc.unwrap_model(model)
     n_params = raw.num_params()
 
@@ -514,7 +522,23 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
         offs = sampler.local_offsets(step, rank, world)
         batches = (sampler.windows(offs[i:i + micro]) for i in range(0, per, micro))
         lr = scheduler.get_last_lr()[0]
-        loss_sum = _train_step(model, fwd, optimizer, acc, batches, tc.grad_clip)
+        if compiled:
+            batches, acc_step = list(batches), acc.step
+            try:
+                loss_sum = _train_step(model, fwd, optimizer, acc, batches, tc.grad_clip)
+            except Exception as e:  # a compiler failure must not cost the run: train eagerly
+                logging.getLogger(__name__).warning("torch.compile failed (%s: %s); training "
+                                                    "eagerly", type(e).__name__, e)
+                optimizer.zero_grad(set_to_none=True)
+                acc.step = acc_step  # accelerate's micro-batch counter: restart this step
+                fwd = model
+                loss_sum = _train_step(model, fwd, optimizer, acc, batches, tc.grad_clip)
+                if main:
+                    _append_jsonl(out / "log.jsonl", {"event": "compile_failed", "step": step,
+                                                      "error": f"{type(e).__name__}: {e}"[:500]})
+            compiled = False
+        else:
+            loss_sum = _train_step(model, fwd, optimizer, acc, batches, tc.grad_clip)
         scheduler.step()
         loss_acc = loss_sum if loss_acc is None else loss_acc + loss_sum
         n_micro += accum
