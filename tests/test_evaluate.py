@@ -12,7 +12,7 @@ from tinytrace.cli import main
 from tinytrace.data import build_preset, load
 from tinytrace.evaluate import (
     Record, bench_eval, evaluate, final_state, first_wrong, fit_window, greedy_generate, make_records,
-    restart_offset, teacher_forced, tf_metrics,
+    restart_offset, teacher_forced, tf_metrics, greedy_generate_static,
 )
 from tinytrace.model import GPT, get_model_config, save_checkpoint
 
@@ -150,8 +150,9 @@ def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
     cached, st = greedy_generate(m, prompts, max_new, stop_at_eos=False, sync_every=3)
     uncached, su = greedy_generate(m, prompts, max_new, use_cache=False, stop_at_eos=False)
     single = [greedy_generate(m, [p], [n], stop_at_eos=False)[0][0] for p, n in zip(prompts, max_new)]
-    assert cached == uncached == single
-    assert [len(o) for o in cached] == max_new and st == su and st["restarts"] > 0
+    static, ss = greedy_generate_static(m, prompts, max_new, stop_at_eos=False, sync_every=5)
+    assert cached == uncached == single == static
+    assert [len(o) for o in cached] == max_new and st == su == ss and st["restarts"] > 0
     own = [Record("", "", p, o) for p, o in zip(prompts, cached)]
     preds = teacher_forced(m, own, batch_size=3)
     assert all(np.array_equal(p, o) for p, o in zip(preds, cached))
@@ -190,6 +191,22 @@ def test_eos_stops_rows():
         assert o.count(tk.EOS_ID) <= 1 and (o[-1] == tk.EOS_ID or len(o) == 30)
         assert 7 not in o or o[o.index(7) + 1] == tk.EOS_ID
     assert st["generated_tokens"] == sum(map(len, outs))
+    static, ss = greedy_generate_static(m, prompts, [30] * 4, sync_every=4)
+    assert static == outs and ss["generated_tokens"] == st["generated_tokens"]
+
+
+def test_static_decode_in_evaluate(rows):
+    """evaluate(decode="static") (the GPU path, run eagerly here) scores exactly as the dynamic
+    decoder, through window restarts and EOS; bad values are refused."""
+    m = tiny(block_size=96, pe="rpb")
+    recs = make_records(rows[:12])
+    _, a = evaluate(m, recs, batch_size=5, decode="dynamic", teacher_forcing=False)
+    df, b = evaluate(m, recs, batch_size=5, decode="static", teacher_forcing=False)
+    assert b["decode"] == "static" and a["decode"] == "dynamic"
+    assert (a["generated_tokens"], a["window_restarts"]) == (b["generated_tokens"], b["window_restarts"])
+    assert a["window_restarts"] > 0 and len(df) == 12
+    with pytest.raises(ValueError, match="decode"):
+        evaluate(m, recs, decode="graph")
 
 
 def test_cli_eval_json(tmp_path, data_dir, capsys):
@@ -214,5 +231,10 @@ def test_bench_eval(data_dir, capsys):
     assert bench_eval(args) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["outputs_equal"] and res["generated_tokens"] == 72 and res["speedup"] > 0
+    assert bench_eval(argparse.Namespace(**{**vars(args), "modes": "static,cached"})) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["modes"] == ["static", "cached"] and res["outputs_equal"] and res["static_seconds"] > 0
+    with pytest.raises(ValueError, match="modes"):
+        bench_eval(argparse.Namespace(**{**vars(args), "modes": "fast"}))
     with pytest.raises(ValueError):
         bench_eval(argparse.Namespace(**{**vars(args), "limit": 0}))

@@ -98,6 +98,11 @@ def add_cli(sub) -> None:
     e.add_argument("--checkpoint", default=None, help="a trained run folder instead")
     e.add_argument("--limit", type=int, default=64, help="number of traces")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--data", default=None, help="a Hub-layout folder (default: build base traces)")
+    e.add_argument("--config", default="base", help="config of --data")
+    e.add_argument("--modes", default="cached,uncached",
+                   help="comma list of cached, uncached, static (speedup: first over second)")
+    e.add_argument("--max-new-tokens", type=int, default=None, help="cap per trace")
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)

@@ -23,7 +23,9 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -185,6 +187,148 @@ def greedy_generate(model, prompts: list[list[int]], max_new: list[int], *, use_
     return outputs, stats
 
 
+class _StaticStep:
+    """One greedy decode step of every row with fixed shapes (``GPT.forward(static=True)``):
+    reads ``tok``, writes the next token into ``out[:, step]`` and ``tok``, marks EOS rows in
+    ``done``, advances ``step``. On CUDA it is captured once in a CUDA graph and replayed (one
+    launch per token instead of ~500 kernels, Issue 6); elsewhere it runs eagerly."""
+
+    def __init__(self, fwd, cache, n_rows: int, max_steps: int, device, amp: bool,
+                 graph: bool | None = None):
+        self.fwd, self.cache, self.device, self.amp = fwd, cache, device, amp
+        self.tok = torch.zeros(n_rows, 1, dtype=torch.long, device=device)
+        self.out = torch.full((n_rows, max_steps + 1), tk.PAD_ID, dtype=torch.long, device=device)
+        self.done = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph = None
+        if graph is None:
+            graph = device.type == "cuda"
+        if graph:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up (kernels, workspaces); the caller resets the state
+                    self._run()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            try:
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self._run()
+            except Exception as e:  # capture unsupported here: run the same step eagerly
+                warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding "
+                              "without a graph", RuntimeWarning)
+                self.graph = None
+                torch.cuda.synchronize(device)
+
+    def _run(self) -> None:
+        ctx = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+               if self.amp and self.device.type == "cuda" else contextlib.nullcontext())
+        with ctx:
+            logits = self.fwd(self.tok, kv_cache=self.cache, static=True)[0][:, -1]
+        nxt = logits.argmax(-1)
+        self.out.index_copy_(1, self.step, nxt[:, None])
+        self.done |= nxt == tk.EOS_ID
+        self.tok.copy_(nxt[:, None])
+        self.step += 1
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run()
+
+
+@torch.no_grad()
+def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], *,
+                           stop_at_eos: bool = True, sync_every: int = 32, amp: bool = True,
+                           fwd=None, graph: bool | None = None) -> tuple[list[list[int]], dict]:
+    """:func:`greedy_generate` with fixed shapes: every row decodes every step (finished rows
+    run on, their extra tokens are cut afterwards), attention spans the whole window, and the
+    step is a CUDA graph on GPUs. The host syncs only every ``sync_every`` tokens (to stop when
+    all rows are done) and at window restarts, which re-encode the step-aligned window of the
+    rows that reached the context (as :func:`greedy_generate`). Same outputs as
+    :func:`greedy_generate` up to floating-point ties."""
+    fwd = fwd or model
+    raw = unwrap(model)
+    bs = raw.config.block_size
+    device = _model_device(model)
+    n = len(prompts)
+    plen = [len(p) for p in prompts]
+    steps = max(max_new)
+    cache = raw.new_kv_cache(n, device=device, dtype=torch.bfloat16 if (
+        amp and device.type == "cuda") else None)
+    step = _StaticStep(fwd, cache, n, steps, device, amp, graph)
+    cache.lens.zero_()  # forget the warm-up
+    step.done.zero_()
+    stats = {"generated_tokens": 0, "restarts": 0}
+    starts = [fit_window(list(p), 0, bs) for p in prompts]
+    hist = [list(p) for p in prompts]  # host copies, only read at restarts
+
+    def prefill(rows: list[int], windows: list[list[int]]) -> None:
+        cache.set_lens(rows, [0] * len(rows))
+        with _amp(device, amp):
+            logits = _last_logits(fwd, windows, device, kv_cache=cache,
+                                  rows=None if len(rows) == n else rows)
+        cache.set_lens(rows, [len(w) for w in windows])
+        step.tok[torch.tensor(rows, device=device)] = logits.argmax(-1)[:, None]
+        for r, w in zip(rows, windows):
+            lens[r] = len(w)
+
+    lens = [0] * n  # host copy of cache.lens
+    prefill(list(range(n)), [p[s:] for p, s in zip(prompts, starts)])
+    # the prefill's argmax is token 0 of every row; the graph writes tokens 1.. into `out`
+    step.out[:, 0] = step.tok[:, 0]
+    step.done |= step.tok[:, 0] == tk.EOS_ID
+    step.step.fill_(1)
+    ngen = 1
+    ended = [False] * n  # host view: EOS seen or max_new reached (at the last sync)
+    with _amp(device, amp):
+        while ngen < steps:
+            # rows whose window is full must restart before the next step writes column bs
+            full = [r for r in range(n) if lens[r] >= bs]
+            if full:
+                if stop_at_eos:
+                    done = step.done.tolist()
+                    ended = [e or d for e, d in zip(ended, done)]
+                live = [r for r in full if not ended[r] and ngen < max_new[r]]
+                dead = [r for r in full if r not in live]
+                if dead:  # finished rows: keep them running on an empty window
+                    cache.set_lens(dead, [0] * len(dead))
+                    for r in dead:
+                        lens[r] = 0
+                if live:
+                    got = step.out[live, :ngen].tolist()
+                    wins = []
+                    for r, g in zip(live, got):
+                        h = hist[r] + g
+                        starts[r] = fit_window(h, starts[r], bs)
+                        wins.append(h[starts[r]:])
+                    stats["restarts"] += len(live)
+                    # the re-encode recomputes the last token's logits: undo its decode step
+                    last = torch.tensor(live, device=device)
+                    prefill_tok = step.out[last, ngen - 1].clone()
+                    prefill(live, [w[:-1] for w in wins])
+                    step.tok[last] = prefill_tok[:, None]
+            step()
+            ngen += 1
+            for r in range(n):
+                lens[r] += 1
+            if ngen % sync_every == 0 or ngen == steps:
+                done = step.done.tolist() if stop_at_eos else [False] * n
+                ended = [e or d or ngen >= max_new[r] for r, (e, d) in enumerate(zip(ended, done))]
+                if all(ended):
+                    break
+    got = step.out[:, :ngen].tolist()
+    outputs = []
+    for r in range(n):
+        o = got[r][: max_new[r]]
+        if stop_at_eos and tk.EOS_ID in o:
+            o = o[: o.index(tk.EOS_ID) + 1]
+        outputs.append(o)
+        stats["generated_tokens"] += len(o)
+    return outputs, stats
+
+
 # --- records and metrics -----------------------------------------------------------------------
 @dataclass
 class Record:
@@ -301,13 +445,17 @@ def tf_metrics(target: list[int], pred: np.ndarray) -> dict:
 
 def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device=None, *,
              use_cache: bool = True, max_len_factor: float = 2.0, teacher_forcing: bool = True,
-             amp: bool = True, compile: bool = False, progress: bool = False, sync_every: int = 16):
+             amp: bool = True, compile: bool = False, progress: bool = False, sync_every: int = 16,
+             decode: str = "auto"):
     """Greedy exact match of ``model`` on ``data`` (a Dataset, DataFrame, dicts or Records).
 
     A row may generate up to ``ceil(max_len_factor * len(target)) + 16`` tokens: a longer output
     is wrong anyway, and the margin leaves room to read a late final state. Returns
     ``(records DataFrame, summary dict)``; the summary has ``exact_match``, ``n``,
-    ``step_em_tf``, ``final_state_match``, ``state_token_acc`` and throughput."""
+    ``step_em_tf``, ``final_state_match``, ``state_token_acc`` and throughput.
+    ``decode``: ``"static"`` (:func:`greedy_generate_static`, a CUDA graph per token),
+    ``"dynamic"`` (:func:`greedy_generate`, drops finished rows: best on CPUs) or ``"auto"``
+    (static on CUDA with the KV cache, else dynamic)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -322,6 +470,9 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
     model.eval()
     dev = _model_device(model)
     fwd = torch.compile(model, dynamic=True) if compile else model
+    if decode not in ("auto", "static", "dynamic"):
+        raise ValueError(f"decode must be auto, static or dynamic, got {decode!r}")
+    static = use_cache and (decode == "static" or (decode == "auto" and dev.type == "cuda"))
     order = sorted(range(len(records)), key=lambda i: -(len(records[i].prompt_ids) + len(records[i].target_ids)))
     preds: list[list[int] | None] = [None] * len(records)
     stats = {"generated_tokens": 0, "restarts": 0}
@@ -329,10 +480,14 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
     bar = tqdm(total=len(records), desc="eval", disable=not progress, file=sys.stderr)
     for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
-        outs, st = greedy_generate(
-            model, [records[j].prompt_ids for j in idx],
-            [math.ceil(max_len_factor * len(records[j].target_ids)) + 16 for j in idx],
-            use_cache=use_cache, sync_every=sync_every, amp=amp, fwd=fwd)
+        prompts = [records[j].prompt_ids for j in idx]
+        caps = [math.ceil(max_len_factor * len(records[j].target_ids)) + 16 for j in idx]
+        if static:
+            outs, st = greedy_generate_static(model, prompts, caps, amp=amp, fwd=fwd,
+                                              sync_every=max(sync_every, 32))
+        else:
+            outs, st = greedy_generate(model, prompts, caps, use_cache=use_cache,
+                                       sync_every=sync_every, amp=amp, fwd=fwd)
         for j, o in zip(idx, outs):
             preds[j] = o
         for k in stats:
@@ -381,6 +536,7 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
         "tokens_per_s": round(stats["generated_tokens"] / t_gen, 1),
         "traces_per_s": round(n / t_gen, 3),
         "use_cache": use_cache,
+        "decode": "static" if static else "dynamic",
         "batch_size": batch_size,
         "max_len_factor": max_len_factor,
         "device": str(dev),
@@ -407,7 +563,6 @@ def _eval_cli(args) -> int:
                            max_len_factor=args.max_len_factor, compile=args.compile, progress=True)
     summary.update(checkpoint=str(args.checkpoint), data=str(args.data), config=args.config, split=args.split)
     if args.out:
-        from pathlib import Path
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -450,10 +605,14 @@ def add_cli(subparsers) -> None:
 
 # --- benchmark ---------------------------------------------------------------------------------
 def bench_eval(args) -> int:
-    """Generated tokens/s and traces/s with and without the KV cache, same traces, same run.
+    """Generated tokens/s and traces/s of decoding modes on the same traces in one run:
+    ``cached`` (KV cache, finished rows dropped), ``uncached`` (re-encode the window every
+    token), ``static`` (fixed shapes, a CUDA graph per token on GPUs). ``--modes`` picks them
+    (default ``cached,uncached``; ``speedup`` = first mode over second).
 
     Random-weight models rarely emit EOS, so every row generates exactly its target's length
-    (no EOS stop); both modes must produce identical tokens (reported as ``outputs_equal``)."""
+    (no EOS stop); all modes must produce identical tokens (reported as ``outputs_equal``).
+    ``--data DIR --config NAME`` reads a Hub-layout test split with pyarrow (no ``datasets``)."""
     import tempfile
 
     from .data import build_preset, load
@@ -461,6 +620,10 @@ def bench_eval(args) -> int:
     limit, bsz = int(args.limit), int(args.batch_size)
     if limit < 1 or bsz < 1:
         raise ValueError("--limit and --batch-size must be >= 1")
+    modes = [m.strip() for m in (getattr(args, "modes", None) or "cached,uncached").split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("cached", "uncached", "static")]
+    if bad or not modes:
+        raise ValueError(f"--modes: choose from cached, uncached, static (got {modes})")
     device = _resolve_device(getattr(args, "device", None))
     if getattr(args, "checkpoint", None):
         model, name = load_checkpoint(args.checkpoint), str(args.checkpoint)
@@ -469,25 +632,37 @@ def bench_eval(args) -> int:
         model, name = GPT(get_model_config(args.model)), args.model
     model = model.to(device).eval()
     data_dir = getattr(args, "data", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        if not data_dir:
+    config = getattr(args, "config", None) or "base"
+    if data_dir:
+        import pyarrow.parquet as pq
+
+        files = sorted(Path(data_dir, config).glob("test-*.parquet"))
+        if not files:
+            raise ValueError(f"no test split of config {config!r} in {data_dir}")
+        records = make_records([r for f in files for r in
+                                pq.read_table(f, columns=["code", "trace"]).to_pylist()], limit)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
             build_preset("base", tmp, limit + 64, seed=0, test_size=limit, validation_size=0,
                          workers=1, progress=False, tokens=False)
-        data = load(data_dir or tmp, getattr(args, "config", None) or "base", "test")
-        records = make_records(data, limit)
+            records = make_records(load(tmp, config, "test"), limit)
     cap = getattr(args, "max_new_tokens", None)
     order = sorted(records, key=lambda r: -(len(r.prompt_ids) + len(r.target_ids)))
     result = {"model": name, "params": unwrap(model).num_params(), "device": str(device),
               "traces": len(order), "batch_size": bsz,
               "threads": torch.get_num_threads() if device.type == "cpu" else None}
     outs = {}
-    for mode, use_cache in (("cached", True), ("uncached", False)):
+    for mode in modes:
         t0, toks, outs[mode] = time.perf_counter(), 0, []
         for i in range(0, len(order), bsz):
             chunk = order[i: i + bsz]
-            o, st = greedy_generate(model, [r.prompt_ids for r in chunk],
-                                    [min(len(r.target_ids), cap or 1 << 30) for r in chunk],
-                                    use_cache=use_cache, stop_at_eos=False)
+            prompts = [r.prompt_ids for r in chunk]
+            caps = [min(len(r.target_ids), cap or 1 << 30) for r in chunk]
+            if mode == "static":
+                o, st = greedy_generate_static(model, prompts, caps, stop_at_eos=False)
+            else:
+                o, st = greedy_generate(model, prompts, caps, use_cache=mode == "cached",
+                                        stop_at_eos=False)
             outs[mode] += o
             toks += st["generated_tokens"]
         if device.type == "cuda":
@@ -497,8 +672,10 @@ def bench_eval(args) -> int:
         result[f"{mode}_traces_per_s"] = round(len(order) / dt, 3)
         result[f"{mode}_seconds"] = round(dt, 3)
         result["generated_tokens"] = toks
-    result["speedup"] = round(result["cached_tokens_per_s"] / result["uncached_tokens_per_s"], 2)
-    result["outputs_equal"] = outs["cached"] == outs["uncached"]
+    result["modes"] = modes
+    if len(modes) > 1:
+        result["speedup"] = round(result[f"{modes[0]}_tokens_per_s"] / result[f"{modes[1]}_tokens_per_s"], 2)
+    result["outputs_equal"] = all(outs[m] == outs[modes[0]] for m in modes)
     if not getattr(args, "json", False):
         for k, v in result.items():
             print(f"{k:>22}: {v}")

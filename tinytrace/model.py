@@ -336,12 +336,16 @@ class GPT(nn.Module):
             ctx["mask"] = bias.masked_fill(~allowed.unsqueeze(1), float("-inf"))  # (B|1, nh, T, S)
         return ctx
 
-    def forward(self, idx, targets=None, *, kv_cache: KVCache | None = None, rows: list[int] | None = None):
+    def forward(self, idx, targets=None, *, kv_cache: KVCache | None = None, rows: list[int] | None = None,
+                static: bool = False):
         """idx (B, T) -> logits (B, T, V), mean cross-entropy over targets != -100 (or None).
 
         With ``kv_cache``: the T tokens of each row (or of ``rows`` of the cache) continue its
         cached window; their positions are the row's columns, so rows of different lengths batch
-        exactly (right padding: a padded token's keys are overwritten before any query sees them)."""
+        exactly (right padding: a padded token's keys are overwritten before any query sees them).
+        ``static``: every row, attention over all ``block_size`` columns (masked past each row's
+        length) and no host bookkeeping (``lens_host`` is the caller's): fixed shapes and no host
+        reads, so the step can be captured in a CUDA graph."""
         B, T = idx.size()
         device = idx.device
         if kv_cache is None:
@@ -353,9 +357,10 @@ class GPT(nn.Module):
         else:
             all_rows = rows is None
             rows_list = list(range(kv_cache.batch)) if all_rows else list(rows)
-            if len(rows_list) != B:
-                raise ValueError(f"{B} rows of input for {len(rows_list)} cache rows")
-            width = max(kv_cache.lens_host[r] for r in rows_list) + T
+            if len(rows_list) != B or (static and not all_rows):
+                raise ValueError(f"{B} rows of input for {len(rows_list)} cache rows"
+                                 + (" (static: all rows)" if static else ""))
+            width = self.config.block_size if static else max(kv_cache.lens_host[r] for r in rows_list) + T
             if width > self.config.block_size:
                 raise ValueError(f"cached window would reach {width} > block_size {self.config.block_size}")
             rows_t = torch.arange(B, device=device) if all_rows else torch.tensor(rows_list, device=device)
@@ -371,9 +376,12 @@ class GPT(nn.Module):
             x = block(x, ctx)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         if kv_cache is not None:
-            kv_cache.lens[rows_t] += T
-            for r in rows_list:
-                kv_cache.lens_host[r] += T
+            if static:
+                kv_cache.lens += T
+            else:
+                kv_cache.lens[rows_t] += T
+                for r in rows_list:
+                    kv_cache.lens_host[r] += T
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
