@@ -43,10 +43,8 @@ FIRST_RUN=$(ls -d "$CACHE"/run-* 2>/dev/null | head -1)
 
 echo "== stage 1: evaluation speed ($(left)s left)"
 if [ -n "$FIRST_RUN" ]; then
-  timeout 90 $PY -m tinytrace bench eval --checkpoint "$FIRST_RUN" --data data/tinytracing \
-    --config base --limit 1024 --batch-size 256 --modes static --device $DEV --json | tail -1 | tee -a "$OUT/bench_eval.jsonl"
   timeout 60 $PY -m tinytrace bench eval --checkpoint "$FIRST_RUN" --data data/tinytracing \
-    --config base --limit 128 --batch-size 128 --modes static,cached --device $DEV --json | tail -1 | tee -a "$OUT/bench_eval.jsonl"
+    --config base --limit 1024 --batch-size 256 --modes static --device $DEV --json | tail -1 | tee -a "$OUT/bench_eval.jsonl"
 fi
 
 echo "== stage 2: section 02 at $SCALE scale ($(left)s left)"
@@ -60,7 +58,11 @@ done
 (cd "$CACHE" && tar czf "$OUT/artifacts.tgz" --exclude='state*' --exclude='*.safetensors' \
   --exclude='*.parquet' --exclude='*.bin' --exclude='*.npy' . ) || true
 
-echo "== stage 3: training throughput ($(left)s left)"
+echo "== stage 3: static vs dynamic decoding, training throughput ($(left)s left)"
+if [ -n "$FIRST_RUN" ] && [ "$(left)" -gt 60 ]; then
+  timeout 50 $PY -m tinytrace bench eval --checkpoint "$FIRST_RUN" --data data/tinytracing \
+    --config base --limit 128 --batch-size 128 --modes static,cached --device $DEV --json | tail -1 | tee -a "$OUT/bench_eval.jsonl"
+fi
 for args in "--micro-batch-size 256" "--micro-batch-size 256 --compile" "--micro-batch-size 512 --compile"; do
   [ "$(left)" -gt 75 ] || { echo "skip bench $args: $(left)s left"; continue; }
   timeout 70 $PY -m tinytrace bench train --model paper --steps 20 --batch-size 512 \
