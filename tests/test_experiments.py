@@ -91,3 +91,15 @@ def test_paper_numbers_as_data():
     assert set(t["what"]) >= {"base model, ID test"} and (t["scale"] == "smoke").all()
     with pytest.raises(KeyError):
         paper.reported("base", "nope")
+
+
+def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, monkeypatch):
+    """Checkpoints load on the CPU; experiments must move them to the evaluation device."""
+    import torch
+
+    from tinytrace import experiments as X
+
+    run = X.base_run_dir("smoke", smoke_cache)
+    assert next(X._load(run).parameters()).device.type == "cpu"
+    monkeypatch.setattr(X, "_device", lambda: torch.device("meta"))  # stands in for "cuda"
+    assert next(X._load(run).parameters()).device.type == "meta"

@@ -327,10 +327,20 @@ def _model_config(scale: Scale, **overrides):
     return get_model_config(scale.model, **overrides)
 
 
+def _device():
+    """Where experiments evaluate: the GPU when one is visible (``run_experiment(device="cpu")``
+    hides it), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _load(run_dir: Path):
+    """A trained run's model, on the evaluation device (checkpoints load on the CPU: without
+    the move, evaluation on a GPU machine silently ran on its CPU)."""
     from .model import load_checkpoint
 
-    return load_checkpoint(run_dir)
+    return load_checkpoint(run_dir).to(_device())
 
 
 def _records(folder: Path, config: str, split: str = "test"):
