@@ -329,6 +329,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
             pool.terminate()
     for w in writers.values():
         w.close()
+    unique = len(seen)
     seen.clear()
     seconds = time.time() - t0
     # build.json depends only on the config and seed (a rebuild leaves `git diff` empty);
@@ -337,7 +338,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
         "config_name": name,
         "build": cfg.to_dict(),
         "splits": dict(filled),
-        "stats": _stats_summary(stats, seen_count=len(seen)),
+        "stats": _stats_summary(stats, seen_count=unique),
         "tokens": _token_summary(tmp, filled),
         "tinytrace_version": __version__,
     }
