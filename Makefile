@@ -29,8 +29,7 @@ test: install
 # The main job: build the shipped test set, show one example, run every section notebook at
 # $(SCALE) into book/sections/ (a progress line per notebook), regenerate the pages, build the book.
 book: install
-	$(BIN)/tinytrace data build --preset base --num-snippets 1024 --validation-size 0 \
-		--test-size 1024 --seed 0 --no-tokens --out $(DATA)
+	$(BIN)/tinytrace data release --out $(DATA)
 	$(BIN)/python -c "from tinytrace.data import load; print(load('$(DATA)', 'base', 'test')[0]['trace'])"
 	$(BIN)/tinytrace notebooks run --scale $(SCALE) --jobs $(JOBS)
 	$(BIN)/tinytrace notebooks pages

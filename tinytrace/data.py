@@ -22,6 +22,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import re
 import resource
 import shutil
 import time
@@ -268,9 +269,11 @@ class _ShardWriter:
 
 
 def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, release: dict | None = None) -> dict:
     """Build one config of a dataset into ``out`` (other configs there are kept) and
-    regenerate the dataset card. Returns the build summary (also in ``build.json``)."""
+    regenerate the dataset card. Returns the build summary (also in ``build.json``).
+    ``release`` (what the card says about a shipped set, see :func:`build_release`) is stored
+    in ``build.json`` as is."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -329,6 +332,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
             pool.terminate()
     for w in writers.values():
         w.close()
+    unique = len(seen)
     seen.clear()
     seconds = time.time() - t0
     # build.json depends only on the config and seed (a rebuild leaves `git diff` empty);
@@ -337,10 +341,12 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
         "config_name": name,
         "build": cfg.to_dict(),
         "splits": dict(filled),
-        "stats": _stats_summary(stats, seen_count=len(seen)),
+        "stats": _stats_summary(stats, seen_count=unique),
         "tokens": _token_summary(tmp, filled),
         "tinytrace_version": __version__,
     }
+    if release is not None:
+        summary["release"] = release
     timing = {
         "seconds": round(seconds, 2),
         "workers": workers,
@@ -395,13 +401,35 @@ def _token_summary(folder: Path, filled: dict) -> dict:
 
 
 # --- dataset card ------------------------------------------------------------------------------
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _card_order(b: dict) -> tuple:
+    rel = b.get("release")
+    if rel is not None:
+        return (0, rel["order"], [])
+    return (1, b["config_name"] != "base", _natural(b["config_name"]))
+
+
+def _generator_short(g: dict) -> str:
+    depth = (f"{g['min_depth']}" if g["min_depth"] == g["max_depth"]
+             else f"{g['min_depth']}-{g['max_depth']}")
+    s = f"{g['min_statements']}-{g['max_statements']} statements, depth {depth}"
+    k = len(g["forbidden_pairs"])
+    if k and g["require_forbidden_pair"]:
+        s += f", executes 1 of {k} excluded pairs"
+    elif k:
+        s += f", {k} pairs excluded ({g['exclusion_scope']})"
+    return s
+
+
 def write_card(out: str | os.PathLike, pretty_name: str = "TinyTracing") -> Path:
     """(Re)write ``<out>/README.md`` from the ``build.json`` of every config present."""
     out = Path(out)
-    builds = []
-    for f in sorted(out.glob("*/build.json")):
-        builds.append(json.loads(f.read_text()))
-    builds.sort(key=lambda b: (b["config_name"] != "base", b["config_name"]))
+    builds = [json.loads(f.read_text()) for f in out.glob("*/build.json")]
+    builds.sort(key=_card_order)
+    released = [b for b in builds if "release" in b]
     yaml = ["---", f"pretty_name: {pretty_name}", "license: mit", "language:", "- code",
             "task_categories:", "- text-generation", "tags:", "- code-execution", "- synthetic",
             "configs:"]
@@ -414,6 +442,10 @@ def write_card(out: str | os.PathLike, pretty_name: str = "TinyTracing") -> Path
             if b["splits"].get(split):
                 yaml += [f"  - split: {split}", f"    path: {b['config_name']}/{split}-*"]
     yaml.append("---")
+    first = builds[0]["config_name"] if builds else "base"
+    listed = ", ".join(f"`{b['config_name']}`" for b in builds)
+    # only the splits some config has: test-only releases get no empty train/validation columns
+    splits = [x for x in SPLITS if any(b["splits"].get(x) for b in builds)] or ["test"]
     body = [
         f"# {pretty_name}",
         "",
@@ -425,10 +457,13 @@ def write_card(out: str | os.PathLike, pretty_name: str = "TinyTracing") -> Path
         "## Loading",
         "",
         "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("<this folder or org/name>", "{builds[0]["config_name"] if builds else "base"}", split="test")',
+        "from datasets import get_dataset_config_names, load_dataset",
+        f'ds = load_dataset("<this folder or org/name>", "{first}", split="test")',
         "print(ds[0][\"trace\"])",
+        'print(get_dataset_config_names("<this folder or org/name>"))  # every config below',
         "```",
+        "",
+        f"Configs: {listed or 'none yet'}.",
         "",
         "## Fields",
         "",
@@ -446,29 +481,68 @@ def write_card(out: str | os.PathLike, pretty_name: str = "TinyTracing") -> Path
         "",
         "## Configs",
         "",
-        "| config | train | validation | test | mean tokens | seed | generator preset |",
-        "|---|---|---|---|---|---|---|",
+        "| config | " + " | ".join(splits) + " | mean tokens | seed | generator | used by |",
+        "|---|" + "---|" * (len(splits) + 4),
     ]
     for b in builds:
         s = b["splits"]
         mean = next(iter(b.get("tokens", {}).values()), {}).get("mean_tokens", "")
+        g = b["build"]["generator"]
         body.append(
-            f"| `{b['config_name']}` | {s.get('train', 0)} | {s.get('validation', 0)} | "
-            f"{s.get('test', 0)} | {mean} | {b['build']['seed']} | `{b['build']['generator']['name']}` |"
+            f"| `{b['config_name']}` | " + " | ".join(str(s.get(x, 0)) for x in splits)
+            + f" | {mean} | {b['build']['seed']} | `{g['name']}`: "
+            f"{_generator_short(g)} | {b.get('release', {}).get('used_by', '')} |"
         )
+    if released:
+        seeds = sorted({b["build"]["seed"] for b in released})
+        body += [
+            "",
+            "## How the test sets were made",
+            "",
+            "Each config with a *used by* entry is the test set that the companion's experiments",
+            "(`tinytrace.experiments`) evaluate at the `gpu` and `paper` scales with experiment",
+            f"seed {seeds[0]}: the same generator config, {released[0]['splits']['test']} snippets, "
+            f"a determinism-filter window of {released[0]['build']['context']} tokens and",
+            f"chunks of {released[0]['build']['chunk_size']} snippets. The list of them is "
+            "`tinytrace.data.release_sets()`; rebuild them all, byte",
+            "for byte, with `tinytrace data release --out <folder>` (one with `--only NAME`) and",
+            "push them with `tinytrace data push <folder> --repo-id ORG/tinytracing`. The `smoke`",
+            "and `cpu` scales evaluate a scaled-down task instead (smaller sets, fewer variables",
+            "and statements, values in [-9, 9]); they build those sets in their cache.",
+            "",
+            "- *Test split of a training corpus* (seed = experiment seed): `tinytrace data build`",
+            "  fills the test split first, from the start of the seeded stream, then validation and",
+            "  train, so the test split of the training corpus is these snippets whatever the",
+            "  corpus size, and no training snippet is one of them (one hash set over all splits).",
+            "- *Stand-alone test set* (seed = experiment seed + 1000): built like a test-only corpus.",
+            "  It differs from the training distributions by construction (more statements, deeper",
+            "  nesting, or an executed assignment on a pair that the training corpus never has as",
+            "  operands). The depth-6 and depth-7 sets are not hash-checked against the",
+            "  curriculum's injected depth-6/7 training snippets (same generator, experiment seed),",
+            "  which the runs with p > 0 train on.",
+        ]
     body += ["", "## Creation", ""]
     for b in builds:
         st = b["stats"]
         g = b["build"]["generator"]
+        rel = b.get("release")
+        body += [f"### `{b['config_name']}`", ""]
+        if rel is not None:
+            kind = (f"the test split of {rel['split_of']}" if rel["split_of"]
+                    else "a stand-alone test set")
+            body += [f"- used by: {rel['used_by']}; {kind}"]
+            if rel["made"]:
+                body += [f"- made: {rel['made']}"]
+            body += [f"- command: `{rel['command']}`"]
         body += [
-            f"### `{b['config_name']}`",
-            "",
-            f"- generator: {g['min_statements']}-{g['max_statements']} statements, depth "
+            f"- generator `{g['name']}`: {g['min_statements']}-{g['max_statements']} statements, depth "
             f"{g['min_depth']}-{g['max_depth']}, variables `{g['variables'][0]}-{g['variables'][-1]}`"
             f" ({len(g['variables'])}), ops `{' '.join(g['arith_ops'])}`, comparisons "
             f"`{' '.join(g['comparisons'])}`, literals and values in {g['value_range']}",
-            f"- forbidden pairs: {len(g['forbidden_pairs'])} ({g['exclusion_scope']} scope)"
-            + (", every example executes one" if g["require_forbidden_pair"] else ""),
+            (f"- forbidden pairs: {len(g['forbidden_pairs'])}, every example executes an "
+             "assignment on one (the generator draws freely, the pipeline keeps those snippets)"
+             if g["require_forbidden_pair"] else
+             f"- forbidden pairs: {len(g['forbidden_pairs'])} ({g['exclusion_scope']} scope)"),
             f"- seed {b['build']['seed']}, determinism-filter window {b['build']['context']} "
             f"tokens, built by tinytrace {b['tinytrace_version']}",
             f"- attempts {st['attempts']}; rejected: generator {st['generator']}, value range "
@@ -539,3 +613,119 @@ def build_preset(preset: str, out, num_snippets: int, seed: int = 0, **kw) -> di
     gen_overrides = kw.pop("generator_overrides", {})
     cfg = BuildConfig(get_preset(preset, **gen_overrides), num_snippets=num_snippets, seed=seed, **kw)
     return build(cfg, out, workers=workers, progress=progress)
+
+
+# --- the shipped test sets ---------------------------------------------------------------------
+RELEASE_SIZE = 1024  # every test set of the paper has 1,024 snippets (Sec. 3.4, 4.1-4.3)
+RELEASE_PCTS = (10, 50, 90, 95, 98, 100)  # the `gpu` scale's exclusion percentages (Sec. 4.2)
+RELEASE_SCOPES = ("assignment", "global")  # Sec. 4.2 and 4.2.1
+TEST_SEED_OFFSET = 1000  # a stand-alone test set uses seed + 1000 (experiments.Cache.test_set)
+
+
+@dataclass
+class ReleaseSet:
+    """One shipped test set: built like the experiments build it, so the Hub copy is the set
+    the sections evaluate. ``split_of`` says whether it is the test split of a training corpus
+    (``build`` fills the test split first, so it does not depend on the corpus size) or a
+    stand-alone test set."""
+
+    name: str
+    generator: GeneratorConfig
+    seed: int
+    size: int
+    used_by: str  # paper sections and role
+    split_of: str | None = None  # the training corpus whose test split this is
+    made: str = ""  # how the generator differs from its preset, in words
+
+    def build_config(self, chunk_size: int = 1024, context: int = 512) -> BuildConfig:
+        return BuildConfig(self.generator, num_snippets=self.size, seed=self.seed,
+                           test_size=self.size, validation_size=0, context=context,
+                           config_name=self.name, chunk_size=chunk_size, tokens=False)
+
+
+def release_sets(size: int = RELEASE_SIZE, seed: int = 0, pcts=RELEASE_PCTS,
+                 scopes=RELEASE_SCOPES) -> list[ReleaseSet]:
+    """The test sets shipped in ``data/tinytracing``, in card order: what the sections evaluate
+    at the ``gpu`` and ``paper`` scales with experiment seed ``seed`` (``tests/test_release.py``
+    checks it against :mod:`tinytrace.experiments`)."""
+    from .config import sample_pairs
+
+    base = get_preset("base")
+    test_seed = seed + TEST_SEED_OFFSET
+    sets = [
+        ReleaseSet("base", base, seed, size, "ID test (Sec. 3.4, 4.1, 4.4, App. E, G)",
+                   split_of="the base training corpus"),
+        ReleaseSet("longer", get_preset("longer"), test_seed, size,
+                   "OOD length: 11-17 statements (Sec. 4.3, 4.4, App. G)"),
+        ReleaseSet("deeper", get_preset("deeper"), test_seed, size,
+                   "OOD depth: max depth 3 or 4 (Sec. 4.3, 4.4, App. G)"),
+        ReleaseSet("depth-0-5", get_preset("depth-0-5"), seed, size,
+                   "curriculum ID test: max depth 0-5 (Sec. 4.3.1)",
+                   split_of="the depth 0-5 curriculum training corpus"),
+    ]
+    for d in (6, 7, 8, 9):
+        sets.append(ReleaseSet(f"depth-{d}", get_preset(f"depth-{d}"), test_seed, size,
+                               f"curriculum test: max depth exactly {d} (Sec. 4.3.1, App. F)"))
+    for scope in scopes:
+        sec = "Sec. 4.2, Fig. 4a" if scope == "assignment" else "Sec. 4.2.1, Fig. 4b"
+        for pct in pcts:
+            pairs = sample_pairs(pct, seed=seed, alphabet=base.variables)
+            sets.append(ReleaseSet(
+                f"allowed-{scope}-{pct}",
+                base.replace(name=f"{scope}-{pct}", forbidden_pairs=pairs, exclusion_scope=scope),
+                seed, size, f"allowed-pairs test at {pct}% {scope} exclusion ({sec})",
+                split_of=f"the {pct}% {scope}-exclusion training corpus",
+                made=f"`base` with the {len(pairs)} pairs of `sample_pairs({pct}, seed={seed})` "
+                     f"excluded ({scope} scope)"))
+    for pct in pcts:
+        pairs = sample_pairs(pct, seed=seed, alphabet=base.variables)
+        sets.append(ReleaseSet(
+            f"excluded-{pct}",
+            base.replace(name=f"excluded-{pct}", forbidden_pairs=pairs, require_forbidden_pair=True),
+            test_seed, size,
+            f"excluded-pairs test at {pct}% exclusion, both scopes (Sec. 4.2, 4.2.1, Fig. 4)",
+            made=f"`base`; every snippet executes an `x = u op v` whose pair is one of the "
+                 f"{len(pairs)} of `sample_pairs({pct}, seed={seed})`"))
+    return sets
+
+
+def build_release(out: str | os.PathLike, sets: list[ReleaseSet] | None = None,
+                  only: list[str] | None = None, chunk_size: int = 1024,
+                  log=print) -> list[dict]:
+    """Build the shipped test sets (default :func:`release_sets`) into ``out``, one config
+    each, and the dataset card; one progress line per config. ``only`` rebuilds some of them.
+    Deterministic: a rebuild leaves the parquet files, ``build.json`` and the card unchanged."""
+    sets = release_sets() if sets is None else list(sets)
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError("release set names must be unique")
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"unknown release config(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(names)}")
+    out = Path(out)
+    todo = [(i, s) for i, s in enumerate(sets) if not only or s.name in only]
+    t0 = time.time()
+    summaries = []
+    width = max(len(n) for n in names)
+    for k, (order, rs) in enumerate(todo, 1):
+        if log:
+            log(f"[{k:2d}/{len(todo)}] {rs.name:<{width}} ", end="", flush=True)
+        meta = {"order": order, "used_by": rs.used_by, "split_of": rs.split_of,
+                "made": rs.made, "command": f"tinytrace data release --only {rs.name}"}
+        summary = build(rs.build_config(chunk_size=chunk_size), out, workers=1, progress=False,
+                        release=meta)
+        summaries.append(summary)
+        if log:
+            tok = summary["tokens"].get("test", {})
+            log(f"{summary['splits']['test']} snippets, mean {tok.get('mean_tokens')} tokens, "
+                f"seed {rs.seed}, {summary['stats']['attempts']} attempts, "
+                f"{summary['seconds']:.1f} s", flush=True)
+    if log:
+        extra = sorted(p.parent.name for p in out.glob("*/build.json")
+                       if p.parent.name not in names)
+        if extra:
+            log(f"kept {', '.join(extra)} (not in the release list; the card lists them too)")
+        log(f"release: {len(todo)} configs into {out} in {time.time() - t0:.1f} s")
+    return summaries

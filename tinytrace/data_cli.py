@@ -23,7 +23,7 @@ def _positive(kind):
 
 def add_data_cli(sub) -> None:
     p = sub.add_parser("data", help="build or push Hub-layout datasets")
-    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,push}")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,release,push}")
     b = dsub.add_parser("build", help="generate, trace, filter, dedup, split and write a config")
     b.add_argument("--preset", required=True, choices=sorted(PRESETS), metavar="PRESET",
                    help=f"generator preset: {', '.join(PRESETS)}")
@@ -44,6 +44,14 @@ def add_data_cli(sub) -> None:
     b.add_argument("--out", required=True, help="dataset folder (Hub layout)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_build)
+    r = dsub.add_parser("release", help="build the shipped test sets (tinytrace.data.release_sets) "
+                                        "and their dataset card")
+    r.add_argument("--out", default="data/tinytracing", help="dataset folder (default: %(default)s)")
+    r.add_argument("--only", action="append", metavar="NAME",
+                   help="rebuild only these configs (repeat or comma-separate)")
+    r.add_argument("--list", action="store_true", help="print the configs and exit")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_release)
     u = dsub.add_parser("push", help="push a built dataset folder to the Hugging Face Hub")
     u.add_argument("dir")
     u.add_argument("--repo-id", required=True, help="ORG/NAME")
@@ -104,6 +112,19 @@ def _build(args) -> int:
         + ", ".join(f"{s} mean {v['mean_tokens']} tokens" for s, v in tok.items())
         + ")"
     )
+    return 0
+
+
+def _release(args) -> int:
+    from .data import build_release, release_sets
+
+    if args.list:
+        for rs in release_sets():
+            kind = "test split" if rs.split_of else "stand-alone"
+            print(f"{rs.name:<22} n={rs.size} seed={rs.seed:<5} {kind:<11} {rs.used_by}")
+        return 0
+    only = [n for item in args.only or [] for n in item.split(",") if n]
+    build_release(args.out, only=only or None, log=None if args.quiet else print)
     return 0
 
 
