@@ -278,3 +278,25 @@ def test_measured_values_map_tidy_results_to_paper_keys():
     table = nbm.comparison("sft_lora", sft, "smoke", "CPU")
     assert list(table["key"])[:2] == ["pretrained_id", "pretrained_deeper"]
     assert table.loc[table["key"] == "pretrained_id", "this run"].item() == 1
+
+
+def test_performance_page_from_benchmark_results(tmp_path):
+    """book/performance.md is generated from benchmarks/results/*.json: goals against the best
+    measurement, one row per file, the loss-vs-time figure, the per-section GPU cost."""
+    from tinytrace import notebooks as N
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "a.json").write_text(json.dumps({
+        "name": "train", "device": "H100", "date": "2026-01-01", "command": "bench", "git_commit": "abc",
+        "metrics": {"tokens_per_s": 2_100_000, "mfu": 0.38, "eval_1024_seconds": None},
+        "curve": [{"elapsed_s": 1.0, "loss": 3.0}, {"elapsed_s": 2.0, "loss": 1.0}]}))
+    (res / "b.json").write_text(json.dumps({
+        "name": "eval", "metrics": {"eval_1024_seconds": 7.5, "tokens_per_s": None}}))
+    page = N.performance_page(res)
+    goals = page.split("## Measurements")[0]
+    assert "2.10M tokens/s, 38.0% MFU | met" in goals and "7.5 s | **not met**" in goals
+    assert "`a.json`" in page and "`b.json`" in page and "figures/performance-loss.png" in page
+    assert N.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
+    assert N.training_tokens("gpu")["base"] == pytest.approx(600_000 * 309.6)
+    assert "No GPU results yet." in N.performance_page(tmp_path / "none")

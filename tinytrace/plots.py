@@ -97,6 +97,19 @@ METRICS = {"exact_match": "exact match", "step_em_tf": "step EM (teacher forced)
            "final_state_match": "final state match", "state_token_acc": "state token accuracy"}
 
 
+def loss_vs_time(curve: pd.DataFrame, title: str = "Training loss against wall-clock time") -> plt.Figure:
+    """``curve`` rows: ``elapsed_s``, ``loss`` (and ``run`` when several)."""
+    _theme()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    sns.lineplot(data=curve, x="elapsed_s", y="loss", hue="run" if "run" in curve else None, ax=ax,
+                 marker="o", markersize=3)
+    ax.set(xlabel="wall-clock seconds (one H100)", ylabel="training loss", title=title)
+    if ax.get_legend() is not None:
+        ax.legend(fontsize=7, title=None)
+    fig.tight_layout()
+    return fig
+
+
 def metrics_bars(df: pd.DataFrame, title: str = "") -> plt.Figure:
     """Exact match and the early metrics per test set, in percent."""
     _theme()
