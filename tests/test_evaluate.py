@@ -152,7 +152,8 @@ def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
     single = [greedy_generate(m, [p], [n], stop_at_eos=False)[0][0] for p, n in zip(prompts, max_new)]
     static, ss = greedy_generate_static(m, prompts, max_new, stop_at_eos=False, sync_every=5)
     assert cached == uncached == single == static
-    assert [len(o) for o in cached] == max_new and st == su == ss and st["restarts"] > 0
+    assert [len(o) for o in cached] == max_new and st == su and st["restarts"] > 0
+    assert {k: ss[k] for k in st} == st and ss["restart_batches"] <= ss["restarts"]
     own = [Record("", "", p, o) for p, o in zip(prompts, cached)]
     preds = teacher_forced(m, own, batch_size=3)
     assert all(np.array_equal(p, o) for p, o in zip(preds, cached))
@@ -193,6 +194,7 @@ def test_eos_stops_rows():
     assert st["generated_tokens"] == sum(map(len, outs))
     static, ss = greedy_generate_static(m, prompts, [30] * 4, sync_every=4)
     assert static == outs and ss["generated_tokens"] == st["generated_tokens"]
+    assert ss["steps"] <= 30 + 4  # stops at the first sync after every row ended
 
 
 def test_static_decode_in_evaluate(rows):
@@ -207,6 +209,12 @@ def test_static_decode_in_evaluate(rows):
     assert a["window_restarts"] > 0 and len(df) == 12
     with pytest.raises(ValueError, match="decode"):
         evaluate(m, recs, decode="graph")
+    # rows whose window fills wait and re-encode together: fewer forwards, the same tokens
+    prompts, caps = [r.prompt_ids for r in recs], [200] * len(recs)
+    ref, sr = greedy_generate(m, prompts, caps, stop_at_eos=False)
+    out, so = greedy_generate_static(m, prompts, caps, stop_at_eos=False, restart_wait=16)
+    assert out == ref and so["restarts"] == sr["restarts"] > 0
+    assert so["restart_batches"] < so["restarts"] / 2
 
 
 def test_cli_eval_json(tmp_path, data_dir, capsys):

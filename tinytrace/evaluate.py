@@ -188,18 +188,26 @@ def greedy_generate(model, prompts: list[list[int]], max_new: list[int], *, use_
 
 
 class _StaticStep:
-    """One greedy decode step of every row with fixed shapes (``GPT.forward(static=True)``):
-    reads ``tok``, writes the next token into ``out[:, step]`` and ``tok``, marks EOS rows in
-    ``done``, advances ``step``. On CUDA it is captured once in a CUDA graph and replayed (one
-    launch per token instead of ~500 kernels, Issue 6); elsewhere it runs eagerly."""
+    """One greedy decode step of every row with fixed shapes (``GPT.forward(static=True)``).
 
-    def __init__(self, fwd, cache, n_rows: int, max_steps: int, device, amp: bool,
-                 graph: bool | None = None):
+    Per row: ``tok`` is the next input, ``opos`` how many tokens it has generated (``out`` holds
+    them), ``active`` whether it advances. An inactive row (waiting for a window restart, or
+    finished) still runs through the model but writes nothing and stays where it is. On CUDA
+    the step is captured once in a CUDA graph and replayed (one launch per token instead of
+    ~500 kernels, issue 6); elsewhere it runs eagerly."""
+
+    def __init__(self, fwd, cache, max_new: list[int], device, amp: bool, graph: bool | None = None,
+                 stop_at_eos: bool = True):
+        n = len(max_new)
         self.fwd, self.cache, self.device, self.amp = fwd, cache, device, amp
-        self.tok = torch.zeros(n_rows, 1, dtype=torch.long, device=device)
-        self.out = torch.full((n_rows, max_steps + 1), tk.PAD_ID, dtype=torch.long, device=device)
-        self.done = torch.zeros(n_rows, dtype=torch.bool, device=device)
-        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.stop_at_eos = stop_at_eos
+        self.width = int(max(max_new))
+        self.tok = torch.zeros(n, 1, dtype=torch.long, device=device)
+        self.out = torch.full((n, self.width + 1), tk.PAD_ID, dtype=torch.long, device=device)
+        self.opos = torch.zeros(n, dtype=torch.long, device=device)
+        self.max_new = torch.tensor(max_new, dtype=torch.long, device=device)
+        self.active = torch.zeros(n, dtype=torch.bool, device=device)
+        self.done = torch.zeros(n, dtype=torch.bool, device=device)
         self.graph = None
         if graph is None:
             graph = device.type == "cuda"
@@ -221,15 +229,22 @@ class _StaticStep:
                 torch.cuda.synchronize(device)
 
     def _run(self) -> None:
+        cache = self.cache
+        cache.lens.clamp_(max=cache.block_size - 1)  # a waiting row's writes stay in bounds
         ctx = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
                if self.amp and self.device.type == "cuda" else contextlib.nullcontext())
         with ctx:
-            logits = self.fwd(self.tok, kv_cache=self.cache, static=True)[0][:, -1]
+            logits = self.fwd(self.tok, kv_cache=cache, static=True)[0][:, -1]
         nxt = logits.argmax(-1)
-        self.out.index_copy_(1, self.step, nxt[:, None])
-        self.done |= nxt == tk.EOS_ID
-        self.tok.copy_(nxt[:, None])
-        self.step += 1
+        act = self.active
+        col = torch.where(act, self.opos, self.width)  # inactive rows write the spare column
+        self.out.scatter_(1, col[:, None], nxt[:, None])
+        self.tok.copy_(torch.where(act[:, None], nxt[:, None], self.tok))
+        if self.stop_at_eos:
+            self.done |= act & (nxt == tk.EOS_ID)
+        self.opos += act
+        cache.lens += act
+        self.active &= ~(self.done | (self.opos >= self.max_new))
 
     def __call__(self) -> None:
         if self.graph is not None:
@@ -241,87 +256,99 @@ class _StaticStep:
 @torch.no_grad()
 def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], *,
                            stop_at_eos: bool = True, sync_every: int = 32, amp: bool = True,
-                           fwd=None, graph: bool | None = None) -> tuple[list[list[int]], dict]:
-    """:func:`greedy_generate` with fixed shapes: every row decodes every step (finished rows
-    run on, their extra tokens are cut afterwards), attention spans the whole window, and the
-    step is a CUDA graph on GPUs. The host syncs only every ``sync_every`` tokens (to stop when
-    all rows are done) and at window restarts, which re-encode the step-aligned window of the
-    rows that reached the context (as :func:`greedy_generate`). Same outputs as
-    :func:`greedy_generate` up to floating-point ties."""
+                           fwd=None, graph: bool | None = None,
+                           restart_wait: int = 32) -> tuple[list[list[int]], dict]:
+    """:func:`greedy_generate` with fixed shapes: every row runs every step (finished rows are
+    frozen), attention spans the whole window masked per row, and the step is a CUDA graph on
+    GPUs. A row whose window is full waits, frozen, until ``restart_wait`` steps have passed
+    since the first row started waiting (or a quarter of the rows wait, or nothing else can
+    run); then all waiting rows re-encode their step-aligned windows in one forward. Waiting
+    changes nothing a row sees: same windows, same tokens as :func:`greedy_generate` (up to
+    floating-point ties). The host syncs every ``sync_every`` steps and at restarts."""
     fwd = fwd or model
     raw = unwrap(model)
     bs = raw.config.block_size
     device = _model_device(model)
     n = len(prompts)
-    plen = [len(p) for p in prompts]
-    steps = max(max_new)
     cache = raw.new_kv_cache(n, device=device, dtype=torch.bfloat16 if (
         amp and device.type == "cuda") else None)
-    step = _StaticStep(fwd, cache, n, steps, device, amp, graph)
+    step = _StaticStep(fwd, cache, list(max_new), device, amp, graph, stop_at_eos)
     cache.lens.zero_()  # forget the warm-up
     step.done.zero_()
-    stats = {"generated_tokens": 0, "restarts": 0}
+    stats = {"generated_tokens": 0, "restarts": 0, "restart_batches": 0, "steps": 0}
     starts = [fit_window(list(p), 0, bs) for p in prompts]
-    hist = [list(p) for p in prompts]  # host copies, only read at restarts
+    lens = [0] * n  # host copy of cache.lens (exact for rows that advance)
 
-    def prefill(rows: list[int], windows: list[list[int]]) -> None:
+    def prefill(rows: list[int], windows: list[list[int]]) -> torch.Tensor:
+        """Encode ``windows`` into those cache rows; the logits after each window."""
         cache.set_lens(rows, [0] * len(rows))
         with _amp(device, amp):
             logits = _last_logits(fwd, windows, device, kv_cache=cache,
                                   rows=None if len(rows) == n else rows)
         cache.set_lens(rows, [len(w) for w in windows])
-        step.tok[torch.tensor(rows, device=device)] = logits.argmax(-1)[:, None]
         for r, w in zip(rows, windows):
             lens[r] = len(w)
+        return logits
 
-    lens = [0] * n  # host copy of cache.lens
-    prefill(list(range(n)), [p[s:] for p, s in zip(prompts, starts)])
-    # the prefill's argmax is token 0 of every row; the graph writes tokens 1.. into `out`
-    step.out[:, 0] = step.tok[:, 0]
-    step.done |= step.tok[:, 0] == tk.EOS_ID
-    step.step.fill_(1)
-    ngen = 1
-    ended = [False] * n  # host view: EOS seen or max_new reached (at the last sync)
+    # token 0 of every row comes from encoding its prompt; the step writes tokens 1..
+    first = prefill(list(range(n)), [p[s:] for p, s in zip(prompts, starts)]).argmax(-1)
+    step.tok[:, 0] = first
+    step.out[:, 0] = first
+    step.opos.fill_(1)
+    if stop_at_eos:
+        step.done |= first == tk.EOS_ID
+    step.active.copy_(~step.done & (step.opos < step.max_new))
+    live = [True] * n  # host view: not known to be finished (refreshed at syncs and restarts)
+    waiting: list[int] = []
+    wait_since = 0
+
+    def wait_if_full(rows) -> None:
+        nonlocal wait_since
+        for r in rows:
+            if lens[r] >= bs and r not in waiting:  # full window: freeze before the next step
+                step.active[r] = False
+                if not waiting:
+                    wait_since = ngen
+                waiting.append(r)
+
+    ngen, limit = 1, 2 * max(max_new) + 4 * restart_wait * (1 + max(max_new) // 16) + 64
+    wait_if_full(range(n))
     with _amp(device, amp):
-        while ngen < steps:
-            # rows whose window is full must restart before the next step writes column bs
-            full = [r for r in range(n) if lens[r] >= bs]
-            if full:
-                if stop_at_eos:
-                    done = step.done.tolist()
-                    ended = [e or d for e, d in zip(ended, done)]
-                live = [r for r in full if not ended[r] and ngen < max_new[r]]
-                dead = [r for r in full if r not in live]
-                if dead:  # finished rows: keep them running on an empty window
-                    cache.set_lens(dead, [0] * len(dead))
-                    for r in dead:
-                        lens[r] = 0
-                if live:
-                    got = step.out[live, :ngen].tolist()
+        while any(live):
+            moving = [r for r in range(n) if live[r] and r not in waiting]
+            if waiting and (ngen - wait_since >= restart_wait or 4 * len(waiting) >= n or not moving):
+                done, opos = step.done.tolist(), step.opos.tolist()
+                go = [r for r in waiting if not done[r] and opos[r] < max_new[r]]
+                for r in waiting:
+                    live[r] = r in go
+                if go:
                     wins = []
-                    for r, g in zip(live, got):
-                        h = hist[r] + g
+                    for r, g in zip(go, step.out[go].tolist()):
+                        h = list(prompts[r]) + g[: opos[r]]
                         starts[r] = fit_window(h, starts[r], bs)
                         wins.append(h[starts[r]:])
-                    stats["restarts"] += len(live)
-                    # the re-encode recomputes the last token's logits: undo its decode step
-                    last = torch.tensor(live, device=device)
-                    prefill_tok = step.out[last, ngen - 1].clone()
-                    prefill(live, [w[:-1] for w in wins])
-                    step.tok[last] = prefill_tok[:, None]
+                    stats["restarts"] += len(go)
+                    stats["restart_batches"] += 1
+                    # the last generated token stays the next input: encode the window before it
+                    prefill(go, [w[:-1] for w in wins])
+                    step.active[torch.tensor(go, device=device)] = True
+                waiting = []
+                continue
             step()
             ngen += 1
-            for r in range(n):
+            if ngen > limit:
+                raise RuntimeError(f"static decoding did not finish in {limit} steps")
+            for r in moving:
                 lens[r] += 1
-            if ngen % sync_every == 0 or ngen == steps:
-                done = step.done.tolist() if stop_at_eos else [False] * n
-                ended = [e or d or ngen >= max_new[r] for r, (e, d) in enumerate(zip(ended, done))]
-                if all(ended):
-                    break
-    got = step.out[:, :ngen].tolist()
+            wait_if_full(moving)
+            if ngen % sync_every == 0:
+                done, opos = step.done.tolist(), step.opos.tolist()
+                live = [live[r] and not done[r] and opos[r] < max_new[r] for r in range(n)]
+    stats["steps"] = ngen
+    got, opos = step.out.tolist(), step.opos.tolist()
     outputs = []
     for r in range(n):
-        o = got[r][: max_new[r]]
+        o = got[r][: min(opos[r], max_new[r])]
         if stop_at_eos and tk.EOS_ID in o:
             o = o[: o.index(tk.EOS_ID) + 1]
         outputs.append(o)

@@ -345,7 +345,8 @@ class GPT(nn.Module):
         exactly (right padding: a padded token's keys are overwritten before any query sees them).
         ``static``: every row, attention over all ``block_size`` columns (masked past each row's
         length) and no host bookkeeping (``lens_host`` is the caller's): fixed shapes and no host
-        reads, so the step can be captured in a CUDA graph."""
+        reads, and ``lens`` is not advanced (the caller does, per row): the step can be captured
+        in a CUDA graph."""
         B, T = idx.size()
         device = idx.device
         if kv_cache is None:
@@ -376,9 +377,7 @@ class GPT(nn.Module):
             x = block(x, ctx)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         if kv_cache is not None:
-            if static:
-                kv_cache.lens += T
-            else:
+            if not static:  # static: the caller advances lens (rows may be frozen)
                 kv_cache.lens[rows_t] += T
                 for r in rows_list:
                     kv_cache.lens_host[r] += T
