@@ -103,3 +103,13 @@ def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, 
     assert next(X._load(run).parameters()).device.type == "cpu"
     monkeypatch.setattr(X, "_device", lambda: torch.device("meta"))  # stands in for "cuda"
     assert next(X._load(run).parameters()).device.type == "meta"
+
+
+def test_gpu_scale_trains_with_the_fast_recipe():
+    """The gpu scale's recipe is the named `fast` preset (issue 6), the paper scale the paper's."""
+    from tinytrace.experiments import get_scale
+    from tinytrace.train import TRAIN_PRESETS, TrainConfig
+
+    assert TrainConfig(**get_scale("gpu").train) == TRAIN_PRESETS["fast"]
+    paper = TrainConfig(**get_scale("paper").train)
+    assert (paper.lr_peak, paper.phase1_frac, paper.epochs) == (1e-3, 0.5, 4)

@@ -19,6 +19,7 @@ COMMANDS = {
     "sft": ("tinytrace.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
     "experiment": ("tinytrace.experiments", "add_cli", "run one of the paper's experiments"),
     "notebooks": ("tinytrace.notebooks", "add_cli", "execute the section notebooks with papermill"),
+    "model": ("tinytrace.hub", "add_cli", "export or push a trained run as a Hub model"),
 }
 
 

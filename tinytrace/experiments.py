@@ -155,7 +155,7 @@ def _scales() -> dict[str, Scale]:
                     "peak lr 2e-3)",
         model="paper",
         # 600k snippets x 1 epoch = ~185M tokens: ~3 H100-minutes of training at ~1M tokens/s
-        train=dict(epochs=1, batch_size=512, micro_batch_size=256, lr_peak=2e-3,
+        train=dict(name="fast", epochs=1, batch_size=512, micro_batch_size=256, lr_peak=2e-3,
                    warmup_frac=0.05, phase1_frac=1.0, compile=True),
         corpus_snippets=600_000,
         test_size=1024,

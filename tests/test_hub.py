@@ -1,0 +1,59 @@
+"""tinytrace.hub: a trained run exported as a Hub model (card, loadable), pushed with a fake API."""
+import json
+import subprocess
+import sys
+
+import huggingface_hub
+import torch
+
+from tinytrace import hub
+from tinytrace.model import load_checkpoint
+
+
+def test_export_card_and_load(smoke_cache, tmp_path):
+    from tinytrace.experiments import base_run_dir
+
+    run = base_run_dir("smoke", smoke_cache)
+    r = subprocess.run([sys.executable, "-m", "tinytrace", "model", "export", str(run), "--out",
+                        str(tmp_path / "m"), "--repo-id", "me/tiny"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "m"
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: tinytrace") and "# me/tiny" in card
+    assert "| positional encoding | ape |" in card and 'snapshot_download("me/tiny")' in card
+    assert "dir" not in json.loads((out / "run.json").read_text())["data"]  # no local paths
+    a, b = load_checkpoint(run), load_checkpoint(out)
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_push_uploads_the_folder(smoke_cache, monkeypatch):
+    from tinytrace.experiments import base_run_dir
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw["repo_type"]))
+
+        def upload_folder(self, folder_path, repo_id, repo_type, **kw):
+            from pathlib import Path
+
+            calls.append(("upload", repo_id, repo_type, sorted(p.name for p in Path(folder_path).iterdir())))
+            return "https://hub/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = hub.push_model(base_run_dir("smoke", smoke_cache), "me/tiny")
+    assert url == "https://hub/commit/1"
+    assert calls[0] == ("create", "me/tiny", "model")
+    assert calls[1][:3] == ("upload", "me/tiny", "model")
+    assert {"README.md", "model.safetensors", "config.json", "run.json", "log.jsonl"} <= set(calls[1][3])
+
+
+def test_export_refuses_a_folder_without_weights(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tinytrace", "model", "export", str(tmp_path), "--out",
+                        str(tmp_path / "m")], capture_output=True, text=True)
+    assert r.returncode != 0 and "is " in r.stderr and "trained run" in r.stderr
