@@ -224,6 +224,13 @@ def _scales() -> dict[str, Scale]:
 
 SCALES: dict[str, Scale] = _scales()
 
+# Wall time of `tinytrace notebooks run --scale S --jobs 2` (all six sections, fresh cache), as
+# measured on the shared 2-core dev machine (notes/issue5.md, notes/issue4-cpu-scale.md).
+MEASURED_TIMES = {
+    "smoke": "2 min (load ~8)",
+    "cpu": "33 min (load 1.3-6.4)",
+}
+
 
 def get_scale(name: str) -> Scale:
     if isinstance(name, Scale):
@@ -249,6 +256,7 @@ def scale_table():
             "robustness corpora": len(s.robustness_corpora),
             "exclusion %": ", ".join(map(str, s.exclusion_pcts)),
             "curriculum p": ", ".join(map(str, s.curriculum_ps)),
+            "all sections, 2 CPU cores": MEASURED_TIMES.get(s.name, "not run yet"),
             "description": s.description,
         })
     return pd.DataFrame(rows)
