@@ -159,6 +159,20 @@ def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
     assert all(np.array_equal(p, o) for p, o in zip(preds, cached))
 
 
+def test_eos_prefix_starts_every_prompt_with_eos(rows):
+    """``eos_prefix`` evaluates from [EOS] + prompt (the training stream's context of an example)."""
+    import math
+
+    m = tiny(block_size=64)
+    recs = [r for r in make_records(rows) if len(r.prompt_ids) < 60][:3]
+    df, s = evaluate(m, recs, batch_size=2, max_len_factor=0.3, eos_prefix=True)
+    want, _ = greedy_generate(m, [[tk.EOS_ID] + r.prompt_ids for r in recs],
+                              [math.ceil(0.3 * len(r.target_ids)) + 16 for r in recs])
+    assert df["prediction"].tolist() == [tk.decode(o) for o in want]
+    assert s["eos_prefix"] and not evaluate(m, recs[:1], max_len_factor=0.3)[1]["eos_prefix"]
+    assert recs[0].prompt_ids[0] != tk.EOS_ID  # the caller's records are left as they were
+
+
 def test_sliding_window_equals_full_context_while_it_fits(rows):
     m = tiny()
     prompts = [r.prompt_ids for r in make_records(rows[:2])]

@@ -24,7 +24,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -473,16 +473,18 @@ def tf_metrics(target: list[int], pred: np.ndarray) -> dict:
 def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device=None, *,
              use_cache: bool = True, max_len_factor: float = 2.0, teacher_forcing: bool = True,
              amp: bool = True, compile: bool = False, progress: bool = False, sync_every: int = 16,
-             decode: str = "auto"):
+             decode: str = "auto", eos_prefix: bool = False):
     """Greedy exact match of ``model`` on ``data`` (a Dataset, DataFrame, dicts or Records).
 
     A row may generate up to ``ceil(max_len_factor * len(target)) + 16`` tokens: a longer output
-    is wrong anyway, and the margin leaves room to read a late final state. Returns
-    ``(records DataFrame, summary dict)``; the summary has ``exact_match``, ``n``,
-    ``step_em_tf``, ``final_state_match``, ``state_token_acc`` and throughput.
+    is wrong anyway, and the margin leaves room to read a late final state. ``eos_prefix``
+    starts every prompt with the end-of-example token, as every example in the training stream
+    is preceded by one (off by default; the `cpu` scale turns it on, notes/issue4-cpu-scale.md).
     ``decode``: ``"static"`` (:func:`greedy_generate_static`, a CUDA graph per token),
     ``"dynamic"`` (:func:`greedy_generate`, drops finished rows: best on CPUs) or ``"auto"``
-    (static on CUDA with the KV cache, else dynamic)."""
+    (static on CUDA with the KV cache, else dynamic).
+    Returns ``(records DataFrame, summary dict)``; the summary has ``exact_match``, ``n``,
+    ``step_em_tf``, ``final_state_match``, ``state_token_acc`` and throughput."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -492,6 +494,8 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
         records = make_records(data, limit)
     if not records:
         raise ValueError("no examples to evaluate")
+    if eos_prefix:
+        records = [replace(r, prompt_ids=[tk.EOS_ID] + r.prompt_ids) for r in records]
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -566,6 +570,7 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
         "decode": "static" if static else "dynamic",
         "batch_size": batch_size,
         "max_len_factor": max_len_factor,
+        "eos_prefix": eos_prefix,
         "device": str(dev),
     }
     return df, summary

@@ -51,6 +51,7 @@ class Scale:
     scopes: tuple = ("assignment", "global")
     coverage_corpus: float = 1.0  # fraction of corpus_snippets for each exclusion run
     curriculum_ps: tuple = (0, 1, 5, 10, 20, 40, 60, 80, 100)
+    curriculum_corpus: float = 1.0  # fraction of corpus_snippets for each curriculum run
     sft_sizes: tuple = (65_536, 131_072, 262_144, 524_288, 1_048_576, 2_097_152)
     sft_epochs: tuple = (1, 2, 4, 8)
     sft: dict = field(default_factory=dict)  # SFTConfig fields
@@ -58,12 +59,19 @@ class Scale:
     eval_batch_size: int = 64
     max_len_factor: float = 2.0  # generation cap: this x the target length + 16 tokens
     context: int = 512  # the model's window: test sets pass the determinism filter for it
+    eval_eos_prefix: bool = False  # prompts start with EOS, as examples do in training
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields over the preset
 
     def generator(self, role: str) -> GeneratorConfig:
         try:
             return self.task[role]
         except KeyError:
             raise ValueError(f"scale {self.name!r} has no task role {role!r}") from None
+
+    def model_label(self) -> str:
+        """The model preset with its overrides, e.g. ``tiny (pe rpb, block_size 128)``."""
+        extra = ", ".join(f"{k} {v}" for k, v in self.model_overrides.items())
+        return f"{self.model} ({extra})" if extra else self.model
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -82,30 +90,44 @@ def paper_task() -> dict:
     return t
 
 
-def scaled_task(statements=(3, 5), depth=1, variables="abcdef", max_literal=9) -> dict:
+def scaled_task(statements=(3, 5), depth=1, variables="abcdef", max_literal=9, *, longer=None,
+                deeper=None, curriculum_depth=None, curriculum_statements=None, **generator) -> dict:
     """A scaled-down task for CPU budgets: fewer statements, shallower nesting, fewer variables
-    and smaller values; the OOD axes scaled the same way (longer = the next statement range,
-    deeper = depth + 1..2, the curriculum trains on depth 0..depth+1 and injects the next two)."""
+    and smaller values; the OOD axes scaled the same way.
+
+    ``longer`` (statements) defaults to the next range up; ``deeper`` = (min, max) depth, by
+    default ``depth + 1 .. depth + 2``. The curriculum (Sec. 4.3.1) trains on depths
+    0..``curriculum_depth`` (default ``depth + 1``), injects the next two depths and tests on
+    the next four, all with ``curriculum_statements`` (default ``lo .. hi + top + 4``).
+    ``generator``: further :class:`GeneratorConfig` fields of every role (e.g. the right-hand
+    side probabilities)."""
     lo, hi = statements
     common = dict(min_statements=lo, max_statements=hi, max_depth=depth, variables=variables,
-                  max_literal=max_literal, value_range=(-max_literal, max_literal))
+                  max_literal=max_literal, value_range=(-max_literal, max_literal), **generator)
     base = get_preset("base", **common).replace(name="id")
     span = hi - lo
+    long_lo, long_hi = longer or (hi + 1, hi + 1 + span + 1)
+    if deeper is None:
+        deeper_cfg = dict(min_depth=depth + 1, max_depth=depth + 2, max_statements=max(hi, depth + 4))
+    else:
+        deeper_cfg = dict(min_depth=deeper[0], max_depth=deeper[1])
     t = {
         "id": base,
-        "longer": base.replace(name="longer", min_statements=hi + 1, max_statements=hi + 1 + span + 1),
-        "deeper": base.replace(name="deeper", min_depth=depth + 1, max_depth=depth + 2,
-                               max_statements=max(hi, depth + 4)),
+        "longer": base.replace(name="longer", min_statements=long_lo, max_statements=long_hi),
+        "deeper": base.replace(name="deeper", **deeper_cfg),
     }
-    top = depth + 1  # curriculum: train on depths 0..top, inject top+1 and top+2
-    n_max = hi + top + 4
-    t["curriculum"] = base.replace(name=f"depth-0-{top}", max_depth=top, max_statements=n_max)
+    top = depth + 1 if curriculum_depth is None else curriculum_depth
+    n_min, n_max = curriculum_statements or (lo, hi + top + 4)
+    n_fixed = curriculum_statements is not None  # else the deepest sets may need more statements
+    t["curriculum"] = base.replace(name=f"depth-0-{top}", max_depth=top, min_statements=n_min,
+                                   max_statements=n_max)
     for d in (top + 1, top + 2):
         t[f"inject-{d}"] = base.replace(name=f"depth-{d}", min_depth=d, max_depth=d,
-                                        max_statements=n_max)
+                                        min_statements=n_min, max_statements=n_max)
     for d in range(top + 1, top + 5):
         t[f"depth-{d}"] = base.replace(name=f"depth-{d}", min_depth=d, max_depth=d,
-                                       max_statements=max(n_max, d + 2))
+                                       min_statements=n_min,
+                                       max_statements=n_max if n_fixed else max(n_max, d + 2))
     return t
 
 
@@ -131,22 +153,36 @@ def _scales() -> dict[str, Scale]:
     )
     cpu = Scale(
         name="cpu",
-        description="a laptop (2 cores, <= 60 min for all experiments): the scaled-down task",
-        model="small",
-        train=dict(epochs=4, batch_size=32, micro_batch_size=None, block_size=256, log_every=20,
-                   val_windows=16),
+        description="a laptop, all experiments in about an hour on 2 cores: the scaled-down task "
+                    "(3-4 statements, depth <= 1, variables a-j, values in [-5, 5], one assignment "
+                    "in five an `x = u op v`), chosen by measured short runs "
+                    "(notes/issue4-cpu-scale.md); the 0.1M model with T5 relative position bias "
+                    "instead of the paper's APE (it learns the copy-and-trace pattern in fewer "
+                    "steps on CPU), a 128-token context, and evaluation prompts that start with "
+                    "the end-of-example token as in training",
+        model="tiny",
+        model_overrides=dict(pe="rpb", block_size=128),
+        # the trainer's CPU recipe (notes/issue3-train.md): small batches, one cosine phase
+        train=dict(epochs=4, batch_size=8, micro_batch_size=None, block_size=128, lr_peak=1e-2,
+                   lr_min=1e-3, warmup_frac=0.05, phase1_frac=1.0, weight_decay=0.0,
+                   log_every=100, val_windows=32),
         corpus_snippets=20_000,
         test_size=256,
-        task=scaled_task(statements=(3, 5), depth=1, variables="abcdef", max_literal=9),
-        robustness_corpora=(1.0, 0.5, 0.25, 0.125),
+        task=scaled_task(statements=(3, 4), depth=1, variables="abcdefghij", max_literal=5,
+                         longer=(5, 6), deeper=(2, 3), curriculum_depth=1,
+                         curriculum_statements=(3, 6), p_rhs_literal=0.4, p_rhs_variable=0.4),
+        robustness_corpora=(1.0, 0.5),
         robustness_epochs=4,
-        exclusion_pcts=(20, 60, 90, 100),
+        exclusion_pcts=(60, 100),
         coverage_corpus=0.5,
-        curriculum_ps=(0, 5, 20, 100),
+        curriculum_ps=(0, 10, 50),
+        curriculum_corpus=0.5,
         sft_sizes=(2048,),
         sft_epochs=(1,),
-        sft=dict(batch_size=32, micro_batch_size=None, block_size=256, val_examples=128),
+        sft=dict(batch_size=32, micro_batch_size=None, block_size=128, val_examples=64),
         eval_batch_size=64,
+        context=128,
+        eval_eos_prefix=True,
     )
     gpu = Scale(
         name="gpu",
@@ -188,6 +224,15 @@ def _scales() -> dict[str, Scale]:
 
 SCALES: dict[str, Scale] = _scales()
 
+# Measured wall times: `tinytrace notebooks run --scale S --jobs 2` (all six sections, fresh
+# cache) on the shared 2-core dev machine (notes/issue5.md, notes/issue4-cpu-scale.md); gpu:
+# what one H100 slot measured (notes/issue6-gpu.md).
+MEASURED_TIMES = {
+    "smoke": "all sections: 2 min on 2 CPU cores (load ~8)",
+    "cpu": "all sections: 33 min on 2 CPU cores (load 1.3-6.4)",
+    "gpu": "base model only: data 9 s + training 2.8 min on one H100; sections not run yet",
+}
+
 
 def get_scale(name: str) -> Scale:
     if isinstance(name, Scale):
@@ -205,7 +250,7 @@ def scale_table():
     for s in SCALES.values():
         t = s.generator("id")
         rows.append({
-            "scale": s.name, "model": s.model, "base corpus": s.corpus_snippets,
+            "scale": s.name, "model": s.model_label(), "base corpus": s.corpus_snippets,
             "test size": s.test_size, "epochs": s.train.get("epochs"),
             "batch (seq x tokens)": f"{s.train.get('batch_size')} x {s.train.get('block_size') or s.context}",
             "task": f"{t.min_statements}-{t.max_statements} statements, depth <= {t.max_depth}, "
@@ -213,6 +258,7 @@ def scale_table():
             "robustness corpora": len(s.robustness_corpora),
             "exclusion %": ", ".join(map(str, s.exclusion_pcts)),
             "curriculum p": ", ".join(map(str, s.curriculum_ps)),
+            "measured time": MEASURED_TIMES.get(s.name, "not run yet"),
             "description": s.description,
         })
     return pd.DataFrame(rows)
@@ -272,13 +318,15 @@ class Cache:
 
     # evaluations
     def evaluate(self, model, run_key: str, data, data_key: str, batch_size: int,
-                 max_len_factor: float = 2.0) -> dict:
+                 max_len_factor: float = 2.0, eos_prefix: bool = False) -> dict:
         from .evaluate import evaluate
 
-        path = self.root / f"eval-{_key([run_key, data_key, max_len_factor])}.json"
+        key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
+        path = self.root / f"eval-{_key(key)}.json"
         if path.exists():
             return json.loads(path.read_text())
-        df, summary = evaluate(model, data, batch_size=batch_size, max_len_factor=max_len_factor)
+        df, summary = evaluate(model, data, batch_size=batch_size, max_len_factor=max_len_factor,
+                               eos_prefix=eos_prefix)
         result = {k: summary.get(k) for k in METRICS}
         result["timing"] = {k: summary.get(k) for k in (
             "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
@@ -324,7 +372,7 @@ def hardware() -> str:
 def _model_config(scale: Scale, **overrides):
     from .model import get_model_config
 
-    return get_model_config(scale.model, **overrides)
+    return get_model_config(scale.model, **{**scale.model_overrides, **overrides})
 
 
 def _device():
@@ -383,7 +431,7 @@ class _Context:
     def eval(self, model, run_dir: Path, data, data_key: str) -> dict:
         s = self.scale
         return self.cache.evaluate(model, str(run_dir.name), data, data_key, s.eval_batch_size,
-                                   s.max_len_factor)
+                                   s.max_len_factor, s.eval_eos_prefix)
 
     def eval_set(self, model, run_dir: Path, corpus: tuple[Path, str]) -> dict:
         return self.eval(model, run_dir, _records(*corpus), corpus[0].name)
@@ -561,7 +609,7 @@ def exp_depth_curriculum(ctx: _Context) -> list[dict]:
     inject = sorted(r for r in s.task if r.startswith("inject-"))
     tests = ["curriculum"] + sorted((r for r in s.task if r.startswith("depth-")),
                                     key=lambda r: int(r.split("-")[1]))
-    base = ctx.base_corpus(gen=s.generator("curriculum"))
+    base = ctx.base_corpus(s.curriculum_corpus, gen=s.generator("curriculum"))
     n_train = json.loads((base[0] / base[1] / "build.json").read_text())["splits"]["train"]
     extra = {r: ctx.cache.corpus(s.generator(r), n_train + 8, test_size=0, seed=ctx.seed,
                                  context=s.context) for r in inject} if max(s.curriculum_ps) else {}
@@ -614,17 +662,21 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
 
 # --- 6. positional encodings (Sec. 4.4, App. G.2) --------------------------------------------------------
 def exp_pe_ablation(ctx: _Context) -> list[dict]:
-    from .model import GPT, match_params
+    """The base model is the variant with its own encoding (APE at paper scale); the others get
+    the n_embd that matches its parameter count (G.2) and are trained on the same corpus."""
+    from .model import count_params, match_params
 
     s = ctx.scale
+    base_cfg = _model_config(s)
     rows = []
     for pe in s.pe_variants:
-        cfg = _model_config(s, pe=pe)
-        if pe != "ape":
-            cfg = match_params(cfg)
-        run = ctx.base_run() if pe == "ape" else ctx.cache.run(s, ctx.base_corpus(), cfg, tag=f"pe-{pe}")
+        if pe == base_cfg.pe:
+            cfg, run = base_cfg, ctx.base_run()
+        else:
+            cfg = match_params(_model_config(s, pe=pe), count_params(base_cfg))
+            run = ctx.cache.run(s, ctx.base_corpus(), cfg, tag=f"pe-{pe}")
         model = _load(run)
-        params = GPT(cfg).num_params() if pe != "ape" else model.num_params()
+        params = model.num_params()
         for name, corpus in (("id", ctx.base_corpus()), ("longer", ctx.test_set("longer")),
                              ("deeper", ctx.test_set("deeper"))):
             rows.append(_row("pe_ablation", pe, name, "-", ctx.eval_set(model, run, corpus),

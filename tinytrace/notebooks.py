@@ -110,7 +110,7 @@ def scale_note(scale: str) -> str:
     if s.name == "gpu":
         return (f"the paper's task and model ({task}) with a {s.corpus_snippets:,}-snippet corpus "
                 f"and {s.train.get('epochs')} epoch(s): trends comparable, not the exact numbers.")
-    return (f"**results from the scaled-down task** ({task}; model `{s.model}`, "
+    return (f"**results from the scaled-down task** ({task}; model `{s.model_label()}`, "
             f"{s.corpus_snippets:,}-snippet corpus, {s.train.get('epochs')} epoch(s)). "
             "Compare trends with the paper, not numbers." +
             (" Smoke scale only checks that the code runs: its numbers mean nothing."
@@ -343,7 +343,7 @@ def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
     s = get_scale(scale)
     ours = {"corpus_snippets": s.corpus_snippets, "test_size": s.test_size,
             "epochs": s.train.get("epochs"),
-            "model_params": count_params(get_model_config(s.model))}
+            "model_params": count_params(get_model_config(s.model, **s.model_overrides))}
     if run_dir is not None:
         hours = train_hours(run_dir)
         if hours is not None:
