@@ -111,8 +111,9 @@ def decode(ids: Iterable[int]) -> str:
 
 # --- fast paths used by the corpus builder ---------------------------------------------------
 NEWLINE_BYTE = bytes([NEWLINE_ID])
-# multi-character lexemes of generated code, longest first (`elif` before `if`, `<=` before `<`)
-_MULTI = sorted([w for w in KEYWORDS + ARITH_OPS + COMPARISONS if len(w) > 1], key=len, reverse=True)
+# multi-character lexemes of generated examples, longest first (`elif` before `if`, `<=` before `<`)
+_MULTI = sorted([w for w in [STEP] + KEYWORDS + ARITH_OPS + COMPARISONS if len(w) > 1], key=len,
+                reverse=True)
 _PLACEHOLDER = {w: chr(0x80 + i) for i, w in enumerate(_MULTI)}
 _TABLE = bytearray(range(256))
 for _c in VOCAB:
@@ -123,11 +124,15 @@ for _w, _ph in _PLACEHOLDER.items():
 _TABLE = bytes(_TABLE)
 
 
-def encode_canonical(code: str) -> bytes:
-    """Token ids (as bytes) of generated snippet text, without the regex. Valid for text made
-    of the generator's lexemes (no reserved words, no ``#STEP``); equal to
-    ``bytes(encode(code))`` there (tested). Use :func:`encode` for arbitrary text."""
-    for w in _MULTI:
+def encode_canonical(code: str, within: str | None = None) -> bytes:
+    """Token ids (as bytes) of a generated snippet or example text (the blank line that ends
+    an example excluded), without the regex. Valid for text made of the generator's lexemes
+    and the trace markers (no reserved words, no blank line), where letters never touch
+    except inside keywords; equal to ``bytes(encode(code))`` there (tested). Use
+    :func:`encode` for arbitrary text. ``within``: a shorter text that holds every
+    multi-character lexeme of ``code`` but ``#STEP`` (an example's snippet): only those are
+    searched for in ``code``, which saves a scan of a long example per absent lexeme."""
+    for w in _MULTI if within is None else [w for w in _MULTI if w == STEP or w in within]:
         if w in code:
             code = code.replace(w, _PLACEHOLDER[w])
     return code.encode("latin-1").translate(_TABLE, b" ")

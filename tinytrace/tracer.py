@@ -163,6 +163,45 @@ def run(lines: list[Line], value_range=(-99, 99), max_loop_iterations: int = 100
     return Execution(steps, state)
 
 
+def run_rows(rows: list[tuple], value_range=(-99, 99)) -> Execution:
+    """:func:`run` for snippets of assignments and ``if`` only, given as ``(kind, indent,
+    target, a, op, b)`` tuples (the generator's fast path). Without loops or ``elif``/``else``
+    they run top to bottom: a line runs iff it is not inside an ``if`` whose test failed, so
+    one pass suffices. Same steps, states and rejection reasons as :func:`run` (tested)."""
+    lo, hi = value_range
+    env: dict[str, int] = {}
+    steps: list[tuple[int, State]] = []
+    append = steps.append
+    state: State = ()
+    skip = 1 << 30  # lines indented deeper than this sit under a failed test
+    try:
+        for i, (kind, ind, target, a, op, b) in enumerate(rows):
+            if ind > skip:
+                continue
+            skip = 1 << 30
+            append((i, state))
+            x = a if a.__class__ is int else env[a]
+            if b is not None:
+                y = b if b.__class__ is int else env[b]
+            if kind == ASSIGN:
+                if op is not None:
+                    x = x + y if op == "+" else x - y if op == "-" else _ARITH[op](x, y)
+                if x < lo or x > hi:
+                    raise Rejected("value_range")
+                env[target] = x
+                state = tuple(env.items())
+            elif kind == IF:
+                if not (x < y if op == "<" else x > y if op == ">" else _CMP[op](x, y)):
+                    skip = ind
+            else:
+                raise ValueError(f"run_rows runs assignments and `if` only, got {kind!r}")
+    except KeyError:
+        raise Rejected("exception") from None
+    except ZeroDivisionError:
+        raise Rejected("exception") from None
+    return Execution(steps, state)
+
+
 def _test(ln: Line, env: dict) -> bool:
     a, b = ln.a, ln.b
     x = a if a.__class__ is int else env[a]
@@ -303,7 +342,7 @@ class Example:
         return len(self.tokens)
 
 
-_STEP, _EOS = bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
+_SEP, _STEP, _EOS = "\n#STEP\n", bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
 _AT, _DOLLAR, _FINAL = bytes([tk.STOI["@"]]), bytes([tk.STOI["$"]]), bytes(
     [tk.NEWLINE_ID, tk.STOI["@"], tk.STOI["^"], tk.STOI["$"]]
 )
@@ -311,39 +350,51 @@ _AT, _DOLLAR, _FINAL = bytes([tk.STOI["@"]]), bytes([tk.STOI["$"]]), bytes(
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
     """Text and tokens of an example, assembled from slices of the snippet (fast path)."""
-    src = ["\t" * ln.indent + ln.text() for ln in lines]
+    return _assemble(["\t" * ln.indent + ln.text() for ln in lines], ex)
+
+
+def make_example_rows(rows: list[tuple], ex: Execution) -> Example:
+    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples."""
+    src = []
+    for kind, ind, t, a, op, b in rows:
+        if kind == ASSIGN:
+            s = f"{t} = {a}" if op is None else f"{t} = {a} {op} {b}"
+        elif kind == ELSE:
+            s = "else:"
+        else:
+            s = f"{kind} {a} {op} {b}:"
+        src.append("\t" * ind + s if ind else s)
+    return _assemble(src, ex)
+
+
+def _assemble(src: list[str], ex: Execution) -> Example:
+    # each block is the snippet with its line i as `@line$state`: slices of the snippet's text
+    # around line i, all pieces joined once; then one pass turns the whole text into tokens
+    # (a state is one token per character, so the block lengths follow from the text)
     code = "\n".join(src)
-    code_t = tk.encode_canonical(code)
-    # character and token offsets of each line's start and end within the snippet
-    starts, ends, tstarts, tends = [], [], [], []
-    pos = tpos = 0
-    for s, t in zip(src, code_t.split(tk.NEWLINE_BYTE)):
+    starts = []
+    pos = 0
+    for s in src:
         starts.append(pos)
-        tstarts.append(tpos)
-        pos += len(s)
-        tpos += len(t)
-        ends.append(pos)
-        tends.append(tpos)
-        pos += 1
-        tpos += 1
-    cache: dict[int, tuple[str, bytes]] = {}
+        pos += len(s) + 1
     texts = [code]
-    toks = [code_t]
-    lengths = [len(code_t)]
+    states = []  # state length (= tokens) of each block
+    prev = None
     for i, state in ex.steps:
-        c = cache.get(id(state))
-        if c is None:
-            c = cache[id(state)] = (state_text(state), state_tokens(state))
-        s, e, ts, te = starts[i], ends[i], tstarts[i], tends[i]
-        texts.append("".join((code[:s], "@", code[s:e], "$", c[0], code[e:])))
-        block = b"".join((_STEP, code_t[:ts], _AT, code_t[ts:te], _DOLLAR, c[1], code_t[te:]))
-        toks.append(block)
-        lengths.append(len(block))
-    final = b"".join((_STEP, code_t, _FINAL, state_tokens(ex.final), _EOS))
-    texts.append(code + "\n@^$" + state_text(ex.final))
-    toks.append(final)
-    lengths.append(len(final))
-    return Example(code, "\n#STEP\n".join(texts), b"".join(toks), lengths)
+        if state is not prev:
+            prev, st = state, state_text(state)
+        s = starts[i]
+        line = src[i]
+        texts += (_SEP, code[:s], "@", line, "$", st, code[s + len(line):])
+        states.append(len(st))
+    st = state_text(ex.final)
+    texts += (_SEP, code, "\n@^$", st)
+    states.append(len(st) + 3)  # and the final block's `\n^` and end-of-example token
+    text = "".join(texts)
+    tokens = tk.encode_canonical(text, within=code) + _EOS
+    n_code = tokens.index(_STEP)
+    step_len = n_code + 3  # `#STEP`, the snippet, `@` and `$`, before the state
+    return Example(code, text, tokens, [n_code] + [step_len + n for n in states])
 
 
 def max_step_pair_tokens(part_lengths: list[int]) -> int:
