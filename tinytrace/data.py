@@ -121,9 +121,9 @@ class Pipeline:
         except Rejected as r:
             stats[r.reason] += 1
             return None
-        executed = {i for i, _ in ex.steps}
+        pairs, executed_pairs = _row_pairs(rows, ex.steps)
         if self.forbidden is not None:
-            if not any(p in self.forbidden for p in _row_pairs(rows, executed)):
+            if not any(p in self.forbidden for p in executed_pairs):
                 stats["no_forbidden_pair"] += 1
                 return None
         e = make_example_rows(rows, ex)
@@ -132,26 +132,30 @@ class Pipeline:
             "code": e.code,
             "trace": e.text,
             "n_statements": len(rows),
-            "max_depth": max(r[1] for r in rows),
+            "max_depth": max([r[1] for r in rows]),
             "n_steps": len(ex.steps),
             "n_tokens": len(e.tokens),
             "max_step_pair_tokens": pair_tokens,
-            "operand_pairs": _row_pairs(rows),
-            "executed_operand_pairs": _row_pairs(rows, executed),
+            "operand_pairs": pairs,
+            "executed_operand_pairs": executed_pairs,
             "sha256": hashlib.sha256(e.code.encode()).hexdigest(),
             "tokens": e.tokens,
             "deterministic": pair_tokens <= self.context,
         }
 
 
-def _row_pairs(rows: list[tuple], only: set[int] | None = None) -> list[str]:
-    """:func:`operand_pairs` of tuple rows ``(kind, indent, target, a, op, b)``."""
-    return [
-        a + b if a <= b else b + a
-        for i, (kind, _, _, a, op, b) in enumerate(rows)
-        if op is not None and kind == ASSIGN and a.__class__ is str and b.__class__ is str
-        and (only is None or i in only)
-    ]
+def _row_pairs(rows: list[tuple], steps: list) -> tuple[list[str], list[str]]:
+    """:func:`operand_pairs` of tuple rows ``(kind, indent, target, a, op, b)``: of all the
+    assignments, and of those among the executed ``steps``."""
+    ran = {i for i, _ in steps}
+    pairs, executed = [], []
+    for i, (kind, _, _, a, op, b) in enumerate(rows):
+        if op is not None and kind == ASSIGN and a.__class__ is str and b.__class__ is str:
+            p = a + b if a <= b else b + a
+            pairs.append(p)
+            if i in ran:
+                executed.append(p)
+    return pairs, executed
 
 
 def chunk_rng(seed: int, chunk: int) -> random.Random:

@@ -378,30 +378,6 @@ def default_fast_path(c: GeneratorConfig):
             m = int(random() * lit_n)
             return -m if random() < 0.5 else m
 
-        def assignment(vs, depth, op):
-            # DefaultRules.assignment: target, the snippet's operator (drawn once), right side
-            if vs and random() < p_reuse:
-                target = vs[int(random() * len(vs))]
-            else:
-                target = names[int(random() * n_names)]
-            if op is None or not one_op:
-                op = ops[int(random() * n_ops)]
-            used = (target,) if glob else ()
-            r = random()
-            if r < p_lit:
-                m = int(random() * lit_n)
-                return (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None), op
-            if r < p_lit_or_var:
-                if pairs and used:
-                    vs = [v for v in vs if all(v in allowed[u] for u in used)]
-                if vs:
-                    return (ASSIGN, depth, target, vs[int(random() * len(vs))], None, None), op
-                m = int(random() * lit_n)
-                return (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None), op
-            a = operand(vs, used)
-            b = operand(vs, used + (a,) if a.__class__ is str else used)
-            return (ASSIGN, depth, target, a, op, b), op
-
         for tries in range(max_tries):
             lines = []
             vs = []  # distinct assigned variables, in textual order
@@ -416,21 +392,73 @@ def default_fast_path(c: GeneratorConfig):
                 elif deepest < min_d and max_s - n < min_d - depth + 1:
                     break
                 else:
-                    moves = MOVES[depth < max_d and ifs[depth] < if_limit][depth > 0 and not empty][n >= min_s]
+                    can_if = depth < max_d and ifs[depth] < if_limit
+                    moves = MOVES[can_if][depth > 0 and not empty][n >= min_s]
                     kw = moves[int(random() * len(moves))]
                 if kw is ASSIGN or (kw is END and empty):
-                    line, op = assignment(vs, depth, op)
+                    # DefaultRules.assignment (an empty block gets one before the end)
+                    if vs and random() < p_reuse:
+                        target = vs[int(random() * len(vs))]
+                    else:
+                        target = names[int(random() * n_names)]
+                    if op is None or not one_op:
+                        op = ops[int(random() * n_ops)]
+                    r = random()
+                    if r < p_lit:
+                        m = int(random() * lit_n)
+                        line = (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None)
+                    elif r < p_lit_or_var:
+                        cand = vs
+                        if pairs and glob:
+                            cand = [v for v in vs if v in allowed[target]]
+                        if cand:
+                            v = cand[int(random() * len(cand))]
+                            line = (ASSIGN, depth, target, v, None, None)
+                        else:
+                            m = int(random() * lit_n)
+                            line = (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None)
+                    elif pairs:
+                        # DefaultRules.assignment: the second operand avoids pairs with the first
+                        used = (target,) if glob else ()
+                        a = operand(vs, used)
+                        b = operand(vs, used + (a,) if a.__class__ is str else used)
+                        line = (ASSIGN, depth, target, a, op, b)
+                    else:  # no pairs to avoid: operand() inlined
+                        if vs and random() < p_var:
+                            a = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            a = -m if random() < 0.5 else m
+                        if vs and random() < p_var:
+                            b = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            b = -m if random() < 0.5 else m
+                        line = (ASSIGN, depth, target, a, op, b)
                     lines.append(line)
-                    if line[2] not in vs:
-                        vs.append(line[2])
+                    if target not in vs:
+                        vs.append(target)
                     if depth > deepest:
                         deepest = depth
-                    empty = False
                     if kw is END:
                         break
+                    empty = False
                 elif kw is IF:
-                    a = operand(vs, ())
-                    b = operand(vs, (a,) if glob and a.__class__ is str else ())
+                    # DefaultRules.condition; then the context push
+                    if pairs and glob:
+                        a = operand(vs, ())
+                        b = operand(vs, (a,) if a.__class__ is str else ())
+                    else:
+                        if vs and random() < p_var:
+                            a = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            a = -m if random() < 0.5 else m
+                        if vs and random() < p_var:
+                            b = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            b = -m if random() < 0.5 else m
                     lines.append((IF, depth, None, a, cmps[int(random() * n_cmps)], b))
                     if depth > deepest:
                         deepest = depth

@@ -277,19 +277,8 @@ def _while_bodies(lines: list[Line]) -> dict[int, set[int]]:
 
 
 # --- formatting ---------------------------------------------------------------------------------
-# `name?value` text and tokens, precomputed for every name and every value with |v| < 1000
+# `name?value` for every name and every value with |v| < 1000, filled on first use
 _PAIR_TEXT: dict[tuple[str, int], str] = {}
-_PAIR_TOKENS: dict[tuple[str, int], bytes] = {}
-_SEMI = bytes([tk.STOI[";"]])
-
-
-def _fill_pair_cache() -> None:
-    q = tk.STOI["?"]
-    for k in tk.LETTERS:
-        kid = tk.STOI[k]
-        for v in range(-999, 1000):
-            _PAIR_TEXT[(k, v)] = f"{k}?{v}"
-            _PAIR_TOKENS[(k, v)] = bytes([kid, q, *tk.int_tokens(v)])
 
 
 def state_text(state: State) -> str:
@@ -298,19 +287,9 @@ def state_text(state: State) -> str:
         return ";".join(map(_PAIR_TEXT.__getitem__, state))
     except KeyError:
         if not _PAIR_TEXT:
-            _fill_pair_cache()
+            _PAIR_TEXT.update(((k, v), f"{k}?{v}") for k in tk.LETTERS for v in range(-999, 1000))
             return state_text(state)
         return ";".join(f"{k}?{v}" for k, v in state)
-
-
-def state_tokens(state: State) -> bytes:
-    try:
-        return _SEMI.join(map(_PAIR_TOKENS.__getitem__, state))
-    except KeyError:
-        if not _PAIR_TOKENS:
-            _fill_pair_cache()
-            return state_tokens(state)
-        return _SEMI.join(bytes([tk.STOI[k], tk.STOI["?"], *tk.int_tokens(v)]) for k, v in state)
 
 
 def format_example(lines: list[Line], ex: Execution) -> str:
@@ -342,59 +321,57 @@ class Example:
         return len(self.tokens)
 
 
-_SEP, _STEP, _EOS = "\n#STEP\n", bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
-_AT, _DOLLAR, _FINAL = bytes([tk.STOI["@"]]), bytes([tk.STOI["$"]]), bytes(
-    [tk.NEWLINE_ID, tk.STOI["@"], tk.STOI["^"], tk.STOI["$"]]
-)
+_PSEP, _STEP, _EOS = tk.PACKED[tk.STEP], bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
 
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
     """Text and tokens of an example, assembled from slices of the snippet (fast path)."""
-    return _assemble(["\t" * ln.indent + ln.text() for ln in lines], ex)
+    return make_example_rows([(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines], ex)
 
 
 def make_example_rows(rows: list[tuple], ex: Execution) -> Example:
-    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples."""
+    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples.
+
+    The example is assembled in packed text (:data:`tokenizer.PACKED`: one character per
+    token): each block is the snippet with its line i as ``@line$state``, made of slices of
+    the snippet around line i; all pieces are joined once, then the tokens and the text each
+    follow in one pass. A state is one token per character, so block lengths need no count."""
+    P = tk.PACKED
     src = []
     for kind, ind, t, a, op, b in rows:
         if kind == ASSIGN:
-            s = f"{t} = {a}" if op is None else f"{t} = {a} {op} {b}"
+            s = f"{t} = {a}" if op is None else f"{t} = {a} {P[op]} {b}"
         elif kind == ELSE:
-            s = "else:"
+            s = P[ELSE] + ":"
         else:
-            s = f"{kind} {a} {op} {b}:"
+            s = f"{P[kind]} {a} {P[op]} {b}:"
         src.append("\t" * ind + s if ind else s)
-    return _assemble(src, ex)
-
-
-def _assemble(src: list[str], ex: Execution) -> Example:
-    # each block is the snippet with its line i as `@line$state`: slices of the snippet's text
-    # around line i, all pieces joined once; then one pass turns the whole text into tokens
-    # (a state is one token per character, so the block lengths follow from the text)
     code = "\n".join(src)
-    starts = []
+    pieces = [code]
+    states = []  # length of each block's state (the final block: plus `\n`, `^` and EOS)
     pos = 0
+    starts = []
     for s in src:
         starts.append(pos)
         pos += len(s) + 1
-    texts = [code]
-    states = []  # state length (= tokens) of each block
     prev = None
     for i, state in ex.steps:
         if state is not prev:
             prev, st = state, state_text(state)
         s = starts[i]
         line = src[i]
-        texts += (_SEP, code[:s], "@", line, "$", st, code[s + len(line):])
+        pieces += (_PSEP, code[:s], "@", line, "$", st, code[s + len(line):])
         states.append(len(st))
     st = state_text(ex.final)
-    texts += (_SEP, code, "\n@^$", st)
-    states.append(len(st) + 3)  # and the final block's `\n^` and end-of-example token
-    text = "".join(texts)
-    tokens = tk.encode_canonical(text, within=code) + _EOS
+    pieces += (_PSEP, code, "\n@^$", st)
+    states.append(len(st) + 3)
+    packed = "".join(pieces)
+    tokens = tk.packed_tokens(packed) + _EOS
     n_code = tokens.index(_STEP)
     step_len = n_code + 3  # `#STEP`, the snippet, `@` and `$`, before the state
-    return Example(code, text, tokens, [n_code] + [step_len + n for n in states])
+    lexemes = tk.packed_lexemes(code)
+    return Example(tk.unpack(code, lexemes), tk.unpack(packed, [tk.STEP] + lexemes), tokens,
+                   [n_code] + [step_len + n for n in states])
 
 
 def max_step_pair_tokens(part_lengths: list[int]) -> int:
@@ -402,7 +379,7 @@ def max_step_pair_tokens(part_lengths: list[int]) -> int:
     ``#STEP`` opening the first to the token ending the second (the next ``#STEP`` excluded,
     the end-of-example token included), as the authors' determinism filter measures it
     (Sec. 2.2, C.5)."""
-    return max(a + b for a, b in zip(part_lengths[1:], part_lengths[2:]))
+    return max(map(operator.add, part_lengths[1:-1], part_lengths[2:]))
 
 
 def trace(code: str, value_range=(-99, 99), max_loop_iterations: int = 100) -> str:
