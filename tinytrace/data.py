@@ -97,10 +97,12 @@ def cooccurring_pairs(lines: list[Line]) -> list[str]:
 class Pipeline:
     """Generate one snippet, trace it, apply the runtime and pair filters, format it."""
 
-    def __init__(self, config: GeneratorConfig, context: int = 512):
+    def __init__(self, config: GeneratorConfig, context: int = 512, rules=None):
         self.config = config
         self.context = context
-        self.generator = Generator(config)
+        # rules=None: the default rules' fast path; DefaultRules(config) gives the same
+        # records through the context-stack generator and the general tracer (slower)
+        self.generator = Generator(config, rules)
         # the default rules' fast path gives tuple rows that run top to bottom (no loops)
         self.fast = self.generator.fast
         self.forbidden = config.forbidden_pair_set() if config.require_forbidden_pair else None
@@ -323,6 +325,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     try:
         results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
         done = total == 0
+        n_done = 0
         while not done:
             table, chunk_stats = next(results)
             stats.update(chunk_stats)
@@ -341,7 +344,8 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
                     continue
                 picks[split].append(i)
                 filled[split] += 1
-                if sum(filled.values()) == total:
+                n_done += 1
+                if n_done == total:
                     done = True
                     break
             for split, idx in picks.items():
