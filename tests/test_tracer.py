@@ -3,11 +3,13 @@ import random
 
 import pytest
 
+from tinytrace import tokenizer as tk
 from tinytrace.config import PRESETS
 from tinytrace.generator import Generator
 from tinytrace.program import UnsupportedCode, parse, render
 from tinytrace.tracer import (
-    Rejected, format_example, make_example, max_step_pair_tokens, run, run_settrace, trace,
+    Rejected, format_example, make_example, make_example_rows, max_step_pair_tokens, run,
+    run_rows, run_settrace, trace,
 )
 
 ISSUE_EXAMPLE = """a = 5
@@ -61,8 +63,12 @@ def _compare(args):
     for _ in range(n):
         lines = gen.generate(rng)
         code = render(lines)
+        # the pipeline's path for the default rules: tuple rows run top to bottom
+        rows = [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]
+        straight = gen.fast is not None
         try:
-            fast = format_example(lines, run(lines, vr, cap))
+            ex = run(lines, vr, cap)
+            fast = format_example(lines, ex)
         except Rejected as r:
             try:
                 run_settrace(code, vr, cap)
@@ -70,10 +76,26 @@ def _compare(args):
             except Rejected as ref:
                 if ref.reason != r.reason:
                     return accepted, (f"reasons differ {r.reason} {ref.reason}", code)
+            if straight:
+                try:
+                    run_rows(rows, vr)
+                    return accepted, ("run_rows accepted, run rejected", code)
+                except Rejected as rr:
+                    if rr.reason != r.reason:
+                        return accepted, (f"run_rows reason {rr.reason}, run {r.reason}", code)
             continue
         accepted += 1
         if fast != format_example(lines, run_settrace(code, vr, cap)):
             return accepted, ("traces differ", code)
+        e = make_example(lines, ex)
+        if e.text != fast or e.tokens != bytes(tk.encode(fast + "\n\n")):
+            return accepted, ("make_example differs from format_example", code)
+        # parts: the snippet, then blocks each opened by `#STEP`, the last ending with EOS
+        bounds = [i for i, t in enumerate(e.tokens) if t == tk.STEP_ID] + [len(e.tokens)]
+        if e.part_lengths != [bounds[0]] + [b - a for a, b in zip(bounds, bounds[1:])]:
+            return accepted, ("part lengths", code)
+        if straight and (run_rows(rows, vr) != ex or make_example_rows(rows, ex) != e):
+            return accepted, ("run_rows/make_example_rows differ", code)
     return accepted, None
 
 

@@ -2,8 +2,11 @@
 
 ``generate`` measures single-core throughput of the data pipeline in accepted snippets per
 second: ``generate_only`` (generator), ``settrace`` (generator + reference tracer),
-``fast`` (generator + fast tracer) and ``pipeline`` (generator + fast tracer + filters +
-text and tokens + hash), each on the same seed in the same run.
+``fast`` (generator + fast tracer, as the pipeline runs them) and ``pipeline`` (generator +
+fast tracer + filters + text and tokens + hash), each on the same seed in the same run; and
+``pipeline_pluggable``, the same records made through the context-stack generator running
+``DefaultRules`` and the general tracer (the reference the default rules' fast path is
+tested against), so that ``pipeline_over_pluggable`` is a ratio within one run.
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ from .config import PRESETS, get_preset
 
 def bench_generate(preset: str = "base", seconds: float = 3.0, seed: int = 0) -> dict:
     from .data import Pipeline
-    from .generator import Generator
+    from .generator import DefaultRules, Generator
     from .program import render
-    from .tracer import Rejected, run, run_settrace
+    from .tracer import Rejected, run, run_rows, run_settrace
 
     cfg = get_preset(preset)
     gen = Generator(cfg)
@@ -53,24 +56,33 @@ def bench_generate(preset: str = "base", seconds: float = 3.0, seed: int = 0) ->
 
         return step
 
-    pipe = Pipeline(cfg)
-    stats: Counter = Counter()
+    def fast_rows(rng):
+        # the pipeline's path for the default rules: tuple rows, traced top to bottom
+        try:
+            run_rows(gen.fast(rng), vr)
+            return 1
+        except Rejected:
+            return 0
 
-    def pipeline(rng):
-        return pipe.sample(rng, stats) is not None
+    def pipeline_of(pipe):
+        stats: Counter = Counter()
+        return lambda rng: pipe.sample(rng, stats) is not None
 
     out = {
         "preset": preset,
         "unit": "accepted snippets per second, one core",
         "generate_only": timed(generate_only),
         "settrace": timed(with_tracer(lambda lines: run_settrace(render(lines), vr, cap))),
-        "fast": timed(with_tracer(lambda lines: run(lines, vr, cap))),
-        "pipeline": timed(pipeline),
+        "fast": timed(fast_rows if gen.fast else with_tracer(lambda lines: run(lines, vr, cap))),
+        "pipeline": timed(pipeline_of(Pipeline(cfg))),
+        "pipeline_pluggable": timed(pipeline_of(Pipeline(cfg, rules=DefaultRules(cfg)))),
         "python": platform.python_version(),
         "seconds_each": seconds,
     }
     out["fast_over_settrace"] = out["fast"] / out["settrace"]
-    for k in ("generate_only", "settrace", "fast", "pipeline", "fast_over_settrace"):
+    out["pipeline_over_pluggable"] = out["pipeline"] / out["pipeline_pluggable"]
+    for k in ("generate_only", "settrace", "fast", "pipeline", "pipeline_pluggable",
+              "fast_over_settrace", "pipeline_over_pluggable"):
         out[k] = round(out[k], 2)
     return out
 

@@ -36,7 +36,7 @@ from . import __version__
 from .config import GeneratorConfig, get_preset
 from .generator import Generator
 from .program import ASSIGN, Line
-from .tracer import Rejected, make_example, max_step_pair_tokens, run
+from .tracer import Rejected, make_example_rows, max_step_pair_tokens, run, run_rows
 
 SPLITS = ("train", "validation", "test")
 _TOKENS_DIR = "tokens"
@@ -97,43 +97,67 @@ def cooccurring_pairs(lines: list[Line]) -> list[str]:
 class Pipeline:
     """Generate one snippet, trace it, apply the runtime and pair filters, format it."""
 
-    def __init__(self, config: GeneratorConfig, context: int = 512):
+    def __init__(self, config: GeneratorConfig, context: int = 512, rules=None):
         self.config = config
         self.context = context
-        self.generator = Generator(config)
+        # rules=None: the default rules' fast path; DefaultRules(config) gives the same
+        # records through the context-stack generator and the general tracer (slower)
+        self.generator = Generator(config, rules)
+        # the default rules' fast path gives tuple rows that run top to bottom (no loops)
+        self.fast = self.generator.fast
         self.forbidden = config.forbidden_pair_set() if config.require_forbidden_pair else None
 
     def sample(self, rng: random.Random, stats: Counter) -> dict | None:
         """One attempt: a record, or None (the reason counted in ``stats``)."""
         c = self.config
-        lines = self.generator.generate(rng, stats=stats)
-        stats["attempts"] += 1
         try:
-            ex = run(lines, c.value_range, c.max_loop_iterations)
+            if self.fast is not None:
+                rows = self.fast(rng, 100_000, stats)
+                stats["attempts"] += 1
+                ex = run_rows(rows, c.value_range)
+            else:
+                lines = self.generator.generate(rng, stats=stats)
+                stats["attempts"] += 1
+                ex = run(lines, c.value_range, c.max_loop_iterations)
+                rows = [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]
         except Rejected as r:
             stats[r.reason] += 1
             return None
-        executed = {i for i, _ in ex.steps}
+        pairs, executed_pairs = _row_pairs(rows, ex.steps)
         if self.forbidden is not None:
-            if not any(p in self.forbidden for p in operand_pairs(lines, executed)):
+            if not any(p in self.forbidden for p in executed_pairs):
                 stats["no_forbidden_pair"] += 1
                 return None
-        e = make_example(lines, ex)
+        e = make_example_rows(rows, ex)
         pair_tokens = max_step_pair_tokens(e.part_lengths)
         return {
             "code": e.code,
             "trace": e.text,
-            "n_statements": len(lines),
-            "max_depth": max(ln.indent for ln in lines),
+            "n_statements": len(rows),
+            "max_depth": max([r[1] for r in rows]),
             "n_steps": len(ex.steps),
             "n_tokens": len(e.tokens),
             "max_step_pair_tokens": pair_tokens,
-            "operand_pairs": operand_pairs(lines),
-            "executed_operand_pairs": operand_pairs(lines, executed),
+            "operand_pairs": pairs,
+            "executed_operand_pairs": executed_pairs,
             "sha256": hashlib.sha256(e.code.encode()).hexdigest(),
             "tokens": e.tokens,
             "deterministic": pair_tokens <= self.context,
         }
+
+
+def _row_pairs(rows: list[tuple], steps: list) -> tuple[list[str], list[str]]:
+    """:func:`operand_pairs` of tuple rows ``(kind, indent, target, a, op, b)``: of all the
+    assignments, and of those among the executed ``steps``."""
+    ran = {i for i, _ in steps}
+    pairs, executed = [], []
+    for i, (kind, _, _, a, op, b) in enumerate(rows):
+        if op is not None and kind == ASSIGN and a.__class__ is str and b.__class__ is str:
+            p = a + b if a <= b else b + a
+            pairs.append(p)
+            if i in ran:
+                executed.append(p)
+    return pairs, executed
 
 
 def chunk_rng(seed: int, chunk: int) -> random.Random:
@@ -301,6 +325,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     try:
         results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
         done = total == 0
+        n_done = 0
         while not done:
             table, chunk_stats = next(results)
             stats.update(chunk_stats)
@@ -319,7 +344,8 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
                     continue
                 picks[split].append(i)
                 filled[split] += 1
-                if sum(filled.values()) == total:
+                n_done += 1
+                if n_done == total:
                     done = True
                     break
             for split, idx in picks.items():

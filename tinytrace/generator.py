@@ -100,6 +100,9 @@ class Generator:
     def __init__(self, config: GeneratorConfig | None = None, rules=None):
         self.config = config or GeneratorConfig()
         self.rules = rules if rules is not None else DefaultRules(self.config)
+        # the default rules have a specialised twin (same draws, same snippets, ~4x faster);
+        # explicitly passed rules, DefaultRules included, always run through the context stack
+        self.fast = default_fast_path(self.config) if rules is None else None
 
     def construct_skeleton(self, g: Generation) -> None:
         """Algorithm 2: the user rules choose keywords; they are queued in the current context."""
@@ -137,6 +140,8 @@ class Generator:
     def generate(self, rng: random.Random, max_tries: int = 100_000, stats=None) -> list[Line]:
         """A snippet accepted by the rules' ``accept`` filter (if any). Rejections are counted
         in ``stats["generator"]`` when a dict or Counter is given."""
+        if self.fast is not None:
+            return [Line(*t) for t in self.fast(rng, max_tries, stats)]
         accept = getattr(self.rules, "accept", None)
         for tries in range(max_tries):
             g = self.generate_one(rng)
@@ -331,3 +336,144 @@ _MOVE_NAMES = {
 
 def _pair(u: str, v: str) -> str:
     return u + v if u <= v else v + u
+
+
+# --- the default rules, specialised --------------------------------------------------------------
+def default_fast_path(c: GeneratorConfig):
+    """:class:`DefaultRules` for one config as a plain function ``(rng, max_tries, stats) ->
+    lines`` with lines as ``(kind, indent, target, a, op, b)`` tuples (the fields of
+    :class:`Line`). It makes the same draws in the same order as the context-stack generator,
+    so snippets and the random stream are identical (tested); the context stack shrinks to
+    the current depth and whether its block is still empty, and the moves allowed at a point
+    come from a precomputed table. None for configs with move weights (``while``, ``elif``,
+    ``else``, non-uniform moves): those use the pluggable path."""
+    if c.move_weights:
+        return None
+    names, ops, cmps = c.variables, c.arith_ops, c.comparisons
+    n_names, n_ops, n_cmps = len(names), len(ops), len(cmps)
+    one_op = c.one_op_per_snippet
+    lit_n = c.max_literal + 1
+    p_reuse, p_lit, p_var = c.p_reuse_target, c.p_rhs_literal, c.p_operand_variable
+    p_lit_or_var = c.p_rhs_literal + c.p_rhs_variable
+    min_s, max_s, min_d, max_d = c.min_statements, c.max_statements, c.min_depth, c.max_depth
+    if_limit = c.max_ifs_per_depth if c.max_ifs_per_depth is not None else max_s + 1
+    pairs = frozenset() if c.require_forbidden_pair else c.forbidden_pair_set()
+    glob = c.exclusion_scope == "global"
+    # the partners each letter may meet in one statement (DefaultRules filters by pair)
+    allowed = {u: frozenset(v for v in names if _pair(u, v) not in pairs) for u in names}
+    # MOVES[can_if][can_close][can_end]: DefaultRules.high_level's move list at that point
+    MOVES = [[[(ASSIGN,) + (IF,) * ci + (UNINDENT,) * cc + (END,) * ce for ce in (0, 1)]
+              for cc in (0, 1)] for ci in (0, 1)]
+
+    def generate(rng, max_tries=100_000, stats=None):
+        random = rng.random
+
+        def operand(vs, used):
+            # DefaultRules.operand: a variable (among those allowed with `used`) or a literal
+            if vs and random() < p_var:
+                if used and pairs:
+                    vs = [v for v in vs if all(v in allowed[u] for u in used)]
+                if vs:
+                    return vs[int(random() * len(vs))]
+            m = int(random() * lit_n)
+            return -m if random() < 0.5 else m
+
+        for tries in range(max_tries):
+            lines = []
+            vs = []  # distinct assigned variables, in textual order
+            ifs = [0] * (max_d + 1)  # `if` headers per depth
+            op = None
+            depth = deepest = 0
+            empty = False  # the current block has no line yet
+            while True:
+                n = len(lines)
+                if n >= max_s:
+                    kw = END
+                elif deepest < min_d and max_s - n < min_d - depth + 1:
+                    break
+                else:
+                    can_if = depth < max_d and ifs[depth] < if_limit
+                    moves = MOVES[can_if][depth > 0 and not empty][n >= min_s]
+                    kw = moves[int(random() * len(moves))]
+                if kw is ASSIGN or (kw is END and empty):
+                    # DefaultRules.assignment (an empty block gets one before the end)
+                    if vs and random() < p_reuse:
+                        target = vs[int(random() * len(vs))]
+                    else:
+                        target = names[int(random() * n_names)]
+                    if op is None or not one_op:
+                        op = ops[int(random() * n_ops)]
+                    r = random()
+                    if r < p_lit:
+                        m = int(random() * lit_n)
+                        line = (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None)
+                    elif r < p_lit_or_var:
+                        cand = vs
+                        if pairs and glob:
+                            cand = [v for v in vs if v in allowed[target]]
+                        if cand:
+                            v = cand[int(random() * len(cand))]
+                            line = (ASSIGN, depth, target, v, None, None)
+                        else:
+                            m = int(random() * lit_n)
+                            line = (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None)
+                    elif pairs:
+                        # DefaultRules.assignment: the second operand avoids pairs with the first
+                        used = (target,) if glob else ()
+                        a = operand(vs, used)
+                        b = operand(vs, used + (a,) if a.__class__ is str else used)
+                        line = (ASSIGN, depth, target, a, op, b)
+                    else:  # no pairs to avoid: operand() inlined
+                        if vs and random() < p_var:
+                            a = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            a = -m if random() < 0.5 else m
+                        if vs and random() < p_var:
+                            b = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            b = -m if random() < 0.5 else m
+                        line = (ASSIGN, depth, target, a, op, b)
+                    lines.append(line)
+                    if target not in vs:
+                        vs.append(target)
+                    if depth > deepest:
+                        deepest = depth
+                    if kw is END:
+                        break
+                    empty = False
+                elif kw is IF:
+                    # DefaultRules.condition; then the context push
+                    if pairs and glob:
+                        a = operand(vs, ())
+                        b = operand(vs, (a,) if a.__class__ is str else ())
+                    else:
+                        if vs and random() < p_var:
+                            a = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            a = -m if random() < 0.5 else m
+                        if vs and random() < p_var:
+                            b = vs[int(random() * len(vs))]
+                        else:
+                            m = int(random() * lit_n)
+                            b = -m if random() < 0.5 else m
+                    lines.append((IF, depth, None, a, cmps[int(random() * n_cmps)], b))
+                    if depth > deepest:
+                        deepest = depth
+                    ifs[depth] += 1
+                    depth += 1
+                    empty = True
+                elif kw is UNINDENT:
+                    depth -= 1
+                    empty = False
+                else:
+                    break
+            if len(lines) <= max_s and deepest >= min_d:
+                if stats is not None and tries:
+                    stats["generator"] = stats.get("generator", 0) + tries
+                return lines
+        raise RuntimeError(f"no snippet accepted in {max_tries} tries: check the config")
+
+    return generate

@@ -111,8 +111,9 @@ def decode(ids: Iterable[int]) -> str:
 
 # --- fast paths used by the corpus builder ---------------------------------------------------
 NEWLINE_BYTE = bytes([NEWLINE_ID])
-# multi-character lexemes of generated code, longest first (`elif` before `if`, `<=` before `<`)
-_MULTI = sorted([w for w in KEYWORDS + ARITH_OPS + COMPARISONS if len(w) > 1], key=len, reverse=True)
+# multi-character lexemes of generated examples, longest first (`elif` before `if`, `<=` before `<`)
+_MULTI = sorted([w for w in [STEP] + KEYWORDS + ARITH_OPS + COMPARISONS if len(w) > 1], key=len,
+                reverse=True)
 _PLACEHOLDER = {w: chr(0x80 + i) for i, w in enumerate(_MULTI)}
 _TABLE = bytearray(range(256))
 for _c in VOCAB:
@@ -124,13 +125,37 @@ _TABLE = bytes(_TABLE)
 
 
 def encode_canonical(code: str) -> bytes:
-    """Token ids (as bytes) of generated snippet text, without the regex. Valid for text made
-    of the generator's lexemes (no reserved words, no ``#STEP``); equal to
-    ``bytes(encode(code))`` there (tested). Use :func:`encode` for arbitrary text."""
+    """Token ids (as bytes) of generated snippet or example text (the blank line that ends an
+    example excluded), without the regex. Valid for text made of the generator's lexemes and
+    the trace markers (no reserved words, no blank line), where letters never touch except
+    inside keywords; equal to ``bytes(encode(code))`` there (tested). Use :func:`encode`
+    for arbitrary text."""
     for w in _MULTI:
         if w in code:
             code = code.replace(w, _PLACEHOLDER[w])
-    return code.encode("latin-1").translate(_TABLE, b" ")
+    return packed_tokens(code)
+
+
+# Packed text: generated text with each multi-character lexeme written as one placeholder
+# character, so one character is one token (or a space). The corpus builder assembles an
+# example in packed form; its tokens and its text then follow in one C-level pass each.
+PACKED: dict[str, str] = {w: _PLACEHOLDER.get(w, w) for w in VOCAB if w != PAD}
+
+
+def packed_tokens(packed: str) -> bytes:
+    return packed.encode("latin-1").translate(_TABLE, b" ")
+
+
+def unpack(packed: str, lexemes: Iterable[str] = _MULTI) -> str:
+    """The text of packed text that holds no multi-character lexeme outside ``lexemes``."""
+    for w in lexemes:
+        packed = packed.replace(_PLACEHOLDER[w], w)
+    return packed
+
+
+def packed_lexemes(packed: str) -> list[str]:
+    """The multi-character lexemes present in (short) packed text."""
+    return [w for w in _MULTI if _PLACEHOLDER[w] in packed]
 
 
 # --- fast path used by the corpus builder: tokens of structured pieces, cached -------------

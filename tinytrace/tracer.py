@@ -163,6 +163,45 @@ def run(lines: list[Line], value_range=(-99, 99), max_loop_iterations: int = 100
     return Execution(steps, state)
 
 
+def run_rows(rows: list[tuple], value_range=(-99, 99)) -> Execution:
+    """:func:`run` for snippets of assignments and ``if`` only, given as ``(kind, indent,
+    target, a, op, b)`` tuples (the generator's fast path). Without loops or ``elif``/``else``
+    they run top to bottom: a line runs iff it is not inside an ``if`` whose test failed, so
+    one pass suffices. Same steps, states and rejection reasons as :func:`run` (tested)."""
+    lo, hi = value_range
+    env: dict[str, int] = {}
+    steps: list[tuple[int, State]] = []
+    append = steps.append
+    state: State = ()
+    skip = 1 << 30  # lines indented deeper than this sit under a failed test
+    try:
+        for i, (kind, ind, target, a, op, b) in enumerate(rows):
+            if ind > skip:
+                continue
+            skip = 1 << 30
+            append((i, state))
+            x = a if a.__class__ is int else env[a]
+            if b is not None:
+                y = b if b.__class__ is int else env[b]
+            if kind == ASSIGN:
+                if op is not None:
+                    x = x + y if op == "+" else x - y if op == "-" else _ARITH[op](x, y)
+                if x < lo or x > hi:
+                    raise Rejected("value_range")
+                env[target] = x
+                state = tuple(env.items())
+            elif kind == IF:
+                if not (x < y if op == "<" else x > y if op == ">" else _CMP[op](x, y)):
+                    skip = ind
+            else:
+                raise ValueError(f"run_rows runs assignments and `if` only, got {kind!r}")
+    except KeyError:
+        raise Rejected("exception") from None
+    except ZeroDivisionError:
+        raise Rejected("exception") from None
+    return Execution(steps, state)
+
+
 def _test(ln: Line, env: dict) -> bool:
     a, b = ln.a, ln.b
     x = a if a.__class__ is int else env[a]
@@ -238,19 +277,8 @@ def _while_bodies(lines: list[Line]) -> dict[int, set[int]]:
 
 
 # --- formatting ---------------------------------------------------------------------------------
-# `name?value` text and tokens, precomputed for every name and every value with |v| < 1000
+# `name?value` for every name and every value with |v| < 1000, filled on first use
 _PAIR_TEXT: dict[tuple[str, int], str] = {}
-_PAIR_TOKENS: dict[tuple[str, int], bytes] = {}
-_SEMI = bytes([tk.STOI[";"]])
-
-
-def _fill_pair_cache() -> None:
-    q = tk.STOI["?"]
-    for k in tk.LETTERS:
-        kid = tk.STOI[k]
-        for v in range(-999, 1000):
-            _PAIR_TEXT[(k, v)] = f"{k}?{v}"
-            _PAIR_TOKENS[(k, v)] = bytes([kid, q, *tk.int_tokens(v)])
 
 
 def state_text(state: State) -> str:
@@ -259,19 +287,9 @@ def state_text(state: State) -> str:
         return ";".join(map(_PAIR_TEXT.__getitem__, state))
     except KeyError:
         if not _PAIR_TEXT:
-            _fill_pair_cache()
+            _PAIR_TEXT.update(((k, v), f"{k}?{v}") for k in tk.LETTERS for v in range(-999, 1000))
             return state_text(state)
         return ";".join(f"{k}?{v}" for k, v in state)
-
-
-def state_tokens(state: State) -> bytes:
-    try:
-        return _SEMI.join(map(_PAIR_TOKENS.__getitem__, state))
-    except KeyError:
-        if not _PAIR_TOKENS:
-            _fill_pair_cache()
-            return state_tokens(state)
-        return _SEMI.join(bytes([tk.STOI[k], tk.STOI["?"], *tk.int_tokens(v)]) for k, v in state)
 
 
 def format_example(lines: list[Line], ex: Execution) -> str:
@@ -303,47 +321,57 @@ class Example:
         return len(self.tokens)
 
 
-_STEP, _EOS = bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
-_AT, _DOLLAR, _FINAL = bytes([tk.STOI["@"]]), bytes([tk.STOI["$"]]), bytes(
-    [tk.NEWLINE_ID, tk.STOI["@"], tk.STOI["^"], tk.STOI["$"]]
-)
+_PSEP, _STEP, _EOS = tk.PACKED[tk.STEP], bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
 
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
     """Text and tokens of an example, assembled from slices of the snippet (fast path)."""
-    src = ["\t" * ln.indent + ln.text() for ln in lines]
+    return make_example_rows([(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines], ex)
+
+
+def make_example_rows(rows: list[tuple], ex: Execution) -> Example:
+    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples.
+
+    The example is assembled in packed text (:data:`tokenizer.PACKED`: one character per
+    token): each block is the snippet with its line i as ``@line$state``, made of slices of
+    the snippet around line i; all pieces are joined once, then the tokens and the text each
+    follow in one pass. A state is one token per character, so block lengths need no count."""
+    P = tk.PACKED
+    src = []
+    for kind, ind, t, a, op, b in rows:
+        if kind == ASSIGN:
+            s = f"{t} = {a}" if op is None else f"{t} = {a} {P[op]} {b}"
+        elif kind == ELSE:
+            s = P[ELSE] + ":"
+        else:
+            s = f"{P[kind]} {a} {P[op]} {b}:"
+        src.append("\t" * ind + s if ind else s)
     code = "\n".join(src)
-    code_t = tk.encode_canonical(code)
-    # character and token offsets of each line's start and end within the snippet
-    starts, ends, tstarts, tends = [], [], [], []
-    pos = tpos = 0
-    for s, t in zip(src, code_t.split(tk.NEWLINE_BYTE)):
+    pieces = [code]
+    states = []  # length of each block's state (the final block: plus `\n`, `^` and EOS)
+    pos = 0
+    starts = []
+    for s in src:
         starts.append(pos)
-        tstarts.append(tpos)
-        pos += len(s)
-        tpos += len(t)
-        ends.append(pos)
-        tends.append(tpos)
-        pos += 1
-        tpos += 1
-    cache: dict[int, tuple[str, bytes]] = {}
-    texts = [code]
-    toks = [code_t]
-    lengths = [len(code_t)]
+        pos += len(s) + 1
+    prev = None
     for i, state in ex.steps:
-        c = cache.get(id(state))
-        if c is None:
-            c = cache[id(state)] = (state_text(state), state_tokens(state))
-        s, e, ts, te = starts[i], ends[i], tstarts[i], tends[i]
-        texts.append("".join((code[:s], "@", code[s:e], "$", c[0], code[e:])))
-        block = b"".join((_STEP, code_t[:ts], _AT, code_t[ts:te], _DOLLAR, c[1], code_t[te:]))
-        toks.append(block)
-        lengths.append(len(block))
-    final = b"".join((_STEP, code_t, _FINAL, state_tokens(ex.final), _EOS))
-    texts.append(code + "\n@^$" + state_text(ex.final))
-    toks.append(final)
-    lengths.append(len(final))
-    return Example(code, "\n#STEP\n".join(texts), b"".join(toks), lengths)
+        if state is not prev:
+            prev, st = state, state_text(state)
+        s = starts[i]
+        line = src[i]
+        pieces += (_PSEP, code[:s], "@", line, "$", st, code[s + len(line):])
+        states.append(len(st))
+    st = state_text(ex.final)
+    pieces += (_PSEP, code, "\n@^$", st)
+    states.append(len(st) + 3)
+    packed = "".join(pieces)
+    tokens = tk.packed_tokens(packed) + _EOS
+    n_code = tokens.index(_STEP)
+    step_len = n_code + 3  # `#STEP`, the snippet, `@` and `$`, before the state
+    lexemes = tk.packed_lexemes(code)
+    return Example(tk.unpack(code, lexemes), tk.unpack(packed, [tk.STEP] + lexemes), tokens,
+                   [n_code] + [step_len + n for n in states])
 
 
 def max_step_pair_tokens(part_lengths: list[int]) -> int:
@@ -351,7 +379,7 @@ def max_step_pair_tokens(part_lengths: list[int]) -> int:
     ``#STEP`` opening the first to the token ending the second (the next ``#STEP`` excluded,
     the end-of-example token included), as the authors' determinism filter measures it
     (Sec. 2.2, C.5)."""
-    return max(a + b for a, b in zip(part_lengths[1:], part_lengths[2:]))
+    return max(map(operator.add, part_lengths[1:-1], part_lengths[2:]))
 
 
 def trace(code: str, value_range=(-99, 99), max_loop_iterations: int = 100) -> str:
