@@ -36,15 +36,6 @@ def data_dir(tmp_path_factory):
     return d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is as fast, and far faster when the other core is busy.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny(**kw):
     return get_model_config("tiny", block_size=32, **kw)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 # command -> (module, function registering the command's parser, one-line help)
@@ -21,6 +22,32 @@ COMMANDS = {
     "notebooks": ("tinytrace.notebooks", "add_cli", "execute the section notebooks with papermill"),
     "model": ("tinytrace.hub", "add_cli", "export or push a trained run as a Hub model"),
 }
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """argparse type of ``KEY=VALUE`` options (``--set``, ``--model-arg``, ``-p``): the value
+    is parsed as JSON when it is JSON (``9``, ``[1, 2]``, ``true``), else kept as text."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), json.loads(v)
+    except json.JSONDecodeError:
+        return k.strip(), v
+
+
+def at_least(minimum: int, kind=int):
+    """argparse type: a number of ``kind`` that is >= ``minimum``."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return v
+
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):

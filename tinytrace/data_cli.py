@@ -1,24 +1,10 @@
 """``tinytrace data build|push`` and ``tinytrace trace`` (no torch import here)."""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
+from .cli import at_least, key_value
 from .config import PRESETS
-
-
-def _positive(kind):
-    def parse(s):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-        return v
-
-    return parse
 
 
 def add_data_cli(sub) -> None:
@@ -27,19 +13,19 @@ def add_data_cli(sub) -> None:
     b = dsub.add_parser("build", help="generate, trace, filter, dedup, split and write a config")
     b.add_argument("--preset", required=True, choices=sorted(PRESETS), metavar="PRESET",
                    help=f"generator preset: {', '.join(PRESETS)}")
-    b.add_argument("--num-snippets", type=_positive(int), required=True,
+    b.add_argument("--num-snippets", type=at_least(0), required=True,
                    help="unique snippets in all splits together")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--workers", type=_positive(int), default=None, help="default: all cores")
-    b.add_argument("--validation-size", type=_positive(int), default=1024)
-    b.add_argument("--test-size", type=_positive(int), default=1024)
-    b.add_argument("--context", type=_positive(int), default=512,
+    b.add_argument("--workers", type=at_least(0), default=None, help="default: all cores")
+    b.add_argument("--validation-size", type=at_least(0), default=1024)
+    b.add_argument("--test-size", type=at_least(0), default=1024)
+    b.add_argument("--context", type=at_least(0), default=512,
                    help="window of the determinism filter, in tokens")
     b.add_argument("--deterministic-train", action="store_true",
                    help="apply the determinism filter to train too")
     b.add_argument("--config-name", default=None, help="config name (default: the preset)")
     b.add_argument("--no-tokens", action="store_true", help="skip the uint8 token streams")
-    b.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+    b.add_argument("--set", action="append", default=[], type=key_value, metavar="FIELD=JSON",
                    help="override a generator field, e.g. --set max_literal=9")
     b.add_argument("--out", required=True, help="dataset folder (Hub layout)")
     b.add_argument("--quiet", action="store_true")
@@ -64,30 +50,17 @@ def add_data_cli(sub) -> None:
 def add_trace_cli(sub) -> None:
     t = sub.add_parser("trace", help="trace a snippet (file or stdin) and print the example")
     t.add_argument("file", nargs="?", help="snippet file (default: stdin)")
-    t.add_argument("--max-loop-iterations", type=_positive(int), default=100)
+    t.add_argument("--max-loop-iterations", type=at_least(0), default=100)
     t.add_argument("--value-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                    help="reject values outside [LO, HI] (default: no limit)")
     t.set_defaults(func=_trace)
-
-
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for item in pairs:
-        if "=" not in item:
-            raise ValueError(f"--set expects FIELD=JSON, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def _build(args) -> int:
     from .config import get_preset
     from .data import BuildConfig, build
 
-    overrides = _overrides(args.set)
+    overrides = dict(args.set)
     try:
         gen = get_preset(args.preset, **overrides)
     except TypeError as e:

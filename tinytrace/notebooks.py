@@ -12,7 +12,6 @@ This module is imported by ``tinytrace --help``: heavy imports stay inside funct
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -1101,41 +1100,23 @@ def write_pages(book_dir="book", sections_dir=None, data_dir="data/tinytracing",
 
 
 # --- command line ------------------------------------------------------------------------------
-def _param(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
-    try:
-        return k.strip(), json.loads(v)
-    except json.JSONDecodeError:
-        return k.strip(), v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def add_cli(sub) -> None:
+    from .cli import at_least, key_value
+
     p = sub.add_parser("notebooks", help="execute the section notebooks with papermill")
     nsub = p.add_subparsers(dest="notebooks_command", required=True, metavar="{run,pages}")
     r = nsub.add_parser("run", help="execute notebooks into a folder (default book/sections)")
     r.add_argument("--scale", required=True, help="smoke | cpu | gpu | paper")
     r.add_argument("--only", action="append", metavar="NAME",
                    help="a notebook (stem, 03-style prefix or name part); repeat or comma-separate")
-    r.add_argument("--jobs", type=_positive_int, default=1,
+    r.add_argument("--jobs", type=at_least(1), default=1,
                    help="notebooks at once; with several GPUs each gets its own")
     r.add_argument("--out", default=str(DEFAULT_OUT), help="where executed notebooks go")
     r.add_argument("--cache-dir", default="cache", help="datasets, runs and evaluations cache")
     r.add_argument("--src", default=None, help="source notebooks folder (default notebooks/)")
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--device", default=None, help="e.g. cpu to ignore GPUs")
-    r.add_argument("-p", "--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+    r.add_argument("-p", "--param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="another notebook parameter (VALUE parsed as JSON, else a string)")
     r.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
     r.add_argument("--missing", action="store_true",

@@ -676,14 +676,9 @@ def bench_train(args) -> int:
 
 
 # --- command line ------------------------------------------------------------------------------
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def add_cli(sub) -> None:
+    from .cli import key_value
+
     p = sub.add_parser("train", help="train a model with Accelerate",
                        description="Train on random windows of a built dataset's token stream "
                                    "(paper App. C.1, C.5). Run with `accelerate launch -m "
@@ -692,7 +687,7 @@ def add_cli(sub) -> None:
     p.add_argument("--config", required=True, help="dataset config name inside --data")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, run.json")
     p.add_argument("--model", default=None, help="model preset (paper, tiny, small, medium)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                    help="override a model config field, e.g. pe=rpe (repeatable)")
     p.add_argument("--train-preset", default=None, help=f"one of {', '.join(TRAIN_PRESETS)} (default paper)")
     p.add_argument("--epochs", type=int)
@@ -737,13 +732,7 @@ def configs_from_args(args) -> tuple[TrainConfig, object]:
         if args.model or args.model_arg or args.train_preset:
             raise ValueError("--resume uses the saved model and preset; drop --model/--model-arg/--train-preset")
     else:
-        overrides = {}
-        for kv in args.model_arg:
-            if "=" not in kv:
-                raise ValueError(f"--model-arg wants KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
-            overrides[k] = _value(v)
-        mc = get_model_config(args.model or "paper", **overrides)
+        mc = get_model_config(args.model or "paper", **dict(args.model_arg))
         tc = get_train_config(args.train_preset or "paper")
     changes = {f: getattr(args, a) for a, f in _ARG_FIELDS.items() if getattr(args, a) is not None}
     if "lr_peak" in changes and "lr_min" not in changes:
