@@ -63,8 +63,6 @@ def _schemas():
     return data, chunk
 
 
-
-
 def _pair(u: str, v: str) -> str:
     return u + v if u <= v else v + u
 
@@ -606,6 +604,19 @@ def load(out: str | os.PathLike, config: str, split: str = "test"):
         have = sorted(p.name for p in folder.iterdir() if (p / "build.json").exists()) if folder.is_dir() else []
         raise FileNotFoundError(f"no config {config!r} in {folder} (have: {', '.join(have) or 'none'})")
     return load_dataset(str(folder), config, split=split)
+
+
+def read_split(out: str | os.PathLike, config: str, split: str = "test",
+               columns=("code", "trace")) -> list[dict]:
+    """The rows of one split as dicts, read with pyarrow (no ``datasets``: what the
+    experiments, benchmarks and GPU machines without ``datasets`` use)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(out, config).glob(f"{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no {split} split of config {config!r} in {out}")
+    return pa.concat_tables([pq.read_table(f, columns=list(columns)) for f in files]).to_pylist()
 
 
 def token_stream(out: str | os.PathLike, config: str, split: str = "train") -> np.memmap:

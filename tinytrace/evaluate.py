@@ -595,7 +595,6 @@ def _eval_cli(args) -> int:
                            max_len_factor=args.max_len_factor, compile=args.compile, progress=True)
     summary.update(checkpoint=str(args.checkpoint), data=str(args.data), config=args.config, split=args.split)
     if args.out:
-
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         df.to_json(out / "records.jsonl", orient="records", lines=True)
@@ -647,7 +646,7 @@ def bench_eval(args) -> int:
     ``--data DIR --config NAME`` reads a Hub-layout test split with pyarrow (no ``datasets``)."""
     import tempfile
 
-    from .data import build_preset, load
+    from .data import build_preset, load, read_split
 
     limit, bsz = int(args.limit), int(args.batch_size)
     if limit < 1 or bsz < 1:
@@ -666,13 +665,7 @@ def bench_eval(args) -> int:
     data_dir = getattr(args, "data", None)
     config = getattr(args, "config", None) or "base"
     if data_dir:
-        import pyarrow.parquet as pq
-
-        files = sorted(Path(data_dir, config).glob("test-*.parquet"))
-        if not files:
-            raise ValueError(f"no test split of config {config!r} in {data_dir}")
-        records = make_records([r for f in files for r in
-                                pq.read_table(f, columns=["code", "trace"]).to_pylist()], limit)
+        records = make_records(read_split(data_dir, config, "test"), limit)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             build_preset("base", tmp, limit + 64, seed=0, test_size=limit, validation_size=0,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import GeneratorConfig, get_preset, sample_pairs
+from .data import TEST_SEED_OFFSET, read_split
 
 EXPERIMENTS = ["base", "id_robustness", "pair_coverage", "depth_curriculum", "sft_lora", "pe_ablation"]
 METRICS = ["exact_match", "n", "step_em_tf", "final_state_match", "state_token_acc"]
@@ -291,7 +292,7 @@ class Cache:
         return folder, "data"
 
     def test_set(self, gen: GeneratorConfig, n: int, seed: int, context: int) -> tuple[Path, str]:
-        return self.corpus(gen, n, test_size=n, seed=seed + 1_000, context=context)
+        return self.corpus(gen, n, test_size=n, seed=seed + TEST_SEED_OFFSET, context=context)
 
     # runs
     def run_dir(self, scale: Scale, corpus: tuple[Path, str], model_cfg, train=None,
@@ -391,14 +392,6 @@ def _load(run_dir: Path):
     return load_checkpoint(run_dir).to(_device())
 
 
-def _records(folder: Path, config: str, split: str = "test"):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    files = sorted((folder / config).glob(f"{split}-*.parquet"))
-    return pa.concat_tables([pq.read_table(f, columns=["code", "trace"]) for f in files]).to_pylist()
-
-
 def _row(experiment: str, model: str, test_set: str, condition: str, result: dict, **extra) -> dict:
     row = {"experiment": experiment, "model": model, "test_set": test_set, "condition": condition}
     row.update({k: result.get(k) for k in METRICS})
@@ -434,7 +427,7 @@ class _Context:
                                    s.max_len_factor, s.eval_eos_prefix)
 
     def eval_set(self, model, run_dir: Path, corpus: tuple[Path, str]) -> dict:
-        return self.eval(model, run_dir, _records(*corpus), corpus[0].name)
+        return self.eval(model, run_dir, read_split(*corpus), corpus[0].name)
 
 
 # --- 1. base model and OOD (Sec. 3.4, 4.3) ----------------------------------------------------------
@@ -465,7 +458,7 @@ def exp_id_robustness(ctx: _Context) -> list[dict]:
         corpus = ctx.base_corpus(frac)
         n_train = int(s.corpus_snippets * frac)
         label = _count_label(n_train)
-        test = _records(*corpus)
+        test = read_split(*corpus)
         edited_full = {e: edit_dataset(test, e, seed=ctx.seed, config=s.generator("id"))
                        for e in EDIT_NAMES}  # each: records with the original `index`
         train = {**s.train, "epochs": s.robustness_epochs}

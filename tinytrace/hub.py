@@ -85,7 +85,7 @@ model = load_checkpoint(snapshot_download("{repo_id}"))
 """
 
 
-def export_model(run, out) -> Path:
+def export_model(run, out, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytracing") -> Path:
     """Copy a run's weights, config and logs into ``out`` with a model card (Hub layout)."""
     run, out = Path(run), Path(out)
     for f in CARD_FILES:
@@ -100,6 +100,7 @@ def export_model(run, out) -> Path:
         info = json.loads((run / "run.json").read_text())
         info.get("data", {}).pop("dir", None)  # a local path
         (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(run, repo_id, dataset))
     return out
 
 
@@ -109,8 +110,7 @@ def push_model(run, repo_id: str, token: str | None = None, private: bool = Fals
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export_model(run, tmp)
-        (folder / "README.md").write_text(model_card(run, repo_id, dataset))
+        folder = export_model(run, tmp, repo_id, dataset)
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
@@ -135,8 +135,7 @@ def add_cli(sub) -> None:
 
 
 def _export(args) -> int:
-    out = export_model(args.run, args.out)
-    (out / "README.md").write_text(model_card(args.run, args.repo_id))
+    out = export_model(args.run, args.out, args.repo_id)
     print(f"wrote {out}")
     return 0
 

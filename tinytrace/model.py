@@ -344,9 +344,8 @@ class GPT(nn.Module):
         cached window; their positions are the row's columns, so rows of different lengths batch
         exactly (right padding: a padded token's keys are overwritten before any query sees them).
         ``static``: every row, attention over all ``block_size`` columns (masked past each row's
-        length) and no host bookkeeping (``lens_host`` is the caller's): fixed shapes and no host
-        reads, and ``lens`` is not advanced (the caller does, per row): the step can be captured
-        in a CUDA graph."""
+        length), no host reads and no length bookkeeping (the caller advances ``lens`` per row):
+        fixed shapes, so the step can be captured in a CUDA graph."""
         B, T = idx.size()
         device = idx.device
         if kv_cache is None:
