@@ -241,10 +241,10 @@ def _fast_vs_pluggable(args):
 
 
 # >= 10,000 snippets of every preset (the deep presets reject ~99% of attempts, so this checks
-# millions of generator runs), split over two processes
+# millions of generator runs), split over two spawned processes (see test_tracer.py)
 @pytest.mark.parametrize("name", list(FAST_CONFIGS))
 def test_fast_path_equals_pluggable_generator(name):
-    with mp.get_context("fork").Pool(2) as pool:
+    with mp.get_context("spawn").Pool(2) as pool:
         results = pool.map(_fast_vs_pluggable, [(name, 100 + i, 5_000) for i in range(2)])
     for mismatch, used in results:
         assert mismatch is None, mismatch
