@@ -1,5 +1,7 @@
 import json
+import random
 import subprocess
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -9,7 +11,10 @@ import pytest
 
 from tinytrace import tokenizer as tk
 from tinytrace.config import get_preset, sample_pairs
-from tinytrace.data import BuildConfig, build, build_preset, load, token_stream, write_card
+from tinytrace.data import (
+    BuildConfig, Pipeline, build, build_preset, load, token_stream, write_card,
+)
+from tinytrace.generator import DefaultRules
 from tinytrace.program import parse
 from tinytrace.tracer import format_example, run, run_settrace
 
@@ -157,6 +162,43 @@ def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_make_chunk", real)
     build(cfg, tmp_path, workers=1, progress=False)  # rerunning finishes it
     assert (tmp_path / "base" / "build.json").exists() and not (tmp_path / ".base.incomplete").exists()
+
+
+PIPELINE_CONFIGS = {
+    "base": get_preset("base"),
+    "deeper": get_preset("deeper"),
+    "pairs-global": get_preset("base", forbidden_pairs=sample_pairs(60, seed=4), exclusion_scope="global"),
+    "requires-pair": get_preset("base", forbidden_pairs=sample_pairs(20, seed=5),
+                                require_forbidden_pair=True),
+    # the operators and comparisons the paper's experiments leave out (zero divisors rejected)
+    "operators": get_preset("base", arith_ops=("*", "//", "%"), comparisons=("<=", ">=", "==", "!="),
+                            value_range=(-999, 999), one_op_per_snippet=False),
+}
+
+
+@pytest.mark.parametrize("name", list(PIPELINE_CONFIGS))
+def test_pipeline_paths_agree(name):
+    """The default rules' fast path (run while written, examples made in one pass per chunk)
+    gives the records and rejection counts of the context-stack generator + general tracer,
+    and ``records`` gives what repeated ``sample`` calls give."""
+    cfg = PIPELINE_CONFIGS[name]
+    fast, ref = Pipeline(cfg), Pipeline(cfg, rules=DefaultRules(cfg))
+    assert fast.fast is not None and ref.fast is None
+    s1, s2, s3 = Counter(), Counter(), Counter()
+    a = fast.records(random.Random(7), 300, s1)
+    b = ref.records(random.Random(7), 300, s2)
+    assert a == b and s1 == s2
+    rng, one = random.Random(7), []
+    while len(one) < 300:
+        r = fast.sample(rng, s3)
+        if r is not None:
+            one.append(r)
+    assert s3 == s1 and one == [{k: v[i] for k, v in a.items()} for i in range(300)]
+    assert s1["attempts"] > 300 and s1["value_range"] + s1["exception"] > 0
+    for r in one[:50]:
+        lines = parse(r["code"])
+        assert r["trace"] == format_example(lines, run(lines, cfg.value_range))
+        assert r["tokens"] == bytes(tk.encode(r["trace"] + "\n\n"))
 
 
 def test_bad_build_arguments():

@@ -4,12 +4,13 @@ import random
 import pytest
 
 from tinytrace import tokenizer as tk
-from tinytrace.config import PRESETS
-from tinytrace.generator import Generator
-from tinytrace.program import UnsupportedCode, parse, render
+from tinytrace.config import PRESETS, GeneratorConfig, sample_pairs
+from tinytrace.data import operand_pairs
+from tinytrace.generator import Generator, default_fast_path
+from tinytrace.program import Line, UnsupportedCode, parse, render
 from tinytrace.tracer import (
-    Rejected, format_example, make_example, make_example_rows, max_step_pair_tokens, run,
-    run_rows, run_settrace, trace,
+    Rejected, format_example, make_example, make_example_rows, max_step_pair_tokens,
+    run, run_settrace, state_text, trace,
 )
 
 ISSUE_EXAMPLE = """a = 5
@@ -52,20 +53,38 @@ def test_state_order_is_first_assignment_at_run_time():
     assert out == format_example(parse(code), run_settrace(code))
 
 
+def _fused_mismatch(lines: list[Line], traced: tuple, ex, reason) -> str | None:
+    """How the fast path's execution while writing (``run=True``) differs from :func:`run`
+    (``ex``, or the rejection ``reason``) on the same snippet, or None."""
+    rows, steps, final, why, pairs, executed, depth = traced
+    if rows != [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]:
+        return "fused rows differ"
+    if why != reason:
+        return f"fused reason {why}, run {reason}"
+    if reason is None:
+        if steps != [(i, state_text(s)) for i, s in ex.steps] or final != state_text(ex.final):
+            return "fused steps differ"
+        if (pairs, executed) != (operand_pairs(lines), operand_pairs(lines, {i for i, _ in ex.steps})):
+            return "fused operand pairs differ"
+        if depth != max(ln.indent for ln in lines):
+            return "fused depth differs"
+    return None
+
+
 def _compare(args):
     """Trace `n` snippets of a preset with both tracers; return (accepted, first mismatch)."""
     preset, seed, n = args
     cfg = PRESETS[preset]
     gen = Generator(cfg)
+    # the pipeline's path for the default rules: executed while written, on the same draws
+    fused, rng_fused = default_fast_path(cfg, run=True), random.Random(seed)
     rng = random.Random(seed)
     vr, cap = cfg.value_range, cfg.max_loop_iterations
     accepted = 0
     for _ in range(n):
         lines = gen.generate(rng)
         code = render(lines)
-        # the pipeline's path for the default rules: tuple rows run top to bottom
-        rows = [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]
-        straight = gen.fast is not None
+        traced = fused(rng_fused) if fused else None
         try:
             ex = run(lines, vr, cap)
             fast = format_example(lines, ex)
@@ -76,13 +95,8 @@ def _compare(args):
             except Rejected as ref:
                 if ref.reason != r.reason:
                     return accepted, (f"reasons differ {r.reason} {ref.reason}", code)
-            if straight:
-                try:
-                    run_rows(rows, vr)
-                    return accepted, ("run_rows accepted, run rejected", code)
-                except Rejected as rr:
-                    if rr.reason != r.reason:
-                        return accepted, (f"run_rows reason {rr.reason}, run {r.reason}", code)
+            if traced and (bad := _fused_mismatch(lines, traced, None, r.reason)):
+                return accepted, (bad, code)
             continue
         accepted += 1
         if fast != format_example(lines, run_settrace(code, vr, cap)):
@@ -94,8 +108,8 @@ def _compare(args):
         bounds = [i for i, t in enumerate(e.tokens) if t == tk.STEP_ID] + [len(e.tokens)]
         if e.part_lengths != [bounds[0]] + [b - a for a, b in zip(bounds, bounds[1:])]:
             return accepted, ("part lengths", code)
-        if straight and (run_rows(rows, vr) != ex or make_example_rows(rows, ex) != e):
-            return accepted, ("run_rows/make_example_rows differ", code)
+        if traced and (bad := _fused_mismatch(lines, traced, ex, None)):
+            return accepted, (bad, code)
     return accepted, None
 
 

@@ -16,6 +16,7 @@ renamed into place when complete, so an interrupted build never looks complete.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -33,10 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import tokenizer as tk
 from .config import GeneratorConfig, get_preset
-from .generator import Generator
+from .generator import Generator, default_fast_path
 from .program import ASSIGN, Line
-from .tracer import Rejected, make_example_rows, max_step_pair_tokens, run, run_rows
+from .tracer import Rejected, max_step_pair_tokens, pack_example, run, state_text, unpack_examples
 
 SPLITS = ("train", "validation", "test")
 _TOKENS_DIR = "tokens"
@@ -93,69 +95,96 @@ def cooccurring_pairs(lines: list[Line]) -> list[str]:
 
 
 class Pipeline:
-    """Generate one snippet, trace it, apply the runtime and pair filters, format it."""
+    """Generate snippets, trace them, apply the runtime and pair filters, format them."""
 
     def __init__(self, config: GeneratorConfig, context: int = 512, rules=None):
         self.config = config
         self.context = context
-        # rules=None: the default rules' fast path; DefaultRules(config) gives the same
-        # records through the context-stack generator and the general tracer (slower)
+        # rules=None: the default rules' fast path, which executes each snippet as it writes
+        # it; DefaultRules(config) gives the same records through the context-stack generator
+        # and the general tracer (slower)
         self.generator = Generator(config, rules)
-        # the default rules' fast path gives tuple rows that run top to bottom (no loops)
-        self.fast = self.generator.fast
+        self.fast = default_fast_path(config, run=True) if rules is None else None
+        # the multi-character lexemes a fast-path snippet may hold (for the packed text)
+        self.lexemes = [w for w in ["if", *config.arith_ops, *config.comparisons] if len(w) > 1]
         self.forbidden = config.forbidden_pair_set() if config.require_forbidden_pair else None
 
     def sample(self, rng: random.Random, stats: Counter) -> dict | None:
         """One attempt: a record, or None (the reason counted in ``stats``)."""
-        c = self.config
+        cols = self._columns(self._packed(rng, stats, 1, 1))
+        return {k: v[0] for k, v in cols.items()} if cols["code"] else None
+
+    def records(self, rng: random.Random, n: int, stats: Counter) -> dict[str, list]:
+        """``n`` accepted records as columns (the corpus builder's chunks): the attempts of
+        :meth:`sample`, whose texts and tokens are then made in one pass for all."""
+        # no record holds a reference cycle: the collector's passes over the chunk's young
+        # objects would be pure cost (~3%)
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            if self.fast is not None:
-                rows = self.fast(rng, 100_000, stats)
-                stats["attempts"] += 1
-                ex = run_rows(rows, c.value_range)
-            else:
-                lines = self.generator.generate(rng, stats=stats)
-                stats["attempts"] += 1
-                ex = run(lines, c.value_range, c.max_loop_iterations)
-                rows = [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]
-        except Rejected as r:
-            stats[r.reason] += 1
-            return None
-        pairs, executed_pairs = _row_pairs(rows, ex.steps)
-        if self.forbidden is not None:
-            if not any(p in self.forbidden for p in executed_pairs):
+            return self._columns(self._packed(rng, stats, n, math.inf))
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _packed(self, rng, stats: Counter, n: int, max_attempts) -> list[tuple]:
+        """Attempts until ``n`` are accepted or ``max_attempts`` were made (the rejection
+        reasons counted in ``stats``); the accepted ones as ``(n_statements, max_depth,
+        n_steps, pairs, executed_pairs, packed, part_lengths)``."""
+        traced = self.fast or self._traced
+        forbidden = self.forbidden
+        out = []
+        k = 0
+        while len(out) < n and k < max_attempts:
+            k += 1
+            rows, steps, final, reason, pairs, executed, depth = traced(rng, 100_000, stats)
+            if reason is not None:
+                stats[reason] += 1
+            elif forbidden is not None and not any(p in forbidden for p in executed):
                 stats["no_forbidden_pair"] += 1
-                return None
-        e = make_example_rows(rows, ex)
-        pair_tokens = max_step_pair_tokens(e.part_lengths)
+            else:
+                out.append((len(rows), depth, len(steps), pairs, executed)
+                           + pack_example(rows, steps, final))
+        stats["attempts"] += k
+        return out
+
+    def _traced(self, rng, max_tries, stats):
+        """The fast path's ``run=True`` result through the rules' generator and the general
+        tracer (any rules, loops included)."""
+        c = self.config
+        lines = self.generator.generate(rng, max_tries, stats)
+        rows = [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]
+        try:
+            ex = run(lines, c.value_range, c.max_loop_iterations)
+        except Rejected as r:
+            return rows, None, None, r.reason, None, None, None
+        ran = {i for i, _ in ex.steps}
+        steps = [(i, state_text(state)) for i, state in ex.steps]
+        return (rows, steps, state_text(ex.final), None, operand_pairs(lines),
+                operand_pairs(lines, ran), max(ln.indent for ln in lines))
+
+    def _columns(self, packed: list[tuple]) -> dict[str, list]:
+        n_statements, depth, n_steps, pairs, executed, examples, parts = (
+            zip(*packed) if packed else [()] * 7)
+        n_tokens = [sum(p) for p in parts]
+        codes, texts, tokens = unpack_examples(
+            examples, n_tokens, self.lexemes if self.fast is not None else None)
+        pair_tokens = list(map(max_step_pair_tokens, parts))  # determinism filter, C.5
+        sha256, context = hashlib.sha256, self.context
         return {
-            "code": e.code,
-            "trace": e.text,
-            "n_statements": len(rows),
-            "max_depth": max([r[1] for r in rows]),
-            "n_steps": len(ex.steps),
-            "n_tokens": len(e.tokens),
+            "code": codes,
+            "trace": texts,
+            "n_statements": list(n_statements),
+            "max_depth": list(depth),
+            "n_steps": list(n_steps),
+            "n_tokens": n_tokens,
             "max_step_pair_tokens": pair_tokens,
-            "operand_pairs": pairs,
-            "executed_operand_pairs": executed_pairs,
-            "sha256": hashlib.sha256(e.code.encode()).hexdigest(),
-            "tokens": e.tokens,
-            "deterministic": pair_tokens <= self.context,
+            "operand_pairs": list(pairs),
+            "executed_operand_pairs": list(executed),
+            "sha256": [sha256(c.encode()).hexdigest() for c in codes],
+            "tokens": tokens,
+            "deterministic": [t <= context for t in pair_tokens],
         }
-
-
-def _row_pairs(rows: list[tuple], steps: list) -> tuple[list[str], list[str]]:
-    """:func:`operand_pairs` of tuple rows ``(kind, indent, target, a, op, b)``: of all the
-    assignments, and of those among the executed ``steps``."""
-    ran = {i for i, _ in steps}
-    pairs, executed = [], []
-    for i, (kind, _, _, a, op, b) in enumerate(rows):
-        if op is not None and kind == ASSIGN and a.__class__ is str and b.__class__ is str:
-            p = a + b if a <= b else b + a
-            pairs.append(p)
-            if i in ran:
-                executed.append(p)
-    return pairs, executed
 
 
 def chunk_rng(seed: int, chunk: int) -> random.Random:
@@ -171,14 +200,8 @@ def _make_chunk(args):
     pipe = _worker_pipeline(config_dict, context)
     rng = chunk_rng(seed, chunk)
     stats: Counter = Counter()
-    out = []
-    while len(out) < size:
-        r = pipe.sample(rng, stats)
-        if r is not None:
-            out.append(r)
-    schema = _schemas()[1]
-    cols = {c: [r[c] for r in out] for c in schema.names}
-    return pa.table(cols, schema=schema), dict(stats)
+    cols = pipe.records(rng, size, stats)
+    return pa.table(cols, schema=_schemas()[1]), dict(stats)
 
 
 _PIPE_CACHE: dict = {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .config import GeneratorConfig
 from .program import ASSIGN, ELIF, ELSE, IF, WHILE, Line
+from .tracer import _ARITH, _CMP, PAIR_TEXT
 
 # Skeleton keywords (App. B, Table 1). UNINDENT closes the current context; END stops.
 START, END, UNINDENT = "[START]", "[END]", "[UNINDENT]"
@@ -339,16 +340,28 @@ def _pair(u: str, v: str) -> str:
 
 
 # --- the default rules, specialised --------------------------------------------------------------
-def default_fast_path(c: GeneratorConfig):
+def default_fast_path(c: GeneratorConfig, run: bool = False):
     """:class:`DefaultRules` for one config as a plain function ``(rng, max_tries, stats) ->
     lines`` with lines as ``(kind, indent, target, a, op, b)`` tuples (the fields of
     :class:`Line`). It makes the same draws in the same order as the context-stack generator,
     so snippets and the random stream are identical (tested); the context stack shrinks to
     the current depth and whether its block is still empty, and the moves allowed at a point
     come from a precomputed table. None for configs with move weights (``while``, ``elif``,
-    ``else``, non-uniform moves): those use the pluggable path."""
+    ``else``, non-uniform moves): those use the pluggable path.
+
+    ``run=True``: the snippet is also executed while it is written (the corpus builder's
+    path), and the function returns ``(lines, steps, final, reason, pairs, executed_pairs,
+    max_depth)``: the steps and final state of :func:`tinytrace.tracer.run` with each state as
+    its text (:func:`tinytrace.tracer.state_text`), the reason ``run`` would reject the
+    snippet or None (tested against it), and the operand pairs of all and of the executed
+    assignments (:func:`tinytrace.data.operand_pairs`). Without loops, ``elif`` or ``else``
+    a line runs iff every ``if`` above it passed, so the execution follows the writing; a
+    rejected snippet is still written to the end, so the random stream does not depend on
+    ``run``."""
     if c.move_weights:
         return None
+    lo, hi = c.value_range
+    pair_text = PAIR_TEXT.__getitem__
     names, ops, cmps = c.variables, c.arith_ops, c.comparisons
     n_names, n_ops, n_cmps = len(names), len(ops), len(cmps)
     one_op = c.one_op_per_snippet
@@ -385,6 +398,14 @@ def default_fast_path(c: GeneratorConfig):
             op = None
             depth = deepest = 0
             empty = False  # the current block has no line yet
+            # the moves allowed here, as MOVES[can_if][can_close]: they change only when an
+            # `if` opens or closes a block and when a block gets its first line
+            m_if = MOVES[max_d > 0 and if_limit > 0]
+            m_here = m_if[False]
+            # the execution (run=True): variables, steps, state text, whether the current
+            # block runs (and the enclosing blocks' flags), the rejection reason, pairs
+            env, steps, state, live, lives, reason = {}, [], "", run, [], None
+            pairs_all, pairs_ran = [], []
             while True:
                 n = len(lines)
                 if n >= max_s:
@@ -392,8 +413,7 @@ def default_fast_path(c: GeneratorConfig):
                 elif deepest < min_d and max_s - n < min_d - depth + 1:
                     break
                 else:
-                    can_if = depth < max_d and ifs[depth] < if_limit
-                    moves = MOVES[can_if][depth > 0 and not empty][n >= min_s]
+                    moves = m_here[n >= min_s]
                     kw = moves[int(random() * len(moves))]
                 if kw is ASSIGN or (kw is END and empty):
                     # DefaultRules.assignment (an empty block gets one before the end)
@@ -406,23 +426,23 @@ def default_fast_path(c: GeneratorConfig):
                     r = random()
                     if r < p_lit:
                         m = int(random() * lit_n)
-                        line = (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None)
+                        a, o, b = -m if random() < 0.5 else m, None, None
                     elif r < p_lit_or_var:
                         cand = vs
                         if pairs and glob:
                             cand = [v for v in vs if v in allowed[target]]
                         if cand:
-                            v = cand[int(random() * len(cand))]
-                            line = (ASSIGN, depth, target, v, None, None)
+                            a = cand[int(random() * len(cand))]
                         else:
                             m = int(random() * lit_n)
-                            line = (ASSIGN, depth, target, -m if random() < 0.5 else m, None, None)
+                            a = -m if random() < 0.5 else m
+                        o = b = None
                     elif pairs:
                         # DefaultRules.assignment: the second operand avoids pairs with the first
                         used = (target,) if glob else ()
                         a = operand(vs, used)
                         b = operand(vs, used + (a,) if a.__class__ is str else used)
-                        line = (ASSIGN, depth, target, a, op, b)
+                        o = op
                     else:  # no pairs to avoid: operand() inlined
                         if vs and random() < p_var:
                             a = vs[int(random() * len(vs))]
@@ -434,15 +454,44 @@ def default_fast_path(c: GeneratorConfig):
                         else:
                             m = int(random() * lit_n)
                             b = -m if random() < 0.5 else m
-                        line = (ASSIGN, depth, target, a, op, b)
-                    lines.append(line)
+                        o = op
+                    lines.append((ASSIGN, depth, target, a, o, b))
+                    if run and o is not None and a.__class__ is str and b.__class__ is str:
+                        p = a + b if a <= b else b + a
+                        pairs_all.append(p)
+                        if live:
+                            pairs_ran.append(p)
+                    if live:  # run the assignment as tracer.run does
+                        steps.append((n, state))
+                        x = a if a.__class__ is int else env.get(a)
+                        if o is not None and x is not None:
+                            y = b if b.__class__ is int else env.get(b)
+                            if y is None:
+                                x = None
+                            elif o == "+":
+                                x += y
+                            elif o == "-":
+                                x -= y
+                            elif y or o not in ("//", "%"):
+                                x = _ARITH[o](x, y)
+                            else:
+                                x = None  # ZeroDivisionError
+                        if x is None:
+                            reason, live = "exception", False
+                        elif x < lo or x > hi:
+                            reason, live = "value_range", False
+                        else:
+                            env[target] = x
+                            state = ";".join(map(pair_text, env.items()))
                     if target not in vs:
                         vs.append(target)
                     if depth > deepest:
                         deepest = depth
                     if kw is END:
                         break
-                    empty = False
+                    if empty:  # the block's first line: it may close now
+                        empty = False
+                        m_here = m_if[True]
                 elif kw is IF:
                     # DefaultRules.condition; then the context push
                     if pairs and glob:
@@ -459,20 +508,37 @@ def default_fast_path(c: GeneratorConfig):
                         else:
                             m = int(random() * lit_n)
                             b = -m if random() < 0.5 else m
-                    lines.append((IF, depth, None, a, cmps[int(random() * n_cmps)], b))
+                    o = cmps[int(random() * n_cmps)]
+                    lines.append((IF, depth, None, a, o, b))
+                    lives.append(live)
+                    if live:  # run the test: the block runs iff it passes
+                        steps.append((n, state))
+                        x = a if a.__class__ is int else env.get(a)
+                        y = b if b.__class__ is int else env.get(b)
+                        if x is None or y is None:
+                            reason, live = "exception", False
+                        else:
+                            live = x < y if o == "<" else x > y if o == ">" else _CMP[o](x, y)
                     if depth > deepest:
                         deepest = depth
                     ifs[depth] += 1
                     depth += 1
                     empty = True
+                    m_if = MOVES[depth < max_d and ifs[depth] < if_limit]
+                    m_here = m_if[False]
                 elif kw is UNINDENT:
                     depth -= 1
                     empty = False
+                    m_if = MOVES[depth < max_d and ifs[depth] < if_limit]
+                    m_here = m_if[depth > 0]
+                    live = lives.pop() and reason is None
                 else:
                     break
             if len(lines) <= max_s and deepest >= min_d:
                 if stats is not None and tries:
                     stats["generator"] = stats.get("generator", 0) + tries
+                if run:
+                    return lines, steps, state, reason, pairs_all, pairs_ran, deepest
                 return lines
         raise RuntimeError(f"no snippet accepted in {max_tries} tries: check the config")
 

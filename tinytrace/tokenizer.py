@@ -115,6 +115,7 @@ NEWLINE_BYTE = bytes([NEWLINE_ID])
 _MULTI = sorted([w for w in [STEP] + KEYWORDS + ARITH_OPS + COMPARISONS if len(w) > 1], key=len,
                 reverse=True)
 _PLACEHOLDER = {w: chr(0x80 + i) for i, w in enumerate(_MULTI)}
+_PLACEHOLDER[EOS] = chr(0x80 + len(_MULTI))  # packed text only: joins packed examples
 _TABLE = bytearray(range(256))
 for _c in VOCAB:
     if len(_c) == 1:

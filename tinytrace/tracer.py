@@ -23,6 +23,7 @@ from __future__ import annotations
 import operator
 import sys
 from dataclasses import dataclass
+from itertools import accumulate
 
 from . import tokenizer as tk
 from .program import ASSIGN, ELIF, ELSE, IF, WHILE, Line, parse
@@ -163,45 +164,6 @@ def run(lines: list[Line], value_range=(-99, 99), max_loop_iterations: int = 100
     return Execution(steps, state)
 
 
-def run_rows(rows: list[tuple], value_range=(-99, 99)) -> Execution:
-    """:func:`run` for snippets of assignments and ``if`` only, given as ``(kind, indent,
-    target, a, op, b)`` tuples (the generator's fast path). Without loops or ``elif``/``else``
-    they run top to bottom: a line runs iff it is not inside an ``if`` whose test failed, so
-    one pass suffices. Same steps, states and rejection reasons as :func:`run` (tested)."""
-    lo, hi = value_range
-    env: dict[str, int] = {}
-    steps: list[tuple[int, State]] = []
-    append = steps.append
-    state: State = ()
-    skip = 1 << 30  # lines indented deeper than this sit under a failed test
-    try:
-        for i, (kind, ind, target, a, op, b) in enumerate(rows):
-            if ind > skip:
-                continue
-            skip = 1 << 30
-            append((i, state))
-            x = a if a.__class__ is int else env[a]
-            if b is not None:
-                y = b if b.__class__ is int else env[b]
-            if kind == ASSIGN:
-                if op is not None:
-                    x = x + y if op == "+" else x - y if op == "-" else _ARITH[op](x, y)
-                if x < lo or x > hi:
-                    raise Rejected("value_range")
-                env[target] = x
-                state = tuple(env.items())
-            elif kind == IF:
-                if not (x < y if op == "<" else x > y if op == ">" else _CMP[op](x, y)):
-                    skip = ind
-            else:
-                raise ValueError(f"run_rows runs assignments and `if` only, got {kind!r}")
-    except KeyError:
-        raise Rejected("exception") from None
-    except ZeroDivisionError:
-        raise Rejected("exception") from None
-    return Execution(steps, state)
-
-
 def _test(ln: Line, env: dict) -> bool:
     a, b = ln.a, ln.b
     x = a if a.__class__ is int else env[a]
@@ -277,19 +239,20 @@ def _while_bodies(lines: list[Line]) -> dict[int, set[int]]:
 
 
 # --- formatting ---------------------------------------------------------------------------------
-# `name?value` for every name and every value with |v| < 1000, filled on first use
-_PAIR_TEXT: dict[tuple[str, int], str] = {}
+class PairText(dict):
+    """``(name, value) -> "name?value"``, each text made once, on first use."""
+
+    def __missing__(self, key):
+        text = self[key] = f"{key[0]}?{key[1]}"
+        return text
+
+
+PAIR_TEXT = PairText()
 
 
 def state_text(state: State) -> str:
     """``a?5;c?3``: the variables in first-assignment order."""
-    try:
-        return ";".join(map(_PAIR_TEXT.__getitem__, state))
-    except KeyError:
-        if not _PAIR_TEXT:
-            _PAIR_TEXT.update(((k, v), f"{k}?{v}") for k in tk.LETTERS for v in range(-999, 1000))
-            return state_text(state)
-        return ";".join(f"{k}?{v}" for k, v in state)
+    return ";".join(map(PAIR_TEXT.__getitem__, state))
 
 
 def format_example(lines: list[Line], ex: Execution) -> str:
@@ -321,7 +284,8 @@ class Example:
         return len(self.tokens)
 
 
-_PSEP, _STEP, _EOS = tk.PACKED[tk.STEP], bytes([tk.STEP_ID]), bytes([tk.EOS_ID])
+_PSEP, _PEOS = tk.PACKED[tk.STEP], tk.PACKED[tk.EOS]
+_INDENT = ["\t" * k for k in range(64)]
 
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
@@ -329,49 +293,66 @@ def make_example(lines: list[Line], ex: Execution) -> Example:
     return make_example_rows([(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines], ex)
 
 
-def make_example_rows(rows: list[tuple], ex: Execution) -> Example:
-    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples.
+def make_example_rows(rows: list[tuple], ex: Execution, lexemes=None) -> Example:
+    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples
+    (:func:`pack_example`, then :func:`unpack_examples`). ``lexemes``: the multi-character
+    lexemes the rows may hold (found in the snippet when None)."""
+    steps = [(i, state_text(state)) for i, state in ex.steps]
+    packed, parts = pack_example(rows, steps, state_text(ex.final))
+    (code,), (text,), (tokens,) = unpack_examples([packed], [sum(parts)], lexemes)
+    return Example(code, text, tokens, parts)
 
-    The example is assembled in packed text (:data:`tokenizer.PACKED`: one character per
-    token): each block is the snippet with its line i as ``@line$state``, made of slices of
-    the snippet around line i; all pieces are joined once, then the tokens and the text each
-    follow in one pass. A state is one token per character, so block lengths need no count."""
-    P = tk.PACKED
+
+def pack_example(rows: list[tuple], steps: list[tuple[int, str]], final: str) -> tuple[str, list[int]]:
+    """The example of ``(kind, indent, target, a, op, b)`` rows in packed text
+    (:data:`tokenizer.PACKED`: one character per token, spaces aside) and the length in tokens
+    of each part (:class:`Example`). ``steps``: (line index, state text) per executed line;
+    ``final``: the final state text (:func:`state_text`).
+
+    Each block is the snippet with its line i as ``@line$state``. Spaces are the only
+    characters that are not tokens and a state is one token per character, so the lengths are
+    counted without tokenizing."""
+    P, ind_ = tk.PACKED, _INDENT
     src = []
     for kind, ind, t, a, op, b in rows:
         if kind == ASSIGN:
-            s = f"{t} = {a}" if op is None else f"{t} = {a} {P[op]} {b}"
+            src.append(f"{ind_[ind]}{t} = {a}" if op is None else f"{ind_[ind]}{t} = {a} {P[op]} {b}")
         elif kind == ELSE:
-            s = P[ELSE] + ":"
+            src.append(f"{ind_[ind]}{P[ELSE]}:")
         else:
-            s = f"{P[kind]} {a} {P[op]} {b}:"
-        src.append("\t" * ind + s if ind else s)
+            src.append(f"{ind_[ind]}{P[kind]} {a} {P[op]} {b}:")
     code = "\n".join(src)
-    pieces = [code]
-    states = []  # length of each block's state (the final block: plus `\n`, `^` and EOS)
-    pos = 0
-    starts = []
-    for s in src:
-        starts.append(pos)
-        pos += len(s) + 1
-    prev = None
-    for i, state in ex.steps:
-        if state is not prev:
-            prev, st = state, state_text(state)
-        s = starts[i]
-        line = src[i]
-        pieces += (_PSEP, code[:s], "@", line, "$", st, code[s + len(line):])
-        states.append(len(st))
-    st = state_text(ex.final)
-    pieces += (_PSEP, code, "\n@^$", st)
-    states.append(len(st) + 3)
-    packed = "".join(pieces)
-    tokens = tk.packed_tokens(packed) + _EOS
-    n_code = tokens.index(_STEP)
+    blocks = [code]
+    n_code = len(code) - code.count(" ")
+    parts = [n_code]
     step_len = n_code + 3  # `#STEP`, the snippet, `@` and `$`, before the state
-    lexemes = tk.packed_lexemes(code)
-    return Example(tk.unpack(code, lexemes), tk.unpack(packed, [tk.STEP] + lexemes), tokens,
-                   [n_code] + [step_len + n for n in states])
+    for i, st in steps:
+        block = src.copy()
+        block[i] = f"@{src[i]}${st}"
+        blocks.append("\n".join(block))
+        parts.append(step_len + len(st))
+    blocks.append(f"{code}\n@^${final}")
+    parts.append(step_len + len(final) + 3)  # `\n`, `^` and the end-of-example token
+    return _PSEP.join(blocks), parts
+
+
+def unpack_examples(packed: list[str], n_tokens: list[int], lexemes=None):
+    """Snippets, example texts and token ids (bytes, each ending with the end-of-example
+    token) of packed examples, all converted in one pass (``n_tokens``: each example's
+    length, to cut the token stream). ``lexemes``: the multi-character lexemes they may hold
+    (found in the text when None)."""
+    if not packed:
+        return [], [], []
+    text = _PEOS.join(packed)
+    stream = tk.packed_tokens(text + _PEOS)  # `_PEOS` is the end-of-example token
+    ends = list(accumulate(n_tokens))
+    if len(stream) != ends[-1]:
+        raise ValueError("the token counts do not match the packed examples")
+    for w in tk.packed_lexemes(text) if lexemes is None else [tk.STEP, *lexemes]:
+        text = text.replace(tk.PACKED[w], w)
+    texts = text.split(_PEOS)
+    codes = [t.partition(tk.STEP)[0] for t in texts]
+    return codes, texts, [stream[e - n:e] for e, n in zip(ends, n_tokens)]
 
 
 def max_step_pair_tokens(part_lengths: list[int]) -> int:
