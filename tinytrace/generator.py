@@ -437,30 +437,30 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
                             m = int(random() * lit_n)
                             a = -m if random() < 0.5 else m
                         o = b = None
-                    elif pairs:
-                        # DefaultRules.assignment: the second operand avoids pairs with the first
-                        used = (target,) if glob else ()
-                        a = operand(vs, used)
-                        b = operand(vs, used + (a,) if a.__class__ is str else used)
+                    else:
+                        if pairs:
+                            # DefaultRules.assignment: the second operand avoids pairs with the first
+                            used = (target,) if glob else ()
+                            a = operand(vs, used)
+                            b = operand(vs, used + (a,) if a.__class__ is str else used)
+                        else:  # no pairs to avoid: operand() inlined
+                            if vs and random() < p_var:
+                                a = vs[int(random() * len(vs))]
+                            else:
+                                m = int(random() * lit_n)
+                                a = -m if random() < 0.5 else m
+                            if vs and random() < p_var:
+                                b = vs[int(random() * len(vs))]
+                            else:
+                                m = int(random() * lit_n)
+                                b = -m if random() < 0.5 else m
                         o = op
-                    else:  # no pairs to avoid: operand() inlined
-                        if vs and random() < p_var:
-                            a = vs[int(random() * len(vs))]
-                        else:
-                            m = int(random() * lit_n)
-                            a = -m if random() < 0.5 else m
-                        if vs and random() < p_var:
-                            b = vs[int(random() * len(vs))]
-                        else:
-                            m = int(random() * lit_n)
-                            b = -m if random() < 0.5 else m
-                        o = op
+                        if run and a.__class__ is str and b.__class__ is str:
+                            p = a + b if a <= b else b + a
+                            pairs_all.append(p)
+                            if live:
+                                pairs_ran.append(p)
                     lines.append((ASSIGN, depth, target, a, o, b))
-                    if run and o is not None and a.__class__ is str and b.__class__ is str:
-                        p = a + b if a <= b else b + a
-                        pairs_all.append(p)
-                        if live:
-                            pairs_ran.append(p)
                     if live:  # run the assignment as tracer.run does
                         steps.append((n, state))
                         x = a if a.__class__ is int else env.get(a)
@@ -480,9 +480,12 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
                             reason, live = "exception", False
                         elif x < lo or x > hi:
                             reason, live = "value_range", False
-                        else:
+                        elif target in env:
                             env[target] = x
                             state = ";".join(map(pair_text, env.items()))
+                        else:  # a new variable comes last
+                            env[target] = x
+                            state = f"{state};{target}?{x}" if state else f"{target}?{x}"
                     if target not in vs:
                         vs.append(target)
                     if depth > deepest:
