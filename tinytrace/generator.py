@@ -369,6 +369,7 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
     p_reuse, p_lit, p_var = c.p_reuse_target, c.p_rhs_literal, c.p_operand_variable
     p_lit_or_var = c.p_rhs_literal + c.p_rhs_variable
     min_s, max_s, min_d, max_d = c.min_statements, c.max_statements, c.min_depth, c.max_depth
+    need_depth = min_d > 0
     if_limit = c.max_ifs_per_depth if c.max_ifs_per_depth is not None else max_s + 1
     pairs = frozenset() if c.require_forbidden_pair else c.forbidden_pair_set()
     glob = c.exclusion_scope == "global"
@@ -406,11 +407,11 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
             # block runs (and the enclosing blocks' flags), the rejection reason, pairs
             env, steps, state, live, lives, reason = {}, [], "", run, [], None
             pairs_all, pairs_ran = [], []
+            n = 0  # lines so far
             while True:
-                n = len(lines)
                 if n >= max_s:
                     kw = END
-                elif deepest < min_d and max_s - n < min_d - depth + 1:
+                elif need_depth and deepest < min_d and max_s - n < min_d - depth + 1:
                     break
                 else:
                     moves = m_here[n >= min_s]
@@ -488,8 +489,7 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
                             state = f"{state};{target}?{x}" if state else f"{target}?{x}"
                     if target not in vs:
                         vs.append(target)
-                    if depth > deepest:
-                        deepest = depth
+                    n += 1
                     if kw is END:
                         break
                     if empty:  # the block's first line: it may close now
@@ -522,11 +522,13 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
                             reason, live = "exception", False
                         else:
                             live = x < y if o == "<" else x > y if o == ">" else _CMP[o](x, y)
-                    if depth > deepest:
-                        deepest = depth
+                    n += 1
                     ifs[depth] += 1
                     depth += 1
                     empty = True
+                    # the block gets a line before it closes or the snippet ends
+                    if depth > deepest:
+                        deepest = depth
                     m_if = MOVES[depth < max_d and ifs[depth] < if_limit]
                     m_here = m_if[False]
                 elif kw is UNINDENT:
