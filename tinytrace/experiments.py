@@ -737,15 +737,10 @@ def generator_stats(preset="base", n: int = 2000, seed: int = 0):
     from .data import Pipeline
 
     cfg = preset if isinstance(preset, GeneratorConfig) else get_preset(preset)
-    pipe = Pipeline(cfg)
-    rng = random.Random(seed)
     stats: Counter = Counter()
-    rows = []
-    while len(rows) < n:
-        r = pipe.sample(rng, stats)
-        if r is not None:
-            rows.append({k: r[k] for k in ("n_statements", "max_depth", "n_steps", "n_tokens")})
-    return pd.DataFrame(rows), dict(stats)
+    cols = Pipeline(cfg).records(random.Random(seed), n, stats)
+    keys = ("n_statements", "max_depth", "n_steps", "n_tokens")
+    return pd.DataFrame({k: cols[k] for k in keys}), dict(stats)
 
 
 # --- CLI -------------------------------------------------------------------------------------------
