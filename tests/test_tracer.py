@@ -182,3 +182,12 @@ def test_step_pair_length():
     assert max_step_pair_tokens(e.part_lengths) == max(
         a + b for a, b in zip(e.part_lengths[1:], e.part_lengths[2:])
     )
+
+
+def test_deep_nesting_is_formatted():
+    # indentation is not capped: 70 nested `if`s trace like the plain formatter says
+    code = "a = 1\n" + "".join("\t" * k + f"if a > {k - 100}:\n" for k in range(70)) + "\t" * 70 + "b = 1"
+    lines = parse(code)
+    ex = run(lines)
+    assert trace(code) == format_example(lines, ex) == make_example(lines, ex).text
+    assert ex.final == (("a", 1), ("b", 1))

@@ -285,7 +285,17 @@ class Example:
 
 
 _PSEP, _PEOS = tk.PACKED[tk.STEP], tk.PACKED[tk.EOS]
-_INDENT = ["\t" * k for k in range(64)]
+
+
+class _Tabs(dict):
+    """``depth -> "\t" * depth``, each made once."""
+
+    def __missing__(self, depth: int) -> str:
+        tabs = self[depth] = "\t" * depth
+        return tabs
+
+
+_INDENT = _Tabs()
 
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
