@@ -285,17 +285,7 @@ class Example:
 
 
 _PSEP, _PEOS = tk.PACKED[tk.STEP], tk.PACKED[tk.EOS]
-
-
-class _Tabs(dict):
-    """``depth -> "\t" * depth``, each made once."""
-
-    def __missing__(self, depth: int) -> str:
-        tabs = self[depth] = "\t" * depth
-        return tabs
-
-
-_INDENT = _Tabs()
+_INDENT = ["\t" * k for k in range(16)]  # grown when a deeper snippet comes
 
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
@@ -324,13 +314,17 @@ def pack_example(rows: list[tuple], steps: list[tuple[int, str]], final: str) ->
     counted without tokenizing."""
     P, ind_ = tk.PACKED, _INDENT
     src = []
-    for kind, ind, t, a, op, b in rows:
-        if kind == ASSIGN:
-            src.append(f"{ind_[ind]}{t} = {a}" if op is None else f"{ind_[ind]}{t} = {a} {P[op]} {b}")
-        elif kind == ELSE:
-            src.append(f"{ind_[ind]}{P[ELSE]}:")
-        else:
-            src.append(f"{ind_[ind]}{P[kind]} {a} {P[op]} {b}:")
+    try:
+        for kind, ind, t, a, op, b in rows:
+            if kind == ASSIGN:
+                src.append(f"{ind_[ind]}{t} = {a}" if op is None else f"{ind_[ind]}{t} = {a} {P[op]} {b}")
+            elif kind == ELSE:
+                src.append(f"{ind_[ind]}{P[ELSE]}:")
+            else:
+                src.append(f"{ind_[ind]}{P[kind]} {a} {P[op]} {b}:")
+    except IndexError:  # deeper than any snippet so far
+        _INDENT.extend("\t" * k for k in range(len(_INDENT), max(r[1] for r in rows) + 1))
+        return pack_example(rows, steps, final)
     code = "\n".join(src)
     blocks = [code]
     n_code = len(code) - code.count(" ")
