@@ -9,7 +9,7 @@ from tinytrace.data import operand_pairs
 from tinytrace.generator import Generator, default_fast_path
 from tinytrace.program import Line, UnsupportedCode, parse, render
 from tinytrace.tracer import (
-    Rejected, format_example, make_example, make_example_rows, max_step_pair_tokens,
+    Rejected, format_example, make_example, max_step_pair_tokens,
     run, run_settrace, state_text, trace,
 )
 
@@ -57,7 +57,7 @@ def _fused_mismatch(lines: list[Line], traced: tuple, ex, reason) -> str | None:
     """How the fast path's execution while writing (``run=True``) differs from :func:`run`
     (``ex``, or the rejection ``reason``) on the same snippet, or None."""
     rows, steps, final, why, pairs, executed, depth = traced
-    if rows != [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]:
+    if rows != [ln.row() for ln in lines]:
         return "fused rows differ"
     if why != reason:
         return f"fused reason {why}, run {reason}"

@@ -153,7 +153,7 @@ class Pipeline:
         tracer (any rules, loops included)."""
         c = self.config
         lines = self.generator.generate(rng, max_tries, stats)
-        rows = [(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines]
+        rows = [ln.row() for ln in lines]
         try:
             ex = run(lines, c.value_range, c.max_loop_iterations)
         except Rejected as r:

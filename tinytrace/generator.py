@@ -486,7 +486,8 @@ def default_fast_path(c: GeneratorConfig, run: bool = False):
                             state = ";".join(map(pair_text, env.items()))
                         else:  # a new variable comes last
                             env[target] = x
-                            state = f"{state};{target}?{x}" if state else f"{target}?{x}"
+                            t = pair_text((target, x))
+                            state = f"{state};{t}" if state else t
                     if target not in vs:
                         vs.append(target)
                     n += 1

@@ -32,6 +32,10 @@ class Line:
     op: str | None = None
     b: Operand | None = None
 
+    def row(self) -> tuple:
+        """``(kind, indent, target, a, op, b)``: the tuple form of the generator's fast path."""
+        return (self.kind, self.indent, self.target, self.a, self.op, self.b)
+
     def text(self) -> str:
         """The line without its indentation, canonically spaced."""
         if self.kind == ASSIGN:

@@ -289,17 +289,11 @@ _INDENT = ["\t" * k for k in range(16)]  # grown when a deeper snippet comes
 
 
 def make_example(lines: list[Line], ex: Execution) -> Example:
-    """Text and tokens of an example, assembled from slices of the snippet (fast path)."""
-    return make_example_rows([(ln.kind, ln.indent, ln.target, ln.a, ln.op, ln.b) for ln in lines], ex)
-
-
-def make_example_rows(rows: list[tuple], ex: Execution, lexemes=None) -> Example:
-    """:func:`make_example` for snippets given as ``(kind, indent, target, a, op, b)`` tuples
-    (:func:`pack_example`, then :func:`unpack_examples`). ``lexemes``: the multi-character
-    lexemes the rows may hold (found in the snippet when None)."""
+    """Text and tokens of an example (:func:`pack_example`, then :func:`unpack_examples`)."""
+    rows = [ln.row() for ln in lines]
     steps = [(i, state_text(state)) for i, state in ex.steps]
     packed, parts = pack_example(rows, steps, state_text(ex.final))
-    (code,), (text,), (tokens,) = unpack_examples([packed], [sum(parts)], lexemes)
+    (code,), (text,), (tokens,) = unpack_examples([packed], [sum(parts)])
     return Example(code, text, tokens, parts)
 
 
