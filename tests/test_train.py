@@ -119,17 +119,22 @@ def test_window_sampling():
 
 
 # --- runs --------------------------------------------------------------------------------------
-def test_resume_equivalence(data_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equivalence(data_dir, tmp_path, optimizer):
     mc = _tiny(dropout=0.1)  # dropout: the resumed run also needs the RNG state
+    cfg = lambda **kw: _cfg(optimizer=optimizer, **kw)  # noqa: E731
     full, half = tmp_path / "full", tmp_path / "half"
-    s_full = T.train(_cfg(max_steps=8), mc, data_dir, "simple", full, progress=False)
-    s1 = T.train(_cfg(max_steps=4), mc, data_dir, "simple", half, progress=False)
+    s_full = T.train(cfg(max_steps=8), mc, data_dir, "simple", full, progress=False)
+    s1 = T.train(cfg(max_steps=4), mc, data_dir, "simple", half, progress=False)
     assert s1["step"] == 4 and load_checkpoint(half) is not None
     with pytest.raises(ValueError, match="already holds a run"):
-        T.train(_cfg(max_steps=8), mc, data_dir, "simple", half, progress=False)
+        T.train(cfg(max_steps=8), mc, data_dir, "simple", half, progress=False)
     with pytest.raises(ValueError, match="lr_peak"):
-        T.train(_cfg(max_steps=8, lr_peak=1e-2), mc, data_dir, "simple", half, resume=True)
-    s2 = T.train(_cfg(max_steps=8), mc, data_dir, "simple", half, resume=True, progress=False)
+        T.train(cfg(max_steps=8, lr_peak=1e-2), mc, data_dir, "simple", half, resume=True)
+    other = "adamw" if optimizer == "muon" else "muon"
+    with pytest.raises(ValueError, match="optimizer"):
+        T.train(_cfg(max_steps=8, optimizer=other), mc, data_dir, "simple", half, resume=True)
+    s2 = T.train(cfg(max_steps=8), mc, data_dir, "simple", half, resume=True, progress=False)
     assert s2["start_step"] == 4 and s2["step"] == 8
     assert s2["loss"] == pytest.approx(s_full["loss"], rel=1e-5)
     wf, wh = _weights(full), _weights(half)
@@ -144,6 +149,28 @@ def test_resume_equivalence(data_dir, tmp_path):
     trainer = json.loads((half / "state" / "trainer.json").read_text())
     assert trainer["step"] == 8
     assert json.loads((half / "config.json").read_text())["step"] == 8
+
+
+def test_muon_takes_the_blocks_matrices():
+    """Muon gets exactly the 2-D weights of the blocks' Linear layers; embeddings, gains, the
+    position tables and the tied head stay with AdamW; nothing is left out or given twice."""
+    from tinytrace.model import GPT
+
+    for pe in ("ape", "rpe", "rpb"):
+        model = GPT(_tiny(pe=pe))
+        adamw, muon = T._optimizers(model, _cfg(optimizer="muon", muon_lr=0.05), "cpu")
+        assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+        names = {id(p): n for n, p in model.named_parameters()}
+        in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+        in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+        assert in_muon == {n for n in names.values()
+                           if n.startswith("transformer.h.") and n.split(".")[-2] in
+                           ("c_attn", "c_proj", "c_fc")}
+        assert not in_muon & in_adamw and in_muon | in_adamw == set(names.values())
+        assert muon.param_groups[0]["lr"] == 0.05
+    assert len(T._optimizers(GPT(_tiny()), _cfg(), "cpu")) == 1  # adamw: one optimizer
+    with pytest.raises(ValueError, match="optimizer must be"):
+        _cfg(optimizer="sgd")
 
 
 def test_compile_failure_falls_back_to_eager(data_dir, tmp_path, monkeypatch):
@@ -245,12 +272,13 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_process_launch(data_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_process_launch(data_dir, tmp_path, optimizer):
     """`accelerate launch` with 2 CPU processes (MULTI_CPU, gloo) equals 1 process: each rank
     takes half of the same global batch and DDP averages the gradients."""
     train_args = ["train", "--data", str(data_dir), "--config", "simple", "--model", "tiny",
                   "--batch-size", "4", "--block-size", "32", "--max-steps", "4", "--log-every", "1",
-                  "--no-progress", "--model-arg", "block_size=32"]
+                  "--no-progress", "--model-arg", "block_size=32", "--optimizer", optimizer]
     two = tmp_path / "two"
     cmd = ["timeout", "300", sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -271,8 +299,10 @@ def test_two_process_launch(data_dir, tmp_path):
     l2 = [x["loss"] for x in _log(two) if x["event"] == "step"]
     assert len(l2) == 4 and l2 == pytest.approx(l1, rel=1e-4)
     w1, w2 = _weights(one), _weights(two)
+    # Muon's Newton-Schulz iterations amplify the all-reduce's rounding (seen: 2.3e-5)
+    atol = 1e-4 if optimizer == "muon" else 1e-5
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=atol)
 
 
 # Two-statement straight-line snippets over ten variables, RHS a literal or a variable: a real
@@ -291,7 +321,9 @@ def test_learns_simple_tracing(tmp_path):
     build_preset("base", data, 20_000, test_size=128, validation_size=64, workers=1,
                  progress=False, generator_overrides=LEARN, config_name="learn")
     mc = get_model_config("tiny", block_size=128, pe="rpb")
-    tc = T.get_train_config("cpu", epochs=3, batch_size=8, micro_batch_size=None, block_size=128,
+    # 4 epochs: 3 reached 0.63 on an AMD EPYC (vs >= 0.8 on the Intel box it was tuned on);
+    # the fourth gives 0.87 there (notes/issue15-learning.md)
+    tc = T.get_train_config("cpu", epochs=4, batch_size=8, micro_batch_size=None, block_size=128,
                             lr_peak=1e-2, lr_min=1e-3, warmup_frac=0.05, phase1_frac=1.0,
                             weight_decay=0.0, log_every=200, val_windows=32)
     t0 = time.time()

@@ -17,7 +17,7 @@ import random
 import time
 from collections import Counter
 
-from .cli import at_least
+from .cli import at_least, key_value
 from .config import PRESETS, get_preset
 
 
@@ -93,7 +93,8 @@ def _rates(steps: dict, seconds: float, rounds: int, seed: int) -> dict:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that print one JSON line")
-    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="{generate,train,eval}")
+    bsub = p.add_subparsers(dest="bench_command", required=True,
+                            metavar="{generate,train,eval,learn}")
     g = bsub.add_parser("generate", help="data pipeline throughput (one core)")
     g.add_argument("--preset", default="base", choices=sorted(PRESETS), metavar="PRESET")
     g.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
@@ -123,6 +124,32 @@ def add_cli(sub) -> None:
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
+    le = bsub.add_parser("learn", help="tokens and seconds to high ID exact match (a base run)",
+                         description="Train a scale's base model with a named recipe, evaluate "
+                                     "ID exact match at fixed fractions of its steps, print the "
+                                     "curve and the tokens/seconds to 50/90/95/99%% EM.")
+    le.add_argument("--scale", default="cpu", help="smoke, cpu, gpu or paper")
+    le.add_argument("--recipe", default="scale", help="a name in tinytrace.learn.RECIPES")
+    le.add_argument("--minutes", type=at_least(0.01, float), default=None,
+                    help="cap on training time (the curve stops at the first point past it)")
+    le.add_argument("--points", type=at_least(1), default=10, help="evaluation points")
+    le.add_argument("--threads", type=at_least(1), default=None, help="torch threads")
+    le.add_argument("--max-steps", type=at_least(1), default=None,
+                    help="end the curve at this step (the schedule still spans the recipe)")
+    le.add_argument("--eval-limit", type=at_least(1), default=None,
+                    help="evaluate only this many test traces")
+    le.add_argument("--train-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                    help="a TrainConfig field over the recipe (repeatable)")
+    le.add_argument("--model-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                    help="a ModelConfig field over the recipe (repeatable)")
+    le.add_argument("--corpus-snippets", type=at_least(16), default=None,
+                    help="base corpus size over the recipe's")
+    le.add_argument("--cache-dir", default=None, help="corpora cache (default: a temp folder)")
+    le.add_argument("--out", default=None, help="run folder (default: a new one in the cache)")
+    le.add_argument("--seed", type=int, default=0)
+    le.add_argument("--no-progress", action="store_true")
+    le.add_argument("--json", action="store_true", help="print only the JSON line")
+    le.set_defaults(func=_learn)
 
 
 def _generate(args) -> int:
@@ -138,6 +165,23 @@ def _train(args) -> int:
     from .train import bench_train
 
     return bench_train(args) or 0
+
+
+def _learn(args) -> int:
+    from .learn import bench_learn
+
+    result = bench_learn(args.scale, args.recipe, minutes=args.minutes, points=args.points,
+                         cache_dir=args.cache_dir, out_dir=args.out, threads=args.threads,
+                         seed=args.seed, train_overrides=dict(args.train_arg),
+                         model_overrides=dict(args.model_arg), corpus_snippets=args.corpus_snippets,
+                         max_steps=args.max_steps, eval_limit=args.eval_limit,
+                         progress=not args.no_progress,
+                         report=(lambda _: None) if args.json else print)
+    if not args.json:
+        for t in ("to_50", "to_90", "to_95", "to_99"):
+            print(f"{t:>6}: {result[t]}")
+    print(json.dumps(result))
+    return 0
 
 
 def _eval(args) -> int:

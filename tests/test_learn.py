@@ -1,0 +1,73 @@
+"""tinytrace.learn: the learning-efficiency benchmark (bench learn)."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tinytrace import learn
+from tinytrace.cli import main
+from tinytrace.model import load_checkpoint
+from tinytrace.train import TrainConfig, train
+
+
+def test_curve_is_one_trajectory(tmp_path):
+    """Evaluating at 3 points resumes one run: the last point's weights are those of the same
+    recipe trained in one go, and the curve's steps and tokens add up."""
+    lines = []
+    res = learn.bench_learn("smoke", points=3, cache_dir=tmp_path / "cache", out_dir=tmp_path / "run",
+                            progress=False, report=lines.append)
+    curve = res["curve"]
+    assert len(curve) == len(lines) == 3 and res["finished"]
+    assert [p["step"] for p in curve] == sorted({round(res["total_steps"] * k / 3) for k in (1, 2, 3)})
+    assert all(p["tokens"] == p["step"] * res["tokens_per_step"] for p in curve)
+    assert curve[-1]["step"] == res["total_steps"]
+    assert [p["train_seconds"] for p in curve] == sorted(p["train_seconds"] for p in curve)
+    assert res["eval_n"] == 8 and 0.0 <= curve[-1]["exact_match"] <= 1.0
+    for t in (50, 90, 95, 99):  # the first point at or above the threshold, else None
+        hit = [p for p in curve if p["exact_match"] >= t / 100]
+        assert res[f"to_{t}"] == (None if not hit else {"tokens": hit[0]["tokens"],
+                                                        "seconds": hit[0]["train_seconds"],
+                                                        "step": hit[0]["step"]})
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["recipe"]["name"] == "scale" and run["train"]["name"] == "scale"
+
+    tc = TrainConfig(**res["train"])
+    corpus = (tmp_path / "cache").glob("corpus-*")
+    data = next(corpus)
+    train(replace(tc, max_steps=None), load_checkpoint(tmp_path / "run").config, data, "data",
+          tmp_path / "once", progress=False)
+    a, b = load_checkpoint(tmp_path / "run").state_dict(), load_checkpoint(tmp_path / "once").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_recipe_overrides_and_cli(tmp_path, capsys):
+    """Ad-hoc overrides reach the run (and its record); the CLI prints one JSON line last."""
+    code = main(["bench", "learn", "--scale", "smoke", "--points", "1", "--json", "--no-progress",
+                 "--cache-dir", str(tmp_path), "--train-arg", "optimizer=muon",
+                 "--model-arg", "n_layer=1", "--corpus-snippets", "200"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["train"]["optimizer"] == "muon" and res["model"]["n_layer"] == 1
+    assert res["recipe"]["corpus_snippets"] == 200 and len(res["curve"]) == 1
+    with pytest.raises(ValueError, match="unknown recipe"):
+        learn.get_recipe("nope")
+    assert main(["bench", "learn", "--scale", "smoke", "--recipe", "nope"]) == 2
+
+
+def test_gpu_recipe_runs_on_cpu(tmp_path):
+    """The gpu scale's task, corpus, recipe (Muon) and evaluation for two steps on the CPU, one
+    trace evaluated; the model shrunk to 2 x 64 (this CPU emulates the bf16 that Muon's
+    Newton-Schulz iterations run in: ~130 s per step of the paper model)."""
+    res = learn.bench_learn("gpu", "gpu-muon", points=4, max_steps=2, eval_limit=1,
+                            model_overrides=dict(n_layer=2, n_head=4, n_embd=64),
+                            cache_dir=tmp_path, progress=False, report=lambda _: None,
+                            train_overrides=dict(batch_size=2, micro_batch_size=None,
+                                                 block_size=64, compile=False),
+                            corpus_snippets=64)
+    assert [p["step"] for p in res["curve"]] == [2] and not res["finished"]
+    assert res["model"]["n_layer"] == 2 and res["model"]["block_size"] == 512
+    assert res["tokens_per_step"] == 2 * 64 and res["eval_n"] == 1
+    assert res["train"]["optimizer"] == "muon" and res["train"]["muon_lr"] == 6e-3
+    assert res["eval_n"] == 1 and res["recipe"]["name"] == "gpu-muon"
