@@ -168,7 +168,7 @@ def _train(args) -> int:
 
 
 def _learn(args) -> int:
-    from .learn import bench_learn
+    from .learn import THRESHOLDS, bench_learn
 
     result = bench_learn(args.scale, args.recipe, minutes=args.minutes, points=args.points,
                          cache_dir=args.cache_dir, out_dir=args.out, threads=args.threads,
@@ -178,8 +178,9 @@ def _learn(args) -> int:
                          progress=not args.no_progress,
                          report=(lambda _: None) if args.json else print)
     if not args.json:
-        for t in ("to_50", "to_90", "to_95", "to_99"):
-            print(f"{t:>6}: {result[t]}")
+        for t in THRESHOLDS:
+            key = f"to_{round(100 * t)}"
+            print(f"{key:>6}: {result[key]}")
     print(json.dumps(result))
     return 0
 

@@ -325,8 +325,9 @@ def _optimizers(model, tc: TrainConfig, device) -> list[torch.optim.Optimizer]:
     params = [p for p in model.parameters() if p.requires_grad]
     muon = []
     if tc.optimizer == "muon":
-        blocks = unwrap_blocks(model)
-        muon = [m.weight for m in blocks.modules()
+        from .model import unwrap
+
+        muon = [m.weight for m in unwrap(model).transformer.h.modules()
                 if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
     ids = {id(p) for p in muon}
     rest = [p for p in params if id(p) not in ids]
@@ -349,13 +350,6 @@ def _native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def unwrap_blocks(model) -> torch.nn.Module:
-    """The transformer blocks of a GPT (through DDP/compile wrappers)."""
-    from .model import unwrap
-
-    return unwrap(model).transformer.h
 
 
 def _train_step(model, fwd, optimizers, accelerator, batches: Iterable, grad_clip: float) -> torch.Tensor:
@@ -450,8 +444,8 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
     if state_dir is not None:
         saved = json.loads((out / "run.json").read_text())
         # a field the saved run predates takes its default
-        saved_tc = TrainConfig.from_dict(saved["train"]).to_dict()
-        bad = [k for k in FIXED_FIELDS if saved_tc.get(k) != tc.to_dict().get(k)]
+        saved_tc, new_tc = TrainConfig.from_dict(saved["train"]).to_dict(), tc.to_dict()
+        bad = [k for k in FIXED_FIELDS if saved_tc[k] != new_tc[k]]
         if saved["model"] != mc.to_dict():
             bad.append("model")
         if bad:
