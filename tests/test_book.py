@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from tinytrace import notebooks as nbm
+from tinytrace.report import notebooks as nbm
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

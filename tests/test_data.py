@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tinytrace import tokenizer as tk
-from tinytrace.config import get_preset, sample_pairs
+from tinytrace.lang import tokenizer as tk
+from tinytrace.lang.config import get_preset, sample_pairs
 from tinytrace.data import (
     BuildConfig, Pipeline, build, build_preset, load, token_stream, write_card,
 )
-from tinytrace.generator import DefaultRules
-from tinytrace.program import parse
-from tinytrace.tracer import format_example, run, run_settrace
+from tinytrace.lang.generator import DefaultRules
+from tinytrace.lang.program import parse
+from tinytrace.lang.tracer import format_example, run, run_settrace
 
 
 def _table(folder: Path, config: str, split: str):
@@ -142,7 +142,7 @@ def test_pair_datasets(tmp_path):
 
 
 def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
-    import tinytrace.data as data
+    import tinytrace.data.core as data
 
     calls = {"n": 0}
     real = data._make_chunk

@@ -4,15 +4,15 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinytrace.config import get_preset
+from tinytrace.lang.config import get_preset
 from tinytrace.data import Pipeline
-from tinytrace.edits import (
+from tinytrace.lang.edits import (
     EDITS, SYMMETRIC, apply_edit, distribution_problems, edit_dataset, insertion_sites,
 )
 from tinytrace.evaluate import make_records
-from tinytrace.generator import Generator
-from tinytrace.program import ASSIGN, ELIF, IF, Line, parse, render
-from tinytrace.tracer import Rejected, format_example, run
+from tinytrace.lang.generator import Generator
+from tinytrace.lang.program import ASSIGN, ELIF, IF, Line, parse, render
+from tinytrace.lang.tracer import Rejected, format_example, run
 
 BASE, FULL = get_preset("base"), get_preset("full")
 

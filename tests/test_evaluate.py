@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinytrace import tokenizer as tk
+from tinytrace.lang import tokenizer as tk
 from tinytrace.cli import main
 from tinytrace.data import build_preset, load
 from tinytrace.evaluate import (

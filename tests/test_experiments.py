@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from tinytrace import paper
+from tinytrace.report import paper
 from tinytrace.experiments import (
     EXPERIMENTS, SCALES, curriculum_counts, get_scale, mix_corpus, run_experiment, scale_table,
 )
@@ -67,7 +67,7 @@ def test_curriculum_mix_has_the_requested_fractions(p, tmp_path):
 
 
 def test_mix_corpus(tmp_path):
-    from tinytrace.config import get_preset
+    from tinytrace.lang.config import get_preset
     from tinytrace.data import build, BuildConfig, token_stream
 
     a = build(BuildConfig(get_preset("base"), num_snippets=120, test_size=10, validation_size=10,
@@ -97,7 +97,7 @@ def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, 
     """Checkpoints load on the CPU; experiments must move them to the evaluation device."""
     import torch
 
-    from tinytrace import experiments as X
+    from tinytrace.experiments import core as X
 
     run = X.base_run_dir("smoke", smoke_cache)
     assert next(X._load(run).parameters()).device.type == "cpu"

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinytrace.config import PRESETS, GeneratorConfig, all_pairs, get_preset, sample_pairs
+from tinytrace.lang.config import PRESETS, GeneratorConfig, all_pairs, get_preset, sample_pairs
 from tinytrace.data import Pipeline, cooccurring_pairs, operand_pairs
-from tinytrace.generator import (
+from tinytrace.lang.generator import (
     ASSIGNMENT, END, IF_STATEMENT, UNINDENT, WHILE_LOOP, DefaultRules, Generator,
 )
-from tinytrace.program import ASSIGN, IF, WHILE, Line, max_depth, n_statements, parse, render
-from tinytrace.tracer import format_example, run, run_settrace
+from tinytrace.lang.program import ASSIGN, IF, WHILE, Line, max_depth, n_statements, parse, render
+from tinytrace.lang.tracer import format_example, run, run_settrace
 
 EXPECTED = {
     "base": (5, 10, 0, 2),

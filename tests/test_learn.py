@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tinytrace import learn
+from tinytrace.experiments import learn
 from tinytrace.cli import main
 from tinytrace.model import load_checkpoint
 from tinytrace.train import TrainConfig, train

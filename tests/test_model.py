@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tinytrace import tokenizer as tk
+from tinytrace.lang import tokenizer as tk
 from tinytrace.model import (
     GPT, MODEL_PRESETS, ModelConfig, count_params, get_model_config, load_checkpoint, match_params,
     save_checkpoint, sdpa_backend, t5_bucket,

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tinytrace import notebooks as nbm
+from tinytrace.report import notebooks as nbm
 from tinytrace.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def test_one_parameters_cell_of_plain_literals(path):
     body = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert f'nb.write_results_json("{path.stem}"' in body
     if path.stem != "01_task_and_generator":
-        assert "nb.comparison(" in body  # the paper-vs-ours table from tinytrace.paper.compare
+        assert "nb.comparison(" in body  # the paper-vs-ours table from tinytrace.report.paper.compare
 
 
 # --- the smoke batch: every notebook through `tinytrace notebooks run` ----------------------------
@@ -140,7 +140,7 @@ TOY = [
     ("markdown", "# Toy\n\nA notebook that fails on demand."),
     ("code", 'scale = "cpu"\nseed = 0\ncache_dir = "cache"\ndevice = None\nresults_dir = "."\n'
              "fail = False", "parameters"),
-    ("code", "import pandas as pd\n\nfrom tinytrace import notebooks as nb"),
+    ("code", "import pandas as pd\n\nfrom tinytrace.report import notebooks as nb"),
     ("code", 'if fail:\n    raise RuntimeError("deliberate failure")'),
     ("code", 'nb.write_results_json("07_toy", scale=scale, seed=seed, hardware="none",\n'
              '                      comparison=pd.DataFrame(), results={"x": pd.DataFrame({"a": [1]})})'),
@@ -283,7 +283,7 @@ def test_measured_values_map_tidy_results_to_paper_keys():
 def test_performance_page_from_benchmark_results(tmp_path):
     """book/performance.md is generated from benchmarks/results/*.json: goals against the best
     measurement, one row per file, the loss-vs-time figure, the per-section GPU cost."""
-    from tinytrace import notebooks as N
+    from tinytrace.report import notebooks as N
 
     res = tmp_path / "results"
     res.mkdir()

@@ -13,10 +13,10 @@ import yaml
 
 from tinytrace import data as td
 from tinytrace.cli import main
-from tinytrace.config import get_preset
+from tinytrace.lang.config import get_preset
 from tinytrace.data import (BuildConfig, build, build_release, cooccurring_pairs, release_sets,
                             write_card)
-from tinytrace.program import parse
+from tinytrace.lang.program import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "tinytracing"
@@ -125,8 +125,8 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
     """Ask the experiments' own code which corpora it builds (``build`` captured, nothing
     generated); the shipped set must be its test split: same generator, seed, test size, window
     and chunking (the test split does not depend on the corpus size, see the next test)."""
-    from tinytrace.config import sample_pairs
-    from tinytrace.experiments import _Context, get_scale
+    from tinytrace.lang.config import sample_pairs
+    from tinytrace.experiments.core import _Context, get_scale
 
     built = []
     monkeypatch.setattr(td, "build", lambda cfg, out, **kw: built.append(cfg))
@@ -236,7 +236,7 @@ def test_push_uploads_every_config(monkeypatch):
 
 
 def test_datasets_page_shows_every_config():
-    from tinytrace.notebooks import datasets_page
+    from tinytrace.report.notebooks import datasets_page
 
     page = datasets_page(DATA)
     for name, rs in SETS.items():

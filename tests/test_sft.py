@@ -1,4 +1,4 @@
-"""tinytrace.sft: instruction masking, LoRA parameter counts, a fine-tuning run and its cache."""
+"""tinytrace.train.sft: instruction masking, LoRA parameter counts, a fine-tuning run and its cache."""
 import json
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinytrace import sft as S
-from tinytrace import tokenizer as tk
+from tinytrace.train import sft as S
+from tinytrace.lang import tokenizer as tk
 from tinytrace.data import build_preset
 from tinytrace.model import GPT, get_model_config, load_checkpoint, save_checkpoint
 

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from tinytrace import tokenizer as tk
-from tinytrace.config import PRESETS
+from tinytrace.lang import tokenizer as tk
+from tinytrace.lang.config import PRESETS
 from tinytrace.data import Pipeline
 
 

@@ -3,12 +3,12 @@ import random
 
 import pytest
 
-from tinytrace import tokenizer as tk
-from tinytrace.config import PRESETS, GeneratorConfig, sample_pairs
+from tinytrace.lang import tokenizer as tk
+from tinytrace.lang.config import PRESETS, GeneratorConfig, sample_pairs
 from tinytrace.data import operand_pairs
-from tinytrace.generator import Generator, default_fast_path
-from tinytrace.program import Line, UnsupportedCode, parse, render
-from tinytrace.tracer import (
+from tinytrace.lang.generator import Generator, default_fast_path
+from tinytrace.lang.program import Line, UnsupportedCode, parse, render
+from tinytrace.lang.tracer import (
     Rejected, format_example, make_example, max_step_pair_tokens,
     run, run_settrace, state_text, trace,
 )

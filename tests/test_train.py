@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinytrace import train as T
+from tinytrace.train import loop as T
 from tinytrace.data import build_preset, load, token_stream
 from tinytrace.model import get_model_config, load_checkpoint
 

@@ -18,15 +18,15 @@ import time
 from collections import Counter
 
 from .cli import at_least, key_value
-from .config import PRESETS, get_preset
+from tinytrace.lang.config import PRESETS, get_preset
 
 
 def bench_generate(preset: str = "base", seconds: float = 3.0, seed: int = 0,
                    rounds: int = 5) -> dict:
     from .data import BuildConfig, Pipeline
-    from .generator import DefaultRules, Generator, default_fast_path
-    from .program import render
-    from .tracer import Rejected, run, run_settrace
+    from tinytrace.lang.generator import DefaultRules, Generator, default_fast_path
+    from tinytrace.lang.program import render
+    from tinytrace.lang.tracer import Rejected, run, run_settrace
 
     cfg = get_preset(preset)
     gen = Generator(cfg)
@@ -168,7 +168,7 @@ def _train(args) -> int:
 
 
 def _learn(args) -> int:
-    from .learn import THRESHOLDS, bench_learn
+    from tinytrace.experiments.learn import THRESHOLDS, bench_learn
 
     result = bench_learn(args.scale, args.recipe, minutes=args.minutes, points=args.points,
                          cache_dir=args.cache_dir, out_dir=args.out, threads=args.threads,

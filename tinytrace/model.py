@@ -38,13 +38,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import tokenizer
+from tinytrace.lang import tokenizer
+from tinytrace.presets import ConfigDict, Presets
 
 PE_KINDS = ("ape", "rpe", "rpb")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigDict):
     vocab_size: int = 77
     block_size: int = 512  # context window
     n_layer: int = 12
@@ -76,30 +77,17 @@ class ModelConfig:
         m = self.head_pad_multiple
         return self.head_size if m <= 1 else -(-self.head_size // m) * m
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-
-MODEL_PRESETS: dict[str, ModelConfig] = {
+MODEL_PRESETS: Presets[ModelConfig] = Presets("model preset", {
     "paper": ModelConfig(n_layer=12, n_head=16, n_embd=368),  # 19.73M, Sec. 3.1
     "medium": ModelConfig(n_layer=8, n_head=8, n_embd=176),  # 3.07M (head size 22 -> 24)
     "small": ModelConfig(n_layer=4, n_head=8, n_embd=128),  # 0.86M
     "tiny": ModelConfig(n_layer=2, n_head=4, n_embd=64),  # 0.14M, for CPU tests
-}
+})
 
 
 def get_model_config(name: str, **overrides) -> ModelConfig:
-    if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(MODEL_PRESETS)}")
-    return dataclasses.replace(MODEL_PRESETS[name], **overrides)
+    return MODEL_PRESETS.get(name, **overrides)
 
 
 def count_params(config: ModelConfig) -> int:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import GeneratorConfig, get_preset, sample_pairs
-from .data import TEST_SEED_OFFSET, read_split
+from tinytrace.lang.config import GeneratorConfig, get_preset, sample_pairs
+from tinytrace.data import TEST_SEED_OFFSET, read_split
+from tinytrace.provenance import hardware
 
 EXPERIMENTS = ["base", "id_robustness", "pair_coverage", "depth_curriculum", "sft_lora", "pe_ablation"]
 METRICS = ["exact_match", "n", "step_em_tf", "final_state_match", "state_token_acc"]
@@ -281,7 +282,7 @@ class Cache:
     # corpora
     def corpus(self, gen: GeneratorConfig, n: int, test_size: int, validation_size: int = 0,
                seed: int = 0, context: int = 512) -> tuple[Path, str]:
-        from .data import BuildConfig, build
+        from tinytrace.data import BuildConfig, build
 
         cfg = BuildConfig(gen, num_snippets=n, seed=seed, test_size=test_size,
                           validation_size=validation_size, context=context, config_name="data")
@@ -297,7 +298,7 @@ class Cache:
     # runs
     def run_dir(self, scale: Scale, corpus: tuple[Path, str], model_cfg, train=None,
                 tag: str = "") -> tuple[Path, object]:
-        from .train import TrainConfig
+        from tinytrace.train import TrainConfig
 
         tc = TrainConfig(**(train if train is not None else scale.train))
         key = _key({"model": model_cfg.to_dict(), "train": tc.to_dict(),
@@ -307,7 +308,7 @@ class Cache:
     def run(self, scale: Scale, corpus: tuple[Path, str], model_cfg, callbacks=(), train=None,
             tag: str = "") -> Path:
         """Train (or resume, or reuse) the run of this model, recipe and corpus."""
-        from .train import train as train_fn
+        from tinytrace.train import train as train_fn
 
         out, tc = self.run_dir(scale, corpus, model_cfg, train, tag)
         if (out / "done.json").exists():
@@ -320,7 +321,7 @@ class Cache:
     # evaluations
     def evaluate(self, model, run_key: str, data, data_key: str, batch_size: int,
                  max_len_factor: float = 2.0, eos_prefix: bool = False) -> dict:
-        from .evaluate import evaluate
+        from tinytrace.evaluate import evaluate
 
         key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
         path = self.root / f"eval-{_key(key)}.json"
@@ -360,18 +361,8 @@ def _tabs(line: str) -> int:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def hardware() -> str:
-    import platform
-
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-
-
 def _model_config(scale: Scale, **overrides):
-    from .model import get_model_config
+    from tinytrace.model import get_model_config
 
     return get_model_config(scale.model, **{**scale.model_overrides, **overrides})
 
@@ -387,7 +378,7 @@ def _device():
 def _load(run_dir: Path):
     """A trained run's model, on the evaluation device (checkpoints load on the CPU: without
     the move, evaluation on a GPU machine silently ran on its CPU)."""
-    from .model import load_checkpoint
+    from tinytrace.model import load_checkpoint
 
     return load_checkpoint(run_dir).to(_device())
 
@@ -450,7 +441,7 @@ def exp_base(ctx: _Context) -> list[dict]:
 
 # --- 2. ID robustness (Sec. 4.1, App. E) ------------------------------------------------------------
 def exp_id_robustness(ctx: _Context) -> list[dict]:
-    from .edits import edit_dataset
+    from tinytrace.lang.edits import edit_dataset
 
     s = ctx.scale
     rows: list[dict] = []
@@ -625,7 +616,7 @@ def exp_depth_curriculum(ctx: _Context) -> list[dict]:
 
 # --- 5. SFT with LoRA (Sec. 4.4, App. G.1) -------------------------------------------------------------
 def exp_sft_lora(ctx: _Context) -> list[dict]:
-    from .sft import SFTConfig, finetune
+    from tinytrace.train.sft import SFTConfig, finetune
 
     s = ctx.scale
     base_run = ctx.base_run()
@@ -657,7 +648,7 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
 def exp_pe_ablation(ctx: _Context) -> list[dict]:
     """The base model is the variant with its own encoding (APE at paper scale); the others get
     the n_embd that matches its parameter count (G.2) and are trained on the same corpus."""
-    from .model import count_params, match_params
+    from tinytrace.model import count_params, match_params
 
     s = ctx.scale
     base_cfg = _model_config(s)
@@ -734,7 +725,7 @@ def generator_stats(preset="base", n: int = 2000, seed: int = 0):
 
     import pandas as pd
 
-    from .data import Pipeline
+    from tinytrace.data import Pipeline
 
     cfg = preset if isinstance(preset, GeneratorConfig) else get_preset(preset)
     stats: Counter = Counter()

@@ -37,14 +37,15 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import tokenizer as tk
+from tinytrace.lang import tokenizer as tk
+from tinytrace.presets import ConfigDict, Presets
 
 DONE_FILE = "done.json"
 RUN_FILE = "sft.json"
@@ -53,7 +54,7 @@ LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # c_proj matches attn.c_proj and ml
 
 # --- configuration -----------------------------------------------------------------------------
 @dataclass
-class SFTConfig:
+class SFTConfig(ConfigDict):
     """LoRA, optimizer, schedule, batch and evaluation of one fine-tuning run (App. G.1).
     ``batch_size`` counts sequences per optimizer step over all processes; ``micro_batch_size``
     is per process and forward pass (None: the whole per-process share at once)."""
@@ -101,18 +102,8 @@ class SFTConfig:
             raise ValueError(f"target_modules must be a non-empty subset of {LORA_TARGETS}, "
                              f"got {self.target_modules}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"], d["target_modules"] = list(self.betas), list(self.target_modules)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "SFTConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-SFT_PRESETS: dict[str, SFTConfig] = {
+SFT_PRESETS: Presets[SFTConfig] = Presets("sft preset", {
     # App. G.1, the best run of Table 3: 1,048,576 examples, 1 epoch, 512 x 512-token sequences.
     "paper": SFTConfig(data_size=1_048_576),
     # A laptop run of a small model.
@@ -121,18 +112,16 @@ SFT_PRESETS: dict[str, SFTConfig] = {
     # Smoke tests: a few tiny steps.
     "smoke": SFTConfig(name="smoke", batch_size=8, micro_batch_size=None, block_size=128,
                        data_size=64, val_examples=16, log_every=1),
-}
+})
 
 
 def get_sft_config(name: str = "paper", **overrides) -> SFTConfig:
-    if name not in SFT_PRESETS:
-        raise ValueError(f"unknown sft preset {name!r} (have: {', '.join(SFT_PRESETS)})")
-    return replace(SFT_PRESETS[name], **overrides)
+    return SFT_PRESETS.get(name, **overrides)
 
 
 def lr_at(step: int, total_steps: int, cfg: SFTConfig) -> float:
     """LR of optimizer step ``step``: one phase of :func:`train.lr_at` from/to ``lr * lr_min_ratio``."""
-    from .train import lr_at as schedule
+    from tinytrace.train import lr_at as schedule
 
     return schedule(step, total_steps, lr_peak=cfg.lr, lr_min=cfg.lr * cfg.lr_min_ratio,
                     warmup_frac=cfg.warmup_frac, phase1_frac=1.0)
@@ -169,7 +158,7 @@ class ExampleSet:
 
     def __init__(self, data_dir, config: str, split: str, block_size: int, limit: int | None = None,
                  chunk: int = 65_536):
-        from .data import token_stream
+        from tinytrace.data import token_stream
 
         self.tokens = token_stream(data_dir, config, split)
         idx_path = Path(data_dir) / config / "tokens" / f"{split}.idx.npy"
@@ -325,8 +314,9 @@ def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTC
     """
     from tqdm.auto import tqdm
 
-    from .model import load_checkpoint, save_checkpoint
-    from .train import batch_plan, environment, make_accelerator
+    from tinytrace.model import load_checkpoint, save_checkpoint
+    from tinytrace.provenance import environment
+    from tinytrace.train import batch_plan, make_accelerator
 
     cfg = sft_config or get_sft_config("paper")
     base, out = Path(base_run_dir), Path(out_dir)

@@ -25,6 +25,8 @@ import random
 from dataclasses import dataclass, field
 from itertools import combinations_with_replacement
 
+from tinytrace.presets import ConfigDict, Presets
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 ALL_ARITH = ("+", "-", "*", "//", "%")
 ALL_COMPARISONS = ("<", ">", "<=", ">=", "==", "!=")
@@ -37,7 +39,7 @@ def all_pairs(alphabet: str = ALPHABET) -> list[str]:
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(ConfigDict):
     name: str = "base"
     # structure (Sec. 3.2)
     min_statements: int = 5
@@ -130,21 +132,6 @@ class GeneratorConfig:
     def replace(self, **changes) -> "GeneratorConfig":
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown generator config fields {sorted(unknown)}")
-        return cls(**d)
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
@@ -188,12 +175,9 @@ def _presets() -> dict[str, GeneratorConfig]:
     return p
 
 
-PRESETS: dict[str, GeneratorConfig] = _presets()
+PRESETS: Presets[GeneratorConfig] = Presets("generator preset", _presets())
 
 
 def get_preset(name: str, **overrides) -> GeneratorConfig:
     """A named preset, optionally with fields replaced. Unknown names raise ValueError."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    cfg = PRESETS[name]
-    return cfg.replace(**overrides) if overrides else cfg.replace()
+    return PRESETS.get(name, **overrides)

@@ -12,14 +12,14 @@ import sys
 
 # command -> (module, function registering the command's parser, one-line help)
 COMMANDS = {
-    "data": ("tinytrace.data_cli", "add_data_cli", "build or push Hub-layout datasets"),
-    "trace": ("tinytrace.data_cli", "add_trace_cli", "trace a snippet (file or stdin)"),
-    "train": ("tinytrace.train", "add_cli", "train a model with Accelerate"),
-    "eval": ("tinytrace.evaluate", "add_cli", "greedy exact-match evaluation of a checkpoint"),
+    "data": ("tinytrace.cli.data", "add_data_cli", "build or push Hub-layout datasets"),
+    "trace": ("tinytrace.cli.data", "add_trace_cli", "trace a snippet (file or stdin)"),
+    "train": ("tinytrace.train.loop", "add_cli", "train a model with Accelerate"),
+    "eval": ("tinytrace.evaluate.core", "add_cli", "greedy exact-match evaluation of a checkpoint"),
     "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
-    "sft": ("tinytrace.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
-    "experiment": ("tinytrace.experiments", "add_cli", "run one of the paper's experiments"),
-    "notebooks": ("tinytrace.notebooks", "add_cli", "execute the section notebooks with papermill"),
+    "sft": ("tinytrace.train.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
+    "experiment": ("tinytrace.experiments.core", "add_cli", "run one of the paper's experiments"),
+    "notebooks": ("tinytrace.report.notebooks", "add_cli", "execute the section notebooks with papermill"),
     "model": ("tinytrace.hub", "add_cli", "export or push a trained run as a Hub model"),
 }
 

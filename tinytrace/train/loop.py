@@ -26,17 +26,18 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
+
+from tinytrace.presets import ConfigDict, Presets
+from tinytrace.provenance import device_name, environment
 
 STATE_DIR = "state"
 TRAINER_FILE = "trainer.json"
@@ -49,7 +50,7 @@ OPTIMIZERS = ("adamw", "muon")
 
 # --- configuration -----------------------------------------------------------------------------
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Optimizer, schedule, batch and run control. ``batch_size`` counts sequences per optimizer
     step over all processes; ``micro_batch_size`` is per process and forward pass (None: the
     whole per-process share at once). ``max_steps`` stops early without changing the schedule,
@@ -108,18 +109,8 @@ class TrainConfig:
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-TRAIN_PRESETS: dict[str, TrainConfig] = {
+TRAIN_PRESETS: Presets[TrainConfig] = Presets("train preset", {
     # App. C.1 / Sec. 3.4: 512 x 512-token windows per step, 4 epochs, two-phase schedule.
     "paper": TrainConfig(),
     # A laptop run of a small model: same schedule shape, small batches.
@@ -132,13 +123,11 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # Smoke tests: a few tiny steps.
     "smoke": TrainConfig(name="smoke", epochs=1, batch_size=4, micro_batch_size=None,
                          block_size=64, log_every=1, val_windows=4),
-}
+})
 
 
 def get_train_config(name: str = "paper", **overrides) -> TrainConfig:
-    if name not in TRAIN_PRESETS:
-        raise ValueError(f"unknown train preset {name!r} (have: {', '.join(TRAIN_PRESETS)})")
-    return replace(TRAIN_PRESETS[name], **overrides)
+    return TRAIN_PRESETS.get(name, **overrides)
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -236,63 +225,6 @@ class WindowSampler:
         return w[:, :-1], w[:, 1:]
 
 
-# --- environment -------------------------------------------------------------------------------
-def _git(*args) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
-                           capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(accelerator=None) -> dict:
-    """Code version, library versions and device: logged at the start of every run."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    libs = {}
-    for name in ("torch", "accelerate", "numpy", "safetensors", "datasets"):
-        try:
-            libs[name] = version(name)
-        except PackageNotFoundError:
-            libs[name] = None
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    env = {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "tinytrace": __version__,
-        "python": platform.python_version(),
-        "libraries": libs,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.version.cuda,
-    }
-    if accelerator is not None:
-        dev = accelerator.device
-        env.update(device=str(dev), device_name=device_name(dev),
-                   num_processes=accelerator.num_processes,
-                   distributed_type=str(accelerator.distributed_type),
-                   mixed_precision=accelerator.mixed_precision)
-    return env
-
-
-def device_name(device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or device.type
-
-
 def peak_flops(name: str) -> float | None:
     """Peak dense bf16 FLOP/s used for MFU; None where we do not claim one (CPUs)."""
     if "H100" in name or "H200" in name:
@@ -325,7 +257,7 @@ def _optimizers(model, tc: TrainConfig, device) -> list[torch.optim.Optimizer]:
     params = [p for p in model.parameters() if p.requires_grad]
     muon = []
     if tc.optimizer == "muon":
-        from .model import unwrap
+        from tinytrace.model import unwrap
 
         muon = [m.weight for m in unwrap(model).transformer.h.modules()
                 if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
@@ -428,8 +360,8 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
     """
     from tqdm.auto import tqdm
 
-    from .data import token_stream
-    from .model import GPT, save_checkpoint
+    from tinytrace.data import token_stream
+    from tinytrace.model import GPT, save_checkpoint
 
     tc, mc = train_config, model_config
     out = Path(out_dir)
@@ -650,7 +582,7 @@ def measure_train_throughput(model: str = "tiny", steps: int = 10, batch_size: i
                              micro_batch_size: int | None = None, compile: bool = False,
                              device: str | None = None, warmup: int = 2, seed: int = 0) -> dict:
     """Tokens/s and MFU of the real training step on synthetic random tokens (no dataset)."""
-    from .model import GPT, get_model_config
+    from tinytrace.model import GPT, get_model_config
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -721,7 +653,7 @@ def bench_train(args) -> int:
 
 # --- command line ------------------------------------------------------------------------------
 def add_cli(sub) -> None:
-    from .cli import key_value
+    from tinytrace.cli import key_value
 
     p = sub.add_parser("train", help="train a model with Accelerate",
                        description="Train on random windows of a built dataset's token stream "
@@ -770,7 +702,7 @@ _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
 def configs_from_args(args) -> tuple[TrainConfig, object]:
     """Train and model configs: the saved run's when resuming, else the presets; explicit
     arguments override either."""
-    from .model import ModelConfig, get_model_config
+    from tinytrace.model import ModelConfig, get_model_config
 
     run_json = Path(args.out) / "run.json"
     if args.resume and run_json.exists():

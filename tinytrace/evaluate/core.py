@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import tokenizer as tk
-from .model import GPT, get_model_config, load_checkpoint, unwrap
+from tinytrace.lang import tokenizer as tk
+from tinytrace.model import GPT, get_model_config, load_checkpoint, unwrap
+from tinytrace.provenance import hardware, versions
 
 AT, CARET, DOLLAR = tk.STOI["@"], tk.STOI["^"], tk.STOI["$"]
 LINE_END = (tk.NEWLINE_ID, tk.STEP_ID, tk.EOS_ID)
@@ -584,7 +585,7 @@ def _resolve_device(name: str | None) -> torch.device:
 
 
 def _eval_cli(args) -> int:
-    from .data import load
+    from tinytrace.data import load
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
@@ -600,20 +601,13 @@ def _eval_cli(args) -> int:
         df.to_json(out / "records.jsonl", orient="records", lines=True)
         meta = json.loads((Path(args.checkpoint) / "config.json").read_text())
         (out / "summary.json").write_text(json.dumps({**summary, "model": meta["model"],
-                                                      "versions": _versions()}, indent=2) + "\n")
+                                                      "versions": versions(), "hardware": hardware()}, indent=2) + "\n")
     if not args.json:
         for k, v in summary.items():
             print(f"{k:>22}: {v}")
     else:
         print(json.dumps(summary))
     return 0
-
-
-def _versions() -> dict:
-    import platform
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def add_cli(subparsers) -> None:
@@ -646,7 +640,7 @@ def bench_eval(args) -> int:
     ``--data DIR --config NAME`` reads a Hub-layout test split with pyarrow (no ``datasets``)."""
     import tempfile
 
-    from .data import build_preset, load, read_split
+    from tinytrace.data import build_preset, load, read_split
 
     limit, bsz = int(args.limit), int(args.batch_size)
     if limit < 1 or bsz < 1:

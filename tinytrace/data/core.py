@@ -33,12 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import tokenizer as tk
-from .config import GeneratorConfig, get_preset
-from .generator import Generator, default_fast_path
-from .program import ASSIGN, Line
-from .tracer import Rejected, max_step_pair_tokens, pack_example, run, state_text, unpack_examples
+from tinytrace import __version__
+from tinytrace.lang.config import GeneratorConfig, get_preset
+from tinytrace.lang.generator import Generator, default_fast_path
+from tinytrace.lang.program import ASSIGN, Line
+from tinytrace.lang.tracer import Rejected, max_step_pair_tokens, pack_example, run, state_text, unpack_examples
 
 SPLITS = ("train", "validation", "test")
 _TOKENS_DIR = "tokens"
@@ -708,7 +707,7 @@ def release_sets(size: int = RELEASE_SIZE, seed: int = 0, pcts=RELEASE_PCTS,
     """The test sets shipped in ``data/tinytracing``, in card order: what the sections evaluate
     at the ``gpu`` and ``paper`` scales with experiment seed ``seed`` (``tests/test_release.py``
     checks it against :mod:`tinytrace.experiments`)."""
-    from .config import sample_pairs
+    from tinytrace.lang.config import sample_pairs
 
     base = get_preset("base")
     test_seed = seed + TEST_SEED_OFFSET

@@ -100,11 +100,12 @@ def bench_learn(scale: str = "cpu", recipe: str = "scale", minutes: float | None
     :data:`THRESHOLDS`."""
     import torch
 
-    from .data import read_split, token_stream
-    from .evaluate import evaluate
-    from .experiments import _Context, _model_config, get_scale
-    from .model import load_checkpoint
-    from .train import TrainConfig, device_name, environment, steps_per_epoch, train
+    from tinytrace.data import read_split, token_stream
+    from tinytrace.evaluate import evaluate
+    from .core import _Context, _model_config, get_scale
+    from tinytrace.model import load_checkpoint
+    from tinytrace.provenance import device_name, environment
+    from tinytrace.train import TrainConfig, steps_per_epoch, train
 
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")

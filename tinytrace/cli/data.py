@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from .cli import at_least, key_value
-from .config import PRESETS
+from tinytrace.cli import at_least, key_value
+from tinytrace.lang.config import PRESETS
 
 
 def add_data_cli(sub) -> None:
@@ -57,8 +57,8 @@ def add_trace_cli(sub) -> None:
 
 
 def _build(args) -> int:
-    from .config import get_preset
-    from .data import BuildConfig, build
+    from tinytrace.lang.config import get_preset
+    from tinytrace.data import BuildConfig, build
 
     overrides = dict(args.set)
     try:
@@ -89,7 +89,7 @@ def _build(args) -> int:
 
 
 def _release(args) -> int:
-    from .data import build_release, release_sets
+    from tinytrace.data import build_release, release_sets
 
     if args.list:
         for rs in release_sets():
@@ -102,7 +102,7 @@ def _release(args) -> int:
 
 
 def _push(args) -> int:
-    from .data import push
+    from tinytrace.data import push
 
     try:
         url = push(args.dir, args.repo_id, token=args.token, private=args.private,
@@ -117,8 +117,8 @@ def _push(args) -> int:
 
 
 def _trace(args) -> int:
-    from .program import UnsupportedCode, parse
-    from .tracer import Rejected, format_example, run
+    from tinytrace.lang.program import UnsupportedCode, parse
+    from tinytrace.lang.tracer import Rejected, format_example, run
 
     if args.file:
         with open(args.file) as f:

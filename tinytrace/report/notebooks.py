@@ -25,6 +25,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytrace.provenance import git_commit, hardware  # noqa: F401 (notebooks call nb.hardware)
+
+
 # tqdm.auto warns in kernels without ipywidgets (progress then falls back to text bars)
 warnings.filterwarnings("ignore", message="IProgress not found")
 
@@ -74,31 +77,9 @@ class Markdown(str):
 
 
 # --- helpers the notebooks call ----------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware_string(device=None) -> str:
-    """What ran the notebook: ``"GPU: NVIDIA H100 80GB HBM3 (1 visible)"`` or
-    ``"CPU: <model> (2 cores)"``; ``device="cpu"`` reports the CPU even when a GPU exists."""
-    import torch
-
-    want_cpu = device is not None and str(device).startswith("cpu")
-    if not want_cpu and torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        return f"GPU: {torch.cuda.get_device_name(0)} ({n} visible)"
-    return f"CPU: {_cpu_model()} ({os.cpu_count()} cores)"
-
-
 def scale_note(scale: str) -> str:
     """One sentence saying what a scale's numbers can be compared with."""
-    from .experiments import get_scale
+    from tinytrace.experiments import get_scale
 
     s = get_scale(scale)
     t = s.generator("id")
@@ -126,7 +107,7 @@ def task_table(scale: str):
     """The generator settings of each test/train role at a scale (statements, depth, ...)."""
     import pandas as pd
 
-    from .experiments import get_scale
+    from tinytrace.experiments import get_scale
 
     s = get_scale(scale)
     rows = []
@@ -143,8 +124,8 @@ def example(preset="base", seed: int = 0) -> dict:
     import random
     from collections import Counter
 
-    from .config import GeneratorConfig, get_preset
-    from .data import Pipeline
+    from tinytrace.lang.config import GeneratorConfig, get_preset
+    from tinytrace.data import Pipeline
 
     cfg = preset if isinstance(preset, GeneratorConfig) else get_preset(preset)
     pipe, rng, stats = Pipeline(cfg), random.Random(seed), Counter()
@@ -157,7 +138,7 @@ def example(preset="base", seed: int = 0) -> dict:
 
 def task_examples(scale: str, roles=("id", "deeper", "longer"), seed: int = 0) -> dict:
     """One snippet per test role of a scale (the paper's Fig. 6: ID, deeper, longer)."""
-    from .experiments import get_scale
+    from tinytrace.experiments import get_scale
 
     s = get_scale(scale)
     return {role: example(s.generator(role), seed)["code"] for role in roles}
@@ -336,8 +317,8 @@ def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
     import pandas as pd
 
     from . import paper
-    from .experiments import _model_config, get_scale
-    from .model import count_params
+    from tinytrace.experiments.core import _model_config, get_scale
+    from tinytrace.model import count_params
 
     s = get_scale(scale)
     ours = {"corpus_snippets": s.corpus_snippets, "test_size": s.test_size,
@@ -401,17 +382,8 @@ def _records(df) -> list[dict]:
     return json.loads(df.to_json(orient="records", default_handler=str))
 
 
-def _git_commit() -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
-
-
 def _scale_config(scale: str) -> dict | None:
-    from .experiments import get_scale
+    from tinytrace.experiments import get_scale
 
     try:
         return get_scale(scale).to_dict()
@@ -426,7 +398,7 @@ def write_results_json(stem: str, *, scale: str, seed: int, hardware: str, compa
     DataFrame). Written atomically."""
     import pandas as pd
 
-    from . import __version__
+    from tinytrace import __version__
 
     if isinstance(results, pd.DataFrame):
         results = {stem: results}
@@ -442,7 +414,7 @@ def write_results_json(stem: str, *, scale: str, seed: int, hardware: str, compa
         "seed": seed,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tinytrace": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "scale_config": _scale_config(scale),
         "paper_vs_ours": _records(comparison),
@@ -558,7 +530,7 @@ def execute(name: str, src: Path, out: Path, params: dict, env: dict | None = No
            "cwd": str(out.resolve()), "params": params, "status": str(status_path.resolve())}
     t0 = time.perf_counter()
     with open(log, "w") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "tinytrace.notebooks", "--worker",
+        proc = subprocess.Popen([sys.executable, "-m", "tinytrace.report.notebooks", "--worker",
                                  json.dumps(job)], cwd=out, env=env, stdout=logf,
                                 stderr=subprocess.STDOUT)
         with _CHILDREN_LOCK:
@@ -669,7 +641,7 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
                   missing: bool = False, echo=print) -> list[Outcome]:
     """Execute the selected notebooks at ``scale`` into ``out`` (``jobs`` at a time); with
     ``missing``, only those without an executed copy and results JSON in ``out`` yet."""
-    from .experiments import get_scale
+    from tinytrace.experiments import get_scale
 
     get_scale(scale)  # unknown scales fail here, before any notebook starts
     if jobs < 1:
@@ -876,7 +848,7 @@ def datasets_page(data_dir="data/tinytracing") -> str:
         builds = [json.loads(f.read_text()) for f in data_dir.glob("*/build.json")]
     if not builds:
         return "\n".join(parts + ["No dataset has been built yet: run `make book`.", ""])
-    from .data import _card_order
+    from tinytrace.data.core import _card_order
 
     builds.sort(key=_card_order)  # the dataset card's order
     used = any("release" in b for b in builds)
@@ -925,7 +897,7 @@ def write_datasets_page(data_dir="data/tinytracing", path=DATASETS_PAGE) -> Path
 
 def scales_markdown() -> str:
     """The scales table (from :func:`tinytrace.experiments.scale_table`) as Markdown."""
-    from .experiments import scale_table
+    from tinytrace.experiments import scale_table
 
     df = scale_table()
     df = df.drop(columns=[c for c in ("description",) if c in df])
@@ -934,7 +906,7 @@ def scales_markdown() -> str:
         r = {k: (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in r.items()}
         r["scale"] = f"`{r['scale']}`"
         rows.append(r)
-    from .experiments import SCALES
+    from tinytrace.experiments import SCALES
 
     desc = "\n".join(f"- `{s.name}`: {s.description}." for s in SCALES.values())
     return md_table(rows, list(df.columns)) + "\n\n" + desc
@@ -964,7 +936,7 @@ def perf_results(results_dir=PERF_RESULTS) -> list[dict]:
 def training_tokens(scale: str) -> dict[str, float]:
     """Training tokens each experiment of a paper-task scale costs (its grids x corpus sizes x
     epochs; the `ape` run of the PE ablation is the base model)."""
-    from .experiments import get_scale
+    from tinytrace.experiments import get_scale
 
     s = get_scale(scale)
     n, e, tok = s.corpus_snippets, s.train.get("epochs", 1), _TOKENS_PER_SNIPPET
@@ -1101,7 +1073,7 @@ def write_pages(book_dir="book", sections_dir=None, data_dir="data/tinytracing",
 
 # --- command line ------------------------------------------------------------------------------
 def add_cli(sub) -> None:
-    from .cli import at_least, key_value
+    from tinytrace.cli import at_least, key_value
 
     p = sub.add_parser("notebooks", help="execute the section notebooks with papermill")
     nsub = p.add_subparsers(dest="notebooks_command", required=True, metavar="{run,pages}")

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .config import GeneratorConfig, get_preset
-from .data import cooccurring_pairs, operand_pairs
+from tinytrace.data import cooccurring_pairs, operand_pairs
 from .program import ASSIGN, ELIF, ELSE, IF, WHILE, Line, parse, render
 from .tracer import Rejected, format_example, run
 

@@ -1,0 +1,97 @@
+"""What ran a result: hardware, device, git commit, library versions, in one place and one form.
+
+Every results file, run record and book page describes its machine with :func:`hardware`, so a
+reader sees the same string at the top of a page and in its rows.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+LIBRARIES = ("torch", "accelerate", "numpy", "safetensors", "datasets")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device) -> str:
+    """The name of one torch device: the GPU's model for ``cuda``, else the CPU's."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def hardware(device=None) -> str:
+    """``"GPU: NVIDIA H100 80GB HBM3 (1 visible)"`` or ``"CPU: <model> (2 cores)"``;
+    ``device="cpu"`` reports the CPU even when a GPU exists."""
+    import torch
+
+    want_cpu = device is not None and str(device).startswith("cpu")
+    if not want_cpu and torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible)"
+    return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+def git(*args) -> str | None:
+    """Output of ``git ARGS`` run in the package's folder ("" when empty); None outside a checkout."""
+    try:
+        r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    return git("rev-parse", "HEAD") or None
+
+
+def versions() -> dict:
+    """Python, tinytrace and the libraries a result depends on (None: not installed)."""
+    from tinytrace import __version__
+
+    libs = {}
+    for name in LIBRARIES:
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            libs[name] = None
+    return {"tinytrace": __version__, "python": platform.python_version(), "libraries": libs}
+
+
+def environment(accelerator=None) -> dict:
+    """Code version, library versions and device: logged at the start of every run."""
+    import torch
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    env = {
+        "git_commit": git_commit(),
+        "git_dirty": None if status is None else bool(status),
+        **versions(),
+        "platform": platform.platform(),
+        "hardware": hardware(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+    }
+    if accelerator is not None:
+        dev = accelerator.device
+        env.update(device=str(dev), device_name=device_name(dev),
+                   num_processes=accelerator.num_processes,
+                   distributed_type=str(accelerator.distributed_type),
+                   mixed_precision=accelerator.mixed_precision)
+    return env

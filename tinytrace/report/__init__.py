@@ -1,0 +1,1 @@
+"""What the book shows: reported numbers, figures, tables, papermill runs and pages."""
