@@ -206,7 +206,7 @@ def test_full_preset_emits_every_construct():
 def test_bad_configs_raise_clear_errors(changes, match):
     with pytest.raises(ValueError, match=match):
         GeneratorConfig(**changes)
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown generator preset"):
         get_preset("nope")
 
 

@@ -31,7 +31,7 @@ from tinytrace.provenance import git_commit, hardware  # noqa: F401 (notebooks c
 # tqdm.auto warns in kernels without ipywidgets (progress then falls back to text bars)
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REPO_URL = "https://github.com/tinytrace/tinytrace"
 DEFAULT_OUT = Path("book") / "sections"
 RESULTS_PAGE = Path("book") / "results.md"
