@@ -6,14 +6,13 @@ import socket
 import subprocess
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tinytrace.train import loop as T
+from tinytrace import train as T
 from tinytrace.data import build_preset, load, token_stream
 from tinytrace.model import get_model_config, load_checkpoint
 
@@ -47,6 +46,11 @@ def _cfg(**kw):
     return T.get_train_config("smoke", **base)
 
 
+def _optimizers(model, tc):
+    return T.make_optimizers(model, "cpu", tc.lr_peak, tc.betas, tc.eps, tc.weight_decay,
+                             tc.optimizer, tc.muon_lr, tc.muon_momentum)
+
+
 def _weights(run):
     return {k: v.clone() for k, v in load_checkpoint(run).state_dict().items()}
 
@@ -73,7 +77,7 @@ def test_schedule_key_steps():
     assert T.lr_at(100, 100, phase1_frac=1.0) == pytest.approx(1e-4)
     tc = T.get_train_config("paper")
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr_peak)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(tc, n))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(n, **tc.lr_schedule))
     for s in range(n):
         assert opt.param_groups[0]["lr"] == pytest.approx(lr(s))
         opt.step()
@@ -158,7 +162,7 @@ def test_muon_takes_the_blocks_matrices():
 
     for pe in ("ape", "rpe", "rpb"):
         model = GPT(_tiny(pe=pe))
-        adamw, muon = T._optimizers(model, _cfg(optimizer="muon", muon_lr=0.05), "cpu")
+        adamw, muon = _optimizers(model, _cfg(optimizer="muon", muon_lr=0.05))
         assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
         names = {id(p): n for n, p in model.named_parameters()}
         in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
@@ -168,7 +172,7 @@ def test_muon_takes_the_blocks_matrices():
                            ("c_attn", "c_proj", "c_fc")}
         assert not in_muon & in_adamw and in_muon | in_adamw == set(names.values())
         assert muon.param_groups[0]["lr"] == 0.05
-    assert len(T._optimizers(GPT(_tiny()), _cfg(), "cpu")) == 1  # adamw: one optimizer
+    assert len(_optimizers(GPT(_tiny()), _cfg())) == 1  # adamw: one optimizer
     with pytest.raises(ValueError, match="optimizer must be"):
         _cfg(optimizer="sgd")
 
@@ -185,7 +189,7 @@ def test_compile_failure_falls_back_to_eager(data_dir, tmp_path, monkeypatch):
             raise RuntimeError("inductor exploded")
         return fwd
 
-    monkeypatch.setattr(T.torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     out = tmp_path / "compiled"
     s = T.train(_cfg(max_steps=3, compile=True), _tiny(), data_dir, "simple", out, progress=False)
     assert s["step"] == 3 and s["loss"] == pytest.approx(eager["loss"], rel=1e-6)
@@ -253,16 +257,14 @@ def test_cli_bad_input(data_dir, tmp_path, capsys):
     assert rc == 2 and "nope" in capsys.readouterr().err
 
 
-def test_bench_train(capsys):
-    T.bench_train(Namespace(model="tiny", steps=2, batch_size=2, micro_batch_size=1, json=True,
-                            compile=False, device="cpu"))
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_bench_train():
+    out = T.bench_train(model="tiny", steps=2, batch_size=2, micro_batch_size=1, device="cpu")
     for k in ("params", "tokens_per_s", "mfu", "device", "flops_per_token"):
         assert k in out
     assert out["tokens_per_s"] > 0 and out["accumulation_steps"] == 2 and out["mfu"] is None
     assert T.peak_flops("NVIDIA H100 80GB HBM3") == 798e12 and T.peak_flops("cpu") is None
     with pytest.raises(ValueError):
-        T.measure_train_throughput(steps=0)
+        T.bench_train(steps=0)
 
 
 def _free_port():

@@ -164,7 +164,14 @@ def _generate(args) -> int:
 def _train(args) -> int:
     from .train import bench_train
 
-    return bench_train(args) or 0
+    result = bench_train(model=args.model, steps=args.steps, batch_size=args.batch_size,
+                         micro_batch_size=args.micro_batch_size, compile=args.compile,
+                         device=args.device)
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>20}: {v}")
+    print(json.dumps(result))
+    return 0
 
 
 def _learn(args) -> int:
