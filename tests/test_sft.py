@@ -160,6 +160,20 @@ def test_finetune_learns_and_keeps_best(data_dir, base_run, tmp_path, monkeypatc
         S.finetune(base_run, data_dir, "simple", out, _cfg(rank=4), progress=False, device="cpu")
 
 
+def test_cache_refuses_a_changed_or_unknown_saved_field(data_dir, base_run, tmp_path):
+    """A finished run is reused only with the same config: done.json is read with the strict
+    SFTConfig.from_dict, so a changed field or one this code does not know is refused."""
+    out, cfg = tmp_path / "sft", _cfg(data_size=16, epochs=1, eval_every_frac=1.0, val_examples=8)
+    S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu")
+    done = json.loads((out / "done.json").read_text())
+    assert S.finetune(base_run, data_dir, "simple", out, cfg, progress=False)["cached"] is True
+    for key, value, error in (("lr", 0.5, "another sft"),
+                              ("lora_bias", True, r"unknown SFTConfig field\(s\): lora_bias")):
+        (out / "done.json").write_text(json.dumps({**done, "sft": {**done["sft"], key: value}}))
+        with pytest.raises(ValueError, match=error):
+            S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu")
+
+
 def test_micro_batches_match_full_batch(data_dir, base_run, tmp_path):
     """Token-weighted accumulation: 4 micro-batches give the full batch's update."""
     cfg = dict(data_size=32, epochs=1, eval_every_frac=1.0, val_examples=8, lr=1e-2)

@@ -155,6 +155,44 @@ def test_resume_equivalence(data_dir, tmp_path, optimizer):
     assert json.loads((half / "config.json").read_text())["step"] == 8
 
 
+def test_resume_refuses_a_changed_or_unknown_saved_field(data_dir, tmp_path, capsys):
+    """The resume check reads run.json with the strict from_dict of each config: a saved
+    trajectory or model field that differs from the new run's, or a field this code does not
+    know, is refused with an error naming it (in train() and in the CLI); nothing is trained."""
+    from tinytrace.cli import main
+
+    mc, out = _tiny(), tmp_path / "run"
+    T.train(_cfg(max_steps=2), mc, data_dir, "simple", out, progress=False)
+    original = json.loads((out / "run.json").read_text())
+    log_before = (out / "log.jsonl").read_text()
+
+    def resume_with(section, key, value):
+        run = json.loads(json.dumps(original))
+        run[section][key] = value
+        (out / "run.json").write_text(json.dumps(run))
+        return lambda: T.train(_cfg(max_steps=4), mc, data_dir, "simple", out, resume=True,
+                               progress=False)
+
+    with pytest.raises(ValueError, match=r"cannot resume .*: seed differ"):
+        resume_with("train", "seed", 1)()
+    with pytest.raises(ValueError, match=r"cannot resume .*: model differ"):
+        resume_with("model", "n_embd", 32)()
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\): warmup_steps"):
+        resume_with("train", "warmup_steps", 5)()
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\): rope"):
+        resume_with("model", "rope", True)()
+    # the CLI builds its configs from the same strict read
+    rc = main(["train", "--data", str(data_dir), "--config", "simple", "--out", str(out),
+               "--resume", "--max-steps", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown ModelConfig field(s): rope" in err and len(err.strip().splitlines()) == 1
+    assert (out / "log.jsonl").read_text() == log_before  # refused before anything ran
+    assert json.loads((out / "state" / "trainer.json").read_text())["step"] == 2
+    (out / "run.json").write_text(json.dumps(original))
+    s = T.train(_cfg(max_steps=4), mc, data_dir, "simple", out, resume=True, progress=False)
+    assert (s["start_step"], s["step"]) == (2, 4)
+
+
 def test_muon_takes_the_blocks_matrices():
     """Muon gets exactly the 2-D weights of the blocks' Linear layers; embeddings, gains, the
     position tables and the tied head stay with AdamW; nothing is left out or given twice."""
