@@ -1,5 +1,4 @@
 """tinytrace.evaluate: sliding window, cached == uncached == one-at-a-time greedy, metrics, CLI."""
-import argparse
 import json
 from types import SimpleNamespace
 
@@ -247,16 +246,14 @@ def test_cli_eval_json(tmp_path, data_dir, capsys):
     assert "vocab" in capsys.readouterr().err
 
 
-def test_bench_eval(data_dir, capsys):
-    args = argparse.Namespace(json=True, model="tiny", checkpoint=None, limit=3, batch_size=2,
-                              device="cpu", data=str(data_dir), config="base", max_new_tokens=24)
-    assert bench_eval(args) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_bench_eval(data_dir):
+    kw = dict(model="tiny", checkpoint=None, limit=3, batch_size=2, device="cpu", data=str(data_dir),
+              config="base", max_new_tokens=24)
+    res = bench_eval(**kw)
     assert res["outputs_equal"] and res["generated_tokens"] == 72 and res["speedup"] > 0
-    assert bench_eval(argparse.Namespace(**{**vars(args), "modes": "static,cached"})) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = bench_eval(**kw, modes="static,cached")
     assert res["modes"] == ["static", "cached"] and res["outputs_equal"] and res["static_seconds"] > 0
     with pytest.raises(ValueError, match="modes"):
-        bench_eval(argparse.Namespace(**{**vars(args), "modes": "fast"}))
+        bench_eval(**kw, modes="fast")
     with pytest.raises(ValueError):
-        bench_eval(argparse.Namespace(**{**vars(args), "limit": 0}))
+        bench_eval(**{**kw, "limit": 0})
