@@ -1,5 +1,6 @@
 """tinytrace.evaluate: sliding window, cached == uncached == one-at-a-time greedy, metrics, CLI."""
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -160,8 +161,6 @@ def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
 
 def test_eos_prefix_starts_every_prompt_with_eos(rows):
     """``eos_prefix`` evaluates from [EOS] + prompt (the training stream's context of an example)."""
-    import math
-
     m = tiny(block_size=64)
     recs = [r for r in make_records(rows) if len(r.prompt_ids) < 60][:3]
     df, s = evaluate(m, recs, batch_size=2, max_len_factor=0.3, eos_prefix=True)

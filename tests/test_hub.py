@@ -2,17 +2,17 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import huggingface_hub
 import torch
 
 from tinytrace import hub
+from tinytrace.experiments import base_run_dir
 from tinytrace.model import load_checkpoint
 
 
 def test_export_card_and_load(smoke_cache, tmp_path):
-    from tinytrace.experiments import base_run_dir
-
     run = base_run_dir("smoke", smoke_cache)
     r = subprocess.run([sys.executable, "-m", "tinytrace", "model", "export", str(run), "--out",
                         str(tmp_path / "m"), "--repo-id", "me/tiny"], capture_output=True, text=True)
@@ -40,8 +40,6 @@ def test_export_card_and_load(smoke_cache, tmp_path):
 
 
 def test_push_uploads_the_folder(smoke_cache, monkeypatch):
-    from tinytrace.experiments import base_run_dir
-
     calls = []
 
     class FakeApi:
@@ -52,8 +50,6 @@ def test_push_uploads_the_folder(smoke_cache, monkeypatch):
             calls.append(("create", repo_id, kw["repo_type"]))
 
         def upload_folder(self, folder_path, repo_id, repo_type, **kw):
-            from pathlib import Path
-
             calls.append(("upload", repo_id, repo_type, sorted(p.name for p in Path(folder_path).iterdir())))
             return "https://hub/commit/1"
 

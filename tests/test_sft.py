@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
 from tinytrace.train import sft as S
 from tinytrace.lang import tokenizer as tk
@@ -144,8 +145,6 @@ def test_finetune_learns_and_keeps_best(data_dir, base_run, tmp_path, monkeypatc
         changed = not torch.equal(wb[name], wm[name])
         assert changed == any(k in name for k in ("c_attn", "c_proj", "c_fc")), name
     # its validation loss is the logged best (same examples, same masking)
-    from accelerate import Accelerator
-
     val = S.ExampleSet(data_dir, "simple", "validation", BLOCK, cfg.val_examples)
     again = S.validation_loss(model, val, 16, Accelerator(cpu=True))
     assert again == pytest.approx(s["best_val_loss"], rel=1e-4)

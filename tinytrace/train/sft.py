@@ -14,7 +14,7 @@
   parameters frozen except the LoRA weights and the Linear biases, which exist only with
   ``ModelConfig.bias``. The tied ``lm_head``/``wte`` is not adapted: merging an adapter into
   ``lm_head`` would also rewrite the input embedding. :func:`lora_param_count` is the closed
-  form (paper model, r = 8: 565,248 trainable; the paper reports 2.2M, see notes/issue4-sft.md).
+  form (paper model, r = 8: 565,248 trainable; the paper reports 2.2M).
 - Optimizer and schedule (G.1): AdamW (0.9, 0.95), weight decay 0.1 on the adapter matrices,
   peak LR 1e-3, linear warmup over 10% of the steps, cosine to 10% of the peak. The warmup
   starts from the floor (10% of the peak), as the pre-training schedule :func:`train.lr_at`
