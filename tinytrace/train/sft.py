@@ -17,8 +17,11 @@
   form (paper model, r = 8: 565,248 trainable; the paper reports 2.2M).
 - Optimizer and schedule (G.1): AdamW (0.9, 0.95), weight decay 0.1 on the adapter matrices,
   peak LR 1e-3, linear warmup over 10% of the steps, cosine to 10% of the peak. The warmup
-  starts from the floor (10% of the peak), as the pre-training schedule :func:`train.lr_at`
+  starts from the floor (10% of the peak), as the pre-training schedule :func:`.common.lr_at`
   does; G.1 does not say where it starts. Gradient clipping 1.0 (not stated; as pre-training).
+- The loop is the pre-training loop's (:mod:`.common`): the same optimizer factory, a
+  ``LambdaLR`` schedule stepped once per update, micro-batches under ``accelerator.accumulate``
+  (one all-reduce per step under DDP), the same validation and log helpers.
 - Validation: the same masked loss on the first ``val_examples`` validation examples, before
   training and every ``eval_every_frac`` (2.5%) of the steps; each new best is merged into the
   base weights (``merge_and_unload`` on a copy) and saved with :func:`model.save_checkpoint`,
@@ -26,8 +29,9 @@
   weights if fine-tuning never improves the validation loss).
 - Output folder: ``sft.json`` (resolved config, base run, data, plan, environment),
   ``log.jsonl``, ``model.safetensors`` + ``config.json`` (best merged model) and ``done.json``
-  (the summary, written last). A folder with ``done.json`` is returned as is (a cache); an
-  unfinished one is started again from scratch (no resume: SFT runs are short).
+  (the summary, written last). A folder with ``done.json`` made from the same config, base run
+  and data is returned as is (a cache; another config is an error); an unfinished one is
+  started again from scratch (no resume: SFT runs are short).
 """
 from __future__ import annotations
 
@@ -232,7 +236,7 @@ def lora_param_count(model_config, rank: int, targets=LORA_TARGETS) -> int:
 def apply_lora(model, cfg: SFTConfig):
     """Wrap a :class:`model.GPT` in a peft ``PeftModel``: adapters on ``cfg.target_modules``;
     only the adapters (and the Linear biases, if any) stay trainable."""
-    from peft import LoraConfig, get_peft_model  # optional (the lora extra), and it imports transformers
+    from peft import LoraConfig, get_peft_model  # lazy: an optional extra that imports transformers
 
     lc = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                     target_modules=list(cfg.target_modules),
