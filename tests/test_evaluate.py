@@ -1,6 +1,6 @@
 """tinytrace.evaluate: sliding window, cached == uncached == one-at-a-time greedy, metrics, CLI."""
-import argparse
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -161,8 +161,6 @@ def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
 
 def test_eos_prefix_starts_every_prompt_with_eos(rows):
     """``eos_prefix`` evaluates from [EOS] + prompt (the training stream's context of an example)."""
-    import math
-
     m = tiny(block_size=64)
     recs = [r for r in make_records(rows) if len(r.prompt_ids) < 60][:3]
     df, s = evaluate(m, recs, batch_size=2, max_len_factor=0.3, eos_prefix=True)
@@ -247,16 +245,14 @@ def test_cli_eval_json(tmp_path, data_dir, capsys):
     assert "vocab" in capsys.readouterr().err
 
 
-def test_bench_eval(data_dir, capsys):
-    args = argparse.Namespace(json=True, model="tiny", checkpoint=None, limit=3, batch_size=2,
-                              device="cpu", data=str(data_dir), config="base", max_new_tokens=24)
-    assert bench_eval(args) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_bench_eval(data_dir):
+    kw = dict(model="tiny", checkpoint=None, limit=3, batch_size=2, device="cpu", data=str(data_dir),
+              config="base", max_new_tokens=24)
+    res = bench_eval(**kw)
     assert res["outputs_equal"] and res["generated_tokens"] == 72 and res["speedup"] > 0
-    assert bench_eval(argparse.Namespace(**{**vars(args), "modes": "static,cached"})) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = bench_eval(**kw, modes="static,cached")
     assert res["modes"] == ["static", "cached"] and res["outputs_equal"] and res["static_seconds"] > 0
     with pytest.raises(ValueError, match="modes"):
-        bench_eval(argparse.Namespace(**{**vars(args), "modes": "fast"}))
+        bench_eval(**kw, modes="fast")
     with pytest.raises(ValueError):
-        bench_eval(argparse.Namespace(**{**vars(args), "limit": 0}))
+        bench_eval(**{**kw, "limit": 0})

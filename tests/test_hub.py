@@ -2,34 +2,44 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import huggingface_hub
 import torch
 
 from tinytrace import hub
+from tinytrace.experiments import base_run_dir
 from tinytrace.model import load_checkpoint
 
 
 def test_export_card_and_load(smoke_cache, tmp_path):
-    from tinytrace.experiments import base_run_dir
-
     run = base_run_dir("smoke", smoke_cache)
     r = subprocess.run([sys.executable, "-m", "tinytrace", "model", "export", str(run), "--out",
                         str(tmp_path / "m"), "--repo-id", "me/tiny"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "m"
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: tinytrace") and "# me/tiny" in card
-    assert "| positional encoding | ape |" in card and 'snapshot_download("me/tiny")' in card
-    assert "dir" not in json.loads((out / "run.json").read_text())["data"]  # no local paths
+    card = huggingface_hub.ModelCard.load(out / "README.md")  # parses and checks the YAML
+    assert card.data.to_dict() == {"library_name": "tinytrace", "license": "mit",
+                                   "datasets": ["<org>/tinytracing"],
+                                   "tags": ["code-execution", "program-tracing", "tinytracing"]}
     a, b = load_checkpoint(run), load_checkpoint(out)
+    mc = a.config
+    info = json.loads((run / "run.json").read_text())
+    end = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][-1]
+    assert end["event"] == "end"
+    for line in ("# me/tiny", f"| parameters | {info['params']:,} |",
+                 f"| layers / heads / width | {mc.n_layer} / {mc.n_head} / {mc.n_embd} |",
+                 f"| positional encoding | {mc.pe} |", f"| context | {mc.block_size} tokens |",
+                 f"| training tokens (one epoch) | {info['data']['train_tokens']:,} |",
+                 f"| final train / validation loss | {end['loss']:.4f} / {end['val_loss']:.4f} |",
+                 'model = load_checkpoint(snapshot_download("me/tiny"))'):
+        assert line in card.text.splitlines(), line
+    assert "dir" not in json.loads((out / "run.json").read_text())["data"]  # no local paths
     for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
 
 
 def test_push_uploads_the_folder(smoke_cache, monkeypatch):
-    from tinytrace.experiments import base_run_dir
-
     calls = []
 
     class FakeApi:
@@ -40,8 +50,6 @@ def test_push_uploads_the_folder(smoke_cache, monkeypatch):
             calls.append(("create", repo_id, kw["repo_type"]))
 
         def upload_folder(self, folder_path, repo_id, repo_type, **kw):
-            from pathlib import Path
-
             calls.append(("upload", repo_id, repo_type, sorted(p.name for p in Path(folder_path).iterdir())))
             return "https://hub/commit/1"
 
@@ -56,4 +64,6 @@ def test_push_uploads_the_folder(smoke_cache, monkeypatch):
 def test_export_refuses_a_folder_without_weights(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tinytrace", "model", "export", str(tmp_path), "--out",
                         str(tmp_path / "m")], capture_output=True, text=True)
-    assert r.returncode != 0 and "is " in r.stderr and "trained run" in r.stderr
+    assert r.returncode == 2 and not (tmp_path / "m").exists()
+    assert r.stderr.strip() == (f"tinytrace model: error: {tmp_path / 'model.safetensors'} not found: "
+                                f"is {tmp_path} a trained run?")

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from tinytrace.lang import tokenizer as tk
 from tinytrace.model import (
@@ -135,8 +136,6 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(wrapper, tmp_path / "run", extra={"step": 7})
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     assert meta["vocab"] == tk.VOCAB and meta["step"] == 7 and meta["model"] == m.config.to_dict()
-    from safetensors import safe_open
-
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
         assert not any(k.startswith("_orig_mod") for k in f.keys())
     m2 = load_checkpoint(tmp_path / "run")

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
 from tinytrace.train import sft as S
 from tinytrace.lang import tokenizer as tk
@@ -144,8 +145,6 @@ def test_finetune_learns_and_keeps_best(data_dir, base_run, tmp_path, monkeypatc
         changed = not torch.equal(wb[name], wm[name])
         assert changed == any(k in name for k in ("c_attn", "c_proj", "c_fc")), name
     # its validation loss is the logged best (same examples, same masking)
-    from accelerate import Accelerator
-
     val = S.ExampleSet(data_dir, "simple", "validation", BLOCK, cfg.val_examples)
     again = S.validation_loss(model, val, 16, Accelerator(cpu=True))
     assert again == pytest.approx(s["best_val_loss"], rel=1e-4)
@@ -158,6 +157,20 @@ def test_finetune_learns_and_keeps_best(data_dir, base_run, tmp_path, monkeypatc
     assert (out / "log.jsonl").read_text() == before
     with pytest.raises(ValueError, match="another sft"):
         S.finetune(base_run, data_dir, "simple", out, _cfg(rank=4), progress=False, device="cpu")
+
+
+def test_cache_refuses_a_changed_or_unknown_saved_field(data_dir, base_run, tmp_path):
+    """A finished run is reused only with the same config: done.json is read with the strict
+    SFTConfig.from_dict, so a changed field or one this code does not know is refused."""
+    out, cfg = tmp_path / "sft", _cfg(data_size=16, epochs=1, eval_every_frac=1.0, val_examples=8)
+    S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu")
+    done = json.loads((out / "done.json").read_text())
+    assert S.finetune(base_run, data_dir, "simple", out, cfg, progress=False)["cached"] is True
+    for key, value, error in (("lr", 0.5, "another sft"),
+                              ("lora_bias", True, r"unknown SFTConfig field\(s\): lora_bias")):
+        (out / "done.json").write_text(json.dumps({**done, "sft": {**done["sft"], key: value}}))
+        with pytest.raises(ValueError, match=error):
+            S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu")
 
 
 def test_micro_batches_match_full_batch(data_dir, base_run, tmp_path):

@@ -164,7 +164,14 @@ def _generate(args) -> int:
 def _train(args) -> int:
     from .train import bench_train
 
-    return bench_train(args) or 0
+    result = bench_train(model=args.model, steps=args.steps, batch_size=args.batch_size,
+                         micro_batch_size=args.micro_batch_size, compile=args.compile,
+                         device=args.device)
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>20}: {v}")
+    print(json.dumps(result))
+    return 0
 
 
 def _learn(args) -> int:
@@ -188,4 +195,11 @@ def _learn(args) -> int:
 def _eval(args) -> int:
     from .evaluate import bench_eval
 
-    return bench_eval(args) or 0
+    result = bench_eval(model=args.model, checkpoint=args.checkpoint, limit=args.limit,
+                        batch_size=args.batch_size, data=args.data, config=args.config,
+                        modes=args.modes, max_new_tokens=args.max_new_tokens, device=args.device)
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}")
+    print(json.dumps(result))
+    return 0

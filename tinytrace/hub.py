@@ -3,7 +3,9 @@
 A run folder (``tinytrace train --out RUN`` or an experiment's cached ``run-*``) holds
 ``model.safetensors`` + ``config.json`` (:func:`tinytrace.model.save_checkpoint`), ``run.json``
 and ``log.jsonl``. The export copies the weights and config, a run summary without local paths,
-and writes a model card, so ``load_checkpoint(snapshot_download("<org>/<name>"))`` works.
+and writes a model card (``huggingface_hub.ModelCard``: YAML metadata from ``ModelCardData``
+over a Markdown template), so ``load_checkpoint(snapshot_download("<org>/<name>"))`` works.
+The command line is in :mod:`tinytrace.cli.model`.
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import ModelCard, ModelCardData
 
 CARD_FILES = ("model.safetensors", "config.json")
 
@@ -33,8 +38,43 @@ def _run_summary(run: Path) -> dict:
             "device": env.get("device_name") or env.get("device"), "end": end}
 
 
-def model_card(run, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytracing") -> str:
-    """A model card (YAML front matter + Markdown) for a trained run."""
+# The card's Markdown, a Jinja template for ``ModelCard.from_template`` (``card_data`` is the
+# YAML front matter huggingface_hub renders from the validated ``ModelCardData``).
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ repo_id }}
+
+A decoder-only transformer trained from scratch by the `tinytrace` companion of the
+TinyTracing paper to trace tiny Python programs: given a snippet, it writes one `#STEP` block
+per executed line (the snippet with the line about to run marked, then the variable values)
+and a final state.
+
+| | |
+|---|---|
+{% for name, value in rows -%}
+| {{ name }} | {{ value }} |
+{% endfor %}
+## Use
+
+```python
+from huggingface_hub import snapshot_download
+from tinytrace.model import load_checkpoint
+from tinytrace.evaluate import evaluate
+
+model = load_checkpoint(snapshot_download("{{ repo_id }}"))
+# records = load_dataset("{{ dataset }}", "base", split="test")
+# df, summary = evaluate(model, records, batch_size=64)
+```
+
+`run.json` and `log.jsonl` hold the full training configuration and loss curve.
+"""
+
+
+def model_card(run, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytracing") -> ModelCard:
+    """The model card of a trained run: ``ModelCardData`` metadata (library, license, tags,
+    dataset) and a Markdown table of the model, the recipe and the final losses."""
     s = _run_summary(Path(run))
     m, t, e = s["model"], s["train"], s["end"]
     rows = [("parameters", f"{s['params']:,}" if s["params"] else "?"),
@@ -48,41 +88,10 @@ def model_card(run, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytra
             ("final train / validation loss", f"{e.get('loss', float('nan')):.4f} / "
                                               f"{e.get('val_loss', float('nan')):.4f}"),
             ("trained on", s["device"] or "?")]
-    table = "\n".join(["| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
-    return f"""---
-library_name: tinytrace
-license: mit
-tags:
-- code-execution
-- program-tracing
-- tinytracing
-datasets:
-- {dataset}
----
-
-# {repo_id}
-
-A decoder-only transformer trained from scratch by the `tinytrace` companion of the
-TinyTracing paper to trace tiny Python programs: given a snippet, it writes one `#STEP` block
-per executed line (the snippet with the line about to run marked, then the variable values)
-and a final state.
-
-{table}
-
-## Use
-
-```python
-from huggingface_hub import snapshot_download
-from tinytrace.model import load_checkpoint
-from tinytrace.evaluate import evaluate
-
-model = load_checkpoint(snapshot_download("{repo_id}"))
-# records = load_dataset("{dataset}", "base", split="test")
-# df, summary = evaluate(model, records, batch_size=64)
-```
-
-`run.json` and `log.jsonl` hold the full training configuration and loss curve.
-"""
+    data = ModelCardData(library_name="tinytrace", license="mit", datasets=[dataset],
+                         tags=["code-execution", "program-tracing", "tinytracing"])
+    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, repo_id=repo_id,
+                                   dataset=dataset, rows=rows)
 
 
 def export_model(run, out, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytracing") -> Path:
@@ -100,46 +109,17 @@ def export_model(run, out, repo_id: str = "<org>/<name>", dataset: str = "<org>/
         info = json.loads((run / "run.json").read_text())
         info.get("data", {}).pop("dir", None)  # a local path
         (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(run, repo_id, dataset))
+    model_card(run, repo_id, dataset).save(out / "README.md")
     return out
 
 
 def push_model(run, repo_id: str, token: str | None = None, private: bool = False,
                dataset: str = "<org>/tinytracing") -> str:
     """Export ``run`` with its card and upload it as a Hub model; returns the commit URL."""
-    from huggingface_hub import HfApi
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_model(run, tmp, repo_id, dataset)
-        api = HfApi(token=token)
+        api = huggingface_hub.HfApi(token=token)
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                  commit_message="Upload tinytrace model")
     return str(getattr(info, "commit_url", info))
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("model", help="export or push a trained run as a Hub model")
-    msub = p.add_subparsers(dest="model_command", required=True, metavar="{export,push}")
-    e = msub.add_parser("export", help="weights, config, logs and a model card into a folder")
-    e.add_argument("run", help="a run folder (model.safetensors + config.json)")
-    e.add_argument("--out", required=True)
-    e.add_argument("--repo-id", default="<org>/<name>", help="the name the card uses")
-    e.set_defaults(func=_export)
-    u = msub.add_parser("push", help="upload to the Hub (needs a token)")
-    u.add_argument("run")
-    u.add_argument("--repo-id", required=True)
-    u.add_argument("--dataset", default="<org>/tinytracing", help="the dataset the card links")
-    u.add_argument("--private", action="store_true")
-    u.set_defaults(func=_push)
-
-
-def _export(args) -> int:
-    out = export_model(args.run, args.out, args.repo_id)
-    print(f"wrote {out}")
-    return 0
-
-
-def _push(args) -> int:
-    print(push_model(args.run, args.repo_id, private=args.private, dataset=args.dataset))
-    return 0

@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend
 
 from tinytrace.lang import tokenizer
 from tinytrace.presets import ConfigDict, Presets
@@ -395,8 +397,6 @@ def sdpa_backend(config: ModelConfig, device="cpu", dtype=torch.float32, batch: 
         mask = (torch.ones(shape, dtype=torch.bool, device=device) if config.pe == "ape"
                 else torch.zeros(shape, dtype=dtype, device=device))
     choice = torch._fused_sdp_choice(q, k, k, mask, 0.0, causal, scale=1.0 / math.sqrt(config.head_size))
-    from torch.nn.attention import SDPBackend
-
     names = {SDPBackend.FLASH_ATTENTION: "flash", SDPBackend.EFFICIENT_ATTENTION: "efficient",
              SDPBackend.CUDNN_ATTENTION: "cudnn", SDPBackend.MATH: "math"}
     return names.get(SDPBackend(int(choice)), f"other({int(choice)})")
@@ -423,8 +423,6 @@ def _weights(model: GPT) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, directory, extra: dict | None = None) -> None:
     """``directory/model.safetensors`` (unwrapped weights) + ``directory/config.json``
     = ``{"model": config, "vocab": tokenizer.VOCAB, **extra}``."""
-    from safetensors.torch import save_file
-
     model = unwrap(model)
     extra = dict(extra or {})
     clash = {"model", "vocab"} & set(extra)
@@ -440,8 +438,6 @@ def save_checkpoint(model: nn.Module, directory, extra: dict | None = None) -> N
 def load_checkpoint(directory, map_location="cpu") -> GPT:
     """Rebuild the GPT saved by :func:`save_checkpoint`; ValueError naming the field when the
     vocabulary, the config or the weights do not match."""
-    from safetensors.torch import load_file
-
     d = Path(directory)
     cfg_path, w_path = d / "config.json", d / "model.safetensors"
     for p in (cfg_path, w_path):

@@ -14,13 +14,13 @@ import sys
 COMMANDS = {
     "data": ("tinytrace.cli.data", "add_data_cli", "build or push Hub-layout datasets"),
     "trace": ("tinytrace.cli.data", "add_trace_cli", "trace a snippet (file or stdin)"),
-    "train": ("tinytrace.train.loop", "add_cli", "train a model with Accelerate"),
-    "eval": ("tinytrace.evaluate.core", "add_cli", "greedy exact-match evaluation of a checkpoint"),
+    "train": ("tinytrace.cli.train", "add_cli", "train a model with Accelerate"),
+    "eval": ("tinytrace.cli.evaluate", "add_cli", "greedy exact-match evaluation of a checkpoint"),
     "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
-    "sft": ("tinytrace.train.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
+    "sft": ("tinytrace.cli.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
     "experiment": ("tinytrace.experiments.core", "add_cli", "run one of the paper's experiments"),
     "notebooks": ("tinytrace.report.notebooks", "add_cli", "execute the section notebooks with papermill"),
-    "model": ("tinytrace.hub", "add_cli", "export or push a trained run as a Hub model"),
+    "model": ("tinytrace.cli.model", "add_cli", "export or push a trained run as a Hub model"),
 }
 
 

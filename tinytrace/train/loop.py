@@ -8,7 +8,7 @@
 - One epoch = tokens in the split / (batch_size x block_size) optimizer steps.
 - Optimizer and schedule (C.1): AdamW; the first half of the steps (= epochs) warms up
   linearly over 10% from 1e-4 to 1e-3 then follows a cosine back to 1e-4; the second half
-  does the same with every LR x0.1 (1e-5 -> 1e-4 -> 1e-5). See :func:`lr_at`.
+  does the same with every LR x0.1 (1e-5 -> 1e-4 -> 1e-5). See :func:`.common.lr_at`.
 - Accelerate: devices, bf16 autocast on CUDA (fp32 on CPU), gradient accumulation
   (``batch_size`` sequences per optimizer step over all processes, in micro-batches), DDP via
   ``accelerate launch``, ``save_state``/``load_state`` (model, optimizer, scheduler, RNG).
@@ -24,28 +24,34 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import shutil
 import time
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 
+from tinytrace.data import token_stream
+from tinytrace.model import GPT, ModelConfig, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
-from tinytrace.provenance import device_name, environment
+from tinytrace.provenance import environment
+
+from .common import (OPTIMIZERS, append_jsonl, batch_plan, lm_loss, lr_schedulers,
+                     make_accelerator, make_optimizers, optimizer_step,
+                     validation_loss as _validation_loss)
 
 STATE_DIR = "state"
 TRAINER_FILE = "trainer.json"
+RUN_FILE = "run.json"
 # Fields that define the trajectory: a resumed run must use the same values.
 FIXED_FIELDS = ("epochs", "batch_size", "block_size", "lr_peak", "lr_min", "warmup_frac",
                 "phase1_frac", "phase2_scale", "weight_decay", "betas", "eps", "grad_clip", "seed",
                 "optimizer", "muon_lr", "muon_momentum")
-OPTIMIZERS = ("adamw", "muon")
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -109,6 +115,12 @@ class TrainConfig(ConfigDict):
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
 
+    @property
+    def lr_schedule(self) -> dict:
+        """The arguments of :func:`.common.lr_at` besides the step and the number of steps."""
+        return dict(lr_peak=self.lr_peak, lr_min=self.lr_min, warmup_frac=self.warmup_frac,
+                    phase1_frac=self.phase1_frac, phase2_scale=self.phase2_scale)
+
 
 TRAIN_PRESETS: Presets[TrainConfig] = Presets("train preset", {
     # App. C.1 / Sec. 3.4: 512 x 512-token windows per step, 4 epochs, two-phase schedule.
@@ -116,8 +128,8 @@ TRAIN_PRESETS: Presets[TrainConfig] = Presets("train preset", {
     # A laptop run of a small model: same schedule shape, small batches.
     "cpu": TrainConfig(name="cpu", batch_size=32, micro_batch_size=None, block_size=256,
                        log_every=10, val_windows=32),
-    # Issue 6's `fast` recipe for one H100 (the `gpu` scale): one cosine phase at twice the
-    # paper's peak lr, short warmup, compiled, 256-window micro-batches. Not in the paper.
+    # A recipe for one H100-class GPU (the `gpu` scale): one cosine phase at twice the paper's
+    # peak lr, short warmup, compiled, 256-window micro-batches. Not in the paper.
     "fast": TrainConfig(name="fast", epochs=1, micro_batch_size=256, lr_peak=2e-3,
                         warmup_frac=0.05, phase1_frac=1.0, compile=True),
     # Smoke tests: a few tiny steps.
@@ -130,55 +142,10 @@ def get_train_config(name: str = "paper", **overrides) -> TrainConfig:
     return TRAIN_PRESETS.get(name, **overrides)
 
 
-# --- schedule ----------------------------------------------------------------------------------
-def lr_at(step: int, total_steps: int, lr_peak: float = 1e-3, lr_min: float = 1e-4,
-          warmup_frac: float = 0.1, phase1_frac: float = 0.5, phase2_scale: float = 0.1) -> float:
-    """Learning rate of optimizer step ``step`` (0-based) of ``total_steps`` (App. C.1).
-
-    Each phase: linear warmup over ``warmup_frac`` of its steps from ``lr_min`` to ``lr_peak``,
-    then a cosine back to ``lr_min`` at the phase's end; phase 2 is scaled by ``phase2_scale``.
-    """
-    total_steps = max(1, total_steps)
-    p1 = total_steps if phase1_frac >= 1 else max(1, round(total_steps * phase1_frac))
-    if step < p1:
-        s, n, scale = step, p1, 1.0
-    else:
-        s, n, scale = step - p1, total_steps - p1, phase2_scale
-    warm = int(warmup_frac * n)
-    if s < warm:
-        lr = lr_min + (lr_peak - lr_min) * s / warm
-    else:
-        progress = min(1.0, (s - warm) / max(1, n - warm))
-        lr = lr_min + 0.5 * (lr_peak - lr_min) * (1 + math.cos(math.pi * progress))
-    return lr * scale
-
-
-def lr_lambda(tc: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of ``lr_peak`` for ``torch.optim.lr_scheduler.LambdaLR``."""
-    return partial(_lr_ratio, total_steps=total_steps, lr_peak=tc.lr_peak, lr_min=tc.lr_min,
-                   warmup_frac=tc.warmup_frac, phase1_frac=tc.phase1_frac,
-                   phase2_scale=tc.phase2_scale)
-
-
-def _lr_ratio(step, total_steps, lr_peak, **kw):
-    return lr_at(step, total_steps, lr_peak=lr_peak, **kw) / lr_peak
-
-
 # --- data --------------------------------------------------------------------------------------
 def steps_per_epoch(n_tokens: int, batch_size: int, block_size: int) -> int:
     """Optimizer steps per epoch: tokens in the split / (batch_size x block_size), at least 1."""
     return max(1, n_tokens // (batch_size * block_size))
-
-
-def batch_plan(batch_size: int, micro_batch_size: int | None, num_processes: int) -> tuple[int, int, int]:
-    """(sequences per process per step, micro-batch size, accumulation steps)."""
-    if batch_size % num_processes:
-        raise ValueError(f"batch_size {batch_size} is not divisible by {num_processes} processes")
-    per = batch_size // num_processes
-    micro = min(micro_batch_size or per, per)
-    if per % micro:
-        raise ValueError(f"per-process batch {per} is not divisible by micro_batch_size {micro}")
-    return per, micro, per // micro
 
 
 class WindowSampler:
@@ -225,100 +192,55 @@ class WindowSampler:
         return w[:, :-1], w[:, 1:]
 
 
-def peak_flops(name: str) -> float | None:
-    """Peak dense bf16 FLOP/s used for MFU; None where we do not claim one (CPUs)."""
-    if "H100" in name or "H200" in name:
-        return 798e12  # measured matmul peak of an H100 SXM (the issue's number; 989e12 nominal)
-    if "A100" in name:
-        return 312e12
-    return None
-
-
-def make_accelerator(tc: TrainConfig, log_with=None, project_dir=None, cpu: bool = False):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    if int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available():
-        # `accelerate launch --multi_gpu` / torchrun without GPUs: only cpu=True gives MULTI_CPU
-        # (gloo); otherwise every process would silently train alone.
-        cpu = True
-    mp = tc.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if (torch.cuda.is_available() and not cpu and torch.cuda.is_bf16_supported()) else "no"
-    proj = ProjectConfiguration(project_dir=str(project_dir)) if project_dir else None
-    return Accelerator(mixed_precision=mp, log_with=log_with, project_config=proj, cpu=cpu)
-
-
-# --- the loop ----------------------------------------------------------------------------------
-def _optimizers(model, tc: TrainConfig, device) -> list[torch.optim.Optimizer]:
-    """AdamW with weight decay on matrices only; with ``optimizer="muon"``, the blocks' Linear
-    weights go to ``torch.optim.Muon`` instead (it orthogonalises 2-D updates only, so
-    embeddings, gains, position tables and the tied head stay with AdamW)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    muon = []
-    if tc.optimizer == "muon":
-        from tinytrace.model import unwrap
-
-        muon = [m.weight for m in unwrap(model).transformer.h.modules()
-                if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
-    ids = {id(p) for p in muon}
-    rest = [p for p in params if id(p) not in ids]
-    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": tc.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    fused = torch.device(device).type == "cuda"
-    opts = [torch.optim.AdamW(groups, lr=tc.lr_peak, betas=tc.betas, eps=tc.eps, fused=fused)]
-    if muon:
-        if torch.device(device).type == "cpu" and not _native_bf16():
-            logging.getLogger(__name__).warning(
-                "optimizer=muon on a CPU without native bf16: torch.optim.Muon runs its "
-                "Newton-Schulz iterations in bf16, emulated here (measured 1.4-6x slower steps)")
-        opts.append(torch.optim.Muon(muon, lr=tc.muon_lr or tc.lr_peak, weight_decay=tc.weight_decay,
-                                     momentum=tc.muon_momentum, adjust_lr_fn="match_rms_adamw"))
-    return opts
-
-
-def _native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _train_step(model, fwd, optimizers, accelerator, batches: Iterable, grad_clip: float) -> torch.Tensor:
-    """One optimizer step over micro-batches; returns the summed loss (a device tensor, no sync)."""
-    total = None
-    for x, y in batches:
-        with accelerator.accumulate(model):
-            _, loss = fwd(x, y)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-            for opt in optimizers:
-                opt.step()  # a no-op until the last micro-batch (accelerate's accumulate)
-                opt.zero_grad(set_to_none=True)
-        total = loss.detach() if total is None else total + loss.detach()
-    return total
-
-
-@torch.no_grad()
 def validation_loss(model, sampler: WindowSampler, n_windows: int, micro: int, accelerator) -> float:
     """Mean loss over ``n_windows`` evenly spaced windows of the stream, split over processes."""
     offsets = np.linspace(0, sampler.max_offset, n_windows).astype(np.int64)
     mine = offsets[accelerator.process_index::accelerator.num_processes]
-    tot = torch.zeros((), device=accelerator.device)
-    cnt = torch.zeros((), device=accelerator.device)
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(mine), micro):
-        x, y = sampler.windows(mine[i:i + micro])
-        with accelerator.autocast():
-            _, loss = model(x, y)
-        tot += loss.float() * len(x)
-        cnt += len(x)
-    model.train(was_training)
-    tot = accelerator.reduce(tot, "sum")
-    cnt = accelerator.reduce(cnt, "sum")
-    return (tot / cnt.clamp(min=1)).item()
+    batches = (sampler.windows(mine[i:i + micro]) for i in range(0, len(mine), micro))
+    return _validation_loss(model, batches, accelerator, _window_loss)
+
+
+def _window_loss(model, x, y):
+    _, loss = model(x, y)
+    return loss.float() * len(x), len(x)
+
+
+# --- the run's steps ---------------------------------------------------------------------------
+def check_resume(out: Path, tc: TrainConfig, mc: ModelConfig, train_tokens: int,
+                 resume: bool) -> tuple[Path | None, dict | None]:
+    """(state folder, saved run record) to continue from, or (None, None) for a new run.
+
+    A run in ``out`` is an error without ``resume``. Resuming reads ``run.json`` strictly
+    (:func:`read_run`) and refuses a model, a trajectory field (:data:`FIXED_FIELDS`) or a
+    train split that differs from the saved run's."""
+    state_dir = _find_state(out)
+    if state_dir is None:
+        return None, None
+    if not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume or choose another --out")
+    saved_tc, saved_mc, saved = read_run(out)
+    bad = [k for k in FIXED_FIELDS if getattr(saved_tc, k) != getattr(tc, k)]
+    if saved_mc != mc:
+        bad.append("model")
+    if bad:
+        raise ValueError(f"cannot resume {out}: {', '.join(bad)} differ from the saved run")
+    if saved["data"]["train_tokens"] != train_tokens:
+        raise ValueError(f"cannot resume {out}: the train split changed "
+                         f"({saved['data']['train_tokens']} -> {train_tokens} tokens)")
+    return state_dir, saved
+
+
+def read_run(out) -> tuple[TrainConfig, ModelConfig, dict]:
+    """The train and model configs of the run record ``out/run.json``, and the record itself.
+    Each config is read with its strict ``from_dict``: an unknown field is an error (a record
+    written by other code is not this code's config); a field it predates takes its default."""
+    path = Path(out) / RUN_FILE
+    saved = json.loads(path.read_text())
+    try:
+        return TrainConfig.from_dict(saved["train"]), ModelConfig.from_dict(saved["model"]), saved
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"cannot resume {out}: {path} does not hold this code's configs "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def _find_state(out: Path) -> Path | None:
@@ -327,6 +249,217 @@ def _find_state(out: Path) -> Path | None:
         if (out / name / TRAINER_FILE).exists():
             return out / name
     return None
+
+
+@dataclass
+class _Run:
+    """A training run's parts and counters, passed to the loop's steps."""
+
+    tc: TrainConfig
+    out: Path
+    acc: Accelerator
+    model: torch.nn.Module  # as prepared by Accelerate (DDP under several processes)
+    fwd: Callable  # the model, or its torch.compile'd forward
+    optimizers: list
+    schedulers: list
+    sampler: WindowSampler
+    val_sampler: WindowSampler | None
+    plan: dict  # steps_per_epoch, total_steps, stop_step, batch split, block_size
+    data: dict  # dataset config name and train tokens, stored with every checkpoint
+    compiled: bool = False  # the first step runs compiled (falls back to eager if it fails)
+    step: int = 0
+    tokens: int = 0
+    elapsed0: float = 0.0  # seconds trained before this process (resumed runs)
+    t0: float = 0.0
+    t_log: float = 0.0  # time and step of the last log record (tokens/s between them)
+    step_log: int = 0
+    loss_sum: torch.Tensor | None = None  # micro-batch losses since the last log record
+    n_micro: int = 0
+    last: dict = field(default_factory=lambda: {"loss": None, "val_loss": None})
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    def log(self, record: dict) -> None:
+        if self.main:
+            append_jsonl(self.out / "log.jsonl", record)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+
+def _setup(tc: TrainConfig, mc: ModelConfig, acc: Accelerator, out: Path, stream, block: int,
+           data_dir, config_name: str) -> _Run:
+    """Batch plan, samplers, model, optimizers and schedules of a new run, prepared by ``acc``."""
+    if acc.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside bf16 autocast
+        torch.backends.cudnn.allow_tf32 = True
+    per, micro, accum = batch_plan(tc.batch_size, tc.micro_batch_size, acc.num_processes)
+    acc.gradient_accumulation_steps = accum
+    spe = steps_per_epoch(len(stream), tc.batch_size, block)
+    total = tc.epochs * spe
+    stop = total if tc.max_steps is None else min(total, tc.max_steps)
+    sampler = WindowSampler(stream, block, tc.batch_size, tc.seed, acc.device, tc.data_on_device)
+    val_sampler = None
+    if tc.val_windows:
+        try:
+            val_sampler = WindowSampler(token_stream(data_dir, config_name, "validation"), block,
+                                        tc.val_windows, tc.seed, acc.device, tc.data_on_device)
+        except (FileNotFoundError, ValueError):  # no validation split, or one shorter than a window
+            val_sampler = None
+    set_seed(tc.seed)
+    model = GPT(mc)
+    optimizers = make_optimizers(model, acc.device, tc.lr_peak, tc.betas, tc.eps, tc.weight_decay,
+                                 tc.optimizer, tc.muon_lr, tc.muon_momentum)
+    schedulers = lr_schedulers(optimizers, total, tc.lr_schedule)
+    model, *optimizers = acc.prepare(model, *optimizers)
+    for sch in schedulers:
+        acc.register_for_checkpointing(sch)
+    plan = {"steps_per_epoch": spe, "total_steps": total, "stop_step": stop, "block_size": block,
+            "tokens_per_step": tc.batch_size * block, "per_process_batch": per,
+            "micro_batch_size": micro, "accumulation_steps": accum}
+    return _Run(tc=tc, out=out, acc=acc, model=model,
+                fwd=torch.compile(model) if tc.compile else model, optimizers=optimizers,
+                schedulers=schedulers, sampler=sampler, val_sampler=val_sampler, plan=plan,
+                data={"config": config_name, "train_tokens": len(stream)}, compiled=tc.compile)
+
+
+def _load_state(r: _Run, state_dir: Path) -> None:
+    r.acc.load_state(str(state_dir))
+    trainer = json.loads((state_dir / TRAINER_FILE).read_text())
+    r.step, r.tokens, r.elapsed0 = trainer["step"], trainer["tokens"], trainer["elapsed_s"]
+
+
+def _write_run_record(r: _Run, mc: ModelConfig, saved: dict | None, data_dir, n_params: int,
+                      env: dict) -> None:
+    """``run.json`` (a new run's record, or the saved one with this resume appended) and the
+    start/resume line of ``log.jsonl``; Accelerate's trackers get the configs."""
+    tc, now = r.tc, time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if r.main:
+        r.out.mkdir(parents=True, exist_ok=True)
+        if saved is None:
+            run = {"train": tc.to_dict(), "model": mc.to_dict(), "params": n_params,
+                   "data": {"dir": str(Path(data_dir).resolve()), **r.data},
+                   "plan": r.plan, "env": env, "seed": tc.seed, "started": now, "resumes": []}
+        else:
+            run = saved
+            run["resumes"].append({"step": r.step, "time": now, "max_steps": tc.max_steps,
+                                   "env": env, "plan": r.plan})
+        (r.out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    r.log({"event": "resume" if saved else "start", "step": r.step, "git_commit": env["git_commit"],
+           "device": env["device"], "num_processes": r.acc.num_processes, "seed": tc.seed})
+    if r.acc.log_with:
+        r.acc.init_trackers("tinytrace", config={
+            **{f"train/{k}": v for k, v in tc.to_dict().items() if not isinstance(v, (list, tuple))},
+            **{f"model/{k}": v for k, v in mc.to_dict().items() if isinstance(v, (int, float, str, bool))}})
+
+
+def _save(r: _Run, epoch: float) -> None:
+    """Checkpoint: the Accelerate state (written to ``state.tmp``, then swapped in) with
+    ``trainer.json``, and the weights as ``model.safetensors`` + ``config.json``."""
+    acc, out = r.acc, r.out
+    acc.wait_for_everyone()
+    tmp = out / (STATE_DIR + ".tmp")
+    if r.main and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if r.main:
+        # The data cursor is the step: step s reads the windows drawn from (seed, s).
+        info = {"step": r.step, "data_cursor": {"seed": r.tc.seed, "next_step": r.step},
+                "epoch": epoch, "tokens": r.tokens, "elapsed_s": r.elapsed(), "seed": r.tc.seed,
+                "steps_per_epoch": r.plan["steps_per_epoch"], "total_steps": r.plan["total_steps"]}
+        (tmp / TRAINER_FILE).write_text(json.dumps(info) + "\n")
+        cur, old = out / STATE_DIR, out / (STATE_DIR + ".old")
+        if cur.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            cur.rename(old)
+        tmp.rename(cur)
+        if old.exists():
+            shutil.rmtree(old)
+        save_checkpoint(acc.unwrap_model(r.model), out, extra={
+            "train": r.tc.to_dict(), "step": r.step, "epoch": epoch, "data": r.data})
+    acc.wait_for_everyone()
+
+
+def _optimization_step(r: _Run) -> None:
+    """One optimizer step on step ``r.step``'s windows, the schedules' step, the counters.
+
+    A compiled run's first step falls back to eager training if the compiler fails: the
+    gradients and accelerate's micro-batch counter are reset, the step is redone eagerly and
+    the failure goes to ``log.jsonl``."""
+    acc, p = r.acc, r.plan
+    offs = r.sampler.local_offsets(r.step, acc.process_index, acc.num_processes)
+    batches = [r.sampler.windows(offs[i:i + p["micro_batch_size"]])
+               for i in range(0, p["per_process_batch"], p["micro_batch_size"])]
+    acc_step = acc.step
+
+    def run(fwd):
+        return optimizer_step(r.model, r.optimizers, acc, batches, lambda x, y: lm_loss(fwd, x, y),
+                              r.tc.grad_clip)
+
+    if r.compiled:
+        r.compiled = False
+        try:
+            loss_sum = run(r.fwd)
+        except Exception as e:  # a compiler failure must not cost the run: train eagerly
+            logging.getLogger(__name__).warning("torch.compile failed (%s: %s); training eagerly",
+                                                type(e).__name__, e)
+            for opt in r.optimizers:
+                opt.zero_grad(set_to_none=True)
+            acc.step = acc_step  # accelerate's micro-batch counter: restart this step
+            r.fwd = r.model
+            loss_sum = run(r.fwd)
+            r.log({"event": "compile_failed", "step": r.step, "error": f"{type(e).__name__}: {e}"[:500]})
+    else:
+        loss_sum = run(r.fwd)
+    for sch in r.schedulers:
+        sch.step()
+    r.loss_sum = loss_sum if r.loss_sum is None else r.loss_sum + loss_sum
+    r.n_micro += p["accumulation_steps"]
+    r.step += 1
+    r.tokens += p["tokens_per_step"]
+
+
+def _log_step(r: _Run, lr: float, pbar) -> None:
+    """The step record: mean loss since the last record (the loop's only host sync), tokens/s."""
+    loss = r.acc.reduce(r.loss_sum / r.n_micro, "mean").item()
+    now = time.perf_counter()
+    tps = (r.step - r.step_log) * r.plan["tokens_per_step"] / max(now - r.t_log, 1e-9)
+    rec = {"event": "step", "step": r.step, "epoch": r.step / r.plan["steps_per_epoch"],
+           "loss": loss, "lr": lr, "tokens": r.tokens, "tokens_per_s": tps,
+           "elapsed_s": r.elapsed0 + now - r.t0}
+    r.last["loss"] = loss
+    r.log(rec)
+    if r.acc.log_with:
+        r.acc.log({k: rec[k] for k in ("loss", "lr", "tokens_per_s", "epoch")}, step=r.step)
+    pbar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+    r.t_log, r.step_log, r.loss_sum, r.n_micro = now, r.step, None, 0
+
+
+def _end_epoch(r: _Run, callbacks: Iterable[Callable]) -> None:
+    """Validation loss, checkpoint, callbacks, then the epoch record."""
+    acc, epoch = r.acc, r.step // r.plan["steps_per_epoch"]
+    rec = {"event": "epoch", "epoch": epoch, "step": r.step, "loss": r.last["loss"]}
+    if r.val_sampler is not None:
+        rec["val_loss"] = r.last["val_loss"] = validation_loss(
+            acc.unwrap_model(r.model), r.val_sampler, r.tc.val_windows, r.plan["micro_batch_size"], acc)
+    _save(r, float(epoch))
+    raw = acc.unwrap_model(r.model)
+    raw.eval()
+    for cb in callbacks:
+        extra = cb(epoch, raw, acc, rec)
+        if isinstance(extra, dict):
+            rec.update(extra)
+    r.model.train()
+    r.t_log = time.perf_counter()  # tokens/s measures training, not evaluation or saving
+    rec["elapsed_s"] = r.elapsed0 + r.t_log - r.t0
+    r.log(rec)
+    if acc.log_with:
+        acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=r.step)
 
 
 class _TiedWeightsFilter(logging.Filter):
@@ -342,12 +475,8 @@ def _quiet_tied_weights() -> None:
         log.addFilter(_TiedWeightsFilter())
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def train(train_config: TrainConfig, model_config, data_dir, config_name: str, out_dir,
+# --- the loop ----------------------------------------------------------------------------------
+def train(train_config: TrainConfig, model_config: ModelConfig, data_dir, config_name: str, out_dir,
           resume: bool = False, callbacks: Iterable[Callable] = (), accelerator=None,
           log_with=None, progress: bool = True) -> dict:
     """Train a :class:`tinytrace.model.GPT` on ``data_dir/config_name`` train tokens into ``out_dir``.
@@ -358,372 +487,50 @@ def train(train_config: TrainConfig, model_config, data_dir, config_name: str, o
     ``resume``: continue from ``out_dir/state`` if it exists (else start fresh); without it an
     existing state is an error. Returns a summary dict.
     """
-    from tqdm.auto import tqdm
-
-    from tinytrace.data import token_stream
-    from tinytrace.model import GPT, save_checkpoint
-
-    tc, mc = train_config, model_config
-    out = Path(out_dir)
+    tc, mc, out = train_config, model_config, Path(out_dir)
     _quiet_tied_weights()
     block = tc.block_size or mc.block_size
     if block > mc.block_size:
         raise ValueError(f"block_size {block} exceeds the model's context {mc.block_size}")
-    state_dir = _find_state(out)
-    if state_dir is not None and not resume:
-        raise ValueError(f"{out} already holds a run; pass --resume or choose another --out")
-    saved = None
-    if state_dir is not None:
-        saved = json.loads((out / "run.json").read_text())
-        # a field the saved run predates takes its default
-        saved_tc, new_tc = TrainConfig.from_dict(saved["train"]).to_dict(), tc.to_dict()
-        bad = [k for k in FIXED_FIELDS if saved_tc[k] != new_tc[k]]
-        if saved["model"] != mc.to_dict():
-            bad.append("model")
-        if bad:
-            raise ValueError(f"cannot resume {out}: {', '.join(bad)} differ from the saved run")
-
-    acc = accelerator or make_accelerator(tc, log_with, out)
-    if acc.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside bf16 autocast
-        torch.backends.cudnn.allow_tf32 = True
-    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    per, micro, accum = batch_plan(tc.batch_size, tc.micro_batch_size, world)
-    acc.gradient_accumulation_steps = accum
-
     stream = token_stream(data_dir, config_name, "train")
-    spe = steps_per_epoch(len(stream), tc.batch_size, block)
-    total = tc.epochs * spe
-    stop = total if tc.max_steps is None else min(total, tc.max_steps)
-    if saved is not None and saved["data"]["train_tokens"] != len(stream):
-        raise ValueError(f"cannot resume {out}: the train split changed "
-                         f"({saved['data']['train_tokens']} -> {len(stream)} tokens)")
-    sampler = WindowSampler(stream, block, tc.batch_size, tc.seed, acc.device, tc.data_on_device)
-    val_sampler = None
-    if tc.val_windows:
-        try:
-            val_sampler = WindowSampler(token_stream(data_dir, config_name, "validation"), block,
-                                        tc.val_windows, tc.seed, acc.device, tc.data_on_device)
-        except (FileNotFoundError, ValueError):
-            val_sampler = None
-
-    from accelerate.utils import set_seed
-
-    set_seed(tc.seed)
-    model = GPT(mc)
-    optimizers = _optimizers(model, tc, acc.device)
-    # one schedule shape for every optimizer: each group's LR is its peak x lr_lambda
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(tc, total)) for o in optimizers]
-    model, *optimizers = acc.prepare(model, *optimizers)
-    # Not prepared: AcceleratedScheduler would step once per process; we step once per update.
-    for sch in schedulers:
-        acc.register_for_checkpointing(sch)
-    fwd = torch.compile(model) if tc.compile else model
-    compiled = tc.compile  # falls back to eager if the first compiled step fails
-    raw = acc.unwrap_model(model)
-    n_params = raw.num_params()
-
-    step, tokens_seen, elapsed0 = 0, 0, 0.0
+    state_dir, saved = check_resume(out, tc, mc, len(stream), resume)
+    acc = accelerator or make_accelerator(tc, log_with, out)
+    r = _setup(tc, mc, acc, out, stream, block, data_dir, config_name)
     if state_dir is not None:
-        acc.load_state(str(state_dir))
-        trainer = json.loads((state_dir / TRAINER_FILE).read_text())
-        step, tokens_seen, elapsed0 = trainer["step"], trainer["tokens"], trainer["elapsed_s"]
-    start_step = step
-    tokens_per_step = tc.batch_size * block
-
+        _load_state(r, state_dir)
+    start_step, spe, stop = r.step, r.plan["steps_per_epoch"], r.plan["stop_step"]
     env = environment(acc)
-    plan = {"steps_per_epoch": spe, "total_steps": total, "stop_step": stop, "block_size": block,
-            "tokens_per_step": tokens_per_step, "per_process_batch": per,
-            "micro_batch_size": micro, "accumulation_steps": accum}
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if saved is None:
-            run = {"train": tc.to_dict(), "model": mc.to_dict(), "params": n_params,
-                   "data": {"dir": str(Path(data_dir).resolve()), "config": config_name,
-                            "train_tokens": len(stream)},
-                   "plan": plan, "env": env, "seed": tc.seed,
-                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumes": []}
-        else:
-            run = saved
-            run["resumes"].append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                   "max_steps": tc.max_steps, "env": env, "plan": plan})
-        (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-        _append_jsonl(out / "log.jsonl", {"event": "resume" if saved else "start", "step": step,
-                                          "git_commit": env["git_commit"], "device": env["device"],
-                                          "num_processes": world, "seed": tc.seed})
-    if acc.log_with:
-        acc.init_trackers("tinytrace", config={**{f"train/{k}": v for k, v in tc.to_dict().items()
-                                                   if not isinstance(v, (list, tuple))},
-                                               **{f"model/{k}": v for k, v in mc.to_dict().items()
-                                                  if isinstance(v, (int, float, str, bool))}})
+    n_params = acc.unwrap_model(r.model).num_params()
+    _write_run_record(r, mc, saved, data_dir, n_params, env)
 
-    def save(epoch_float: float) -> None:
-        acc.wait_for_everyone()
-        tmp = out / (STATE_DIR + ".tmp")
-        if main and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if main:
-            # The data cursor is the step: step s reads the windows drawn from (seed, s).
-            info = {"step": step, "data_cursor": {"seed": tc.seed, "next_step": step},
-                    "epoch": epoch_float, "tokens": tokens_seen,
-                    "elapsed_s": elapsed0 + time.perf_counter() - t0, "seed": tc.seed,
-                    "steps_per_epoch": spe, "total_steps": total}
-            (tmp / TRAINER_FILE).write_text(json.dumps(info) + "\n")
-            cur, old = out / STATE_DIR, out / (STATE_DIR + ".old")
-            if cur.exists():
-                if old.exists():
-                    shutil.rmtree(old)
-                cur.rename(old)
-            tmp.rename(cur)
-            if old.exists():
-                shutil.rmtree(old)
-            save_checkpoint(acc.unwrap_model(model), out,
-                            extra={"train": tc.to_dict(), "step": step, "epoch": epoch_float,
-                                   "data": {"config": config_name, "train_tokens": len(stream)}})
-        acc.wait_for_everyone()
-
-    last = {"loss": None, "val_loss": None, "lr": None}
-    pbar = tqdm(total=stop, initial=step, disable=not (progress and acc.is_local_main_process),
+    pbar = tqdm(total=stop, initial=r.step, disable=not (progress and acc.is_local_main_process),
                 desc="train", dynamic_ncols=True)
-    model.train()
-    t0 = time.perf_counter()
-    t_log, step_log = t0, step
-    loss_acc, n_micro = None, 0
-    while step < stop:
-        offs = sampler.local_offsets(step, rank, world)
-        batches = (sampler.windows(offs[i:i + micro]) for i in range(0, per, micro))
-        lr = schedulers[0].get_last_lr()[0]
-        if compiled:
-            batches, acc_step = list(batches), acc.step
-            try:
-                loss_sum = _train_step(model, fwd, optimizers, acc, batches, tc.grad_clip)
-            except Exception as e:  # a compiler failure must not cost the run: train eagerly
-                logging.getLogger(__name__).warning("torch.compile failed (%s: %s); training "
-                                                    "eagerly", type(e).__name__, e)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                acc.step = acc_step  # accelerate's micro-batch counter: restart this step
-                fwd = model
-                loss_sum = _train_step(model, fwd, optimizers, acc, batches, tc.grad_clip)
-                if main:
-                    _append_jsonl(out / "log.jsonl", {"event": "compile_failed", "step": step,
-                                                      "error": f"{type(e).__name__}: {e}"[:500]})
-            compiled = False
-        else:
-            loss_sum = _train_step(model, fwd, optimizers, acc, batches, tc.grad_clip)
-        for sch in schedulers:
-            sch.step()
-        loss_acc = loss_sum if loss_acc is None else loss_acc + loss_sum
-        n_micro += accum
-        step += 1
-        tokens_seen += tokens_per_step
+    r.model.train()
+    r.t0 = r.t_log = time.perf_counter()
+    r.step_log = r.step
+    while r.step < stop:
+        lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
+        _optimization_step(r)
         pbar.update(1)
-        epoch_end = step % spe == 0
-        if step % tc.log_every == 0 or step == stop or epoch_end:
-            loss = acc.reduce(loss_acc / n_micro, "mean").item()  # the only host sync
-            now = time.perf_counter()
-            tps = (step - step_log) * tokens_per_step / max(now - t_log, 1e-9)
-            rec = {"event": "step", "step": step, "epoch": step / spe, "loss": loss, "lr": lr,
-                   "tokens": tokens_seen, "tokens_per_s": tps,
-                   "elapsed_s": elapsed0 + now - t0}
-            last.update(loss=loss, lr=lr)
-            if main:
-                _append_jsonl(out / "log.jsonl", rec)
-            if acc.log_with:
-                acc.log({k: rec[k] for k in ("loss", "lr", "tokens_per_s", "epoch")}, step=step)
-            pbar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-            t_log, step_log, loss_acc, n_micro = now, step, None, 0
-        if epoch_end:
-            epoch = step // spe
-            rec = {"event": "epoch", "epoch": epoch, "step": step, "loss": last["loss"]}
-            if val_sampler is not None:
-                rec["val_loss"] = last["val_loss"] = validation_loss(
-                    acc.unwrap_model(model), val_sampler, tc.val_windows, micro, acc)
-            save(float(epoch))
-            raw = acc.unwrap_model(model)
-            raw.eval()
-            for cb in callbacks:
-                extra = cb(epoch, raw, acc, rec)
-                if isinstance(extra, dict):
-                    rec.update(extra)
-            model.train()
-            t_log = time.perf_counter()  # tokens/s measures training, not evaluation or saving
-            rec["elapsed_s"] = elapsed0 + t_log - t0
-            if main:
-                _append_jsonl(out / "log.jsonl", rec)
-            if acc.log_with:
-                acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
-        elif (tc.save_every and step % tc.save_every == 0) or step == stop:
-            save(step / spe)
-            if step_log == step:
-                t_log = time.perf_counter()
+        if r.step % tc.log_every == 0 or r.step == stop or r.step % spe == 0:
+            _log_step(r, lr, pbar)
+        if r.step % spe == 0:
+            _end_epoch(r, callbacks)
+        elif (tc.save_every and r.step % tc.save_every == 0) or r.step == stop:
+            _save(r, r.step / spe)
+            if r.step_log == r.step:
+                r.t_log = time.perf_counter()
     pbar.close()
-    seconds = time.perf_counter() - t0
-    if step == start_step and not (out / "model.safetensors").exists():
-        save(step / spe)  # nothing trained (e.g. --max-steps 0): still leave loadable weights
-    summary = {"out_dir": str(out), "step": step, "start_step": start_step, "total_steps": total,
-               "steps_per_epoch": spe, "epoch": step / spe, "loss": last["loss"],
-               "val_loss": last["val_loss"], "tokens": tokens_seen, "params": n_params,
-               "seconds": seconds,
-               "tokens_per_s": (step - start_step) * tokens_per_step / max(seconds, 1e-9),
-               "num_processes": world, "device": env["device"]}
-    if main:
-        _append_jsonl(out / "log.jsonl", {"event": "end", **summary})
+    seconds = time.perf_counter() - r.t0
+    if r.step == start_step and not (out / "model.safetensors").exists():
+        _save(r, r.step / spe)  # nothing trained (e.g. --max-steps 0): still leave loadable weights
+    summary = {"out_dir": str(out), "step": r.step, "start_step": start_step,
+               "total_steps": r.plan["total_steps"], "steps_per_epoch": spe, "epoch": r.step / spe,
+               "loss": r.last["loss"], "val_loss": r.last["val_loss"], "tokens": r.tokens,
+               "params": n_params, "seconds": seconds,
+               "tokens_per_s": (r.step - start_step) * r.plan["tokens_per_step"] / max(seconds, 1e-9),
+               "num_processes": acc.num_processes, "device": env["device"]}
+    r.log({"event": "end", **summary})
     if acc.log_with:
         acc.end_training()
     return summary
-
-
-# --- benchmark ---------------------------------------------------------------------------------
-def measure_train_throughput(model: str = "tiny", steps: int = 10, batch_size: int = 8,
-                             micro_batch_size: int | None = None, compile: bool = False,
-                             device: str | None = None, warmup: int = 2, seed: int = 0) -> dict:
-    """Tokens/s and MFU of the real training step on synthetic random tokens (no dataset)."""
-    from tinytrace.model import GPT, get_model_config
-
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available")
-    mc = get_model_config(model)
-    tc = get_train_config("paper", batch_size=batch_size, micro_batch_size=micro_batch_size,
-                          compile=compile, seed=seed)
-    acc = make_accelerator(tc, cpu=device == "cpu")
-    per, micro, accum = batch_plan(batch_size, micro_batch_size, acc.num_processes)
-    acc.gradient_accumulation_steps = accum
-    torch.manual_seed(seed)
-    net = GPT(mc)
-    opts = _optimizers(net, tc, acc.device)
-    net, *opts = acc.prepare(net, *opts)
-    fwd = torch.compile(net) if compile else net
-    T = mc.block_size
-    gen = torch.Generator(device=acc.device).manual_seed(seed)
-    data = [torch.randint(0, mc.vocab_size, (micro, T + 1), device=acc.device, generator=gen)
-            for _ in range(accum)]
-    batches = [(d[:, :-1], d[:, 1:]) for d in data]
-
-    def sync():
-        if acc.device.type == "cuda":
-            torch.cuda.synchronize(acc.device)
-
-    t_compile = time.perf_counter()
-    for _ in range(warmup):
-        _train_step(net, fwd, opts, acc, batches, tc.grad_clip)
-    sync()
-    t_compile = time.perf_counter() - t_compile
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = _train_step(net, fwd, opts, acc, batches, tc.grad_clip)
-    sync()
-    dt = time.perf_counter() - t0
-    raw = acc.unwrap_model(net)
-    tokens_per_s = steps * batch_size * T / dt
-    fpt = raw.flops_per_token()
-    name = device_name(acc.device)
-    peak = peak_flops(name) if acc.device.type == "cuda" else None
-    flops = fpt * tokens_per_s
-    return {"model": model, "params": raw.num_params(), "flops_per_token": fpt,
-            "tokens_per_s": round(tokens_per_s, 1), "achieved_tflops": round(flops / 1e12, 4),
-            "peak_flops": peak, "mfu": None if peak is None else round(flops / peak, 4),
-            "device": name, "device_type": acc.device.type, "mixed_precision": acc.mixed_precision,
-            "compile": compile, "steps": steps, "warmup_steps": warmup,
-            "warmup_s": round(t_compile, 3), "seconds": round(dt, 3), "batch_size": batch_size,
-            "micro_batch_size": micro, "accumulation_steps": accum, "block_size": T,
-            "loss": float(loss.item()) / accum, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
-
-
-def bench_train(args) -> int:
-    """``tinytrace bench train``: prints one JSON line (after a readable table without --json)."""
-    result = measure_train_throughput(
-        model=args.model, steps=args.steps, batch_size=args.batch_size,
-        micro_batch_size=getattr(args, "micro_batch_size", None),
-        compile=getattr(args, "compile", False), device=getattr(args, "device", None))
-    if not getattr(args, "json", False):
-        for k, v in result.items():
-            print(f"{k:>20}: {v}")
-    print(json.dumps(result))
-    return 0
-
-
-# --- command line ------------------------------------------------------------------------------
-def add_cli(sub) -> None:
-    from tinytrace.cli import key_value
-
-    p = sub.add_parser("train", help="train a model with Accelerate",
-                       description="Train on random windows of a built dataset's token stream "
-                                   "(paper App. C.1, C.5). Run with `accelerate launch -m "
-                                   "tinytrace train ...` for several GPUs or processes.")
-    p.add_argument("--data", required=True, help="dataset folder (tinytrace data build --out)")
-    p.add_argument("--config", required=True, help="dataset config name inside --data")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, run.json")
-    p.add_argument("--model", default=None, help="model preset (paper, tiny, small, medium)")
-    p.add_argument("--model-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
-                   help="override a model config field, e.g. pe=rpe (repeatable)")
-    p.add_argument("--train-preset", default=None, help=f"one of {', '.join(TRAIN_PRESETS)} (default paper)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps "
-                   "(the schedule still spans --epochs)")
-    p.add_argument("--batch-size", type=int, help="sequences per optimizer step, all processes")
-    p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass and process")
-    p.add_argument("--block-size", type=int, help="training window (default: model context)")
-    p.add_argument("--lr", type=float, help="peak LR (lr-min defaults to lr/10)")
-    p.add_argument("--lr-min", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (the paper's) or muon (hidden "
-                   "matrices; AdamW for the rest)")
-    p.add_argument("--muon-lr", type=float, help="peak LR of the Muon group (default: --lr)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--save-every", type=int)
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--val-windows", type=int)
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true", default=None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out if any")
-    p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=handler)
-
-
-_ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",
-               "micro_batch_size": "micro_batch_size", "block_size": "block_size",
-               "lr": "lr_peak", "lr_min": "lr_min", "weight_decay": "weight_decay",
-               "seed": "seed", "optimizer": "optimizer", "muon_lr": "muon_lr",
-               "save_every": "save_every", "log_every": "log_every",
-               "val_windows": "val_windows", "mixed_precision": "mixed_precision",
-               "compile": "compile"}
-
-
-def configs_from_args(args) -> tuple[TrainConfig, object]:
-    """Train and model configs: the saved run's when resuming, else the presets; explicit
-    arguments override either."""
-    from tinytrace.model import ModelConfig, get_model_config
-
-    run_json = Path(args.out) / "run.json"
-    if args.resume and run_json.exists():
-        saved = json.loads(run_json.read_text())
-        tc = TrainConfig.from_dict(saved["train"])
-        mc = ModelConfig.from_dict(saved["model"])
-        if args.model or args.model_arg or args.train_preset:
-            raise ValueError("--resume uses the saved model and preset; drop --model/--model-arg/--train-preset")
-    else:
-        mc = get_model_config(args.model or "paper", **dict(args.model_arg))
-        tc = get_train_config(args.train_preset or "paper")
-    changes = {f: getattr(args, a) for a, f in _ARG_FIELDS.items() if getattr(args, a) is not None}
-    if "lr_peak" in changes and "lr_min" not in changes:
-        changes["lr_min"] = changes["lr_peak"] / 10
-    return replace(tc, **changes), mc
-
-
-def handler(args) -> int:
-    tc, mc = configs_from_args(args)
-    summary = train(tc, mc, args.data, args.config, args.out, resume=args.resume,
-                    log_with=args.log_with, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary))
-    return 0

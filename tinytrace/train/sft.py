@@ -14,11 +14,14 @@
   parameters frozen except the LoRA weights and the Linear biases, which exist only with
   ``ModelConfig.bias``. The tied ``lm_head``/``wte`` is not adapted: merging an adapter into
   ``lm_head`` would also rewrite the input embedding. :func:`lora_param_count` is the closed
-  form (paper model, r = 8: 565,248 trainable; the paper reports 2.2M, see notes/issue4-sft.md).
+  form (paper model, r = 8: 565,248 trainable; the paper reports 2.2M).
 - Optimizer and schedule (G.1): AdamW (0.9, 0.95), weight decay 0.1 on the adapter matrices,
   peak LR 1e-3, linear warmup over 10% of the steps, cosine to 10% of the peak. The warmup
-  starts from the floor (10% of the peak), as the pre-training schedule :func:`train.lr_at`
+  starts from the floor (10% of the peak), as the pre-training schedule :func:`.common.lr_at`
   does; G.1 does not say where it starts. Gradient clipping 1.0 (not stated; as pre-training).
+- The loop is the pre-training loop's (:mod:`.common`): the same optimizer factory, a
+  ``LambdaLR`` schedule stepped once per update, micro-batches under ``accelerator.accumulate``
+  (one all-reduce per step under DDP), the same validation and log helpers.
 - Validation: the same masked loss on the first ``val_examples`` validation examples, before
   training and every ``eval_every_frac`` (2.5%) of the steps; each new best is merged into the
   base weights (``merge_and_unload`` on a copy) and saved with :func:`model.save_checkpoint`,
@@ -26,26 +29,34 @@
   weights if fine-tuning never improves the validation loss).
 - Output folder: ``sft.json`` (resolved config, base run, data, plan, environment),
   ``log.jsonl``, ``model.safetensors`` + ``config.json`` (best merged model) and ``done.json``
-  (the summary, written last). A folder with ``done.json`` is returned as is (a cache); an
-  unfinished one is started again from scratch (no resume: SFT runs are short).
+  (the summary, written last). A folder with ``done.json`` made from the same config, base run
+  and data is returned as is (a cache; another config is an error); an unfinished one is
+  started again from scratch (no resume: SFT runs are short).
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 
+from tinytrace.data import token_stream
 from tinytrace.lang import tokenizer as tk
+from tinytrace.model import load_checkpoint, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
+from tinytrace.provenance import environment
+
+from .common import (append_jsonl, batch_plan, lr_at as _lr_at, lr_schedulers, make_accelerator,
+                     make_optimizers, optimizer_step, validation_loss as _validation_loss)
 
 DONE_FILE = "done.json"
 RUN_FILE = "sft.json"
@@ -80,7 +91,7 @@ class SFTConfig(ConfigDict):
     block_size: int | None = None  # None = the model's context
     seed: int = 0
     log_every: int = 10
-    mixed_precision: str = "auto"  # read by train.make_accelerator: bf16 on CUDA, fp32 elsewhere
+    mixed_precision: str = "auto"  # read by make_accelerator: bf16 on CUDA, fp32 elsewhere
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -102,6 +113,12 @@ class SFTConfig(ConfigDict):
             raise ValueError(f"target_modules must be a non-empty subset of {LORA_TARGETS}, "
                              f"got {self.target_modules}")
 
+    @property
+    def lr_schedule(self) -> dict:
+        """The arguments of :func:`.common.lr_at`: one phase from and to ``lr * lr_min_ratio``."""
+        return dict(lr_peak=self.lr, lr_min=self.lr * self.lr_min_ratio,
+                    warmup_frac=self.warmup_frac, phase1_frac=1.0)
+
 
 SFT_PRESETS: Presets[SFTConfig] = Presets("sft preset", {
     # App. G.1, the best run of Table 3: 1,048,576 examples, 1 epoch, 512 x 512-token sequences.
@@ -120,11 +137,8 @@ def get_sft_config(name: str = "paper", **overrides) -> SFTConfig:
 
 
 def lr_at(step: int, total_steps: int, cfg: SFTConfig) -> float:
-    """LR of optimizer step ``step``: one phase of :func:`train.lr_at` from/to ``lr * lr_min_ratio``."""
-    from tinytrace.train import lr_at as schedule
-
-    return schedule(step, total_steps, lr_peak=cfg.lr, lr_min=cfg.lr * cfg.lr_min_ratio,
-                    warmup_frac=cfg.warmup_frac, phase1_frac=1.0)
+    """LR of optimizer step ``step``: one phase of the pre-training schedule (:func:`.common.lr_at`)."""
+    return _lr_at(step, total_steps, **cfg.lr_schedule)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -158,8 +172,6 @@ class ExampleSet:
 
     def __init__(self, data_dir, config: str, split: str, block_size: int, limit: int | None = None,
                  chunk: int = 65_536):
-        from tinytrace.data import token_stream
-
         self.tokens = token_stream(data_dir, config, split)
         idx_path = Path(data_dir) / config / "tokens" / f"{split}.idx.npy"
         if not idx_path.exists():
@@ -224,7 +236,7 @@ def lora_param_count(model_config, rank: int, targets=LORA_TARGETS) -> int:
 def apply_lora(model, cfg: SFTConfig):
     """Wrap a :class:`model.GPT` in a peft ``PeftModel``: adapters on ``cfg.target_modules``;
     only the adapters (and the Linear biases, if any) stay trainable."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazy: an optional extra that imports transformers
 
     lc = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                     target_modules=list(cfg.target_modules),
@@ -251,87 +263,74 @@ def masked_loss_sum(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                            ignore_index=-100, reduction="sum")
 
 
-@torch.no_grad()
 def validation_loss(model, examples: ExampleSet, micro: int, accelerator) -> float:
     """Token-weighted masked loss over all of ``examples``, split over processes."""
     mine = np.arange(len(examples))[accelerator.process_index::accelerator.num_processes]
-    tot = torch.zeros((), device=accelerator.device)
-    cnt = torch.zeros((), device=accelerator.device)
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(mine), micro):
-        x, y = (t.to(accelerator.device) for t in examples.batch(mine[i:i + micro]))
-        with accelerator.autocast():
-            tot += masked_loss_sum(model, x, y)
-        cnt += (y != -100).sum()
-    model.train(was_training)
-    tot, cnt = accelerator.reduce(tot, "sum"), accelerator.reduce(cnt, "sum")
-    return (tot / cnt.clamp(min=1)).item()
+    batches = (tuple(t.to(accelerator.device) for t in examples.batch(mine[i:i + micro]))
+               for i in range(0, len(mine), micro))
+    return _validation_loss(model, batches, accelerator,
+                            lambda m, x, y: (masked_loss_sum(m, x, y), (y != -100).sum()))
 
 
-# --- the loop ----------------------------------------------------------------------------------
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _optimizer(model, cfg: SFTConfig, device) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    fused = torch.device(device).type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
-
-
+# --- the run's steps ---------------------------------------------------------------------------
 def _check_cache(out: Path, cfg: SFTConfig, base: Path, data_dir, config_name: str) -> dict | None:
+    """The summary of a finished run in ``out`` made from the same config, base run and data
+    (folder names, not absolute paths: a moved cache stays valid); None when there is none.
+    Its config is read with the strict ``SFTConfig.from_dict`` (an unknown field is an error)."""
     if not (out / DONE_FILE).exists():
         return None
     summary = json.loads((out / DONE_FILE).read_text())
-    # folder names, not absolute paths: a moved cache stays valid
-    want = {"sft": cfg.to_dict(), "base_run": base.resolve().name,
-            "data": [Path(data_dir).resolve().name, config_name]}
+    try:
+        saved = SFTConfig.from_dict(summary["sft"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{out / DONE_FILE} does not hold this code's SFTConfig "
+                         f"({type(e).__name__}: {e}); choose another out_dir") from None
     data = summary.get("data", {})
-    got = {"sft": summary.get("sft"), "base_run": Path(summary.get("base_run", "")).name,
+    want = {"sft": cfg, "base_run": base.resolve().name,
+            "data": [Path(data_dir).resolve().name, config_name]}
+    got = {"sft": saved, "base_run": Path(summary.get("base_run", "")).name,
            "data": [Path(data.get("dir", "")).name, data.get("config")]}
-    if got != want:
-        bad = [k for k in want if got[k] != want[k]]
+    bad = [k for k in want if got[k] != want[k]]
+    if bad:
         raise ValueError(f"{out} holds a finished fine-tuning run with another {', '.join(bad)}; "
                          f"choose another out_dir")
     return {**summary, "cached": True}
 
 
-def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTConfig | None = None,
-             progress: bool = True, device: str | None = None, accelerator=None) -> dict:
-    """LoRA fine-tuning with instruction masking of the checkpoint in ``base_run_dir`` on
-    ``data_dir/config_name`` (train split; validation split for the loss) into ``out_dir``.
+@dataclass
+class _Run:
+    """A fine-tuning run's parts and counters, passed to the loop's steps."""
 
-    Returns the summary (also ``out_dir/done.json``): trainable_params, total_params, steps,
-    best_step, best_val_loss, initial_val_loss, final_val_loss, seconds, data counts, ...;
-    ``cached`` is True when ``out_dir`` already held the finished run (nothing is trained).
-    ``device``: None (Accelerate's choice), "cpu" or "cuda".
-    """
-    from tqdm.auto import tqdm
+    cfg: SFTConfig
+    out: Path
+    acc: Accelerator
+    model: torch.nn.Module  # the peft model as prepared by Accelerate
+    optimizers: list
+    schedulers: list
+    train_set: ExampleSet
+    val_set: ExampleSet
+    header: dict  # config, base run, data, plan and parameter counts: sft.json and the summary
+    t0: float = 0.0
+    loss_sum: torch.Tensor | None = None  # this process's summed output-token losses since the last log
+    tok_sum: int = 0  # output tokens of the global batches since the last log
+    tokens: int = 0
+    last_loss: float | None = None
+    best: dict = field(default_factory=lambda: {"step": None, "val_loss": math.inf})
 
-    from tinytrace.model import load_checkpoint, save_checkpoint
-    from tinytrace.provenance import environment
-    from tinytrace.train import batch_plan, make_accelerator
+    @property
+    def plan(self) -> dict:
+        return self.header["plan"]
 
-    cfg = sft_config or get_sft_config("paper")
-    base, out = Path(base_run_dir), Path(out_dir)
-    cached = _check_cache(out, cfg, base, data_dir, config_name)
-    if cached is not None:
-        return cached
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"device must be None, cpu or cuda, got {device!r}")
+    def log(self, record: dict) -> None:
+        if self.acc.is_main_process:
+            append_jsonl(self.out / "log.jsonl", record)
 
-    acc = accelerator or make_accelerator(cfg, cpu=device == "cpu")
-    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    per, micro, accum = batch_plan(cfg.batch_size, cfg.micro_batch_size, world)
 
-    from accelerate.utils import set_seed
-
+def _setup(cfg: SFTConfig, acc: Accelerator, base: Path, out: Path, data_dir, config_name: str) -> _Run:
+    """Base model with LoRA, example sets, optimizer, schedule and plan, prepared by ``acc``."""
+    per, micro, accum = batch_plan(cfg.batch_size, cfg.micro_batch_size, acc.num_processes)
+    acc.gradient_accumulation_steps = accum
+    acc.step = 0  # a fresh micro-batch count (a reused accelerator may hold another loop's)
     set_seed(cfg.seed)
     model = load_checkpoint(base)
     mc = model.config
@@ -348,154 +347,146 @@ def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTC
         raise ValueError(f"no usable validation examples in {data_dir}/{config_name}")
     spe = len(train_set) // cfg.batch_size  # the last partial batch of an epoch is dropped
     total = cfg.epochs * spe
-    eval_every = max(1, round(cfg.eval_every_frac * total))
-
     peft_model = apply_lora(model, cfg)
     trainable, total_params = count_params(peft_model)
-    optimizer = _optimizer(peft_model, cfg, acc.device)
-    net, optimizer = acc.prepare(peft_model, optimizer)
-    raw = acc.unwrap_model(net)
-
-    env = environment(acc)
-    plan = {"steps_per_epoch": spe, "total_steps": total, "eval_every": eval_every,
-            "block_size": block, "per_process_batch": per, "micro_batch_size": micro,
-            "accumulation_steps": accum}
+    optimizers = make_optimizers(peft_model, acc.device, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
+    schedulers = lr_schedulers(optimizers, total, cfg.lr_schedule)
+    net, *optimizers = acc.prepare(peft_model, *optimizers)
+    plan = {"steps_per_epoch": spe, "total_steps": total,
+            "eval_every": max(1, round(cfg.eval_every_frac * total)), "block_size": block,
+            "per_process_batch": per, "micro_batch_size": micro, "accumulation_steps": accum}
     data_info = {"dir": str(Path(data_dir).resolve()), "config": config_name,
                  "train": train_set.stats, "validation": val_set.stats}
     header = {"sft": cfg.to_dict(), "base_run": str(base.resolve()), "model": mc.to_dict(),
               "data": data_info, "plan": plan, "trainable_params": trainable,
               "total_params": total_params, "base_params": base_params, "seed": cfg.seed}
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    return _Run(cfg=cfg, out=out, acc=acc, model=net, optimizers=optimizers,
+                schedulers=schedulers, train_set=train_set, val_set=val_set, header=header)
+
+
+def _write_run_record(r: _Run, env: dict) -> None:
+    """A fresh ``sft.json`` and the start line of ``log.jsonl`` (an unfinished run's files go)."""
+    if r.acc.is_main_process:
+        r.out.mkdir(parents=True, exist_ok=True)
         for stale in (DONE_FILE, "log.jsonl"):
-            (out / stale).unlink(missing_ok=True)
-        run = {**header, "env": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-        _append_jsonl(out / "log.jsonl", {"event": "start", **plan, "trainable_params": trainable,
-                                          "train_examples": len(train_set),
-                                          "val_examples": len(val_set),
-                                          "git_commit": env["git_commit"], "device": env["device"],
-                                          "num_processes": world, "seed": cfg.seed})
+            (r.out / stale).unlink(missing_ok=True)
+        run = {**r.header, "env": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (r.out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    r.log({"event": "start", **r.plan, "trainable_params": r.header["trainable_params"],
+           "train_examples": len(r.train_set), "val_examples": len(r.val_set),
+           "git_commit": env["git_commit"], "device": env["device"],
+           "num_processes": r.acc.num_processes, "seed": r.cfg.seed})
 
-    t0 = time.perf_counter()
-    best = {"step": None, "val_loss": math.inf}
 
-    def evaluate_and_keep(step: int) -> float:
-        val = validation_loss(raw, val_set, micro, acc)
-        is_best = val < best["val_loss"]
-        if is_best:
-            best.update(step=step, val_loss=val)
-            if main:
-                save_checkpoint(merged_copy(raw), out, extra={
-                    "sft": cfg.to_dict(), "base_run": str(base.resolve()), "step": step,
-                    "val_loss": val, "trainable_params": trainable,
-                    "data": {"config": config_name, "train_examples": len(train_set)}})
-        if main:
-            _append_jsonl(out / "log.jsonl", {"event": "eval", "step": step, "val_loss": val,
-                                              "best": is_best, "best_val_loss": best["val_loss"],
-                                              "elapsed_s": time.perf_counter() - t0})
-        acc.wait_for_everyone()
-        return val
+def _evaluate_and_keep(r: _Run, step: int) -> float:
+    """Validation loss; a new best is merged into the base weights and saved as the checkpoint."""
+    raw = r.acc.unwrap_model(r.model)
+    val = validation_loss(raw, r.val_set, r.plan["micro_batch_size"], r.acc)
+    is_best = val < r.best["val_loss"]
+    if is_best:
+        r.best.update(step=step, val_loss=val)
+        if r.acc.is_main_process:
+            save_checkpoint(merged_copy(raw), r.out, extra={
+                "sft": r.cfg.to_dict(), "base_run": r.header["base_run"], "step": step,
+                "val_loss": val, "trainable_params": r.header["trainable_params"],
+                "data": {"config": r.header["data"]["config"], "train_examples": len(r.train_set)}})
+    r.log({"event": "eval", "step": step, "val_loss": val, "best": is_best,
+           "best_val_loss": r.best["val_loss"], "elapsed_s": time.perf_counter() - r.t0})
+    r.acc.wait_for_everyone()
+    return val
 
-    initial_val = last_val = evaluate_and_keep(0)
+
+def _optimization_step(r: _Run, step: int) -> None:
+    """One optimizer step on step ``step``'s examples (the epoch's ``(seed, epoch)`` shuffle).
+
+    The loss of a micro-batch is its summed output-token cross-entropy times
+    ``processes / output tokens of the global batch`` (times the accumulation steps, which
+    accelerate divides out): DDP averages the processes' gradients, so the update is the exact
+    token-weighted mean over the global batch."""
+    cfg, acc, p, data = r.cfg, r.acc, r.plan, r.train_set
+    epoch, k = divmod(step, p["steps_per_epoch"])
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(data))
+    step_ids = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+    per, micro = p["per_process_batch"], p["micro_batch_size"]
+    ids = step_ids[acc.process_index * per:(acc.process_index + 1) * per]
+    batches = [tuple(t.to(acc.device, non_blocking=True) for t in data.batch(ids[i:i + micro]))
+               for i in range(0, per, micro)]
+    n_tok = int(data.n_targets[step_ids].sum())
+    scale = acc.num_processes * p["accumulation_steps"] / n_tok
+
+    def loss_fn(x, y):
+        s = masked_loss_sum(r.model, x, y)
+        return s * scale, s.detach()
+
+    loss_sum = optimizer_step(r.model, r.optimizers, acc, batches, loss_fn, cfg.grad_clip)
+    for sch in r.schedulers:
+        sch.step()
+    r.loss_sum = loss_sum if r.loss_sum is None else r.loss_sum + loss_sum
+    r.tok_sum += n_tok
+    r.tokens += n_tok
+
+
+def _log_step(r: _Run, step: int, lr: float, pbar) -> None:
+    """The step record: token-weighted loss since the last record (a host sync)."""
+    r.last_loss = (r.acc.reduce(r.loss_sum, "sum") / r.tok_sum).item()
+    r.log({"event": "step", "step": step, "epoch": step / r.plan["steps_per_epoch"],
+           "loss": r.last_loss, "lr": lr, "output_tokens": r.tokens,
+           "elapsed_s": time.perf_counter() - r.t0})
+    pbar.set_postfix(loss=f"{r.last_loss:.4f}", lr=f"{lr:.2e}")
+    r.loss_sum, r.tok_sum = None, 0
+
+
+# --- the loop ----------------------------------------------------------------------------------
+def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTConfig | None = None,
+             progress: bool = True, device: str | None = None, accelerator=None) -> dict:
+    """LoRA fine-tuning with instruction masking of the checkpoint in ``base_run_dir`` on
+    ``data_dir/config_name`` (train split; validation split for the loss) into ``out_dir``.
+
+    Returns the summary (also ``out_dir/done.json``): trainable_params, total_params, steps,
+    best_step, best_val_loss, initial_val_loss, final_val_loss, seconds, data counts, ...;
+    ``cached`` is True when ``out_dir`` already held the finished run (nothing is trained).
+    ``device``: None (Accelerate's choice), "cpu" or "cuda".
+    """
+    cfg = sft_config or get_sft_config("paper")
+    base, out = Path(base_run_dir), Path(out_dir)
+    cached = _check_cache(out, cfg, base, data_dir, config_name)
+    if cached is not None:
+        return cached
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, cpu or cuda, got {device!r}")
+    acc = accelerator or make_accelerator(cfg, cpu=device == "cpu")
+    r = _setup(cfg, acc, base, out, data_dir, config_name)
+    env = environment(acc)
+    _write_run_record(r, env)
+    total, eval_every = r.plan["total_steps"], r.plan["eval_every"]
+
+    r.t0 = time.perf_counter()
+    initial_val = last_val = _evaluate_and_keep(r, 0)
     pbar = tqdm(total=total, disable=not (progress and acc.is_local_main_process), desc="sft",
                 dynamic_ncols=True)
-    net.train()
-    loss_sum = torch.zeros((), device=acc.device)  # this process's share, summed at log steps
-    tok_sum, last_loss, tokens_seen = 0, None, 0
-    for step in range(total):
-        epoch, k = divmod(step, spe)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_set))
-        step_ids = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-        ids = step_ids[rank * per:(rank + 1) * per]
-        batches = [train_set.batch(ids[i:i + micro]) for i in range(0, per, micro)]
-        # output tokens of the whole global batch: DDP averages the processes' gradients, so
-        # scaling by world / n_tok makes the update the exact token-weighted mean
-        n_tok = int(train_set.n_targets[step_ids].sum())
-        lr = lr_at(step, total, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        for j, (x, y) in enumerate(batches):
-            x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
-            # DDP: all-reduce the gradients once, on the last micro-batch
-            with acc.no_sync(net) if j < len(batches) - 1 else nullcontext():
-                s = masked_loss_sum(net, x, y)
-                acc.backward(s * (world / n_tok))
-            loss_sum += s.detach()
-        tok_sum += n_tok
-        tokens_seen += n_tok
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
+    r.model.train()
+    for step in range(1, total + 1):  # step: optimizer steps done after this one
+        lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
+        _optimization_step(r, step - 1)
         pbar.update(1)
-        if done % cfg.log_every == 0 or done == total:
-            last_loss = (acc.reduce(loss_sum, "sum") / tok_sum).item()
-            if main:
-                _append_jsonl(out / "log.jsonl", {"event": "step", "step": done, "epoch": done / spe,
-                                                  "loss": last_loss, "lr": lr,
-                                                  "output_tokens": tokens_seen,
-                                                  "elapsed_s": time.perf_counter() - t0})
-            pbar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
-            loss_sum.zero_()
-            tok_sum = 0
-        if done % eval_every == 0 or done == total:
-            last_val = evaluate_and_keep(done)
-            pbar.set_postfix(loss=f"{last_loss or float('nan'):.4f}", val=f"{last_val:.4f}")
+        if step % cfg.log_every == 0 or step == total:
+            _log_step(r, step, lr, pbar)
+        if step % eval_every == 0 or step == total:
+            last_val = _evaluate_and_keep(r, step)
+            pbar.set_postfix(loss=f"{r.last_loss or float('nan'):.4f}", val=f"{last_val:.4f}")
     pbar.close()
 
-    seconds = time.perf_counter() - t0
-    summary = {**header, "out_dir": str(out), "steps": total, "epochs": cfg.epochs,
-               "train_examples": len(train_set), "val_examples": len(val_set),
-               "best_step": best["step"], "best_val_loss": best["val_loss"],
+    summary = {**r.header, "out_dir": str(out), "steps": total, "epochs": cfg.epochs,
+               "train_examples": len(r.train_set), "val_examples": len(r.val_set),
+               "best_step": r.best["step"], "best_val_loss": r.best["val_loss"],
                "initial_val_loss": initial_val, "final_val_loss": last_val,
-               "final_train_loss": last_loss, "output_tokens": tokens_seen, "seconds": seconds,
-               "num_processes": world, "device": env["device"], "cached": False}
-    if main:
-        _append_jsonl(out / "log.jsonl", {"event": "end", **{k: summary[k] for k in (
-            "steps", "best_step", "best_val_loss", "initial_val_loss", "final_val_loss",
-            "final_train_loss", "seconds")}})
+               "final_train_loss": r.last_loss, "output_tokens": r.tokens,
+               "seconds": time.perf_counter() - r.t0, "num_processes": acc.num_processes,
+               "device": env["device"], "cached": False}
+    r.log({"event": "end", **{k: summary[k] for k in (
+        "steps", "best_step", "best_val_loss", "initial_val_loss", "final_val_loss",
+        "final_train_loss", "seconds")}})
+    if acc.is_main_process:
         (out / DONE_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     acc.wait_for_everyone()
     return summary
-
-
-# --- command line ------------------------------------------------------------------------------
-def add_cli(sub) -> None:
-    p = sub.add_parser("sft", help="LoRA fine-tuning with instruction masking",
-                       description="Fine-tune a trained run with LoRA and instruction masking "
-                                   "(paper Sec. 4.4, App. G.1); the best merged model goes to --out.")
-    p.add_argument("--base", required=True, help="run folder of the pre-trained model")
-    p.add_argument("--data", required=True, help="dataset folder (tinytrace data build --out)")
-    p.add_argument("--config", required=True, help="dataset config name inside --data")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--preset", default="paper", help=f"one of {', '.join(SFT_PRESETS)}")
-    for flag, typ in (("rank", int), ("alpha", float), ("lr", float), ("epochs", int),
-                      ("data-size", int), ("batch-size", int), ("micro-batch-size", int),
-                      ("block-size", int), ("val-examples", int), ("seed", int)):
-        p.add_argument(f"--{flag}", type=typ)
-    p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=handler)
-
-
-def handler(args) -> int:
-    keys = ("rank", "alpha", "lr", "epochs", "data_size", "batch_size", "micro_batch_size",
-            "block_size", "val_examples", "seed")
-    cfg = get_sft_config(args.preset, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
-    summary = finetune(args.base, args.data, args.config, args.out, cfg,
-                       progress=not args.no_progress, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover: ``python -m tinytrace.sft --base ... --out ...``
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m tinytrace.sft")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    cli_args = parser.parse_args(["sft", *sys.argv[1:]])
-    sys.exit(cli_args.func(cli_args))

@@ -1,0 +1,81 @@
+"""``tinytrace train``: pre-training with Accelerate (:func:`tinytrace.train.train`)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from tinytrace.cli import key_value
+from tinytrace.model import ModelConfig, get_model_config
+from tinytrace.train import OPTIMIZERS, TRAIN_PRESETS, TrainConfig, get_train_config, read_run, train
+
+# command-line option -> TrainConfig field
+_ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",
+               "micro_batch_size": "micro_batch_size", "block_size": "block_size",
+               "lr": "lr_peak", "lr_min": "lr_min", "weight_decay": "weight_decay",
+               "seed": "seed", "optimizer": "optimizer", "muon_lr": "muon_lr",
+               "save_every": "save_every", "log_every": "log_every",
+               "val_windows": "val_windows", "mixed_precision": "mixed_precision",
+               "compile": "compile"}
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("train", help="train a model with Accelerate",
+                       description="Train on random windows of a built dataset's token stream "
+                                   "(paper App. C.1, C.5). Run with `accelerate launch -m "
+                                   "tinytrace train ...` for several GPUs or processes.")
+    p.add_argument("--data", required=True, help="dataset folder (tinytrace data build --out)")
+    p.add_argument("--config", required=True, help="dataset config name inside --data")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, run.json")
+    p.add_argument("--model", default=None, help="model preset (paper, tiny, small, medium)")
+    p.add_argument("--model-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="override a model config field, e.g. pe=rpe (repeatable)")
+    p.add_argument("--train-preset", default=None, help=f"one of {', '.join(TRAIN_PRESETS)} (default paper)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps "
+                   "(the schedule still spans --epochs)")
+    p.add_argument("--batch-size", type=int, help="sequences per optimizer step, all processes")
+    p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass and process")
+    p.add_argument("--block-size", type=int, help="training window (default: model context)")
+    p.add_argument("--lr", type=float, help="peak LR (lr-min defaults to lr/10)")
+    p.add_argument("--lr-min", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (the paper's) or muon (hidden "
+                   "matrices; AdamW for the rest)")
+    p.add_argument("--muon-lr", type=float, help="peak LR of the Muon group (default: --lr)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--val-windows", type=int)
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out if any")
+    p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=handler)
+
+
+def configs_from_args(args) -> tuple[TrainConfig, ModelConfig]:
+    """Train and model configs: the saved run's when resuming, else the presets; explicit
+    arguments override either."""
+    if args.resume and (Path(args.out) / "run.json").exists():
+        if args.model or args.model_arg or args.train_preset:
+            raise ValueError("--resume uses the saved model and preset; drop --model/--model-arg/--train-preset")
+        tc, mc, _ = read_run(args.out)
+    else:
+        mc = get_model_config(args.model or "paper", **dict(args.model_arg))
+        tc = get_train_config(args.train_preset or "paper")
+    changes = {f: getattr(args, a) for a, f in _ARG_FIELDS.items() if getattr(args, a) is not None}
+    if "lr_peak" in changes and "lr_min" not in changes:
+        changes["lr_min"] = changes["lr_peak"] / 10
+    return replace(tc, **changes), mc
+
+
+def handler(args) -> int:
+    tc, mc = configs_from_args(args)
+    summary = train(tc, mc, args.data, args.config, args.out, resume=args.resume,
+                    log_with=args.log_with, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0

@@ -1,0 +1,83 @@
+"""Decoding throughput: generated tokens/s and traces/s of the decoding modes."""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+from tinytrace.data import build_preset, load, read_split
+from tinytrace.model import GPT, get_model_config, load_checkpoint, unwrap
+
+from .core import make_records, resolve_device
+from .decode import greedy_generate, greedy_generate_static
+
+MODES = ("cached", "uncached", "static")
+
+
+def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size: int = 64,
+               data=None, config: str = "base", modes="cached,uncached",
+               max_new_tokens: int | None = None, device: str | None = None) -> dict:
+    """Generated tokens/s and traces/s of decoding modes on the same traces in one run:
+    ``cached`` (KV cache, finished rows dropped), ``uncached`` (re-encode the window every
+    token), ``static`` (fixed shapes, a CUDA graph per token on GPUs). ``modes`` picks them, a
+    comma list or a sequence (``speedup`` = first mode over second).
+
+    The model is the ``model`` preset with random weights, or the run in ``checkpoint``.
+    Random-weight models rarely emit EOS, so every row generates exactly its target's length
+    (no EOS stop; at most ``max_new_tokens``); all modes must produce identical tokens
+    (reported as ``outputs_equal``). ``data`` + ``config``: a Hub-layout test split read with
+    pyarrow (no ``datasets``); without ``data``, ``limit`` base traces are built."""
+    limit, bsz = int(limit), int(batch_size)
+    if limit < 1 or bsz < 1:
+        raise ValueError("--limit and --batch-size must be >= 1")
+    modes = modes or "cached,uncached"
+    modes = [m.strip() for m in (modes.split(",") if isinstance(modes, str) else modes) if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"--modes: choose from {', '.join(MODES)} (got {modes})")
+    dev = resolve_device(device)
+    if checkpoint:
+        net, name = load_checkpoint(checkpoint), str(checkpoint)
+    else:
+        torch.manual_seed(0)
+        net, name = GPT(get_model_config(model)), model
+    net = net.to(dev).eval()
+    config = config or "base"
+    if data:
+        records = make_records(read_split(data, config, "test"), limit)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_preset("base", tmp, limit + 64, seed=0, test_size=limit, validation_size=0,
+                         workers=1, progress=False, tokens=False)
+            records = make_records(load(tmp, config, "test"), limit)
+    order = sorted(records, key=lambda r: -(len(r.prompt_ids) + len(r.target_ids)))
+    result = {"model": name, "params": unwrap(net).num_params(), "device": str(dev),
+              "traces": len(order), "batch_size": bsz,
+              "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+    outs = {}
+    for mode in modes:
+        t0, toks, outs[mode] = time.perf_counter(), 0, []
+        for i in range(0, len(order), bsz):
+            chunk = order[i: i + bsz]
+            prompts = [r.prompt_ids for r in chunk]
+            caps = [min(len(r.target_ids), max_new_tokens or 1 << 30) for r in chunk]
+            if mode == "static":
+                o, st = greedy_generate_static(net, prompts, caps, stop_at_eos=False)
+            else:
+                o, st = greedy_generate(net, prompts, caps, use_cache=mode == "cached",
+                                        stop_at_eos=False)
+            outs[mode] += o
+            toks += st["generated_tokens"]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        result[f"{mode}_tokens_per_s"] = round(toks / dt, 1)
+        result[f"{mode}_traces_per_s"] = round(len(order) / dt, 3)
+        result[f"{mode}_seconds"] = round(dt, 3)
+        result["generated_tokens"] = toks
+    result["modes"] = modes
+    if len(modes) > 1:
+        result["speedup"] = round(result[f"{modes[0]}_tokens_per_s"] / result[f"{modes[1]}_tokens_per_s"], 2)
+    result["outputs_equal"] = all(outs[m] == outs[modes[0]] for m in modes)
+    return result

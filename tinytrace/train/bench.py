@@ -1,0 +1,83 @@
+"""Training throughput: tokens/s and MFU of the real optimizer step on random tokens."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tinytrace.model import GPT, get_model_config
+from tinytrace.provenance import device_name
+
+from .common import batch_plan, lm_loss, make_accelerator, make_optimizers, optimizer_step
+from .loop import get_train_config
+
+
+def peak_flops(name: str) -> float | None:
+    """Peak dense bf16 FLOP/s used for MFU; None where we do not claim one (CPUs)."""
+    if "H100" in name or "H200" in name:
+        return 798e12  # an achievable dense bf16 matmul peak of an H100 SXM (989e12 nominal)
+    if "A100" in name:
+        return 312e12
+    return None
+
+
+def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
+                micro_batch_size: int | None = None, compile: bool = False,
+                device: str | None = None, warmup: int = 2, seed: int = 0) -> dict:
+    """Tokens/s and MFU of the training step (the ``paper`` recipe's optimizer, micro-batches
+    and precision) on synthetic random tokens (no dataset), after ``warmup`` untimed steps."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA device is available")
+    mc = get_model_config(model)
+    tc = get_train_config("paper", batch_size=batch_size, micro_batch_size=micro_batch_size,
+                          compile=compile, seed=seed)
+    acc = make_accelerator(tc, cpu=device == "cpu")
+    per, micro, accum = batch_plan(batch_size, micro_batch_size, acc.num_processes)
+    acc.gradient_accumulation_steps = accum
+    torch.manual_seed(seed)
+    net = GPT(mc)
+    opts = make_optimizers(net, acc.device, tc.lr_peak, tc.betas, tc.eps, tc.weight_decay)
+    net, *opts = acc.prepare(net, *opts)
+    fwd = torch.compile(net) if compile else net
+    T = mc.block_size
+    gen = torch.Generator(device=acc.device).manual_seed(seed)
+    data = [torch.randint(0, mc.vocab_size, (micro, T + 1), device=acc.device, generator=gen)
+            for _ in range(accum)]
+    batches = [(d[:, :-1], d[:, 1:]) for d in data]
+
+    def step():
+        return optimizer_step(net, opts, acc, batches, lambda x, y: lm_loss(fwd, x, y), tc.grad_clip)
+
+    def sync():
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize(acc.device)
+
+    t_warmup = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    t_warmup = time.perf_counter() - t_warmup
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    dt = time.perf_counter() - t0
+    raw = acc.unwrap_model(net)
+    tokens_per_s = steps * batch_size * T / dt
+    fpt = raw.flops_per_token()
+    name = device_name(acc.device)
+    peak = peak_flops(name) if acc.device.type == "cuda" else None
+    flops = fpt * tokens_per_s
+    return {"model": model, "params": raw.num_params(), "flops_per_token": fpt,
+            "tokens_per_s": round(tokens_per_s, 1), "achieved_tflops": round(flops / 1e12, 4),
+            "peak_flops": peak, "mfu": None if peak is None else round(flops / peak, 4),
+            "device": name, "device_type": acc.device.type, "mixed_precision": acc.mixed_precision,
+            "compile": compile, "steps": steps, "warmup_steps": warmup,
+            "warmup_s": round(t_warmup, 3), "seconds": round(dt, 3), "batch_size": batch_size,
+            "micro_batch_size": micro, "accumulation_steps": accum, "block_size": T,
+            "loss": float(loss.item()) / accum, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}

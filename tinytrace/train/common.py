@@ -1,0 +1,175 @@
+"""What the pre-training loop (:mod:`.loop`) and LoRA fine-tuning (:mod:`.sft`) share: the
+Accelerate factory, the batch plan, the LR schedule, the optimizers, one optimizer step over
+micro-batches, the validation loss and the JSONL log."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from tinytrace.model import unwrap
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def make_accelerator(cfg, log_with=None, project_dir=None, cpu: bool = False) -> Accelerator:
+    """An ``Accelerator`` with ``cfg.mixed_precision`` ("auto": bf16 on a CUDA device that
+    supports it, else fp32)."""
+    if int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available():
+        # `accelerate launch --multi_gpu` / torchrun without GPUs: only cpu=True gives MULTI_CPU
+        # (gloo); otherwise every process would train alone on its own copy.
+        cpu = True
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if (torch.cuda.is_available() and not cpu and torch.cuda.is_bf16_supported()) else "no"
+    proj = ProjectConfiguration(project_dir=str(project_dir)) if project_dir else None
+    return Accelerator(mixed_precision=mp, log_with=log_with, project_config=proj, cpu=cpu)
+
+
+def batch_plan(batch_size: int, micro_batch_size: int | None, num_processes: int) -> tuple[int, int, int]:
+    """(sequences per process per step, micro-batch size, accumulation steps)."""
+    if batch_size % num_processes:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {num_processes} processes")
+    per = batch_size // num_processes
+    micro = min(micro_batch_size or per, per)
+    if per % micro:
+        raise ValueError(f"per-process batch {per} is not divisible by micro_batch_size {micro}")
+    return per, micro, per // micro
+
+
+# --- schedule ----------------------------------------------------------------------------------
+def lr_at(step: int, total_steps: int, lr_peak: float = 1e-3, lr_min: float = 1e-4,
+          warmup_frac: float = 0.1, phase1_frac: float = 0.5, phase2_scale: float = 0.1) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``total_steps`` (App. C.1).
+
+    Each phase: linear warmup over ``warmup_frac`` of its steps from ``lr_min`` to ``lr_peak``,
+    then a cosine back to ``lr_min`` at the phase's end; phase 2 is scaled by ``phase2_scale``.
+    """
+    total_steps = max(1, total_steps)
+    p1 = total_steps if phase1_frac >= 1 else max(1, round(total_steps * phase1_frac))
+    if step < p1:
+        s, n, scale = step, p1, 1.0
+    else:
+        s, n, scale = step - p1, total_steps - p1, phase2_scale
+    warm = int(warmup_frac * n)
+    if s < warm:
+        lr = lr_min + (lr_peak - lr_min) * s / warm
+    else:
+        progress = min(1.0, (s - warm) / max(1, n - warm))
+        lr = lr_min + 0.5 * (lr_peak - lr_min) * (1 + math.cos(math.pi * progress))
+    return lr * scale
+
+
+def lr_lambda(total_steps: int, lr_peak: float, **shape) -> Callable[[int], float]:
+    """:func:`lr_at` as a multiplier of ``lr_peak``, for ``torch.optim.lr_scheduler.LambdaLR``
+    (a ``partial``: LambdaLR keeps callable objects in its state dict, plain functions not)."""
+    return partial(_lr_ratio, total_steps=total_steps, lr_peak=lr_peak, **shape)
+
+
+def _lr_ratio(step, total_steps, lr_peak, **shape):
+    return lr_at(step, total_steps, lr_peak=lr_peak, **shape) / lr_peak
+
+
+def lr_schedulers(optimizers, total_steps: int, schedule: dict) -> list[torch.optim.lr_scheduler.LambdaLR]:
+    """One ``LambdaLR`` per optimizer, all of one shape: each group's LR is its own peak times
+    the multiplier. Not passed to ``accelerator.prepare``: its wrapper steps once per process,
+    the loops step once per optimizer update."""
+    return [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(total_steps, **schedule)) for o in optimizers]
+
+
+# --- optimizers --------------------------------------------------------------------------------
+def make_optimizers(model, device, lr: float, betas, eps: float, weight_decay: float,
+                    optimizer: str = "adamw", muon_lr: float | None = None,
+                    muon_momentum: float = 0.95) -> list[torch.optim.Optimizer]:
+    """AdamW over the trainable parameters, weight decay on matrices only; with
+    ``optimizer="muon"``, the blocks' Linear weights go to ``torch.optim.Muon`` instead (it
+    orthogonalises 2-D updates only, so embeddings, gains, position tables and the tied head
+    stay with AdamW)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    muon = []
+    if optimizer == "muon":
+        muon = [m.weight for m in unwrap(model).transformer.h.modules()
+                if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
+    ids = {id(p) for p in muon}
+    rest = [p for p in params if id(p) not in ids]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # LoRA without biases has no 1-D parameter
+    fused = torch.device(device).type == "cuda"
+    opts = [torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)]
+    if muon:
+        if torch.device(device).type == "cpu" and not _native_bf16():
+            logging.getLogger(__name__).warning(
+                "optimizer=muon on a CPU without native bf16: torch.optim.Muon runs its "
+                "Newton-Schulz iterations in bf16, emulated here (much slower steps)")
+        opts.append(torch.optim.Muon(muon, lr=muon_lr or lr, weight_decay=weight_decay,
+                                     momentum=muon_momentum, adjust_lr_fn="match_rms_adamw"))
+    return opts
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# --- one step, validation, log -----------------------------------------------------------------
+def optimizer_step(model, optimizers, accelerator, batches: Iterable, loss_fn: Callable,
+                   grad_clip: float) -> torch.Tensor:
+    """One optimizer step over micro-batches with ``accelerator.accumulate`` (gradients are
+    all-reduced on the last one; ``accelerator.gradient_accumulation_steps`` must be their
+    number). ``loss_fn(x, y) -> (loss to backpropagate, value to report)``; accelerate divides
+    the first by the accumulation steps. Returns the sum of the reported values (a device
+    tensor: no host sync)."""
+    total = None
+    for x, y in batches:
+        with accelerator.accumulate(model):
+            loss, report = loss_fn(x, y)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+            for opt in optimizers:
+                opt.step()  # a no-op until the last micro-batch (accelerate's accumulate)
+                opt.zero_grad(set_to_none=True)
+        total = report if total is None else total + report
+    return total
+
+
+def lm_loss(fwd, x, y):
+    """The pre-training ``loss_fn`` of :func:`optimizer_step`: the model's mean cross-entropy."""
+    _, loss = fwd(x, y)
+    return loss, loss.detach()
+
+
+@torch.no_grad()
+def validation_loss(model, batches: Iterable, accelerator, loss_fn: Callable) -> float:
+    """Weighted mean loss over this process's ``batches``, all processes together:
+    ``loss_fn(model, x, y) -> (summed loss, weight)``, under the accelerator's autocast."""
+    tot = torch.zeros((), device=accelerator.device)
+    cnt = torch.zeros((), device=accelerator.device)
+    was_training = model.training
+    model.eval()
+    for x, y in batches:
+        with accelerator.autocast():
+            s, n = loss_fn(model, x, y)
+        tot += s
+        cnt += n
+    model.train(was_training)
+    tot, cnt = accelerator.reduce(tot, "sum"), accelerator.reduce(cnt, "sum")
+    return (tot / cnt.clamp(min=1)).item()
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
