@@ -18,7 +18,7 @@ COMMANDS = {
     "eval": ("tinytrace.evaluate.core", "add_cli", "greedy exact-match evaluation of a checkpoint"),
     "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
     "sft": ("tinytrace.train.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
-    "experiment": ("tinytrace.experiments.core", "add_cli", "run one of the paper's experiments"),
+    "experiment": ("tinytrace.cli.experiment", "add_cli", "run one of the paper's experiments"),
     "notebooks": ("tinytrace.report.notebooks", "add_cli", "execute the section notebooks with papermill"),
     "model": ("tinytrace.hub", "add_cli", "export or push a trained run as a Hub model"),
 }
