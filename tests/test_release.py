@@ -126,7 +126,8 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
     generated); the shipped set must be its test split: same generator, seed, test size, window
     and chunking (the test split does not depend on the corpus size, see the next test)."""
     from tinytrace.lang.config import sample_pairs
-    from tinytrace.experiments.cache import _Context; from tinytrace.experiments import get_scale
+    from tinytrace.experiments import get_scale
+    from tinytrace.experiments.cache import _Context
 
     built = []
     monkeypatch.setattr(td, "build", lambda cfg, out, **kw: built.append(cfg))

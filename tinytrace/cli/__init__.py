@@ -19,7 +19,7 @@ COMMANDS = {
     "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
     "sft": ("tinytrace.train.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
     "experiment": ("tinytrace.cli.experiment", "add_cli", "run one of the paper's experiments"),
-    "notebooks": ("tinytrace.report.notebooks", "add_cli", "execute the section notebooks with papermill"),
+    "notebooks": ("tinytrace.cli.notebooks", "add_cli", "execute the section notebooks with papermill"),
     "model": ("tinytrace.hub", "add_cli", "export or push a trained run as a Hub model"),
 }
 

@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, build, read_split
+import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture what gets built
+from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
 from tinytrace.evaluate import evaluate
 from tinytrace.lang.config import GeneratorConfig
 from tinytrace.train import TrainConfig
@@ -46,7 +47,7 @@ class Cache:
         folder = self.root / f"corpus-{_key(cfg.to_dict())}"
         if not (folder / "data" / "build.json").exists():
             workers = 1 if n < 20_000 else os.cpu_count()  # a pool costs more than it saves on small sets
-            build(cfg, folder, progress=self.progress, workers=workers)
+            tdata.build(cfg, folder, progress=self.progress, workers=workers)
         return folder, "data"
 
     def test_set(self, gen: GeneratorConfig, n: int, seed: int, context: int) -> tuple[Path, str]:
