@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.model import ModelConfig, get_model_config
 from tinytrace.presets import Presets
@@ -215,8 +217,6 @@ def get_scale(name) -> Scale:
 
 def scale_table():
     """One row per scale: what it fixes (for the book)."""
-    import pandas as pd
-
     rows = []
     for s in SCALES.values():
         t = s.generator("id")

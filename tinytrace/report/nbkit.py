@@ -23,15 +23,39 @@ from tinytrace.provenance import git_commit, hardware, versions
 
 from .sections import NOTEBOOKS, Section
 from .tables import (
-    comparison, em_table, generator_comparison, ood_table, setup_comparison, show_comparison,
-    table3, table4, wide,
+    comparison,
+    em_table,
+    generator_comparison,
+    ood_table,
+    setup_comparison,
+    show_comparison,
+    table3,
+    table4,
+    wide,
 )
 
 __all__ = [
-    "NOTEBOOKS", "Section", "hardware", "comparison", "em_table", "generator_comparison",
-    "ood_table", "setup_comparison", "show_comparison", "table3", "table4", "wide", "Markdown",
-    "scale_note", "banner", "task_table", "example", "task_examples", "pipeline_outcomes",
-    "speed_table", "write_results_json",
+    "NOTEBOOKS",
+    "Markdown",
+    "Section",
+    "banner",
+    "comparison",
+    "em_table",
+    "example",
+    "generator_comparison",
+    "hardware",
+    "ood_table",
+    "pipeline_outcomes",
+    "scale_note",
+    "setup_comparison",
+    "show_comparison",
+    "speed_table",
+    "table3",
+    "table4",
+    "task_examples",
+    "task_table",
+    "wide",
+    "write_results_json",
 ]
 
 # tqdm.auto warns in kernels without ipywidgets (progress then falls back to text bars)

@@ -7,7 +7,6 @@ percent. Titles carry the scale, so a figure never loses where its numbers came 
 """
 from __future__ import annotations
 
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
