@@ -75,6 +75,11 @@ def test_one_parameters_cell_of_plain_literals(path):
     setup = nb.cells[idx + 1].source
     assert 'if "google.colab" in sys.modules' in setup and "pip" in setup
     assert "nb.banner(scale, hardware, seed)" in setup
+    assert "from tinytrace.report import nbkit as nb" in setup
+    imported = {n.module for c in nb.cells if c.cell_type == "code"
+                for n in ast.walk(ast.parse(c.source)) if isinstance(n, ast.ImportFrom)}
+    assert {m for m in imported if m.startswith("tinytrace")} <= {
+        "tinytrace.report", "tinytrace.experiments", "tinytrace.bench"}
     body = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert f'nb.write_results_json("{path.stem}"' in body
     if path.stem != "01_task_and_generator":

@@ -33,7 +33,6 @@ from tinytrace.train.sft import finetune
 from .cache import METRICS, _Context, _key
 from .scales import get_scale
 
-EXPERIMENTS = ["base", "id_robustness", "pair_coverage", "depth_curriculum", "sft_lora", "pe_ablation"]
 # the in-distribution edits of Sec. 4.1 (tinytrace.lang.edits), in the paper's order
 EDIT_NAMES = ["variable_renaming", "comparison_symmetry", "addition_commutativity",
               "neutral_operator", "neutral_assignment"]
@@ -301,6 +300,7 @@ RUNNERS = {
     "sft_lora": exp_sft_lora,
     "pe_ablation": exp_pe_ablation,
 }
+EXPERIMENTS = list(RUNNERS)  # in the paper's order
 
 
 def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: int = 0,
