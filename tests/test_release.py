@@ -237,7 +237,7 @@ def test_push_uploads_every_config(monkeypatch):
 
 
 def test_datasets_page_shows_every_config():
-    from tinytrace.report.notebooks import datasets_page
+    from tinytrace.report.pages import datasets_page
 
     page = datasets_page(DATA)
     for name, rs in SETS.items():
