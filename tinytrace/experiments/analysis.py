@@ -43,8 +43,9 @@ def _depth_tests(df) -> list[str]:
 
 
 def measured(experiment: str, df) -> dict:
-    """Our value for each key the paper reports about ``experiment`` (tinytrace.report.paper), computed
-    from the tidy results; keys we cannot measure at this scale are left out."""
+    """Our value for each key the paper reports about ``experiment``
+    (:mod:`tinytrace.report.paper`), computed from the tidy results; keys we cannot measure at
+    this scale are left out."""
     out: dict = {}
     if experiment == "base":
         for ts in ("id", "longer", "deeper"):
