@@ -1,4 +1,4 @@
-"""The book (issue 5): generated pages in sync, a warning-free Jupyter Book build of a copy of
+"""The book: generated pages in sync, a warning-free Jupyter Book build of a copy of
 the book, no broken local images or links, Colab launch links on the section pages, and the
 front page and a results page rendered by headless Chromium."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from tinytrace.report import notebooks as nbm
+from tinytrace.report import pages
+from tinytrace.report.sections import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,7 +44,7 @@ def test_config_keeps_the_required_keys():
     assert cfg["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert {".venv", "_build", "notebooks", "cache"} <= set(cfg["exclude_patterns"])
     files = _toc_files()
-    assert [f"book/sections/{s}" for s in nbm.NOTEBOOKS] == [f for f in files if "/sections/" in f]
+    assert [f"book/sections/{s}" for s in NOTEBOOKS] == [f for f in files if "/sections/" in f]
     for page in ("book/intro", "book/reproducing", "book/datasets", "book/results"):
         assert page in files
 
@@ -64,7 +65,7 @@ def test_generated_pages_are_in_sync():
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        stale = nbm.write_pages("book", check=True)
+        stale = pages.write_pages("book", check=True)
     finally:
         os.chdir(cwd)
     assert not stale, f"out of date (run `tinytrace notebooks pages`): {stale}"
@@ -120,7 +121,7 @@ def built_book(tmp_path_factory):
                                "--jobs", "2"], capture_output=True, text=True, cwd=ROOT,
                               timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        nbm.write_pages(src / "book", sections, ROOT / "data" / "tinytracing")
+        pages.write_pages(src / "book", sections, ROOT / "data" / "tinytracing")
         shutil.rmtree(src / "cache")
     proc = subprocess.run([str(BIN / "jupyter-book"), "build", str(src), "-W", "-n", "--keep-going"],
                           capture_output=True, text=True, timeout=900)
@@ -146,7 +147,7 @@ def test_no_broken_local_images_or_links(built_book):
 
 def test_colab_launch_links(built_book):
     html_dir, _ = built_book
-    for stem in nbm.NOTEBOOKS:
+    for stem in NOTEBOOKS:
         page = (html_dir / "book" / "sections" / f"{stem}.html").read_text()
         assert f"{COLAB}{stem}.ipynb" in page, f"no Colab launch button on {stem}"
         assert "/blob/main/./" not in page

@@ -3,10 +3,18 @@ import json
 import pandas as pd
 import pytest
 
-from tinytrace.report import paper
 from tinytrace.experiments import (
-    EXPERIMENTS, SCALES, curriculum_counts, get_scale, mix_corpus, run_experiment, scale_table,
+    EDIT_NAMES,
+    EXPERIMENTS,
+    SCALES,
+    curriculum_counts,
+    get_scale,
+    mix_corpus,
+    run_experiment,
+    scale_table,
 )
+from tinytrace.lang.config import sample_pairs
+from tinytrace.report import paper
 
 COLUMNS = {"experiment", "model", "test_set", "condition", "exact_match", "n", "step_em_tf",
            "final_state_match", "state_token_acc", "scale", "hardware"}
@@ -20,23 +28,71 @@ EXPECTED_ROWS = {
 }
 
 
+def _by(df, *keys):
+    return {tuple(r[k] for k in keys): r for r in df.to_dict("records")}
+
+
+def _check_contents(name, df, smoke_cache):
+    """What each runner must produce at smoke scale (test size 8): its test sets, conditions
+    and counts, and the values that must agree with the other experiments' (same model and
+    data: the same cached evaluation)."""
+    s = get_scale("smoke")
+    n = s.test_size
+    if name == "base":
+        assert list(df["test_set"]) == ["id", "longer", "deeper"] and (df["model"] == "base").all()
+        assert (df["n"] == n).all() and "clip_rate" in df
+    elif name == "id_robustness":
+        assert set(df["epoch"]) == {1, 2} and set(df["subset"]) == {"full", "correct"}
+        assert set(df["corpus_snippets"]) == {240, 120} and set(df["corpus"]) == {"240", "120"}
+        assert set(df["edit"]) == {"none", *EDIT_NAMES}
+        for (corpus, epoch), g in df.groupby(["corpus", "epoch"]):
+            base = g[g["edit"] == "none"].iloc[0]
+            assert base["n"] == n and base["subset"] == "full"
+            correct = round(base["exact_match"] * n)
+            for _, r in g[g["edit"] != "none"].iterrows():
+                assert r["n"] <= (n if r["subset"] == "full" else correct), (corpus, epoch, r["edit"])
+    elif name == "pair_coverage":
+        alphabet = s.generator("id").variables
+        assert set(df["scope"]) == set(s.scopes) and set(df["exclusion_pct"]) == {50, 100}
+        assert set(df["test_set"]) == {"allowed", "excluded"} and (df["n"] == n).all()
+        for pct, g in df.groupby("exclusion_pct"):
+            assert (g["n_forbidden"] == len(sample_pairs(pct, seed=0, alphabet=alphabet))).all()
+            assert (g["condition"] == f"{pct}%").all()
+    elif name == "depth_curriculum":
+        tests = [s.generator(r).name for r in ("curriculum", "depth-3", "depth-4", "depth-5", "depth-6")]
+        assert list(df["test_set"]) == tests * 2 and list(df["p"]) == [0] * 5 + [50] * 5
+        assert (df["n"] == n).all()
+    elif name == "sft_lora":
+        pre, ft = df[df["model"] == "pre-trained"], df[df["model"] == "fine-tuned"]
+        assert list(pre["test_set"]) == list(ft["test_set"]) == ["id", "deeper", "longer"]
+        assert (ft["data_size"] == 64).all() and (ft["sft_epochs"] == 1).all()
+        assert (ft["trainable_params"] > 0).all() and (pre["trainable_params"] == 0).all()
+        assert ft["best_val_loss"].notna().all() and (df["n"] == n).all()
+        base = _by(run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False), "test_set")
+        for _, r in pre.iterrows():  # the pre-trained model is the base model
+            assert r["exact_match"] == base[(r["test_set"],)]["exact_match"]
+    elif name == "pe_ablation":
+        assert list(df["model"]) == ["ape"] * 3 + ["rpe"] * 3 + ["rpb"] * 3
+        assert list(df["test_set"]) == ["id", "longer", "deeper"] * 3 and (df["n"] == n).all()
+        params = df.groupby("model")["params"].first()
+        assert (abs(params / params["ape"] - 1) < 0.06).all()
+        base = _by(run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False), "test_set")
+        for _, r in df[df["model"] == "ape"].iterrows():  # smoke's own encoding: the base model
+            assert r["exact_match"] == base[(r["test_set"],)]["exact_match"]
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_at_smoke_scale(name, smoke_cache, tmp_path):
     df = run_experiment(name, "smoke", out=tmp_path, cache_dir=smoke_cache, progress=False)
     assert COLUMNS <= set(df.columns)
     assert len(df) == EXPECTED_ROWS[name]
     assert (df["experiment"] == name).all() and (df["scale"] == "smoke").all()
-    em = df["exact_match"].dropna()
-    assert ((em >= 0) & (em <= 1)).all()
+    _check_contents(name, df, smoke_cache)
     saved = pd.read_csv(tmp_path / "results.csv")
-    assert len(saved) == len(df)
+    assert list(saved.columns) == list(df.columns) and list(saved["n"]) == list(df["n"])
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["experiment"] == name and config["scale"]["name"] == "smoke"
-    if name == "id_robustness":
-        assert set(df["epoch"]) == {1, 2} and set(df["subset"]) == {"full", "correct"}
-    if name == "pe_ablation":
-        params = df.groupby("model")["params"].first()
-        assert (abs(params / params["ape"] - 1) < 0.06).all()
+    assert config["scale"]["train"] == get_scale("smoke").train.to_dict()
 
 
 def test_cached_rerun_is_identical(smoke_cache, tmp_path):
@@ -49,7 +105,7 @@ def test_scales_table():
     t = scale_table()
     assert list(t["scale"]) == ["smoke", "cpu", "gpu", "paper"]
     p = get_scale("paper")
-    assert p.corpus_snippets == 3_000_000 and p.model == "paper" and p.train["epochs"] == 4
+    assert p.corpus_snippets == 3_000_000 and p.model == "paper" and p.train.epochs == 4
     assert p.robustness_corpora == (1.0, 0.5, 0.25, 0.125) and p.robustness_epochs == 8
     assert p.exclusion_pcts == (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 96, 97, 98, 99, 100)
     assert p.curriculum_ps == (0, 1, 5, 10, 20, 40, 60, 80, 100)
@@ -67,8 +123,8 @@ def test_curriculum_mix_has_the_requested_fractions(p, tmp_path):
 
 
 def test_mix_corpus(tmp_path):
+    from tinytrace.data import BuildConfig, build, token_stream
     from tinytrace.lang.config import get_preset
-    from tinytrace.data import build, BuildConfig, token_stream
 
     a = build(BuildConfig(get_preset("base"), num_snippets=120, test_size=10, validation_size=10,
                           config_name="a"), tmp_path / "a", workers=1, progress=False)
@@ -88,7 +144,10 @@ def test_paper_numbers_as_data():
     assert paper.reported("base", "longer").value == 0.4365
     assert paper.reported("pe_ablation", "rpe_id").value == 0.8262
     t = paper.compare("base", {"id": 0.5}, scale="smoke")
-    assert set(t["what"]) >= {"base model, ID test"} and (t["scale"] == "smoke").all()
+    assert list(t["key"]) == ["id", "longer", "deeper", "deeper_clipping"]  # setup rows left out
+    assert list(t["kind"]) == ["exact_match"] * 3 + ["threshold"]
+    assert t.loc[t["key"] == "id", "this run"].item() == 0.5 and t["this run"].isna().sum() == 3
+    assert (t["scale"] == "smoke").all()
     with pytest.raises(KeyError):
         paper.reported("base", "nope")
 
@@ -97,7 +156,7 @@ def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, 
     """Checkpoints load on the CPU; experiments must move them to the evaluation device."""
     import torch
 
-    from tinytrace.experiments import core as X
+    from tinytrace.experiments import runners as X
 
     run = X.base_run_dir("smoke", smoke_cache)
     assert next(X._load(run).parameters()).device.type == "cpu"
@@ -106,10 +165,9 @@ def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, 
 
 
 def test_gpu_scale_trains_with_the_fast_recipe():
-    """The gpu scale's recipe is the named `fast` preset (issue 6), the paper scale the paper's."""
-    from tinytrace.experiments import get_scale
-    from tinytrace.train import TRAIN_PRESETS, TrainConfig
+    """The gpu scale's recipe is the named `fast` preset, the paper scale the paper's."""
+    from tinytrace.train import TRAIN_PRESETS
 
-    assert TrainConfig(**get_scale("gpu").train) == TRAIN_PRESETS["fast"]
-    paper = TrainConfig(**get_scale("paper").train)
+    assert get_scale("gpu").train == TRAIN_PRESETS["fast"]
+    paper = get_scale("paper").train
     assert (paper.lr_peak, paper.phase1_frac, paper.epochs) == (1e-3, 0.5, 4)

@@ -1,4 +1,4 @@
-"""The section notebooks and their papermill runner (issue 5).
+"""The section notebooks and their papermill runner.
 
 Committed notebooks are clean and parameterized; every one executes at smoke scale through
 ``tinytrace notebooks run`` and writes its results JSON; a failing notebook is reported with its
@@ -18,8 +18,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tinytrace.report import notebooks as nbm
 from tinytrace.cli import main
+from tinytrace.experiments import measured
+from tinytrace.report import nbkit, pages, paper, runner
+from tinytrace.report.sections import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -35,8 +37,9 @@ def _param_cells(nb):
 
 
 def test_registry_matches_the_notebooks():
-    assert [p.stem for p in SOURCES] == list(nbm.NOTEBOOKS)
-    assert set(nbm.discover()) == set(nbm.NOTEBOOKS)
+    assert [p.stem for p in SOURCES] == list(NOTEBOOKS)
+    assert set(runner.discover()) == set(NOTEBOOKS)
+    assert nbkit.NOTEBOOKS is NOTEBOOKS  # one registry, also what notebooks see
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
@@ -72,6 +75,11 @@ def test_one_parameters_cell_of_plain_literals(path):
     setup = nb.cells[idx + 1].source
     assert 'if "google.colab" in sys.modules' in setup and "pip" in setup
     assert "nb.banner(scale, hardware, seed)" in setup
+    assert "from tinytrace.report import nbkit as nb" in setup
+    imported = {n.module for c in nb.cells if c.cell_type == "code"
+                for n in ast.walk(ast.parse(c.source)) if isinstance(n, ast.ImportFrom)}
+    assert {m for m in imported if m.startswith("tinytrace")} <= {
+        "tinytrace.report", "tinytrace.experiments", "tinytrace.bench"}
     body = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert f'nb.write_results_json("{path.stem}"' in body
     if path.stem != "01_task_and_generator":
@@ -93,13 +101,13 @@ def smoke_batch(tmp_path_factory):
 def test_smoke_batch_succeeds(smoke_batch):
     out, proc, seconds = smoke_batch
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for stem in nbm.NOTEBOOKS:
+    for stem in NOTEBOOKS:
         assert f"{stem}: ok in" in proc.stdout  # one progress line per notebook, with its time
     assert "6 ok, 0 failed" in proc.stdout
     print(f"smoke batch: {seconds:.0f}s")
 
 
-@pytest.mark.parametrize("stem", list(nbm.NOTEBOOKS))
+@pytest.mark.parametrize("stem", list(NOTEBOOKS))
 def test_smoke_notebook_outputs(smoke_batch, stem):
     out, proc, _ = smoke_batch
     executed, result = out / f"{stem}.ipynb", out / f"{stem}.json"
@@ -117,22 +125,38 @@ def test_smoke_notebook_outputs(smoke_batch, stem):
     assert doc["notebook"] == stem and doc["scale"] == "smoke" and doc["seed"] == 0
     assert doc["hardware"].startswith(("CPU: ", "GPU: ")) and doc["date"]
     assert doc["paper_vs_ours"] and doc["results"]
+    assert doc["seconds"] == nb.metadata["tinytrace"]["seconds"] > 0  # the runner's measurement
     for row in doc["paper_vs_ours"]:
-        assert {"what", "section", "paper", "this run", "scale"} <= set(row)
+        assert {"experiment", "key", "kind", "what", "section", "paper", "this run", "scale"} <= set(row)
         assert row["scale"] == "smoke"
-    for experiment in nbm.NOTEBOOKS[stem].experiments:
+    for experiment in NOTEBOOKS[stem].experiments:
         rows = doc["results"][experiment]
         assert rows and {"exact_match", "test_set", "scale", "hardware"} <= set(rows[0])
+        keys = [r["key"] for r in doc["paper_vs_ours"]
+                if r["experiment"] == experiment and r["kind"] != "setup"]
+        assert keys == [r.key for r in paper.REPORTED
+                        if r.experiment == experiment and r.kind != "setup"]
     assert not list(out.glob(f".{stem}.*")), "leftovers of a successful run"
 
 
 def test_results_page_from_smoke_batch(smoke_batch, tmp_path):
     out, _, _ = smoke_batch
-    page = nbm.write_results_page(out, tmp_path / "results.md").read_text()
+    page = pages.write_results_page(out, tmp_path / "results.md").read_text()
     assert "not run yet" not in page
-    assert page.count("`smoke`") >= len(nbm.NOTEBOOKS)
+    assert page.count("`smoke`") >= len(NOTEBOOKS)
     assert "| what | paper section | paper | this run | scale |" in page
     assert "100.00%" in page  # the paper's ID exact match, formatted as a percentage
+    rows = {line.split(" | ")[0]: line for line in pages.scales_markdown(out).splitlines()}
+    assert "6 of 6 sections: " in rows["| `smoke`"] and rows["| `paper`"].endswith("| not measured |")
+
+
+def test_measured_time_comes_from_results():
+    results = {"02": {"scale": "cpu", "seconds": 600.0, "hardware": "CPU: x"},
+               "03": {"scale": "cpu", "seconds": 300.0, "hardware": "CPU: x"},
+               "04": {"scale": "smoke", "seconds": None, "hardware": "CPU: x"}}
+    assert pages.measured_time("cpu", results) == "2 of 6 sections: 15 min of notebook time on CPU: x"
+    assert pages.measured_time("smoke", results) == "not measured"
+    assert pages.measured_time("paper", {}) == "not measured"
 
 
 # --- failures ------------------------------------------------------------------------------------
@@ -140,7 +164,7 @@ TOY = [
     ("markdown", "# Toy\n\nA notebook that fails on demand."),
     ("code", 'scale = "cpu"\nseed = 0\ncache_dir = "cache"\ndevice = None\nresults_dir = "."\n'
              "fail = False", "parameters"),
-    ("code", "import pandas as pd\n\nfrom tinytrace.report import notebooks as nb"),
+    ("code", "import pandas as pd\n\nfrom tinytrace.report import nbkit as nb"),
     ("code", 'if fail:\n    raise RuntimeError("deliberate failure")'),
     ("code", 'nb.write_results_json("07_toy", scale=scale, seed=seed, hardware="none",\n'
              '                      comparison=pd.DataFrame(), results={"x": pd.DataFrame({"a": [1]})})'),
@@ -196,10 +220,10 @@ def test_bad_arguments_are_clear(tmp_path, capsys):
 
 
 def test_only_matches_stems_prefixes_and_names():
-    avail = nbm.discover()
-    assert list(nbm.select(avail, ["03"])) == ["03_id_robustness"]
-    assert list(nbm.select(avail, ["ood,01_task_and_generator"])) == ["01_task_and_generator", "05_ood"]
-    assert list(nbm.select(avail, ["06_ablations.ipynb"])) == ["06_ablations"]
+    avail = runner.discover()
+    assert list(runner.select(avail, ["03"])) == ["03_id_robustness"]
+    assert list(runner.select(avail, ["ood,01_task_and_generator"])) == ["01_task_and_generator", "05_ood"]
+    assert list(runner.select(avail, ["06_ablations.ipynb"])) == ["06_ablations"]
 
 
 def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch):
@@ -207,7 +231,7 @@ def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch
     reuse the base model start only after 02 has finished."""
     src = tmp_path / "src"
     src.mkdir()
-    for stem in nbm.NOTEBOOKS:
+    for stem in NOTEBOOKS:
         (src / f"{stem}.ipynb").write_text("{}")
     events, lock = [], threading.Lock()
 
@@ -217,16 +241,16 @@ def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch
         time.sleep(0.3 if name in ("02_model_data_training", "05_ood") else 0.05)
         with lock:
             events.append(("end", name, env.get("CUDA_VISIBLE_DEVICES"), time.perf_counter()))
-        return nbm.Outcome(name, True, 0.1, out / f"{name}.ipynb", gpu=gpu)
+        return runner.Outcome(name, True, 0.1, out / f"{name}.ipynb", gpu=gpu)
 
-    monkeypatch.setattr(nbm, "execute", fake_execute)
-    monkeypatch.setattr(nbm, "gpu_slots", lambda: ["0", "1", "2", "3"])
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(runner, "gpu_slots", lambda: ["0", "1", "2", "3"])
     lines = []
-    outcomes = nbm.run_notebooks("smoke", jobs=3, out=tmp_path / "out", src=src, echo=lines.append)
+    outcomes = runner.run_notebooks("smoke", jobs=3, out=tmp_path / "out", src=src, echo=lines.append)
     assert all(o.ok for o in outcomes) and len(outcomes) == 6
     starts = {n: (g, t) for kind, n, g, t in events if kind == "start"}
     ends = {n: t for kind, n, g, t in events if kind == "end"}
-    for stem, sec in nbm.NOTEBOOKS.items():
+    for stem, sec in NOTEBOOKS.items():
         for dep in sec.after:
             assert starts[stem][1] >= ends[dep], f"{stem} started before {dep} finished"
     running = {}
@@ -241,7 +265,7 @@ def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch
 
     # without 02 in the batch, 05 (which also runs "base") builds the base model alone first
     events.clear()
-    nbm.run_notebooks("smoke", only=["03,04,05,06"], jobs=3, out=tmp_path / "out", src=src,
+    runner.run_notebooks("smoke", only=["03,04,05,06"], jobs=3, out=tmp_path / "out", src=src,
                       echo=lines.append)
     starts = {n: t for kind, n, g, t in events if kind == "start"}
     ends = {n: t for kind, n, g, t in events if kind == "end"}
@@ -259,13 +283,13 @@ def test_measured_values_map_tidy_results_to_paper_keys():
         "exclusion_pct": [10, 90, 98, 100] * 2,
         "exact_match": [0.95, 0.9, 0.6, 0.05, 0.9, 0.7, 0.3, 0.0],
     })
-    m = nbm.measured("pair_coverage", cov)
+    m = measured("pair_coverage", cov)
     assert m == {"assignment_excluded_above_80_until": 90, "assignment_collapse_at": 100,
                  "global_below_80_from": 90}
     cur = pd.DataFrame({"p": [0] * 5 + [5] * 5,
                         "test_set": ["depth-0-2", "depth-3", "depth-4", "depth-5", "depth-6"] * 2,
                         "exact_match": [1, .9, .5, .2, 0, 1, .99, .995, .9, .1]})
-    m = nbm.measured("depth_curriculum", cur)
+    m = measured("depth_curriculum", cur)
     assert m["depth6_p0"] == 0.9 and m["depth67_p1"] == 0.99 and m["depth8_best"] == 0.9
     sft = pd.DataFrame({"model": ["pre-trained"] * 3 + ["fine-tuned"] * 6,
                         "test_set": ["id", "deeper", "longer"] * 3,
@@ -273,9 +297,9 @@ def test_measured_values_map_tidy_results_to_paper_keys():
                         "data_size": [0] * 3 + [64] * 3 + [128] * 3, "sft_epochs": [0] * 3 + [1] * 6,
                         "trainable_params": [0] * 3 + [10] * 6,
                         "best_val_loss": [None] * 3 + [0.5] * 3 + [0.7] * 3})
-    m = nbm.measured("sft_lora", sft)
+    m = measured("sft_lora", sft)
     assert m["finetuned_id"] == 0.9 and m["finetuned_longer"] == 0.5 and m["trainable_params"] == 10
-    table = nbm.comparison("sft_lora", sft, "smoke", "CPU")
+    table = nbkit.comparison("sft_lora", sft, "smoke", "CPU")
     assert list(table["key"])[:2] == ["pretrained_id", "pretrained_deeper"]
     assert table.loc[table["key"] == "pretrained_id", "this run"].item() == 1
 
@@ -283,8 +307,6 @@ def test_measured_values_map_tidy_results_to_paper_keys():
 def test_performance_page_from_benchmark_results(tmp_path):
     """book/performance.md is generated from benchmarks/results/*.json: goals against the best
     measurement, one row per file, the loss-vs-time figure, the per-section GPU cost."""
-    from tinytrace.report import notebooks as N
-
     res = tmp_path / "results"
     res.mkdir()
     (res / "a.json").write_text(json.dumps({
@@ -293,10 +315,10 @@ def test_performance_page_from_benchmark_results(tmp_path):
         "curve": [{"elapsed_s": 1.0, "loss": 3.0}, {"elapsed_s": 2.0, "loss": 1.0}]}))
     (res / "b.json").write_text(json.dumps({
         "name": "eval", "metrics": {"eval_1024_seconds": 7.5, "tokens_per_s": None}}))
-    page = N.performance_page(res)
+    page = pages.performance_page(res)
     goals = page.split("## Measurements")[0]
     assert "2.10M tokens/s, 38.0% MFU | met" in goals and "7.5 s | **not met**" in goals
     assert "`a.json`" in page and "`b.json`" in page and "figures/performance-loss.png" in page
-    assert N.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
-    assert N.training_tokens("gpu")["base"] == pytest.approx(600_000 * 309.6)
-    assert "No GPU results yet." in N.performance_page(tmp_path / "none")
+    assert pages.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
+    assert pages.training_tokens("gpu")["base"] == pytest.approx(600_000 * 309.6)
+    assert "No GPU results yet." in pages.performance_page(tmp_path / "none")

@@ -126,7 +126,8 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
     generated); the shipped set must be its test split: same generator, seed, test size, window
     and chunking (the test split does not depend on the corpus size, see the next test)."""
     from tinytrace.lang.config import sample_pairs
-    from tinytrace.experiments.core import _Context, get_scale
+    from tinytrace.experiments import get_scale
+    from tinytrace.experiments.cache import _Context
 
     built = []
     monkeypatch.setattr(td, "build", lambda cfg, out, **kw: built.append(cfg))
@@ -236,7 +237,7 @@ def test_push_uploads_every_config(monkeypatch):
 
 
 def test_datasets_page_shows_every_config():
-    from tinytrace.report.notebooks import datasets_page
+    from tinytrace.report.pages import datasets_page
 
     page = datasets_page(DATA)
     for name, rs in SETS.items():

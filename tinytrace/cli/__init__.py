@@ -18,8 +18,8 @@ COMMANDS = {
     "eval": ("tinytrace.cli.evaluate", "add_cli", "greedy exact-match evaluation of a checkpoint"),
     "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
     "sft": ("tinytrace.cli.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
-    "experiment": ("tinytrace.experiments.core", "add_cli", "run one of the paper's experiments"),
-    "notebooks": ("tinytrace.report.notebooks", "add_cli", "execute the section notebooks with papermill"),
+    "experiment": ("tinytrace.cli.experiment", "add_cli", "run one of the paper's experiments"),
+    "notebooks": ("tinytrace.cli.notebooks", "add_cli", "execute the section notebooks with papermill"),
     "model": ("tinytrace.cli.model", "add_cli", "export or push a trained run as a Hub model"),
 }
 

@@ -21,6 +21,18 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
+from tinytrace.data import read_split, token_stream
+from tinytrace.evaluate import evaluate
+from tinytrace.model import load_checkpoint
+from tinytrace.presets import Presets
+from tinytrace.provenance import device_name, environment
+from tinytrace.train import steps_per_epoch, train
+
+from .cache import SCORES, _Context
+from .scales import get_scale
+
 THRESHOLDS = (0.5, 0.9, 0.95, 0.99)
 
 
@@ -39,7 +51,7 @@ class Recipe:
 
     def apply(self, scale):
         """The scale with this recipe's base run (the task and test sets are the scale's)."""
-        return replace(scale, train={**scale.train, **self.train},
+        return replace(scale, train=replace(scale.train, **self.train),
                        model=self.model_preset or scale.model,
                        model_overrides={**scale.model_overrides, **self.model},
                        corpus_snippets=self.corpus_snippets or scale.corpus_snippets)
@@ -48,9 +60,9 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
+RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
     Recipe("scale", "the scale's own base run, unchanged"),
-    # The CPU search's candidates (notes/issue15-learning.md): deeper, wider, higher LR.
+    # candidates for the cpu scale: deeper, wider, higher LR
     Recipe("cpu-l4w64", "4 layers x 64 (0.20M), AdamW 1e-2 -> 1e-3, batch 8 x 128",
            model=dict(n_layer=4), corpus_snippets=100_000, train=dict(epochs=1)),
     Recipe("cpu-small", "4 layers x 128 (0.80M), AdamW 6e-3 -> 6e-4, batch 16 x 128",
@@ -60,18 +72,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            model=dict(n_embd=128, n_head=8), corpus_snippets=100_000,
            train=dict(epochs=1, batch_size=16, lr_peak=6e-3, lr_min=6e-4)),
     # For one GPU (the `gpu` scale: paper task, paper model): 4x more optimizer steps for the
-    # same tokens (batch 128 x 512), Muon on the hidden matrices at twice AdamW's peak LR.
-    # Unmeasured on a GPU so far: the notes give its prediction.
+    # same tokens (batch 128 x 512), Muon on the hidden matrices at twice AdamW's peak LR
     Recipe("gpu-muon", "batch 128 x 512, AdamW 3e-3 + Muon 6e-3 (hidden matrices), one cosine, "
                        "5% warmup, compiled",
            train=dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
                       optimizer="muon", muon_lr=6e-3)),
-)}
+)})
 
 
 def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
@@ -98,15 +107,6 @@ def bench_learn(scale: str = "cpu", recipe: str = "scale", minutes: float | None
     recipe), ``eval_limit`` evaluates only the first traces of the test split: both for quick
     checks of large scales. Returns the curve and the tokens and seconds to each EM in
     :data:`THRESHOLDS`."""
-    import torch
-
-    from tinytrace.data import read_split, token_stream
-    from tinytrace.evaluate import evaluate
-    from .core import _Context, _model_config, get_scale
-    from tinytrace.model import load_checkpoint
-    from tinytrace.provenance import device_name, environment
-    from tinytrace.train import TrainConfig, steps_per_epoch, train
-
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if points < 1:
@@ -127,8 +127,8 @@ def bench_learn(scale: str = "cpu", recipe: str = "scale", minutes: float | None
     corpus = ctx.base_corpus()
     data_s = time.perf_counter() - t0
     test = read_split(*corpus, "test")[:eval_limit]
-    mc = _model_config(s)
-    tc = TrainConfig(**{**s.train, "name": rec.name, "save_every": 0})
+    mc = s.model_config()
+    tc = replace(s.train, name=rec.name, save_every=0)
     block = tc.block_size or mc.block_size
     total = tc.epochs * steps_per_epoch(len(token_stream(*corpus, "train")), tc.batch_size, block)
     targets = sorted({max(1, round(total * k / points)) for k in range(1, points + 1)})
@@ -155,8 +155,7 @@ def bench_learn(scale: str = "cpu", recipe: str = "scale", minutes: float | None
         point = {"step": summary["step"], "fraction": round(summary["step"] / total, 4),
                  "tokens": summary["tokens"], "train_seconds": round(train_s, 1),
                  "loss": summary["loss"]}
-        point.update({k: ev[k] for k in ("exact_match", "step_em_tf", "final_state_match",
-                                          "state_token_acc")})
+        point.update({k: ev[k] for k in SCORES})
         curve.append(point)
         report(_format_point(point))
         if minutes is not None and train_s >= 60 * minutes:

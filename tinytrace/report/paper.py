@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class Reported:
@@ -93,27 +95,26 @@ def reported(experiment: str, key: str) -> Reported:
 
 def table(experiment: str | None = None):
     """The reported numbers as a pandas DataFrame (optionally of one experiment)."""
-    import pandas as pd
-
     rows = [asdict(r) for r in REPORTED if experiment in (None, r.experiment)]
     return pd.DataFrame(rows)
 
 
 def compare(experiment: str, ours: dict[str, float], scale: str, hardware: str = ""):
-    """A "paper vs this run" table: one row per reported key of the experiment, with our value
-    (``ours[key]``, NaN when not measured), the scale and hardware that produced it."""
-    import pandas as pd
-
+    """A "paper vs this run" table: one row per reported key of the experiment (setup numbers
+    excluded), with its key and kind, our value (``ours[key]``, NaN when not measured), the
+    scale and hardware that produced it."""
     rows = []
     for r in REPORTED:
         if r.experiment != experiment or r.kind == "setup":
             continue
         rows.append({
+            "key": r.key,
             "what": r.what,
             "section": r.section,
             "paper": r.value,
             "this run": ours.get(r.key, float("nan")),
             "scale": scale,
             "hardware": hardware,
+            "kind": r.kind,
         })
     return pd.DataFrame(rows)

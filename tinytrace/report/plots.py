@@ -1,25 +1,24 @@
-"""The paper's figures and tables, drawn with seaborn from tidy results (Sec. 2-4, App. E-G).
+"""The paper's figures, drawn with seaborn from tidy results (Sec. 2-4, App. E-G).
 
 Every function takes the DataFrame that :func:`tinytrace.experiments.run_experiment` returns
-(or the generator statistics / training log) and returns a matplotlib ``Figure`` or a pandas
-``DataFrame``; notebooks only call them. Exact match is stored as a fraction and drawn in
+(or the generator statistics, training log or a paper-vs-ours table of :mod:`.tables`) and
+returns a matplotlib ``Figure``; notebooks only call them. Exact match is stored as a fraction and drawn in
 percent. Titles carry the scale, so a figure never loses where its numbers came from.
 """
 from __future__ import annotations
-
-import math
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from . import paper
+from tinytrace.experiments import EDIT_NAMES, SCORES
 
-PCT = 100.0
+from .tables import PCT, TEST_SET_ORDER, ood_table, order, pct
+
 THEME = {"style": "whitegrid", "context": "notebook"}
-TEST_SET_ORDER = ["id", "longer", "deeper"]
-EDIT_ORDER = ["none", "variable_renaming", "comparison_symmetry", "addition_commutativity",
-              "neutral_operator", "neutral_assignment"]
+EDIT_ORDER = ["none", *EDIT_NAMES]  # "none": the unaltered test set
+METRIC_LABELS = dict(zip(SCORES, ("exact match", "step EM (teacher forced)", "final state match",
+                                  "state token accuracy")))
 
 
 def _theme():
@@ -29,17 +28,6 @@ def _theme():
 def _scale_note(df: pd.DataFrame) -> str:
     scales = sorted(set(df["scale"].dropna().astype(str))) if "scale" in df else []
     return f"scale: {', '.join(scales)}" if scales else ""
-
-
-def _pct(df: pd.DataFrame, col: str = "exact_match") -> pd.DataFrame:
-    df = df.copy()
-    df["EM (%)"] = df[col].astype(float) * PCT
-    return df
-
-
-def _order(values, preferred: list[str]) -> list[str]:
-    present = list(dict.fromkeys(str(v) for v in values))
-    return [v for v in preferred if v in present] + [v for v in present if v not in preferred]
 
 
 # --- Sec. 2: the generator ---------------------------------------------------------------------
@@ -93,10 +81,6 @@ def loss_curve(log: pd.DataFrame, title: str = "") -> plt.Figure:
     return fig
 
 
-METRICS = {"exact_match": "exact match", "step_em_tf": "step EM (teacher forced)",
-           "final_state_match": "final state match", "state_token_acc": "state token accuracy"}
-
-
 def loss_vs_time(curve: pd.DataFrame, title: str = "Training loss against wall-clock time") -> plt.Figure:
     """``curve`` rows: ``elapsed_s``, ``loss`` (and ``run`` when several)."""
     _theme()
@@ -113,14 +97,14 @@ def loss_vs_time(curve: pd.DataFrame, title: str = "Training loss against wall-c
 def metrics_bars(df: pd.DataFrame, title: str = "") -> plt.Figure:
     """Exact match and the early metrics per test set, in percent."""
     _theme()
-    cols = [c for c in METRICS if c in df]
+    cols = [c for c in SCORES if c in df]
     long = df.melt(id_vars=["test_set"], value_vars=cols, var_name="metric", value_name="value")
     long = long.dropna(subset=["value"])
-    long["metric"] = long["metric"].map(METRICS)
+    long["metric"] = long["metric"].map(METRIC_LABELS)
     long["%"] = long["value"].astype(float) * PCT
     fig, ax = plt.subplots(figsize=(9, 3.6))
     sns.barplot(long, x="test_set", y="%", hue="metric", ax=ax,
-                order=_order(long["test_set"], TEST_SET_ORDER), errorbar=None)
+                order=order(long["test_set"], TEST_SET_ORDER), errorbar=None)
     ax.set_ylim(0, 105)
     ax.set_xlabel("test set")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
@@ -139,10 +123,10 @@ def id_robustness(df: pd.DataFrame, subset: str = "correct", title: str = "") ->
     if not d["edit"].eq("none").any():
         # the unaltered test set ("none") is the reference line of both figures
         d = pd.concat([d, df[df["edit"] == "none"]])
-    d = _pct(d)
+    d = pct(d)
     corpora = list(dict.fromkeys(d.sort_values("corpus_snippets", ascending=False)["corpus"]))
     g = sns.relplot(d, x="epoch", y="EM (%)", hue="edit", style="edit", col="corpus",
-                    col_order=corpora, hue_order=_order(d["edit"], EDIT_ORDER), kind="line",
+                    col_order=corpora, hue_order=order(d["edit"], EDIT_ORDER), kind="line",
                     markers=True, dashes=False, height=3.2, aspect=0.95,
                     facet_kws={"sharey": True})
     g.set(ylim=(-3, 103))
@@ -159,7 +143,7 @@ def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") 
     """Fig. 4a (``scope="assignment"``) or 4b (``"global"``): EM on the allowed-pairs and
     excluded-pairs test sets against the percentage of the 351 pairs excluded from training."""
     _theme()
-    d = _pct(df[df["scope"] == scope]).sort_values("exclusion_pct")
+    d = pct(df[df["scope"] == scope]).sort_values("exclusion_pct")
     names = {"allowed": "Allowed Pairs Test", "excluded": "Excluded Pairs Test"}
     d["test set"] = d["test_set"].map(names).fillna(d["test_set"])
     pcts = sorted(d["exclusion_pct"].unique())
@@ -212,15 +196,6 @@ def ood_numbers(df: pd.DataFrame, title: str = "") -> plt.Figure:
                          title=title or f"Sec. 4.3: base model, ID vs OOD ({_scale_note(df)})")
 
 
-def ood_table(df: pd.DataFrame) -> pd.DataFrame:
-    """EM of the base model per test set with the paper's value (Sec. 4.3, Table 3 row 1)."""
-    rows = []
-    for ts in _order(df["test_set"], TEST_SET_ORDER):
-        em = _first(df[df["test_set"] == ts], "exact_match")
-        rows.append({"test_set": ts, "paper": _paper("base", ts), "this run": em})
-    return pd.DataFrame(rows)
-
-
 def depth_order(names) -> list[str]:
     """The training-range set (``depth-0-5``) first, then ``depth-6``, ``depth-7``, ... by depth
     (scaled names such as ``depth-0-2``, ``depth-3`` sort the same way)."""
@@ -233,7 +208,7 @@ def depth_curriculum(df: pd.DataFrame, title: str = "") -> plt.Figure:
     """Fig. 13: EM on depth 0-5 and on depths 6, 7, 8, 9 against p, the percentage of
     depth-6/7 snippets in training."""
     _theme()
-    d = _pct(df).sort_values("p")
+    d = pct(df).sort_values("p")
     d["p (%)"] = d["p"].map(lambda v: f"{v:g}")
     fig, ax = plt.subplots(figsize=(8, 3.8))
     sns.pointplot(d, x="p (%)", y="EM (%)", hue="test_set",
@@ -244,74 +219,6 @@ def depth_curriculum(df: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.set_title(title or f"Fig. 13: depth generalization vs p ({_scale_note(df)})")
     fig.tight_layout()
     return fig
-
-
-# --- Sec. 4.4, App. G: Tables 3 and 4 ----------------------------------------------------------
-def _first(d: pd.DataFrame, col: str):
-    if col not in d:
-        return math.nan
-    v = d[col].dropna()
-    return float(v.iloc[0]) if len(v) else math.nan
-
-
-def _paper(experiment: str, key: str):
-    try:
-        v = paper.reported(experiment, key).value
-    except KeyError:
-        return math.nan
-    return v if isinstance(v, (int, float)) else math.nan
-
-
-def table3(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 3: pre-trained vs LoRA fine-tuned EM on ID, deeper and longer, paper beside ours.
-    With several fine-tuned runs (data size x epochs) the selected one is used (see
-    :func:`tinytrace.notebooks.select_sft`)."""
-    from .notebooks import select_sft
-
-    d = select_sft(df)
-    keys = {"pre-trained": "pretrained", "fine-tuned": "finetuned"}
-    rows = []
-    for model in ["pre-trained", "fine-tuned"]:
-        for ts in ["id", "deeper", "longer"]:
-            m = d[(d["model"] == model) & (d["test_set"] == ts)]
-            rows.append({"model": model, "test_set": ts,
-                         "paper": _paper("sft_lora", f"{keys[model]}_{ts}"),
-                         "this run": _first(m, "exact_match")})
-    return pd.DataFrame(rows)
-
-
-def table4(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 4: EM of APE, RPE (Shaw) and RPB (T5) models on ID, longer and deeper."""
-    rows = []
-    for model in _order(df["model"], ["ape", "rpe", "rpb"]):
-        for ts in ["id", "longer", "deeper"]:
-            m = df[(df["model"] == model) & (df["test_set"] == ts)]
-            row = {"model": model, "test_set": ts, "paper": _paper("pe_ablation", f"{model}_{ts}"),
-                   "this run": _first(m, "exact_match")}
-            if "params" in df:
-                row["params"] = _first(m, "params")
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def em_table(df: pd.DataFrame, index, columns) -> pd.DataFrame:
-    """Exact match in percent as a grid (e.g. corpus x epoch by edit, p by test set)."""
-    t = _pct(df).pivot_table(index=index, columns=columns, values="EM (%)", sort=False)
-    return t.round(2)
-
-
-def wide(table: pd.DataFrame, index: str = "model") -> pd.DataFrame:
-    """A paper-vs-ours long table as the paper prints it: one row per ``index``, one column
-    pair (paper, this run) per test set, in percent."""
-    t = table.copy()
-    for c in ("paper", "this run"):
-        t[c] = t[c].astype(float) * PCT
-    w = t.pivot_table(index=index, columns="test_set", values=["paper", "this run"], sort=False)
-    w = w.swaplevel(0, 1, axis=1)
-    order = _order(t["test_set"], TEST_SET_ORDER)
-    w = w.reindex(columns=[(ts, s) for ts in order for s in ("paper", "this run")])
-    w.columns.names = ["test set", "EM (%)"]
-    return w.round(2)
 
 
 def close(fig) -> None:

@@ -1,0 +1,67 @@
+"""``tinytrace notebooks run|pages``: execute the section notebooks, regenerate the book pages."""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from tinytrace.cli import at_least, key_value
+from tinytrace.report.pages import write_pages
+from tinytrace.report.runner import run_notebooks
+from tinytrace.report.sections import DEFAULT_OUT
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("notebooks", help="execute the section notebooks with papermill")
+    nsub = p.add_subparsers(dest="notebooks_command", required=True, metavar="{run,pages}")
+    r = nsub.add_parser("run", help="execute notebooks into a folder (default book/sections)")
+    r.add_argument("--scale", required=True, help="smoke | cpu | gpu | paper")
+    r.add_argument("--only", action="append", metavar="NAME",
+                   help="a notebook (stem, 03-style prefix or name part); repeat or comma-separate")
+    r.add_argument("--jobs", type=at_least(1), default=1,
+                   help="notebooks at once; with several GPUs each gets its own")
+    r.add_argument("--out", default=str(DEFAULT_OUT), help="where executed notebooks go")
+    r.add_argument("--cache-dir", default="cache", help="datasets, runs and evaluations cache")
+    r.add_argument("--src", default=None, help="source notebooks folder (default notebooks/)")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--device", default=None, help="e.g. cpu to ignore GPUs")
+    r.add_argument("-p", "--param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="another notebook parameter (VALUE parsed as JSON, else a string)")
+    r.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
+    r.add_argument("--missing", action="store_true",
+                   help="only notebooks not executed into --out yet (e.g. a fresh checkout)")
+    r.add_argument("--no-pages", action="store_true",
+                   help="do not regenerate book/results.md (done when --out is book/sections)")
+    r.set_defaults(func=_run_cli)
+    g = nsub.add_parser("pages", help="regenerate book/results.md, book/datasets.md and the "
+                                      "scales table of book/reproducing.md")
+    g.add_argument("--book", default="book")
+    g.add_argument("--sections", default=None, help="default BOOK/sections")
+    g.add_argument("--data", default="data/tinytracing")
+    g.add_argument("--check", action="store_true", help="exit 1 if a page is out of date")
+    g.set_defaults(func=_pages_cli)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_cli(args) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)  # `kill` stops the workers too
+    outcomes = run_notebooks(args.scale, only=args.only, jobs=args.jobs, out=args.out,
+                             cache_dir=args.cache_dir, src=args.src, seed=args.seed,
+                             device=args.device, params=dict(args.param), timeout=args.timeout,
+                             missing=args.missing)
+    if not args.no_pages and Path(args.out).resolve() == DEFAULT_OUT.resolve() and Path("book").is_dir():
+        for path in write_pages("book", args.out, check=False):
+            print(f"wrote {path}")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _pages_cli(args) -> int:
+    changed = write_pages(args.book, args.sections, args.data, check=args.check)
+    for path in changed:
+        print(f"{'out of date' if args.check else 'wrote'}: {path}")
+    return 1 if args.check and changed else 0
+

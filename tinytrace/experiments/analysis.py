@@ -1,0 +1,134 @@
+"""From tidy experiment results to what the paper states: the selected models, the values
+behind each reported key (:mod:`tinytrace.report.paper`) and the thresholds of its verdicts."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+# thresholds that turn a curve into the paper's qualitative statements (Sec. 4.2, 4.3.1)
+HIGH_EM = 0.8  # "accuracy remains above 80%"
+COLLAPSE_EM = 0.2  # "accuracy collapses"
+
+
+def select_sft(df):
+    """Table 3's fine-tuned model: of the (data size x epochs) runs, the one with the lowest
+    validation loss (App. G.1 keeps the best validation loss), else the best ID exact match."""
+    ft = df[df["model"] == "fine-tuned"]
+    if ft.empty:
+        return df
+    keys = ["data_size", "sft_epochs"]
+    if "best_val_loss" in ft and ft["best_val_loss"].notna().any():
+        best = ft.loc[ft["best_val_loss"].astype(float).idxmin(), keys]
+    else:
+        id_em = ft[ft["test_set"] == "id"].set_index(keys)["exact_match"]
+        best = dict(zip(keys, id_em.idxmax()))
+    chosen = (ft["data_size"] == best["data_size"]) & (ft["sft_epochs"] == best["sft_epochs"])
+    return df[(df["model"] != "fine-tuned") | chosen]
+
+
+def _em(df, **where) -> float:
+    d = df
+    for k, v in where.items():
+        d = d[d[k] == v]
+    v = d["exact_match"].dropna() if "exact_match" in d else []
+    return float(v.mean()) if len(v) else math.nan
+
+
+def _depth_tests(df) -> list[str]:
+    """The OOD depth test sets of a curriculum run, shallowest first (``depth-6`` .. at paper
+    scale, ``depth-3`` .. on the scaled-down task): the paper's 6, 7, 8, 9 in that order."""
+    names = {t for t in df["test_set"].unique() if t.count("-") == 1 and t.startswith("depth-")}
+    return sorted(names, key=lambda t: int(t.split("-")[1]))
+
+
+def measured(experiment: str, df) -> dict:
+    """Our value for each key the paper reports about ``experiment``
+    (:mod:`tinytrace.report.paper`), computed from the tidy results; keys we cannot measure at
+    this scale are left out."""
+    out: dict = {}
+    if experiment == "base":
+        for ts in ("id", "longer", "deeper"):
+            out[ts] = _em(df, test_set=ts)
+        if "clip_rate" in df:
+            v = df["clip_rate"].dropna()
+            if len(v):
+                out["deeper_clipping"] = f"clip rate {float(v.iloc[0]):.2f}"
+    elif experiment == "id_robustness":
+        corpora = (df.sort_values("corpus_snippets", ascending=False)["corpus"]
+                   .drop_duplicates().tolist())
+        if len(corpora) >= 2:
+            c2 = df[(df["corpus"] == corpora[1]) & (df["epoch"] == df["epoch"].min())]
+            out["corpus2_epoch1_base"] = _em(c2, edit="none")
+            edited = c2[(c2["subset"] == "correct") & (c2["edit"] != "none")]
+            out["corpus2_epoch1_edited"] = _em(edited)
+        last = df[df["epoch"] == df["epoch"].max()]
+        corr = last[last["subset"] == "correct"].dropna(subset=["exact_match"])
+        if len(corr):
+            worst = corr.groupby("corpus")["exact_match"].idxmin()
+            drops = {c: corr.loc[i, "edit"] for c, i in worst.items()}
+            small = corpora[2:] or corpora[-1:]
+            out["neutral_assignment_drop"] = ("lowest edit on the smaller corpora: " + ", ".join(
+                f"{c}: {drops[c]}" for c in small if c in drops))
+        full = df[df["subset"] == "full"]
+        if len(full):
+            base = full[full["edit"] == "none"].set_index(["corpus", "epoch"])["exact_match"]
+            ed = full[full["edit"] != "none"].set_index(["corpus", "epoch"])["exact_match"]
+            gap = (ed - base.reindex(ed.index)).abs().dropna()
+            if len(gap):
+                out["full_test_matches"] = f"max |EM(edit) - EM(unaltered)| = {gap.max():.3f}"
+    elif experiment == "pair_coverage":
+        for scope, key in (("assignment", "assignment_excluded_above_80_until"),
+                           ("global", None)):
+            ex = df[(df["scope"] == scope) & (df["test_set"] == "excluded")].sort_values("exclusion_pct")
+            if ex.empty:
+                continue
+            pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
+            if key:
+                high = [p for p, e in zip(pcts, ems) if e > HIGH_EM]
+                below = [p for p, e in zip(pcts, ems) if e <= HIGH_EM]
+                out[key] = max((p for p in high if not below or p < min(below)), default=math.nan)
+                out["assignment_collapse_at"] = min(
+                    (p for p, e in zip(pcts, ems) if e < COLLAPSE_EM), default=math.nan)
+            else:
+                out["global_below_80_from"] = min((p for p, e in zip(pcts, ems) if e < HIGH_EM),
+                                                  default=math.nan)
+    elif experiment == "depth_curriculum":
+        tests = _depth_tests(df)
+        if len(tests) >= 4:
+            d6, d7, d8, d9 = tests[:4]
+            out["depth6_p0"] = _em(df, test_set=d6, p=df["p"].min())
+            later = df[df["p"] >= 1]
+            if len(later):
+                out["depth67_p1"] = float(
+                    later[later["test_set"].isin([d6, d7])].groupby("p")["exact_match"].min().min())
+            out["depth8_best"] = float(df[df["test_set"] == d8]["exact_match"].max())
+            out["depth9"] = f"best over p: {float(df[df['test_set'] == d9]['exact_match'].max()):.3f}"
+    elif experiment == "sft_lora":
+        d = select_sft(df)
+        for model, k in (("pre-trained", "pretrained"), ("fine-tuned", "finetuned")):
+            for ts in ("id", "deeper", "longer"):
+                out[f"{k}_{ts}"] = _em(d, model=model, test_set=ts)
+        tp = d[d["model"] == "fine-tuned"]["trainable_params"].dropna()
+        if len(tp):
+            out["trainable_params"] = int(tp.iloc[0])
+    elif experiment == "pe_ablation":
+        for pe in ("ape", "rpe", "rpb"):
+            for ts in ("id", "longer", "deeper"):
+                out[f"{pe}_{ts}"] = _em(df, model=pe, test_set=ts)
+    else:
+        raise ValueError(f"unknown experiment {experiment!r}")
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def train_hours(run_dir) -> float | None:
+    """Wall-clock training time of a run, from the timestamps of its log (None if absent)."""
+    try:
+        recs = [json.loads(x) for x in Path(run_dir, "log.jsonl").read_text().splitlines() if x]
+    except OSError:
+        return None
+    times = [r["time"] for r in recs if isinstance(r.get("time"), (int, float))]
+    if len(times) >= 2:
+        return (max(times) - min(times)) / 3600
+    secs = [r.get("elapsed_s") for r in recs if isinstance(r.get("elapsed_s"), (int, float))]
+    return max(secs) / 3600 if secs else None

@@ -1,0 +1,144 @@
+"""The artifact cache of the experiments, keyed by a hash of each artifact's config.
+
+Corpora (``corpus-<hash>``), training runs (``run-<hash>``, resumable) and evaluations
+(``eval-<hash>.json``) live under one folder, so reruns reuse them and an interrupted experiment
+resumes where it stopped. The keys are part of the cache's contract: the same config must give
+the same key, or every cached run is retrained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture what gets built
+from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
+from tinytrace.evaluate import evaluate
+from tinytrace.lang.config import GeneratorConfig
+from tinytrace.train import TrainConfig
+from tinytrace.train import train as train_run
+
+from .scales import Scale
+
+# what an evaluation keeps of the evaluator's summary, in table order; SCORES are fractions
+METRICS = ("exact_match", "n", "step_em_tf", "final_state_match", "state_token_acc")
+SCORES = tuple(m for m in METRICS if m != "n")
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Cache:
+    """Artifacts keyed by a hash of their config, so reruns reuse and interrupted work resumes."""
+
+    def __init__(self, root, progress: bool = True):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+
+    # corpora
+    def corpus(self, gen: GeneratorConfig, n: int, test_size: int, validation_size: int = 0,
+               seed: int = 0, context: int = 512) -> tuple[Path, str]:
+        cfg = BuildConfig(gen, num_snippets=n, seed=seed, test_size=test_size,
+                          validation_size=validation_size, context=context, config_name="data")
+        folder = self.root / f"corpus-{_key(cfg.to_dict())}"
+        if not (folder / "data" / "build.json").exists():
+            workers = 1 if n < 20_000 else os.cpu_count()  # a pool costs more than it saves on small sets
+            tdata.build(cfg, folder, progress=self.progress, workers=workers)
+        return folder, "data"
+
+    def test_set(self, gen: GeneratorConfig, n: int, seed: int, context: int) -> tuple[Path, str]:
+        return self.corpus(gen, n, test_size=n, seed=seed + TEST_SEED_OFFSET, context=context)
+
+    # runs
+    def run_dir(self, scale: Scale, corpus: tuple[Path, str], model_cfg,
+                train: TrainConfig | None = None, tag: str = "") -> tuple[Path, TrainConfig]:
+        """Where the run of this model, recipe (default: the scale's) and corpus lives."""
+        tc = train if train is not None else scale.train
+        key = _key({"model": model_cfg.to_dict(), "train": tc.to_dict(),
+                    "data": corpus[0].name, "tag": tag})
+        return self.root / f"run-{key}", tc
+
+    def run(self, scale: Scale, corpus: tuple[Path, str], model_cfg, callbacks=(),
+            train: TrainConfig | None = None, tag: str = "") -> Path:
+        """Train (or resume, or reuse) the run of this model, recipe and corpus."""
+        out, tc = self.run_dir(scale, corpus, model_cfg, train, tag)
+        if (out / "done.json").exists():
+            return out
+        train_run(tc, model_cfg, corpus[0], corpus[1], out, resume=True, callbacks=callbacks,
+                 progress=self.progress)
+        (out / "done.json").write_text(json.dumps({"finished": time.time()}) + "\n")
+        return out
+
+    # evaluations
+    def evaluate(self, model, run_key: str, data, data_key: str, batch_size: int,
+                 max_len_factor: float = 2.0, eos_prefix: bool = False) -> dict:
+        key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
+        path = self.root / f"eval-{_key(key)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        df, summary = evaluate(model, data, batch_size=batch_size, max_len_factor=max_len_factor,
+                               eos_prefix=eos_prefix)
+        result = {k: summary.get(k) for k in METRICS}
+        result["timing"] = {k: summary.get(k) for k in (
+            "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
+            "traces_per_s", "batch_size", "device")}
+        result["correct"] = [bool(c) for c in df["correct"]]
+        result["clip_candidates"] = _clip_flags(df)
+        path.write_text(json.dumps(result) + "\n")
+        return result
+
+
+def _clip_flags(df) -> list:
+    """Per example: the first wrong line's target and predicted indentation (tabs), or None."""
+    out = []
+    for pred, target, ok in zip(df["prediction"], df["target"], df["correct"]):
+        if ok:
+            out.append(None)
+            continue
+        pl, tl = pred.split("\n"), target.split("\n")
+        pair = None
+        for a, b in zip(pl, tl):
+            if a != b:
+                pair = (_tabs(b), _tabs(a))
+                break
+        out.append(pair)
+    return out
+
+
+def _tabs(line: str) -> int:
+    return len(line.lstrip("@")) - len(line.lstrip("@").lstrip("\t"))
+
+
+class _Context:
+    """What every experiment needs: the scale, the cache, the seed and the shared base model."""
+
+    def __init__(self, scale: Scale, cache_dir, seed: int, progress: bool):
+        self.scale = scale
+        self.seed = seed
+        self.cache = Cache(cache_dir, progress=progress)
+
+    def base_corpus(self, fraction: float = 1.0, gen: GeneratorConfig | None = None):
+        s = self.scale
+        n = max(int(s.corpus_snippets * fraction), s.test_size + 2 * s.test_size // 4 + 8)
+        return self.cache.corpus(gen or s.generator("id"), n, test_size=s.test_size,
+                                 validation_size=max(s.test_size // 4, 8), seed=self.seed,
+                                 context=s.context)
+
+    def test_set(self, role: str):
+        s = self.scale
+        return self.cache.test_set(s.generator(role), s.test_size, self.seed, s.context)
+
+    def base_run(self) -> Path:
+        return self.cache.run(self.scale, self.base_corpus(), self.scale.model_config())
+
+    def eval(self, model, run_dir: Path, data, data_key: str) -> dict:
+        s = self.scale
+        return self.cache.evaluate(model, str(run_dir.name), data, data_key, s.eval_batch_size,
+                                   s.max_len_factor, s.eval_eos_prefix)
+
+    def eval_set(self, model, run_dir: Path, corpus: tuple[Path, str]) -> dict:
+        return self.eval(model, run_dir, read_split(*corpus), corpus[0].name)

@@ -1,0 +1,235 @@
+"""The four scales of the experiments: what each fixes (corpus and test sizes, recipes, model,
+grids) and the generator config of every train/test role."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from tinytrace.lang.config import GeneratorConfig, get_preset
+from tinytrace.model import ModelConfig, get_model_config
+from tinytrace.presets import Presets
+from tinytrace.train import TRAIN_PRESETS, TrainConfig
+from tinytrace.train.sft import SFTConfig
+
+
+@dataclass
+class Scale:
+    """Everything a scale fixes. ``task`` maps each role to a generator config: ``id``,
+    ``longer``, ``deeper``, ``curriculum`` (train distribution of Sec. 4.3.1),
+    ``inject-<k>`` (the deeper snippets mixed in) and ``depth-<k>`` (depth test sets)."""
+
+    name: str
+    description: str
+    model: str  # model preset (tinytrace.model.MODEL_PRESETS)
+    train: TrainConfig  # the base run's recipe
+    corpus_snippets: int  # the base corpus, all splits
+    test_size: int
+    task: dict = field(default_factory=dict)
+    robustness_corpora: tuple = (1.0, 0.5, 0.25, 0.125)  # fractions of corpus_snippets
+    robustness_epochs: int = 8
+    exclusion_pcts: tuple = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 96, 97, 98, 99, 100)
+    scopes: tuple = ("assignment", "global")
+    coverage_corpus: float = 1.0  # fraction of corpus_snippets for each exclusion run
+    curriculum_ps: tuple = (0, 1, 5, 10, 20, 40, 60, 80, 100)
+    curriculum_corpus: float = 1.0  # fraction of corpus_snippets for each curriculum run
+    sft_sizes: tuple = (65_536, 131_072, 262_144, 524_288, 1_048_576, 2_097_152)
+    sft_epochs: tuple = (1, 2, 4, 8)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # the fine-tuning recipe (Sec. 4.4)
+    pe_variants: tuple = ("ape", "rpe", "rpb")
+    eval_batch_size: int = 64
+    max_len_factor: float = 2.0  # generation cap: this x the target length + 16 tokens
+    context: int = 512  # the model's window: test sets pass the determinism filter for it
+    eval_eos_prefix: bool = False  # prompts start with EOS, as examples do in training
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields over the preset
+
+    def generator(self, role: str) -> GeneratorConfig:
+        try:
+            return self.task[role]
+        except KeyError:
+            raise ValueError(f"scale {self.name!r} has no task role {role!r}") from None
+
+    def model_config(self, **overrides) -> ModelConfig:
+        """The model preset with the scale's overrides, then ``overrides``."""
+        return get_model_config(self.model, **{**self.model_overrides, **overrides})
+
+    def model_label(self) -> str:
+        """The model preset with its overrides, e.g. ``tiny (pe rpb, block_size 128)``."""
+        extra = ", ".join(f"{k} {v}" for k, v in self.model_overrides.items())
+        return f"{self.model} ({extra})" if extra else self.model
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(train=self.train.to_dict(), sft=self.sft.to_dict(),
+                 task={k: v.to_dict() for k, v in self.task.items()})
+        return d
+
+
+def paper_task() -> dict:
+    """The paper's presets (Sec. 3.2, 4.3, 4.3.1)."""
+    t = {r: get_preset(p) for r, p in (("id", "base"), ("longer", "longer"), ("deeper", "deeper"),
+                                       ("curriculum", "depth-0-5"))}
+    for d in (6, 7):
+        t[f"inject-{d}"] = get_preset(f"depth-{d}")
+    for d in (6, 7, 8, 9):
+        t[f"depth-{d}"] = get_preset(f"depth-{d}")
+    return t
+
+
+def scaled_task(statements=(3, 5), depth=1, variables="abcdef", max_literal=9, *, longer=None,
+                deeper=None, curriculum_depth=None, curriculum_statements=None, **generator) -> dict:
+    """A scaled-down task for CPU budgets: fewer statements, shallower nesting, fewer variables
+    and smaller values; the OOD axes scaled the same way.
+
+    ``longer`` (statements) defaults to the next range up; ``deeper`` = (min, max) depth, by
+    default ``depth + 1 .. depth + 2``. The curriculum (Sec. 4.3.1) trains on depths
+    0..``curriculum_depth`` (default ``depth + 1``), injects the next two depths and tests on
+    the next four, all with ``curriculum_statements`` (default ``lo .. hi + top + 4``).
+    ``generator``: further :class:`GeneratorConfig` fields of every role (e.g. the right-hand
+    side probabilities)."""
+    lo, hi = statements
+    common = dict(min_statements=lo, max_statements=hi, max_depth=depth, variables=variables,
+                  max_literal=max_literal, value_range=(-max_literal, max_literal), **generator)
+    base = get_preset("base", **common).replace(name="id")
+    span = hi - lo
+    long_lo, long_hi = longer or (hi + 1, hi + 1 + span + 1)
+    if deeper is None:
+        deeper_cfg = dict(min_depth=depth + 1, max_depth=depth + 2, max_statements=max(hi, depth + 4))
+    else:
+        deeper_cfg = dict(min_depth=deeper[0], max_depth=deeper[1])
+    t = {
+        "id": base,
+        "longer": base.replace(name="longer", min_statements=long_lo, max_statements=long_hi),
+        "deeper": base.replace(name="deeper", **deeper_cfg),
+    }
+    top = depth + 1 if curriculum_depth is None else curriculum_depth
+    n_min, n_max = curriculum_statements or (lo, hi + top + 4)
+    n_fixed = curriculum_statements is not None  # else the deepest sets may need more statements
+    t["curriculum"] = base.replace(name=f"depth-0-{top}", max_depth=top, min_statements=n_min,
+                                   max_statements=n_max)
+    for d in (top + 1, top + 2):
+        t[f"inject-{d}"] = base.replace(name=f"depth-{d}", min_depth=d, max_depth=d,
+                                        min_statements=n_min, max_statements=n_max)
+    for d in range(top + 1, top + 5):
+        t[f"depth-{d}"] = base.replace(name=f"depth-{d}", min_depth=d, max_depth=d,
+                                       min_statements=n_min,
+                                       max_statements=n_max if n_fixed else max(n_max, d + 2))
+    return t
+
+
+def _scales() -> Presets[Scale]:
+    smoke = Scale(
+        name="smoke",
+        description="CI: every experiment in under a minute on 2 CPU cores; numbers mean nothing",
+        model="tiny",
+        train=TrainConfig(epochs=1, batch_size=8, micro_batch_size=None, block_size=128,
+                          log_every=5, val_windows=4),
+        corpus_snippets=240,
+        test_size=8,
+        task=scaled_task(statements=(3, 4), depth=1, variables="abcd", max_literal=9),
+        robustness_corpora=(1.0, 0.5),
+        robustness_epochs=2,
+        exclusion_pcts=(50, 100),
+        curriculum_ps=(0, 50),
+        sft_sizes=(64,),
+        sft_epochs=(1,),
+        sft=SFTConfig(batch_size=8, micro_batch_size=None, block_size=128, val_examples=16),
+        eval_batch_size=8,
+        max_len_factor=1.0,
+    )
+    cpu = Scale(
+        name="cpu",
+        description="a laptop, all experiments in about an hour on 2 cores: the scaled-down task "
+                    "(3-4 statements, depth <= 1, variables a-j, values in [-5, 5], one assignment "
+                    "in five an `x = u op v`), chosen by measured short runs "
+                    "(notes/issue4-cpu-scale.md); the 0.1M model with T5 relative position bias "
+                    "instead of the paper's APE (it learns the copy-and-trace pattern in fewer "
+                    "steps on CPU), a 128-token context, and evaluation prompts that start with "
+                    "the end-of-example token as in training",
+        model="tiny",
+        model_overrides=dict(pe="rpb", block_size=128),
+        # small batches and one cosine phase: what learns fastest on a CPU
+        train=TrainConfig(epochs=4, batch_size=8, micro_batch_size=None, block_size=128,
+                          lr_peak=1e-2, lr_min=1e-3, warmup_frac=0.05, phase1_frac=1.0,
+                          weight_decay=0.0, log_every=100, val_windows=32),
+        corpus_snippets=20_000,
+        test_size=256,
+        task=scaled_task(statements=(3, 4), depth=1, variables="abcdefghij", max_literal=5,
+                         longer=(5, 6), deeper=(2, 3), curriculum_depth=1,
+                         curriculum_statements=(3, 6), p_rhs_literal=0.4, p_rhs_variable=0.4),
+        robustness_corpora=(1.0, 0.5),
+        robustness_epochs=4,
+        exclusion_pcts=(60, 100),
+        coverage_corpus=0.5,
+        curriculum_ps=(0, 10, 50),
+        curriculum_corpus=0.5,
+        sft_sizes=(2048,),
+        sft_epochs=(1,),
+        sft=SFTConfig(batch_size=32, micro_batch_size=None, block_size=128, val_examples=64),
+        eval_batch_size=64,
+        context=128,
+        eval_eos_prefix=True,
+    )
+    gpu = Scale(
+        name="gpu",
+        description="one GPU, each experiment <= 10 min on an H100: the paper's task and model, "
+                    "a fifth of the corpus, one epoch of the `fast` recipe (one cosine phase, "
+                    "peak lr 2e-3)",
+        model="paper",
+        train=TRAIN_PRESETS["fast"],
+        corpus_snippets=600_000,
+        test_size=1024,
+        task=paper_task(),
+        robustness_corpora=(1.0, 0.5, 0.25, 0.125),
+        robustness_epochs=2,
+        exclusion_pcts=(10, 50, 90, 95, 98, 100),
+        coverage_corpus=0.25,
+        curriculum_ps=(0, 1, 10, 100),
+        sft_sizes=(65_536,),
+        sft_epochs=(1,),
+        sft=SFTConfig(batch_size=512, micro_batch_size=256),
+        eval_batch_size=256,
+    )
+    paper = Scale(
+        name="paper",
+        description="the paper's exact sizes, epochs, model and recipe (Sec. 3-4, App. C-G)",
+        model="paper",
+        train=TrainConfig(epochs=4, batch_size=512, micro_batch_size=64),
+        corpus_snippets=3_000_000,
+        test_size=1024,
+        task=paper_task(),
+        robustness_corpora=(1.0, 0.5, 0.25, 0.125),
+        robustness_epochs=8,
+        sft=SFTConfig(batch_size=512, micro_batch_size=64),
+        eval_batch_size=256,
+    )
+    return Presets("scale", {s.name: s for s in (smoke, cpu, gpu, paper)})
+
+
+SCALES: Presets[Scale] = _scales()
+
+
+def get_scale(name) -> Scale:
+    """The scale called ``name`` (a :class:`Scale` is returned as is)."""
+    return name if isinstance(name, Scale) else SCALES[name]
+
+
+def scale_table():
+    """One row per scale: what it fixes (for the book)."""
+    rows = []
+    for s in SCALES.values():
+        t = s.generator("id")
+        rows.append({
+            "scale": s.name, "model": s.model_label(), "base corpus": s.corpus_snippets,
+            "test size": s.test_size, "epochs": s.train.epochs,
+            "batch (seq x tokens)": f"{s.train.batch_size} x {s.train.block_size or s.context}",
+            "task": f"{t.min_statements}-{t.max_statements} statements, depth <= {t.max_depth}, "
+                    f"{len(t.variables)} variables, values {list(t.value_range)}",
+            "robustness corpora": len(s.robustness_corpora),
+            "exclusion %": ", ".join(map(str, s.exclusion_pcts)),
+            "curriculum p": ", ".join(map(str, s.curriculum_ps)),
+            "description": s.description,
+        })
+    return pd.DataFrame(rows)
+

@@ -1,0 +1,175 @@
+"""Paper-vs-ours tables: the paper's reported numbers (:mod:`.paper`) beside what the
+experiments measured (:mod:`tinytrace.experiments.analysis`), and their display format.
+
+Exact match is stored as a fraction and shown in percent.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tinytrace.experiments import get_scale, measured, select_sft, train_hours
+from tinytrace.model import count_params
+
+from . import paper
+
+PCT = 100.0
+TEST_SET_ORDER = ["id", "longer", "deeper"]
+
+
+def order(values, preferred: list[str]) -> list[str]:
+    """The distinct ``values`` (as text), those in ``preferred`` first and in its order."""
+    present = list(dict.fromkeys(str(v) for v in values))
+    return [v for v in preferred if v in present] + [v for v in present if v not in preferred]
+
+
+def pct(df: pd.DataFrame, col: str = "exact_match") -> pd.DataFrame:
+    """``df`` with an ``EM (%)`` column: ``col`` in percent."""
+    df = df.copy()
+    df["EM (%)"] = df[col].astype(float) * PCT
+    return df
+
+
+def comparison(experiment: str, df, scale: str, hardware: str = ""):
+    """:func:`.paper.compare` of our measured values, with the experiment of each row."""
+    table = paper.compare(experiment, measured(experiment, df), scale, hardware)
+    table.insert(0, "experiment", experiment)
+    return table
+
+
+def generator_comparison(stats, scale: str, hardware: str = ""):
+    """Sec. 2/3.2 setup numbers the generator determines, paper beside this run (the paper's
+    ``base`` preset): tokens per example (933M tokens / 3M snippets), statements, depth."""
+    tokens = paper.reported("base", "corpus_tokens")
+    snippets = paper.reported("base", "corpus_snippets")
+    rows = [
+        ("tokens per example, mean", f"{tokens.section} (933M / 3M)",
+         tokens.value / snippets.value, float(stats["n_tokens"].mean())),
+        ("statements per snippet, min-max", "3.2", "5-10",
+         f"{stats['n_statements'].min()}-{stats['n_statements'].max()}"),
+        ("if-nesting depth, max", "3.2", 2, int(stats["max_depth"].max())),
+    ]
+    return pd.DataFrame([{"experiment": "generator", "key": k.split(",")[0].replace(" ", "_"),
+                          "what": k, "section": s, "paper": p, "this run": o, "scale": scale,
+                          "hardware": hardware, "kind": "setup"} for k, s, p, o in rows])
+
+
+def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
+    """The paper's setup numbers (Sec. 3, App. C) beside this scale's: corpus, test size,
+    epochs, model size and, from the run's log, the training time."""
+    s = get_scale(scale)
+    ours = {"corpus_snippets": s.corpus_snippets, "test_size": s.test_size,
+            "epochs": s.train.epochs, "model_params": count_params(s.model_config())}
+    if run_dir is not None:
+        hours = train_hours(run_dir)
+        if hours is not None:
+            ours["train_hours"] = round(hours, 4)
+    rows = []
+    for r in paper.REPORTED:
+        if r.experiment == "base" and r.kind == "setup":
+            rows.append({"experiment": "base", "key": r.key, "what": r.what, "section": r.section,
+                         "paper": r.value, "this run": ours.get(r.key, math.nan), "scale": scale,
+                         "hardware": hardware, "kind": "setup"})
+    return pd.DataFrame(rows)
+
+
+def show_comparison(table):
+    """A paper-vs-ours table for display: EM in percent, the rest as given."""
+    t = table.copy()
+    kinds = t["kind"] if "kind" in t else ["exact_match"] * len(t)
+    for col in ("paper", "this run"):
+        t[col] = [fmt(v, k) for v, k in zip(t[col], kinds)]
+    keep = [c for c in ("what", "section", "paper", "this run", "scale") if c in t]
+    return t[keep].set_index("what")
+
+
+def fmt(v, kind: str = "exact_match") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    if kind == "exact_match" and isinstance(v, (int, float)) and 0 <= v <= 1:
+        return f"{100 * v:.2f}%"
+    if kind == "threshold" and isinstance(v, float) and 0 <= v <= 1:  # an EM, not a percentage
+        return f"{100 * v:.2f}%"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, (int, float)):
+        return f"{int(v):,}"
+    return str(v)
+
+
+def ood_table(df: pd.DataFrame) -> pd.DataFrame:
+    """EM of the base model per test set with the paper's value (Sec. 4.3, Table 3 row 1)."""
+    rows = []
+    for ts in order(df["test_set"], TEST_SET_ORDER):
+        em = _first(df[df["test_set"] == ts], "exact_match")
+        rows.append({"test_set": ts, "paper": _paper("base", ts), "this run": em})
+    return pd.DataFrame(rows)
+
+
+def _first(d: pd.DataFrame, col: str):
+    if col not in d:
+        return math.nan
+    v = d[col].dropna()
+    return float(v.iloc[0]) if len(v) else math.nan
+
+
+def _paper(experiment: str, key: str):
+    try:
+        v = paper.reported(experiment, key).value
+    except KeyError:
+        return math.nan
+    return v if isinstance(v, (int, float)) else math.nan
+
+
+def table3(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 3: pre-trained vs LoRA fine-tuned EM on ID, deeper and longer, paper beside ours.
+    With several fine-tuned runs (data size x epochs) the selected one is used (see
+    :func:`tinytrace.experiments.select_sft`)."""
+    d = select_sft(df)
+    keys = {"pre-trained": "pretrained", "fine-tuned": "finetuned"}
+    rows = []
+    for model in ["pre-trained", "fine-tuned"]:
+        for ts in ["id", "deeper", "longer"]:
+            m = d[(d["model"] == model) & (d["test_set"] == ts)]
+            rows.append({"model": model, "test_set": ts,
+                         "paper": _paper("sft_lora", f"{keys[model]}_{ts}"),
+                         "this run": _first(m, "exact_match")})
+    return pd.DataFrame(rows)
+
+
+def table4(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: EM of APE, RPE (Shaw) and RPB (T5) models on ID, longer and deeper."""
+    rows = []
+    for model in order(df["model"], ["ape", "rpe", "rpb"]):
+        for ts in ["id", "longer", "deeper"]:
+            m = df[(df["model"] == model) & (df["test_set"] == ts)]
+            row = {"model": model, "test_set": ts, "paper": _paper("pe_ablation", f"{model}_{ts}"),
+                   "this run": _first(m, "exact_match")}
+            if "params" in df:
+                row["params"] = _first(m, "params")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def em_table(df: pd.DataFrame, index, columns) -> pd.DataFrame:
+    """Exact match in percent as a grid (e.g. corpus x epoch by edit, p by test set)."""
+    t = pct(df).pivot_table(index=index, columns=columns, values="EM (%)", sort=False)
+    return t.round(2)
+
+
+def wide(table: pd.DataFrame, index: str = "model") -> pd.DataFrame:
+    """A paper-vs-ours long table as the paper prints it: one row per ``index``, one column
+    pair (paper, this run) per test set, in percent."""
+    t = table.copy()
+    for c in ("paper", "this run"):
+        t[c] = t[c].astype(float) * PCT
+    w = t.pivot_table(index=index, columns="test_set", values=["paper", "this run"], sort=False)
+    w = w.swaplevel(0, 1, axis=1)
+    sets = order(t["test_set"], TEST_SET_ORDER)
+    w = w.reindex(columns=[(ts, s) for ts in sets for s in ("paper", "this run")])
+    w.columns.names = ["test set", "EM (%)"]
+    return w.round(2)
+
