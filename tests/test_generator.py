@@ -7,11 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinytrace.lang.config import PRESETS, GeneratorConfig, all_pairs, get_preset, sample_pairs
-from tinytrace.data import Pipeline, cooccurring_pairs, operand_pairs
+from tinytrace.data import Pipeline
 from tinytrace.lang.generator import (
     ASSIGNMENT, END, IF_STATEMENT, UNINDENT, WHILE_LOOP, DefaultRules, Generator,
 )
-from tinytrace.lang.program import ASSIGN, IF, WHILE, Line, max_depth, n_statements, parse, render
+from tinytrace.lang.program import (ASSIGN, IF, WHILE, Line, cooccurring_pairs, max_depth, n_statements,
+                                    operand_pairs, parse, render)
 from tinytrace.lang.tracer import format_example, run, run_settrace
 
 EXPECTED = {
@@ -206,7 +207,7 @@ def test_full_preset_emits_every_construct():
 def test_bad_configs_raise_clear_errors(changes, match):
     with pytest.raises(ValueError, match=match):
         GeneratorConfig(**changes)
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown generator preset"):
         get_preset("nope")
 
 

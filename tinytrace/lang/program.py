@@ -75,6 +75,38 @@ def max_depth(lines: list[Line]) -> int:
     return max((ln.indent for ln in lines), default=0)
 
 
+# --- variable pairs (Sec. 4.2, 4.2.1) ---------------------------------------------------------
+def pair(u: str, v: str) -> str:
+    """The unordered pair of two variables as a sorted two-letter string (``pair("b", "a") ==
+    "ab"``): the form of ``GeneratorConfig.forbidden_pairs`` and the corpus columns."""
+    return u + v if u <= v else v + u
+
+
+def operand_pairs(lines: list[Line], only: set[int] | None = None) -> list[str]:
+    """Unordered operand pairs of ``x = u op v`` assignments with two variables (Sec. 4.2), in
+    line order; with ``only``, just the lines whose index is in it."""
+    return [
+        pair(ln.a, ln.b)
+        for i, ln in enumerate(lines)
+        if ln.kind == ASSIGN
+        and ln.op is not None
+        and ln.a.__class__ is str
+        and ln.b.__class__ is str
+        and (only is None or i in only)
+    ]
+
+
+def cooccurring_pairs(lines: list[Line]) -> list[str]:
+    """Every unordered pair of variable occurrences inside one statement (Sec. 4.2.1), sorted."""
+    out = set()
+    for ln in lines:
+        vs = ln.variables()
+        for i in range(len(vs)):
+            for j in range(i + 1, len(vs)):
+                out.add(pair(vs[i], vs[j]))
+    return sorted(out)
+
+
 class UnsupportedCode(ValueError):
     """The text is not in the TinyTracing language (raised before anything runs)."""
 
