@@ -848,7 +848,7 @@ def datasets_page(data_dir="data/tinytracing") -> str:
         builds = [json.loads(f.read_text()) for f in data_dir.glob("*/build.json")]
     if not builds:
         return "\n".join(parts + ["No dataset has been built yet: run `make book`.", ""])
-    from tinytrace.data.core import _card_order
+    from tinytrace.data import card_order as _card_order
 
     builds.sort(key=_card_order)  # the dataset card's order
     used = any("release" in b for b in builds)
