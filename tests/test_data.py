@@ -1,28 +1,25 @@
 import importlib
 import json
 import random
-import subprocess
 from collections import Counter
-import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from huggingface_hub.errors import OfflineModeIsEnabled
 
+from tinytrace.data import BuildConfig, Pipeline, build, build_preset, load, push, token_stream
 from tinytrace.lang import tokenizer as tk
 from tinytrace.lang.config import get_preset, sample_pairs
-from tinytrace.data import (
-    BuildConfig, Pipeline, build, build_preset, load, token_stream, write_card,
-)
 from tinytrace.lang.generator import DefaultRules
 from tinytrace.lang.program import cooccurring_pairs, parse
 from tinytrace.lang.tracer import format_example, run, run_settrace
 
 
 def _table(folder: Path, config: str, split: str):
-    import pyarrow as pa
-
     files = sorted((folder / config).glob(f"{split}-*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files])
 
@@ -210,11 +207,6 @@ def test_bad_build_arguments():
 def test_push_is_real_but_needs_the_network(built, monkeypatch):
     """``push`` goes through huggingface_hub's HTTP client: in offline mode it refuses with its
     own error (HF_HUB_OFFLINE is read when huggingface_hub is imported, so set it here)."""
-    import huggingface_hub
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    from tinytrace.data import push
-
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OfflineModeIsEnabled):
         push(built[0], "someone/tinytracing", token="hf_fake")

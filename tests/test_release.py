@@ -13,7 +13,7 @@ import yaml
 
 from tinytrace import data as td
 from tinytrace.cli import main
-from tinytrace.lang.config import get_preset
+from tinytrace.lang.config import get_preset, sample_pairs
 from tinytrace.data import (BuildConfig, build, build_release, coverage_configs, release_sets,
                             write_card)
 from tinytrace.lang.program import cooccurring_pairs, parse
@@ -135,7 +135,7 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
     want = {"base": ctx.base_corpus, "depth-0-5": lambda: ctx.base_corpus(gen=s.generator("curriculum"))}
     for role in ("longer", "deeper", "depth-6", "depth-7", "depth-8", "depth-9"):
         want[role] = lambda role=role: ctx.test_set(role)
-    # exp_pair_coverage: its corpora are coverage_configs', built as it builds them
+    # exp_pair_coverage: the corpora of coverage_configs, built as it builds them
     for cov in coverage_configs(s.generator("id"), s.exclusion_pcts, s.scopes, seed=ctx.seed):
         want[f"allowed-{cov.scope}-{cov.pct}"] = \
             lambda g=cov.allowed: ctx.base_corpus(s.coverage_corpus, gen=g)
@@ -156,6 +156,20 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
                (mine.seed, mine.test_size, mine.context, mine.chunk_size), name
         checked += 1
     assert checked == len(SETS)  # every shipped set is evaluated by some section
+
+
+def test_coverage_configs():
+    base = get_preset("base")
+    covs = coverage_configs(base, (0, 10), ("assignment", "global"), seed=3)
+    assert [(c.scope, c.pct) for c in covs] == [("assignment", 0), ("assignment", 10),
+                                                ("global", 0), ("global", 10)]
+    zero, ten, global_ten = covs[0], covs[1], covs[3]
+    assert zero.pairs == () and zero.excluded is None and zero.allowed.forbidden_pairs == ()
+    assert ten.pairs == sample_pairs(10, seed=3) and len(ten.pairs) == 35
+    assert ten.allowed == base.replace(name="assignment-10", forbidden_pairs=ten.pairs)
+    assert global_ten.allowed.exclusion_scope == "global" and global_ten.pairs == ten.pairs
+    assert ten.excluded == global_ten.excluded == base.replace(
+        name="excluded-10", forbidden_pairs=ten.pairs, require_forbidden_pair=True)
 
 
 def test_test_split_does_not_depend_on_corpus_size(tmp_path):

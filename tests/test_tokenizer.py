@@ -1,4 +1,5 @@
 import random
+from collections import Counter
 
 import pytest
 
@@ -38,9 +39,6 @@ def test_unknown_character_names_it_and_its_position():
 def test_round_trip_on_generated_examples(preset):
     pipe = Pipeline(PRESETS[preset])
     rng = random.Random(1)
-    stats = {}
-    from collections import Counter
-
     stats = Counter()
     n = 0
     while n < 300:

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from tinytrace.lang import tokenizer as tk
-from tinytrace.lang.config import PRESETS, GeneratorConfig, sample_pairs
+from tinytrace.lang.config import PRESETS
 from tinytrace.lang.fast import default_fast_path
 from tinytrace.lang.generator import Generator
 from tinytrace.lang.program import Line, UnsupportedCode, operand_pairs, parse, render

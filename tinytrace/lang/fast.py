@@ -32,14 +32,15 @@ class Traced(NamedTuple):
 
 
 def default_fast_path(c: GeneratorConfig, run: bool = False):
-    """:class:`~tinytrace.lang.generator.DefaultRules` for ``c`` as ``generate(rng, max_tries=100_000, stats=None)``,
-    returning the lines as ``(kind, indent, target, a, op, b)`` tuples, or with ``run=True`` a
-    :class:`Traced`: the steps and final state of :func:`tinytrace.lang.tracer.run` with each
-    state as its text (:func:`tinytrace.lang.tracer.state_text`), the reason ``run`` would
-    reject the snippet (or None) and the operand pairs of all and of the executed assignments.
-    A rejected snippet is still written to the end, so the random stream does not depend on
-    ``run``. None for configs with move weights (``while``, ``elif``, ``else``, non-uniform
-    moves): those use the context-stack generator."""
+    """:class:`~tinytrace.lang.generator.DefaultRules` for ``c`` as a function
+    ``generate(rng, max_tries=100_000, stats=None)`` returning the lines as ``(kind, indent,
+    target, a, op, b)`` tuples, or with ``run=True`` a :class:`Traced`: the steps and final
+    state of :func:`tinytrace.lang.tracer.run` with each state as its text
+    (:func:`tinytrace.lang.tracer.state_text`), the reason ``run`` would reject the snippet (or
+    None) and the operand pairs of all and of the executed assignments. A rejected snippet is
+    still written to the end, so the random stream does not depend on ``run``. None for
+    configs with move weights (``while``, ``elif``, ``else``, non-uniform moves): those use
+    the context-stack generator."""
     if c.move_weights:
         return None
     lo, hi = c.value_range
