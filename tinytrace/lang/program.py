@@ -111,8 +111,8 @@ class UnsupportedCode(ValueError):
     """The text is not in the TinyTracing language (raised before anything runs)."""
 
 
-_CMP = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
-_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
+_AST_CMP = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+_AST_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
 
 
 def parse(code: str) -> list[Line]:
@@ -158,9 +158,9 @@ def _condition(node: ast.AST, lineno: int) -> tuple[Operand, str, Operand]:
     if (
         isinstance(node, ast.Compare)
         and len(node.ops) == 1
-        and type(node.ops[0]) in _CMP
+        and type(node.ops[0]) in _AST_CMP
     ):
-        return _operand(node.left, lineno), _CMP[type(node.ops[0])], _operand(
+        return _operand(node.left, lineno), _AST_CMP[type(node.ops[0])], _operand(
             node.comparators[0], lineno
         )
     raise UnsupportedCode(f"line {lineno}: unsupported condition {ast.unparse(node)!r}")
@@ -174,9 +174,9 @@ def _parse_block(body: list[ast.stmt], indent: int, out: list[Line], src: list[s
                 raise UnsupportedCode(f"line {lineno}: only `x = ...` assignments")
             target = _operand(node.targets[0], lineno)
             v = node.value
-            if isinstance(v, ast.BinOp) and type(v.op) in _ARITH:
+            if isinstance(v, ast.BinOp) and type(v.op) in _AST_ARITH:
                 left, right = _operand(v.left, lineno), _operand(v.right, lineno)
-                out.append(Line(ASSIGN, indent, target, left, _ARITH[type(v.op)], right))
+                out.append(Line(ASSIGN, indent, target, left, _AST_ARITH[type(v.op)], right))
             else:
                 out.append(Line(ASSIGN, indent, target, _operand(v, lineno)))
         elif isinstance(node, ast.If):
