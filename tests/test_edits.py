@@ -2,14 +2,21 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tinytrace.lang.config import get_preset
 from tinytrace.data import Pipeline
-from tinytrace.lang.edits import (
-    EDITS, SYMMETRIC, apply_edit, distribution_problems, edit_dataset, insertion_sites,
-)
 from tinytrace.evaluate import make_records
+from tinytrace.lang.config import get_preset
+from tinytrace.lang.edits import (
+    EDIT_NAMES,
+    EDITS,
+    SYMMETRIC,
+    apply_edit,
+    distribution_problems,
+    edit_dataset,
+    insertion_sites,
+)
 from tinytrace.lang.generator import Generator
 from tinytrace.lang.program import ASSIGN, ELIF, IF, Line, parse, render
 from tinytrace.lang.tracer import Rejected, format_example, run
@@ -115,22 +122,28 @@ def changed_lines(a, b):
 
 
 def test_comparison_symmetry_changes_one_header():
+    applied = 0
     for orig, res in edit_all(FULL, FULL_SNIPPETS + BASE_SNIPPETS, "comparison_symmetry"):
         if not res:
             continue
+        applied += 1
         (i,) = changed_lines(orig, res.lines)
         o, e = orig[i], res.lines[i]
         assert i == res.line and o.kind in (IF, ELIF) and e.kind == o.kind and e.indent == o.indent
         assert (e.a, e.op, e.b) == (o.b, SYMMETRIC[o.op], o.a)
+    assert applied
 
 
 def test_addition_commutativity_changes_one_addition():
+    applied = 0
     for orig, res in edit_all(BASE, BASE_SNIPPETS, "addition_commutativity"):
         if not res:
             continue
+        applied += 1
         (i,) = changed_lines(orig, res.lines)
         o, e = orig[i], res.lines[i]
         assert o.op == e.op == "+" and (e.target, e.a, e.b) == (o.target, o.b, o.a)
+    assert applied
 
 
 def test_neutral_operator_appends_zero_to_one_single_operand_assignment():
@@ -155,16 +168,19 @@ def test_neutral_operator_uses_the_snippets_operator():
 
 
 def test_neutral_assignment_inserts_one_fresh_line():
+    applied = 0
     for orig, res in edit_all(BASE, BASE_SNIPPETS, "neutral_assignment"):
         if not res:
             assert res.reason == "statement limit" and len(orig) == BASE.max_statements
             continue
+        applied += 1
         assert len(res.lines) == len(orig) + 1
         new = res.lines[res.line]
         assert new.kind == ASSIGN and new.op is None and isinstance(new.a, int)
         assert all(new.target not in ln.variables() for ln in orig)
         assert abs(new.a) <= BASE.max_literal
         assert res.lines[: res.line] + res.lines[res.line + 1:] == orig
+    assert applied
 
 
 def test_every_insertion_site_keeps_structure_and_semantics():
@@ -263,6 +279,11 @@ def test_comparison_symmetry_example_and_equality():
     assert "`if a < 5:` -> `if 5 > a:`" in res.description
     res = apply_edit("comparison_symmetry", "a = 1\nif a != 5:\n\tb = a\nc = 2\nd = 3", 0, FULL)
     assert res.code.split("\n")[1] == "if 5 != a:"
+
+
+def test_edit_names():
+    assert EDIT_NAMES == ("variable_renaming", "comparison_symmetry", "addition_commutativity",
+                          "neutral_operator", "neutral_assignment") == tuple(EDITS)
 
 
 def test_unknown_edit():

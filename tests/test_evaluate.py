@@ -7,13 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from tinytrace.lang import tokenizer as tk
 from tinytrace.cli import main
 from tinytrace.data import build_preset, load
 from tinytrace.evaluate import (
-    Record, bench_eval, evaluate, final_state, first_wrong, fit_window, greedy_generate, make_records,
-    restart_offset, teacher_forced, tf_metrics, greedy_generate_static,
+    Record,
+    bench_eval,
+    evaluate,
+    final_state,
+    first_wrong,
+    fit_window,
+    greedy_generate,
+    greedy_generate_static,
+    make_records,
+    restart_offset,
+    teacher_forced,
+    tf_metrics,
 )
+from tinytrace.lang import tokenizer as tk
 from tinytrace.model import GPT, get_model_config, save_checkpoint
 
 S = tk.STEP_ID

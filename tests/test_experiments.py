@@ -4,7 +4,6 @@ import pandas as pd
 import pytest
 
 from tinytrace.experiments import (
-    EDIT_NAMES,
     EXPERIMENTS,
     SCALES,
     curriculum_counts,
@@ -14,6 +13,7 @@ from tinytrace.experiments import (
     scale_table,
 )
 from tinytrace.lang.config import sample_pairs
+from tinytrace.lang.edits import EDIT_NAMES
 from tinytrace.report import paper
 
 COLUMNS = {"experiment", "model", "test_set", "condition", "exact_match", "n", "step_em_tf",
@@ -126,9 +126,9 @@ def test_mix_corpus(tmp_path):
     from tinytrace.data import BuildConfig, build, token_stream
     from tinytrace.lang.config import get_preset
 
-    a = build(BuildConfig(get_preset("base"), num_snippets=120, test_size=10, validation_size=10,
+    build(BuildConfig(get_preset("base"), num_snippets=120, test_size=10, validation_size=10,
                           config_name="a"), tmp_path / "a", workers=1, progress=False)
-    b = build(BuildConfig(get_preset("depth-6"), num_snippets=40, test_size=0, validation_size=0,
+    build(BuildConfig(get_preset("depth-6"), num_snippets=40, test_size=0, validation_size=0,
                           config_name="b"), tmp_path / "b", workers=1, progress=False)
     out, cfg = mix_corpus([(tmp_path / "a", "a", 90), (tmp_path / "b", "b", 10)], tmp_path / "mix")
     import pyarrow.parquet as pq

@@ -6,12 +6,35 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinytrace.lang.config import PRESETS, GeneratorConfig, all_pairs, get_preset, sample_pairs
-from tinytrace.data import Pipeline, cooccurring_pairs, operand_pairs
-from tinytrace.lang.generator import (
-    ASSIGNMENT, END, IF_STATEMENT, UNINDENT, WHILE_LOOP, DefaultRules, Generator,
+from tinytrace.data import Pipeline
+from tinytrace.lang.config import (
+    PRESETS,
+    GeneratorConfig,
+    all_pairs,
+    get_preset,
+    sample_pairs,
 )
-from tinytrace.lang.program import ASSIGN, IF, WHILE, Line, max_depth, n_statements, parse, render
+from tinytrace.lang.generator import (
+    ASSIGNMENT,
+    END,
+    IF_STATEMENT,
+    UNINDENT,
+    WHILE_LOOP,
+    DefaultRules,
+    Generator,
+)
+from tinytrace.lang.program import (
+    ASSIGN,
+    IF,
+    WHILE,
+    Line,
+    cooccurring_pairs,
+    max_depth,
+    n_statements,
+    operand_pairs,
+    parse,
+    render,
+)
 from tinytrace.lang.tracer import format_example, run, run_settrace
 
 EXPECTED = {

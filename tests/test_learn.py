@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tinytrace.cli import main
-from tinytrace.experiments import SCORES, learn
+from tinytrace.evaluate import SCORES
+from tinytrace.experiments import learn
 from tinytrace.model import load_checkpoint
 from tinytrace.train import TrainConfig, train
 

@@ -7,8 +7,16 @@ from safetensors import safe_open
 
 from tinytrace.lang import tokenizer as tk
 from tinytrace.model import (
-    GPT, MODEL_PRESETS, ModelConfig, count_params, get_model_config, load_checkpoint, match_params,
-    save_checkpoint, sdpa_backend, t5_bucket,
+    GPT,
+    MODEL_PRESETS,
+    ModelConfig,
+    count_params,
+    get_model_config,
+    load_checkpoint,
+    match_params,
+    save_checkpoint,
+    sdpa_backend,
+    t5_bucket,
 )
 
 VARIANTS = [dict(pe="ape"), dict(pe="rpe"), dict(pe="rpe", rpe_values=True), dict(pe="rpb")]

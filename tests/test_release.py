@@ -1,4 +1,4 @@
-"""The shipped test sets in ``data/tinytracing`` (issue 5, "Datasets on the Hub"): they load
+"""The shipped test sets in ``data/tinytracing``: they load
 offline with ``datasets``, the card lists exactly what is on disk, each set has the property its
 section tests, they are the sets the experiments evaluate at the gpu/paper scales, and the release
 list rebuilds them deterministically. Nothing here rebuilds the whole release."""
@@ -13,10 +13,16 @@ import yaml
 
 from tinytrace import data as td
 from tinytrace.cli import main
-from tinytrace.lang.config import get_preset
-from tinytrace.data import (BuildConfig, build, build_release, cooccurring_pairs, release_sets,
-                            write_card)
-from tinytrace.lang.program import parse
+from tinytrace.data import (
+    BuildConfig,
+    build,
+    build_release,
+    coverage_configs,
+    release_sets,
+    write_card,
+)
+from tinytrace.lang.config import get_preset, sample_pairs
+from tinytrace.lang.program import cooccurring_pairs, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "tinytracing"
@@ -125,7 +131,6 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
     """Ask the experiments' own code which corpora it builds (``build`` captured, nothing
     generated); the shipped set must be its test split: same generator, seed, test size, window
     and chunking (the test split does not depend on the corpus size, see the next test)."""
-    from tinytrace.lang.config import sample_pairs
     from tinytrace.experiments import get_scale
     from tinytrace.experiments.cache import _Context
 
@@ -137,16 +142,13 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
     want = {"base": ctx.base_corpus, "depth-0-5": lambda: ctx.base_corpus(gen=s.generator("curriculum"))}
     for role in ("longer", "deeper", "depth-6", "depth-7", "depth-8", "depth-9"):
         want[role] = lambda role=role: ctx.test_set(role)
-    base_gen = s.generator("id")
-    for scope in s.scopes:  # exp_pair_coverage, as written there
-        for pct in s.exclusion_pcts:
-            pairs = sample_pairs(pct, seed=ctx.seed, alphabet=base_gen.variables)
-            gen = base_gen.replace(name=f"{scope}-{pct}", forbidden_pairs=pairs, exclusion_scope=scope)
-            want[f"allowed-{scope}-{pct}"] = lambda gen=gen: ctx.base_corpus(s.coverage_corpus, gen=gen)
-            test_gen = base_gen.replace(name=f"excluded-{pct}", forbidden_pairs=pairs,
-                                        require_forbidden_pair=True)
-            want[f"excluded-{pct}"] = lambda g=test_gen: ctx.cache.test_set(g, s.test_size,
-                                                                              ctx.seed, s.context)
+    # exp_pair_coverage: the corpora of coverage_configs, built as it builds them
+    for cov in coverage_configs(s.generator("id"), s.exclusion_pcts, s.scopes, seed=ctx.seed):
+        want[f"allowed-{cov.scope}-{cov.pct}"] = \
+            lambda g=cov.allowed: ctx.base_corpus(s.coverage_corpus, gen=g)
+        if cov.excluded is not None:
+            want[f"excluded-{cov.pct}"] = \
+                lambda g=cov.excluded: ctx.cache.test_set(g, s.test_size, ctx.seed, s.context)
     checked = 0
     for name, make in want.items():
         if name not in SETS:
@@ -161,6 +163,20 @@ def test_release_is_what_the_experiments_evaluate(scale, tmp_path, monkeypatch):
                (mine.seed, mine.test_size, mine.context, mine.chunk_size), name
         checked += 1
     assert checked == len(SETS)  # every shipped set is evaluated by some section
+
+
+def test_coverage_configs():
+    base = get_preset("base")
+    covs = coverage_configs(base, (0, 10), ("assignment", "global"), seed=3)
+    assert [(c.scope, c.pct) for c in covs] == [("assignment", 0), ("assignment", 10),
+                                                ("global", 0), ("global", 10)]
+    zero, ten, global_ten = covs[0], covs[1], covs[3]
+    assert zero.pairs == () and zero.excluded is None and zero.allowed.forbidden_pairs == ()
+    assert ten.pairs == sample_pairs(10, seed=3) and len(ten.pairs) == 35
+    assert ten.allowed == base.replace(name="assignment-10", forbidden_pairs=ten.pairs)
+    assert global_ten.allowed.exclusion_scope == "global" and global_ten.pairs == ten.pairs
+    assert ten.excluded == global_ten.excluded == base.replace(
+        name="excluded-10", forbidden_pairs=ten.pairs, require_forbidden_pair=True)
 
 
 def test_test_split_does_not_depend_on_corpus_size(tmp_path):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from tinytrace.train import sft as S
-from tinytrace.lang import tokenizer as tk
 from tinytrace.data import build_preset
+from tinytrace.lang import tokenizer as tk
 from tinytrace.model import GPT, get_model_config, load_checkpoint, save_checkpoint
+from tinytrace.train import sft as S
 
 # Straight-line snippets with few variables and small values (as tests/test_train.py).
 SIMPLE = dict(min_statements=2, max_statements=3, max_depth=0, variables="ab", max_literal=4,

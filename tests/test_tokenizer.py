@@ -1,10 +1,11 @@
 import random
+from collections import Counter
 
 import pytest
 
+from tinytrace.data import Pipeline
 from tinytrace.lang import tokenizer as tk
 from tinytrace.lang.config import PRESETS
-from tinytrace.data import Pipeline
 
 
 def test_vocabulary_has_77_unique_tokens():
@@ -38,9 +39,6 @@ def test_unknown_character_names_it_and_its_position():
 def test_round_trip_on_generated_examples(preset):
     pipe = Pipeline(PRESETS[preset])
     rng = random.Random(1)
-    stats = {}
-    from collections import Counter
-
     stats = Counter()
     n = 0
     while n < 300:
@@ -53,3 +51,25 @@ def test_round_trip_on_generated_examples(preset):
         assert bytes(ids) == r["tokens"]  # the fast assembly equals the reference encoder
         assert tk.decode(ids) == text
         assert bytes(tk.encode(r["code"])) == tk.encode_canonical(r["code"])
+
+
+def test_lang_imports_only_the_standard_library():
+    """``tinytrace.lang`` is the language alone: every import in it, inside functions too, is
+    the standard library, another ``lang`` module or ``tinytrace.presets``."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import tinytrace.lang
+
+    for path in Path(tinytrace.lang.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or name == "tinytrace.presets", (path.name, name)

@@ -4,13 +4,19 @@ import random
 import pytest
 
 from tinytrace.lang import tokenizer as tk
-from tinytrace.lang.config import PRESETS, GeneratorConfig, sample_pairs
-from tinytrace.data import operand_pairs
-from tinytrace.lang.generator import Generator, default_fast_path
-from tinytrace.lang.program import Line, UnsupportedCode, parse, render
+from tinytrace.lang.config import PRESETS
+from tinytrace.lang.fast import default_fast_path
+from tinytrace.lang.generator import Generator
+from tinytrace.lang.program import Line, UnsupportedCode, operand_pairs, parse, render
 from tinytrace.lang.tracer import (
-    Rejected, format_example, make_example, max_step_pair_tokens,
-    run, run_settrace, state_text, trace,
+    Rejected,
+    format_example,
+    make_example,
+    max_step_pair_tokens,
+    run,
+    run_settrace,
+    state_text,
+    trace,
 )
 
 ISSUE_EXAMPLE = """a = 5

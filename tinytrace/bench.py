@@ -17,16 +17,19 @@ import random
 import time
 from collections import Counter
 
-from .cli import at_least, key_value
 from tinytrace.lang.config import PRESETS, get_preset
+
+from .cli import at_least, key_value
 
 
 def bench_generate(preset: str = "base", seconds: float = 3.0, seed: int = 0,
                    rounds: int = 5) -> dict:
-    from .data import BuildConfig, Pipeline
-    from tinytrace.lang.generator import DefaultRules, Generator, default_fast_path
+    from tinytrace.lang.fast import default_fast_path
+    from tinytrace.lang.generator import DefaultRules, Generator
     from tinytrace.lang.program import render
     from tinytrace.lang.tracer import Rejected, run, run_settrace
+
+    from .data import BuildConfig, Pipeline
 
     cfg = get_preset(preset)
     gen = Generator(cfg)

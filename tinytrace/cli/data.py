@@ -1,10 +1,18 @@
-"""``tinytrace data build|push`` and ``tinytrace trace`` (no torch import here)."""
+"""``tinytrace data build|release|push`` and ``tinytrace trace``: the handlers parse the
+arguments and call the library.
+
+:mod:`tinytrace.data` (numpy, pyarrow, huggingface_hub) is imported inside the data handlers so
+that the other commands, ``tinytrace trace`` included, start without it; nothing here imports
+torch.
+"""
 from __future__ import annotations
 
 import sys
 
 from tinytrace.cli import at_least, key_value
-from tinytrace.lang.config import PRESETS
+from tinytrace.lang.config import PRESETS, get_preset
+from tinytrace.lang.program import UnsupportedCode
+from tinytrace.lang.tracer import Rejected, trace
 
 
 def add_data_cli(sub) -> None:
@@ -57,13 +65,11 @@ def add_trace_cli(sub) -> None:
 
 
 def _build(args) -> int:
-    from tinytrace.lang.config import get_preset
     from tinytrace.data import BuildConfig, build
 
-    overrides = dict(args.set)
     try:
-        gen = get_preset(args.preset, **overrides)
-    except TypeError as e:
+        gen = get_preset(args.preset, **dict(args.set))
+    except TypeError as e:  # a --set value of the wrong type
         raise ValueError(f"bad --set field: {e}") from None
     cfg = BuildConfig(
         gen,
@@ -117,24 +123,18 @@ def _push(args) -> int:
 
 
 def _trace(args) -> int:
-    from tinytrace.lang.program import UnsupportedCode, parse
-    from tinytrace.lang.tracer import Rejected, format_example, run
-
     if args.file:
         with open(args.file) as f:
             code = f.read()
     else:
         code = sys.stdin.read()
+    vr = tuple(args.value_range) if args.value_range else (-(10**18), 10**18)
     try:
-        lines = parse(code)
+        print(trace(code, vr, args.max_loop_iterations))
     except UnsupportedCode as e:
         sys.stderr.write(f"tinytrace trace: unsupported code: {e}\n")
         return 2
-    vr = tuple(args.value_range) if args.value_range else (-(10**18), 10**18)
-    try:
-        ex = run(lines, vr, args.max_loop_iterations)
     except Rejected as r:
         sys.stderr.write(f"tinytrace trace: rejected by the runtime filter: {r.reason}\n")
         return 1
-    print(format_example(lines, ex))
     return 0

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from tinytrace.cli import key_value
 from tinytrace.model import ModelConfig, get_model_config
-from tinytrace.train import OPTIMIZERS, TRAIN_PRESETS, TrainConfig, get_train_config, read_run, train
+from tinytrace.train import (
+    OPTIMIZERS,
+    TRAIN_PRESETS,
+    TrainConfig,
+    get_train_config,
+    read_run,
+    train,
+)
 
 # command-line option -> TrainConfig field
 _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",

@@ -21,7 +21,12 @@ from tqdm.auto import tqdm
 from tinytrace.lang import tokenizer as tk
 from tinytrace.provenance import hardware, versions
 
-from .decode import greedy_generate, greedy_generate_static, model_device, teacher_forced
+from .decode import (
+    greedy_generate,
+    greedy_generate_static,
+    model_device,
+    teacher_forced,
+)
 from .metrics import exact_match, final_state, first_wrong, tf_metrics
 
 

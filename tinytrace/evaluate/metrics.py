@@ -12,6 +12,10 @@ import numpy as np
 
 from tinytrace.lang import tokenizer as tk
 
+# the scores an evaluation reports (fractions in [0, 1]), in table order; METRICS adds the count
+SCORES = ("exact_match", "step_em_tf", "final_state_match", "state_token_acc")
+METRICS = ("exact_match", "n", "step_em_tf", "final_state_match", "state_token_acc")
+
 AT, CARET, DOLLAR = tk.STOI["@"], tk.STOI["^"], tk.STOI["$"]
 LINE_END = (tk.NEWLINE_ID, tk.STEP_ID, tk.EOS_ID)
 

@@ -1,9 +1,8 @@
 """The paper's experiments: the scales, the artifact cache, the six runners and the analysis
 that turns their tables into the paper's reported values."""
 from .analysis import COLLAPSE_EM, HIGH_EM, measured, select_sft, train_hours
-from .cache import METRICS, SCORES, Cache
+from .cache import Cache
 from .runners import (
-    EDIT_NAMES,
     EXPERIMENTS,
     RUNNERS,
     base_run_dir,
@@ -17,13 +16,10 @@ from .scales import SCALES, Scale, get_scale, paper_task, scale_table, scaled_ta
 
 __all__ = [
     "COLLAPSE_EM",
-    "EDIT_NAMES",
     "EXPERIMENTS",
     "HIGH_EM",
-    "METRICS",
     "RUNNERS",
     "SCALES",
-    "SCORES",
     "Cache",
     "Scale",
     "base_run_dir",

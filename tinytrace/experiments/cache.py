@@ -15,16 +15,12 @@ from pathlib import Path
 
 import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture what gets built
 from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
-from tinytrace.evaluate import evaluate
+from tinytrace.evaluate import METRICS, evaluate
 from tinytrace.lang.config import GeneratorConfig
 from tinytrace.train import TrainConfig
 from tinytrace.train import train as train_run
 
 from .scales import Scale
-
-# what an evaluation keeps of the evaluator's summary, in table order; SCORES are fractions
-METRICS = ("exact_match", "n", "step_em_tf", "final_state_match", "state_token_acc")
-SCORES = tuple(m for m in METRICS if m != "n")
 
 
 def _key(obj) -> str:

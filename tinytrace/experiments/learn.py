@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 from tinytrace.data import read_split, token_stream
-from tinytrace.evaluate import evaluate
+from tinytrace.evaluate import SCORES, evaluate
 from tinytrace.model import load_checkpoint
 from tinytrace.presets import Presets
 from tinytrace.provenance import device_name, environment
 from tinytrace.train import steps_per_epoch, train
 
-from .cache import SCORES, _Context
+from .cache import _Context
 from .scales import get_scale
 
 THRESHOLDS = (0.5, 0.9, 0.95, 0.99)

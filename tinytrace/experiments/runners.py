@@ -23,19 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tinytrace.data import Pipeline, read_split
-from tinytrace.lang.config import GeneratorConfig, get_preset, sample_pairs
-from tinytrace.lang.edits import edit_dataset
+from tinytrace.data import Pipeline, coverage_configs, read_split
+from tinytrace.evaluate import METRICS
+from tinytrace.lang.config import GeneratorConfig, get_preset
+from tinytrace.lang.edits import EDIT_NAMES, edit_dataset
 from tinytrace.model import count_params, load_checkpoint, match_params
 from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
-from .cache import METRICS, _Context, _key
+from .cache import _Context, _key
 from .scales import get_scale
-
-# the in-distribution edits of Sec. 4.1 (tinytrace.lang.edits), in the paper's order
-EDIT_NAMES = ["variable_renaming", "comparison_symmetry", "addition_commutativity",
-              "neutral_operator", "neutral_assignment"]
 
 
 def _device():
@@ -141,24 +138,18 @@ def _count_label(n: int) -> str:
 def exp_pair_coverage(ctx: _Context) -> list[dict]:
     s = ctx.scale
     rows = []
-    base_gen = s.generator("id")
-    for scope in s.scopes:
-        for pct in s.exclusion_pcts:
-            pairs = sample_pairs(pct, seed=ctx.seed, alphabet=base_gen.variables)
-            gen = base_gen.replace(name=f"{scope}-{pct}", forbidden_pairs=pairs, exclusion_scope=scope)
-            corpus = ctx.base_corpus(s.coverage_corpus, gen=gen)
-            run = ctx.cache.run(s, corpus, s.model_config(), tag=f"coverage-{scope}-{pct}")
-            model = _load(run)
-            allowed = ctx.eval_set(model, run, corpus)
-            rows.append(_row("pair_coverage", f"{scope}-{pct}", "allowed", f"{pct}%", allowed,
-                             scope=scope, exclusion_pct=pct, n_forbidden=len(pairs)))
-            if pairs:
-                test_gen = base_gen.replace(name=f"excluded-{pct}", forbidden_pairs=pairs,
-                                            require_forbidden_pair=True)
-                excluded = ctx.eval_set(model, run, ctx.cache.test_set(test_gen, s.test_size,
-                                                                       ctx.seed, s.context))
-                rows.append(_row("pair_coverage", f"{scope}-{pct}", "excluded", f"{pct}%", excluded,
-                                 scope=scope, exclusion_pct=pct, n_forbidden=len(pairs)))
+    for cov in coverage_configs(s.generator("id"), s.exclusion_pcts, s.scopes, seed=ctx.seed):
+        corpus = ctx.base_corpus(s.coverage_corpus, gen=cov.allowed)
+        run = ctx.cache.run(s, corpus, s.model_config(), tag=f"coverage-{cov.scope}-{cov.pct}")
+        model = _load(run)
+        common = dict(scope=cov.scope, exclusion_pct=cov.pct, n_forbidden=len(cov.pairs))
+        condition, value = f"{cov.scope}-{cov.pct}", f"{cov.pct}%"
+        rows.append(_row("pair_coverage", condition, "allowed", value,
+                         ctx.eval_set(model, run, corpus), **common))
+        if cov.excluded is not None:
+            test = ctx.cache.test_set(cov.excluded, s.test_size, ctx.seed, s.context)
+            rows.append(_row("pair_coverage", condition, "excluded", value,
+                             ctx.eval_set(model, run, test), **common))
     return rows
 
 

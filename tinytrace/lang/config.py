@@ -27,6 +27,8 @@ from itertools import combinations_with_replacement
 
 from tinytrace.presets import ConfigDict, Presets
 
+from .program import pair
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 ALL_ARITH = ("+", "-", "*", "//", "%")
 ALL_COMPARISONS = ("<", ">", "<=", ">=", "==", "!=")
@@ -140,7 +142,7 @@ def _norm_pair(p) -> str:
     p = "".join(p)
     if len(p) != 2:
         raise ValueError(f"a variable pair is two letters, got {p!r}")
-    return "".join(sorted(p))
+    return pair(p[0], p[1])
 
 
 def sample_pairs(percent: float, seed: int = 0, alphabet: str = ALPHABET) -> tuple[str, ...]:

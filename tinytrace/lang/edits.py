@@ -28,8 +28,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .config import GeneratorConfig, get_preset
-from tinytrace.data import cooccurring_pairs, operand_pairs
-from .program import ASSIGN, ELIF, ELSE, IF, WHILE, Line, parse, render
+from .program import (
+    ASSIGN,
+    ELIF,
+    ELSE,
+    IF,
+    WHILE,
+    Line,
+    cooccurring_pairs,
+    operand_pairs,
+    parse,
+    render,
+)
 from .tracer import Rejected, format_example, run
 
 SYMMETRIC = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
@@ -231,6 +241,7 @@ EDITS = {
     "neutral_operator": neutral_operator,
     "neutral_assignment": neutral_assignment,
 }
+EDIT_NAMES = tuple(EDITS)  # the five edits, in the order listed above
 
 
 # --- distribution check -----------------------------------------------------------------------------

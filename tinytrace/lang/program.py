@@ -75,12 +75,44 @@ def max_depth(lines: list[Line]) -> int:
     return max((ln.indent for ln in lines), default=0)
 
 
+# --- variable pairs (Sec. 4.2, 4.2.1) ---------------------------------------------------------
+def pair(u: str, v: str) -> str:
+    """The unordered pair of two variables as a sorted two-letter string (``pair("b", "a") ==
+    "ab"``): the form of ``GeneratorConfig.forbidden_pairs`` and the corpus columns."""
+    return u + v if u <= v else v + u
+
+
+def operand_pairs(lines: list[Line], only: set[int] | None = None) -> list[str]:
+    """Unordered operand pairs of ``x = u op v`` assignments with two variables (Sec. 4.2), in
+    line order; with ``only``, just the lines whose index is in it."""
+    return [
+        pair(ln.a, ln.b)
+        for i, ln in enumerate(lines)
+        if ln.kind == ASSIGN
+        and ln.op is not None
+        and ln.a.__class__ is str
+        and ln.b.__class__ is str
+        and (only is None or i in only)
+    ]
+
+
+def cooccurring_pairs(lines: list[Line]) -> list[str]:
+    """Every unordered pair of variable occurrences inside one statement (Sec. 4.2.1), sorted."""
+    out = set()
+    for ln in lines:
+        vs = ln.variables()
+        for i in range(len(vs)):
+            for j in range(i + 1, len(vs)):
+                out.add(pair(vs[i], vs[j]))
+    return sorted(out)
+
+
 class UnsupportedCode(ValueError):
     """The text is not in the TinyTracing language (raised before anything runs)."""
 
 
-_CMP = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
-_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
+_AST_CMP = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+_AST_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
 
 
 def parse(code: str) -> list[Line]:
@@ -126,9 +158,9 @@ def _condition(node: ast.AST, lineno: int) -> tuple[Operand, str, Operand]:
     if (
         isinstance(node, ast.Compare)
         and len(node.ops) == 1
-        and type(node.ops[0]) in _CMP
+        and type(node.ops[0]) in _AST_CMP
     ):
-        return _operand(node.left, lineno), _CMP[type(node.ops[0])], _operand(
+        return _operand(node.left, lineno), _AST_CMP[type(node.ops[0])], _operand(
             node.comparators[0], lineno
         )
     raise UnsupportedCode(f"line {lineno}: unsupported condition {ast.unparse(node)!r}")
@@ -142,9 +174,9 @@ def _parse_block(body: list[ast.stmt], indent: int, out: list[Line], src: list[s
                 raise UnsupportedCode(f"line {lineno}: only `x = ...` assignments")
             target = _operand(node.targets[0], lineno)
             v = node.value
-            if isinstance(v, ast.BinOp) and type(v.op) in _ARITH:
+            if isinstance(v, ast.BinOp) and type(v.op) in _AST_ARITH:
                 left, right = _operand(v.left, lineno), _operand(v.right, lineno)
-                out.append(Line(ASSIGN, indent, target, left, _ARITH[type(v.op)], right))
+                out.append(Line(ASSIGN, indent, target, left, _AST_ARITH[type(v.op)], right))
             else:
                 out.append(Line(ASSIGN, indent, target, _operand(v, lineno)))
         elif isinstance(node, ast.If):

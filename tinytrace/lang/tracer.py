@@ -41,14 +41,15 @@ class Rejected(Exception):
 
 REASONS = ("value_range", "loop_cap", "exception")
 
-_ARITH = {
+# the language's operators as functions (the tracers and the generator's fast path run them)
+ARITH = {
     "+": operator.add,
     "-": operator.sub,
     "*": operator.mul,
     "//": operator.floordiv,
     "%": operator.mod,
 }
-_CMP = {
+CMP = {
     "<": operator.lt,
     ">": operator.gt,
     "<=": operator.le,
@@ -120,7 +121,7 @@ def run(lines: list[Line], value_range=(-99, 99), max_loop_iterations: int = 100
                     elif op == "-":
                         x = x - y
                     else:
-                        x = _ARITH[op](x, y)
+                        x = ARITH[op](x, y)
                 if x < lo or x > hi:
                     raise Rejected("value_range")
                 env[ln.target] = x
@@ -173,7 +174,7 @@ def _test(ln: Line, env: dict) -> bool:
         return x < y
     if op == ">":
         return x > y
-    return _CMP[op](x, y)
+    return CMP[op](x, y)
 
 
 # --- the reference tracer ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tinytrace.data.core import _card_order
+from tinytrace.data import card_order
 from tinytrace.experiments import SCALES, get_scale, scale_table
 
 from .sections import DEFAULT_OUT, NOTEBOOKS
@@ -134,7 +134,7 @@ def datasets_page(data_dir="data/tinytracing") -> str:
         builds = [json.loads(f.read_text()) for f in data_dir.glob("*/build.json")]
     if not builds:
         return "\n".join(parts + ["No dataset has been built yet: run `make book`.", ""])
-    builds.sort(key=_card_order)  # the dataset card's order
+    builds.sort(key=card_order)  # the dataset card's order
     used = any("release" in b for b in builds)
     rows, examples = [], []
     for build in builds:

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from tinytrace.experiments import EDIT_NAMES, SCORES
+from tinytrace.evaluate import SCORES
+from tinytrace.lang.edits import EDIT_NAMES
 
 from .tables import PCT, TEST_SET_ORDER, ood_table, order, pct
 

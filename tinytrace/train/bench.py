@@ -8,7 +8,13 @@ import torch
 from tinytrace.model import GPT, get_model_config
 from tinytrace.provenance import device_name
 
-from .common import batch_plan, lm_loss, make_accelerator, make_optimizers, optimizer_step
+from .common import (
+    batch_plan,
+    lm_loss,
+    make_accelerator,
+    make_optimizers,
+    optimizer_step,
+)
 from .loop import get_train_config
 
 

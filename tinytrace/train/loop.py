@@ -41,9 +41,17 @@ from tinytrace.model import GPT, ModelConfig, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
 from tinytrace.provenance import environment
 
-from .common import (OPTIMIZERS, append_jsonl, batch_plan, lm_loss, lr_schedulers,
-                     make_accelerator, make_optimizers, optimizer_step,
-                     validation_loss as _validation_loss)
+from .common import (
+    OPTIMIZERS,
+    append_jsonl,
+    batch_plan,
+    lm_loss,
+    lr_schedulers,
+    make_accelerator,
+    make_optimizers,
+    optimizer_step,
+)
+from .common import validation_loss as _validation_loss
 
 STATE_DIR = "state"
 TRAINER_FILE = "trainer.json"

@@ -55,8 +55,16 @@ from tinytrace.model import load_checkpoint, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
 from tinytrace.provenance import environment
 
-from .common import (append_jsonl, batch_plan, lr_at as _lr_at, lr_schedulers, make_accelerator,
-                     make_optimizers, optimizer_step, validation_loss as _validation_loss)
+from .common import (
+    append_jsonl,
+    batch_plan,
+    lr_schedulers,
+    make_accelerator,
+    make_optimizers,
+    optimizer_step,
+)
+from .common import lr_at as _lr_at
+from .common import validation_loss as _validation_loss
 
 DONE_FILE = "done.json"
 RUN_FILE = "sft.json"
@@ -236,7 +244,10 @@ def lora_param_count(model_config, rank: int, targets=LORA_TARGETS) -> int:
 def apply_lora(model, cfg: SFTConfig):
     """Wrap a :class:`model.GPT` in a peft ``PeftModel``: adapters on ``cfg.target_modules``;
     only the adapters (and the Linear biases, if any) stay trainable."""
-    from peft import LoraConfig, get_peft_model  # lazy: an optional extra that imports transformers
+    from peft import (  # lazy: an optional extra that imports transformers
+        LoraConfig,
+        get_peft_model,
+    )
 
     lc = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                     target_modules=list(cfg.target_modules),

@@ -1,0 +1,117 @@
+"""The package's layering, read from the source: no import cycle, a pure-Python language layer.
+
+Every ``import`` statement counts, also those inside functions: a cycle hidden in a function
+still ties two modules together.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "tinytrace"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PKG.rglob("*.py"):
+        parts = ("tinytrace", *path.relative_to(PKG).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Absolute names of everything ``name`` imports (module or package, internal or not)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if sub in MODULES else base)
+    return out
+
+
+def _edges(name: str, path: Path) -> set[str]:
+    """Internal modules ``name`` depends on: each imported module and the packages above it
+    (their ``__init__`` runs first), except the packages ``name`` itself lives in."""
+    own = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
+    out = set()
+    for target in _imports(name, path):
+        parts = target.split(".")
+        for i in range(2, len(parts) + 1):
+            t = ".".join(parts[:i])
+            if t in MODULES and t not in own and t != name:
+                out.add(t)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_inside_the_package():
+    graph = {name: _edges(name, path) for name, path in MODULES.items()}
+    assert _cycles(graph) == []
+
+
+LANG = sorted(n for n in MODULES if n.startswith("tinytrace.lang"))
+ALLOWED_INTERNAL = ("tinytrace.lang", "tinytrace.presets")
+
+
+@pytest.mark.parametrize("name", LANG)
+def test_the_language_layer_is_pure_python(name):
+    """``lang/`` is the TinyTracing language: no torch, numpy or pandas, and nothing of the
+    package above it (the dependency-free ``presets`` helper aside)."""
+    imported = _imports(name, MODULES[name])
+    heavy = {m for m in imported if m.split(".")[0] in {"torch", "numpy", "pandas"}}
+    above = {m for m in imported if m.startswith("tinytrace")
+             and not m.startswith(ALLOWED_INTERNAL) and m != "tinytrace"}
+    assert not heavy and not above, (heavy, above)
+
+
+def test_presets_imports_nothing_from_the_package():
+    assert not {m for m in _imports("tinytrace.presets", MODULES["tinytrace.presets"])
+                if m.startswith("tinytrace")}

@@ -1,0 +1,293 @@
+"""Corpus builder: parallel chunks of records -> dedup -> splits -> Hub-layout shards (paper
+Sec. 2.2, 3.2, App. C.4, C.5).
+
+A build writes one config of a dataset folder (layout in :mod:`tinytrace.data.io`) and
+regenerates the dataset card (:mod:`tinytrace.data.card`).
+
+Guarantees: one global SHA-256 hash set over the raw snippets, applied before splitting, so no
+snippet appears twice anywhere (C.4); test and validation examples pass the determinism filter
+(every two consecutive steps fit in the context window, Sec. 2.2); output depends only on the
+config and the seed, not on the number of workers (chunk ``i`` always uses the same random
+stream and chunks are consumed in order); a build is written to a hidden temporary folder and
+renamed into place when complete, so an interrupted build never looks complete.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import resource
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tinytrace import __version__
+from tinytrace.lang.config import GeneratorConfig, get_preset
+
+from .card import write_card
+from .io import SPLITS, TOKENS_DIR
+from .pipeline import CHUNK_SCHEMA, ROW_SCHEMA, Pipeline
+
+
+def chunk_rng(seed: int, chunk: int) -> random.Random:
+    # string seeds are hashed with SHA-512: the stream is the same on every Python version
+    return random.Random(f"tinytrace/{seed}/{chunk}")
+
+
+def _make_chunk(args):
+    """Worker: ``size`` accepted records of chunk ``chunk`` as an Arrow table (+ stats)."""
+    config_dict, context, seed, chunk, size = args
+    pipe = _worker_pipeline(config_dict, context)
+    rng = chunk_rng(seed, chunk)
+    stats: Counter = Counter()
+    cols = pipe.records(rng, size, stats)
+    return pa.table(cols, schema=CHUNK_SCHEMA), dict(stats)
+
+
+_PIPE_CACHE: dict = {}
+
+
+def _worker_pipeline(config_dict: dict, context: int) -> Pipeline:
+    key = (json.dumps(config_dict, sort_keys=True), context)
+    pipe = _PIPE_CACHE.get(key)
+    if pipe is None:
+        _PIPE_CACHE.clear()
+        pipe = _PIPE_CACHE[key] = Pipeline(GeneratorConfig.from_dict(config_dict), context)
+    return pipe
+
+
+@dataclass
+class BuildConfig:
+    """What ``tinytrace data build`` makes. ``num_snippets`` counts all splits together."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    num_snippets: int = 10_000
+    seed: int = 0
+    test_size: int = 1024
+    validation_size: int = 1024
+    context: int = 512
+    deterministic_train: bool = False  # the determinism filter on train too (C.5: optional)
+    config_name: str | None = None  # defaults to the generator preset's name
+    chunk_size: int = 1024
+    shard_rows: int = 250_000
+    tokens: bool = True  # also write the uint8 token stream of each split
+
+    def __post_init__(self):
+        if self.num_snippets < 0 or self.test_size < 0 or self.validation_size < 0:
+            raise ValueError("sizes must be >= 0")
+        if self.test_size + self.validation_size > self.num_snippets:
+            raise ValueError(
+                f"test ({self.test_size}) + validation ({self.validation_size}) exceed "
+                f"--num-snippets ({self.num_snippets})"
+            )
+        if self.context < 16:
+            raise ValueError(f"context must be >= 16 tokens, got {self.context}")
+        if self.chunk_size < 1 or self.shard_rows < 1:
+            raise ValueError("chunk_size and shard_rows must be >= 1")
+        name = self.config_name or self.generator.name
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad config name {name!r}")
+        self.config_name = name
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {
+            "test": self.test_size,
+            "validation": self.validation_size,
+            "train": self.num_snippets - self.test_size - self.validation_size,
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["generator"] = self.generator.to_dict()
+        return d
+
+
+class _ShardWriter:
+    """Streams one split's rows into ``<split>-NNNNN-of-NNNNN.parquet`` shards and tokens."""
+
+    def __init__(self, folder: Path, split: str, total: int, shard_rows: int, tokens: bool):
+        self.folder, self.split, self.total = folder, split, total
+        self.shard_rows = shard_rows
+        self.n_shards = max(1, math.ceil(total / shard_rows))
+        self.schema = ROW_SCHEMA
+        self.written = 0
+        self.writer = None
+        self.tok_file = None
+        self.lengths: list = []
+        if tokens and total:
+            (folder / TOKENS_DIR).mkdir(exist_ok=True)
+            self.tok_file = open(folder / TOKENS_DIR / f"{split}.bin", "wb")
+
+    def add(self, table) -> None:
+        """Append rows (an Arrow table with the chunk schema)."""
+        if self.tok_file is not None:
+            toks = table.column("tokens").combine_chunks()
+            _, off_buf, data = toks.buffers()
+            off = np.frombuffer(off_buf, dtype=np.int32)[toks.offset : toks.offset + len(toks) + 1]
+            self.tok_file.write(memoryview(data)[off[0] : off[-1]])
+            self.lengths.append(np.diff(off))
+        table = table.select(self.schema.names)
+        while table.num_rows:
+            shard = self.written // self.shard_rows
+            room = (shard + 1) * self.shard_rows - self.written
+            part, table = table.slice(0, room), table.slice(room)
+            if self.writer is None:
+                name = f"{self.split}-{shard:05d}-of-{self.n_shards:05d}.parquet"
+                self.writer = pq.ParquetWriter(self.folder / name, self.schema, compression="zstd")
+            self.writer.write_table(part, row_group_size=8192)
+            self.written += part.num_rows
+            if self.written % self.shard_rows == 0:
+                self.writer.close()
+                self.writer = None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.tok_file is not None:
+            self.tok_file.close()
+            lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            np.save(self.folder / TOKENS_DIR / f"{self.split}.idx.npy", starts)
+
+
+def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
+          progress: bool = True, release: dict | None = None) -> dict:
+    """Build one config of a dataset into ``out`` (other configs there are kept) and
+    regenerate the dataset card. Returns the build summary (also in ``build.json``).
+    ``release`` (what the card says about a shipped set, see :func:`build_release`) is stored
+    in ``build.json`` as is."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = cfg.config_name
+    final = out / name
+    tmp = out / f".{name}.incomplete"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a previous build was interrupted: start it again
+    tmp.mkdir()
+    workers = max(1, workers or os.cpu_count() or 1)
+    sizes = cfg.split_sizes
+    writers = {
+        s: _ShardWriter(tmp, s, sizes[s], cfg.shard_rows, cfg.tokens) for s in SPLITS if sizes[s]
+    }
+    filled = {s: 0 for s in SPLITS}
+    seen: set[bytes] = set()
+    stats: Counter = Counter()
+    t0 = time.time()
+    total = cfg.num_snippets
+    gen_dict = cfg.generator.to_dict()
+    tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size) for i in itertools.count())
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
+    try:
+        results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
+        done = total == 0
+        n_done = 0
+        while not done:
+            table, chunk_stats = next(results)
+            stats.update(chunk_stats)
+            picks: dict[str, list[int]] = {s: [] for s in SPLITS}
+            hashes = table.column("sha256").to_pylist()
+            dets = table.column("deterministic").to_pylist()
+            for i, (h, det) in enumerate(zip(hashes, dets)):
+                h = bytes.fromhex(h)
+                if h in seen:
+                    stats["duplicate"] += 1
+                    continue
+                seen.add(h)
+                split = _assign(det, filled, sizes, cfg.deterministic_train)
+                if split is None:
+                    stats["nondeterministic"] += 1
+                    continue
+                picks[split].append(i)
+                filled[split] += 1
+                n_done += 1
+                if n_done == total:
+                    done = True
+                    break
+            for split, idx in picks.items():
+                if idx:
+                    writers[split].add(table.take(idx))
+                    bar.update(len(idx))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    for w in writers.values():
+        w.close()
+    unique = len(seen)
+    seen.clear()
+    seconds = time.time() - t0
+    # build.json depends only on the config and seed (a rebuild leaves `git diff` empty);
+    # timings go to timing.json
+    summary = {
+        "config_name": name,
+        "build": cfg.to_dict(),
+        "splits": dict(filled),
+        "stats": _stats_summary(stats, seen_count=unique),
+        "tokens": _token_summary(tmp, filled),
+        "tinytrace_version": __version__,
+    }
+    if release is not None:
+        summary["release"] = release
+    timing = {
+        "seconds": round(seconds, 2),
+        "workers": workers,
+        "snippets_per_s": round(total / seconds, 1) if seconds else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    (tmp / "build.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (tmp / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    summary.update(timing)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_card(out)
+    return summary
+
+
+def _assign(det: bool, filled: dict, sizes: dict, deterministic_train: bool) -> str | None:
+    """Test first, then validation, then train (C.4: dedup happens before splitting)."""
+    for split in ("test", "validation"):
+        if filled[split] < sizes[split] and det:
+            return split
+    if filled["train"] < sizes["train"] and (det or not deterministic_train):
+        return "train"
+    return None
+
+
+def _stats_summary(stats: Counter, seen_count: int) -> dict:
+    attempts = stats.get("attempts", 0)
+    keys = ("generator", "value_range", "loop_cap", "exception", "no_forbidden_pair",
+            "duplicate", "nondeterministic")
+    return {"attempts": attempts, "unique": seen_count, **{k: stats.get(k, 0) for k in keys}}
+
+
+def _token_summary(folder: Path, filled: dict) -> dict:
+    out = {}
+    for split, n in filled.items():
+        if not n:
+            continue
+        files = sorted(folder.glob(f"{split}-*.parquet"))
+        tot = sum(pq.read_table(f, columns=["n_tokens"])["n_tokens"].to_numpy().sum() for f in files)
+        out[split] = {"examples": n, "tokens": int(tot), "mean_tokens": round(float(tot) / n, 2)}
+    return out
+
+
+def build_preset(preset: str, out, num_snippets: int, seed: int = 0, **kw) -> dict:
+    """Convenience: build a named preset (see :mod:`tinytrace.lang.config`)."""
+    workers = kw.pop("workers", None)
+    progress = kw.pop("progress", True)
+    gen_overrides = kw.pop("generator_overrides", {})
+    cfg = BuildConfig(get_preset(preset, **gen_overrides), num_snippets=num_snippets, seed=seed, **kw)
+    return build(cfg, out, workers=workers, progress=progress)
