@@ -112,6 +112,31 @@ def test_the_language_layer_is_pure_python(name):
     assert not heavy and not above, (heavy, above)
 
 
+# ARCHITECTURE.md's layers, bottom first: a module imports only from its layer or those below
+LAYERS = [("tinytrace", "tinytrace.presets"), ("tinytrace.lang",), ("tinytrace.data",),
+          ("tinytrace.model", "tinytrace.provenance"),
+          ("tinytrace.train", "tinytrace.evaluate", "tinytrace.hub"),
+          ("tinytrace.experiments", "tinytrace.bench"), ("tinytrace.report",),
+          ("tinytrace.cli", "tinytrace.__main__")]
+
+
+def _layer(name: str) -> int:
+    best = max((p for layer in LAYERS for p in layer if name == p or name.startswith(p + ".")),
+               key=len)
+    return next(i for i, layer in enumerate(LAYERS) if best in layer)
+
+
+def test_every_module_has_a_layer():
+    assert all(_layer(n) >= 0 for n in MODULES)
+    assert _layer("tinytrace.lang.fast") == 1 and _layer("tinytrace.cli.data") == 7
+
+
+def test_no_module_imports_a_layer_above_it():
+    upward = sorted((name, t) for name, path in MODULES.items() for t in _edges(name, path)
+                    if _layer(t) > _layer(name))
+    assert upward == []
+
+
 def test_presets_imports_nothing_from_the_package():
     assert not {m for m in _imports("tinytrace.presets", MODULES["tinytrace.presets"])
                 if m.startswith("tinytrace")}

@@ -320,5 +320,5 @@ def test_performance_page_from_benchmark_results(tmp_path):
     assert "2.10M tokens/s, 38.0% MFU | met" in goals and "7.5 s | **not met**" in goals
     assert "`a.json`" in page and "`b.json`" in page and "figures/performance-loss.png" in page
     assert pages.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
-    assert pages.training_tokens("gpu")["base"] == pytest.approx(600_000 * 309.6)
+    assert pages.training_tokens("gpu")["base"] == pytest.approx(600_000 * 306.71)  # shipped base
     assert "No GPU results yet." in pages.performance_page(tmp_path / "none")

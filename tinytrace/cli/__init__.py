@@ -1,7 +1,8 @@
 """Command line: ``tinytrace`` / ``python -m tinytrace``.
 
-Each command lives in the module that implements it (``add_cli(subparsers)``); only the module
-of the command being run is imported, so ``tinytrace trace`` never loads torch.
+Every command's parser and handler live in ``tinytrace/cli/<command>.py`` (``add_cli(subparsers)``);
+handlers only parse and call the library. Only the module of the command being run is imported,
+so ``tinytrace trace`` never loads torch.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ COMMANDS = {
     "trace": ("tinytrace.cli.data", "add_trace_cli", "trace a snippet (file or stdin)"),
     "train": ("tinytrace.cli.train", "add_cli", "train a model with Accelerate"),
     "eval": ("tinytrace.cli.evaluate", "add_cli", "greedy exact-match evaluation of a checkpoint"),
-    "bench": ("tinytrace.bench", "add_cli", "benchmarks that print one JSON line"),
+    "bench": ("tinytrace.cli.bench", "add_cli", "benchmarks that print one JSON line"),
     "sft": ("tinytrace.cli.sft", "add_cli", "LoRA fine-tuning with instruction masking"),
     "experiment": ("tinytrace.cli.experiment", "add_cli", "run one of the paper's experiments"),
     "notebooks": ("tinytrace.cli.notebooks", "add_cli", "execute the section notebooks with papermill"),

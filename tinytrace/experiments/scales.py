@@ -142,9 +142,8 @@ def _scales() -> Presets[Scale]:
         name="cpu",
         description="a laptop, all experiments in about an hour on 2 cores: the scaled-down task "
                     "(3-4 statements, depth <= 1, variables a-j, values in [-5, 5], one assignment "
-                    "in five an `x = u op v`), chosen by measured short runs "
-                    "(notes/issue4-cpu-scale.md); the 0.1M model with T5 relative position bias "
-                    "instead of the paper's APE (it learns the copy-and-trace pattern in fewer "
+                    "in five an `x = u op v`), chosen by measured short runs; the 0.1M model with "
+                    "T5 relative position bias instead of the paper's APE (it learns the copy-and-trace pattern in fewer "
                     "steps on CPU), a 128-token context, and evaluation prompts that start with "
                     "the end-of-example token as in training",
         model="tiny",

@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import os
 import random
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -59,7 +58,6 @@ __all__ = [
 ]
 
 # tqdm.auto warns in kernels without ipywidgets (progress then falls back to text bars)
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 class Markdown(str):
