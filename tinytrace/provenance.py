@@ -11,6 +11,10 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+
+from tinytrace import __version__
+
 LIBRARIES = ("torch", "accelerate", "numpy", "safetensors", "datasets")
 
 
@@ -27,8 +31,6 @@ def cpu_model() -> str:
 
 def device_name(device) -> str:
     """The name of one torch device: the GPU's model for ``cuda``, else the CPU's."""
-    import torch
-
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -38,8 +40,6 @@ def device_name(device) -> str:
 def hardware(device=None) -> str:
     """``"GPU: NVIDIA H100 80GB HBM3 (1 visible)"`` or ``"CPU: <model> (2 cores)"``;
     ``device="cpu"`` reports the CPU even when a GPU exists."""
-    import torch
-
     want_cpu = device is not None and str(device).startswith("cpu")
     if not want_cpu and torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible)"
@@ -62,8 +62,6 @@ def git_commit() -> str | None:
 
 def versions() -> dict:
     """Python, tinytrace and the libraries a result depends on (None: not installed)."""
-    from tinytrace import __version__
-
     libs = {}
     for name in LIBRARIES:
         try:
@@ -75,8 +73,6 @@ def versions() -> dict:
 
 def environment(accelerator=None) -> dict:
     """Code version, library versions and device: logged at the start of every run."""
-    import torch
-
     status = git("status", "--porcelain", "--untracked-files=no")
     env = {
         "git_commit": git_commit(),
