@@ -71,6 +71,11 @@ RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
     Recipe("cpu-l2w128", "2 layers x 128 (0.41M), AdamW 6e-3 -> 6e-4, batch 16 x 128",
            model=dict(n_embd=128, n_head=8), corpus_snippets=100_000,
            train=dict(epochs=1, batch_size=16, lr_peak=6e-3, lr_min=6e-4)),
+    # sized for 15 minutes of 2 threads: one epoch of fresh snippets, compiled
+    Recipe("cpu-l4w64-15min", "4 layers x 64 (0.20M), AdamW 3e-3 -> 3e-4, batch 8 x 128, "
+                              "200k snippets (23.7M tokens) once, compiled",
+           model=dict(n_layer=4), corpus_snippets=200_000,
+           train=dict(epochs=1, lr_peak=3e-3, lr_min=3e-4, compile=True)),
     # For one GPU (the `gpu` scale: paper task, paper model): 4x more optimizer steps for the
     # same tokens (batch 128 x 512), Muon on the hidden matrices at twice AdamW's peak LR
     Recipe("gpu-muon", "batch 128 x 512, AdamW 3e-3 + Muon 6e-3 (hidden matrices), one cosine, "
