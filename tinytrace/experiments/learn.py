@@ -12,10 +12,8 @@ size versus epochs). The `paper` scale keeps the paper's recipe.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -26,7 +24,7 @@ import torch
 from tinytrace.data import read_split, token_stream
 from tinytrace.evaluate import SCORES, evaluate
 from tinytrace.model import load_checkpoint
-from tinytrace.presets import Presets
+from tinytrace.presets import ConfigDict, Presets
 from tinytrace.provenance import device_name, environment
 from tinytrace.train import steps_per_epoch, train
 
@@ -37,7 +35,7 @@ THRESHOLDS = (0.5, 0.9, 0.95, 0.99)
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(ConfigDict):
     """Changes to a scale's base run: ``train`` (TrainConfig fields), ``model`` (ModelConfig
     fields over the scale's model), ``model_preset`` and ``corpus_snippets`` (None: the
     scale's)."""
@@ -55,9 +53,6 @@ class Recipe:
                        model=self.model_preset or scale.model,
                        model_overrides={**scale.model_overrides, **self.model},
                        corpus_snippets=self.corpus_snippets or scale.corpus_snippets)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
@@ -179,7 +174,7 @@ def bench_learn(scale: str = "cpu", recipe: str = "scale", minutes: float | None
         "torch_threads": torch.get_num_threads(), "load_average": [round(load0, 2),
                                                                    round(os.getloadavg()[0], 2)],
         "git_commit": env["git_commit"], "torch": torch.__version__,
-        "python": platform.python_version(), "run_dir": str(out),
+        "python": env["python"], "run_dir": str(out),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return result
