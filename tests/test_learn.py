@@ -74,3 +74,18 @@ def test_gpu_recipe_runs_on_cpu(tmp_path):
     assert res["tokens_per_step"] == 2 * 64 and res["eval_n"] == 1
     assert res["train"]["optimizer"] == "muon" and res["train"]["muon_lr"] == 6e-3
     assert res["eval_n"] == 1 and res["recipe"]["name"] == "gpu-muon"
+
+
+@pytest.mark.parametrize("name", list(learn.RECIPES))
+def test_every_recipe_applies(name):
+    """Each named recipe gives valid train and model configs on the scale it is for, with its
+    own fields in them (the scale's task and test sets are untouched)."""
+    from tinytrace.experiments.scales import get_scale
+
+    scale = get_scale("gpu" if name.startswith("gpu") else "cpu")
+    rec = learn.get_recipe(name)
+    s = rec.apply(scale)
+    assert all(getattr(s.train, k) == v for k, v in rec.train.items())
+    assert all(getattr(s.model_config(), k) == v for k, v in rec.model.items())
+    assert s.corpus_snippets == (rec.corpus_snippets or scale.corpus_snippets)
+    assert s.task == scale.task and s.test_size == scale.test_size

@@ -55,6 +55,8 @@ class Recipe(ConfigDict):
                        corpus_snippets=self.corpus_snippets or scale.corpus_snippets)
 
 
+_CPU_MUON = dict(epochs=1, batch_size=32, lr_peak=3e-3, lr_min=3e-4, optimizer="muon", muon_lr=0.01,
+                 compile=True)
 RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
     Recipe("scale", "the scale's own base run, unchanged"),
     # candidates for the cpu scale: deeper, wider, higher LR
@@ -71,6 +73,12 @@ RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
                               "200k snippets (23.7M tokens) once, compiled",
            model=dict(n_layer=4), corpus_snippets=200_000,
            train=dict(epochs=1, lr_peak=3e-3, lr_min=3e-4, compile=True)),
+    # Muon pays on the CPU once a batch of 32 amortises its (emulated) bf16 Newton-Schulz
+    Recipe("cpu-muon-10min", "4 layers x 64 (0.20M), Muon 0.01 (hidden matrices) + AdamW 3e-3, "
+                             "batch 32 x 128, 170k snippets (20.2M tokens) once, compiled",
+           model=dict(n_layer=4), corpus_snippets=170_000, train=_CPU_MUON),
+    Recipe("cpu-muon-15min", "as cpu-muon-10min with 250k snippets (29.7M tokens)",
+           model=dict(n_layer=4), corpus_snippets=250_000, train=_CPU_MUON),
     # For one GPU (the `gpu` scale: paper task, paper model): 4x more optimizer steps for the
     # same tokens (batch 128 x 512), Muon on the hidden matrices at twice AdamW's peak LR
     Recipe("gpu-muon", "batch 128 x 512, AdamW 3e-3 + Muon 6e-3 (hidden matrices), one cosine, "

@@ -111,7 +111,8 @@ def make_optimizers(model, device, lr: float, betas, eps: float, weight_decay: f
         if torch.device(device).type == "cpu" and not _native_bf16():
             logging.getLogger(__name__).warning(
                 "optimizer=muon on a CPU without native bf16: torch.optim.Muon runs its "
-                "Newton-Schulz iterations in bf16, emulated here (much slower steps)")
+                "Newton-Schulz iterations in bf16, emulated here: each step costs more, "
+                "which batches of a few thousand tokens amortise")
         opts.append(torch.optim.Muon(muon, lr=muon_lr or lr, weight_decay=weight_decay,
                                      momentum=muon_momentum, adjust_lr_fn="match_rms_adamw"))
     return opts
