@@ -1,4 +1,5 @@
-"""What ran a result: hardware, device, git commit, library versions, in one place and one form.
+"""What ran a result: hardware, device, git commit, library versions, in one place and one form;
+and what a device computes in (:func:`autocast_dtype`), which training and decoding both follow.
 
 Every results file, run record and book page describes its machine with :func:`hardware`, so a
 reader sees the same string at the top of a page and in its rows.
@@ -44,6 +45,29 @@ def hardware(device=None) -> str:
     if not want_cpu and torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible)"
     return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+# Compute capability from which a GPU has bf16 tensor cores (Ampere, sm_80).
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def autocast_dtype(device) -> torch.dtype | None:
+    """The autocast dtype for ``device``: bf16 on a CUDA GPU of compute capability >= 8.0
+    (A100, H100, RTX 30xx and later), fp16 on older ones (T4, V100: no bf16 tensor cores;
+    ``torch.cuda.is_bf16_supported()`` says True there because it counts emulation, which
+    runs without tensor cores), None (fp32) on CPUs and other devices."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY:
+        return torch.bfloat16
+    return torch.float16
+
+
+def mixed_precision(device) -> str:
+    """:func:`autocast_dtype` as Accelerate's ``mixed_precision``: "bf16", "fp16" (Accelerate
+    then adds the gradient scaler fp16 needs) or "no"."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "no"}[autocast_dtype(device)]
 
 
 def git(*args) -> str | None:

@@ -1,18 +1,40 @@
-"""``tinytrace experiment NAME --scale S --out DIR``: run one of the paper's experiments."""
+"""``tinytrace experiment NAME --scale S --out DIR``: run one of the paper's experiments;
+``--list-runs`` prints one command per training run, ``--run INDEX`` trains only that run."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from tinytrace.experiments import EXPERIMENTS, SCALES, run_experiment
+from tinytrace.cli import at_least
+from tinytrace.experiments import (
+    EXPERIMENTS,
+    SCALES,
+    run_commands,
+    run_experiment,
+    run_training,
+    training_runs,
+)
+from tinytrace.experiments.jobs import LAUNCHER
 
 SHOWN = ("model", "test_set", "condition", "exact_match", "n", "step_em_tf", "final_state_match")
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("experiment", help="run one of the paper's experiments")
+    p = sub.add_parser("experiment", help="run one of the paper's experiments",
+                       description="Run an experiment (--out), or split its training runs over "
+                                   "machines: --list-runs prints one command per run, each "
+                                   "trains that run (--run INDEX) into the shared --cache-dir; "
+                                   "the experiment run afterwards with that cache reuses them.")
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("--scale", default="smoke", choices=list(SCALES))
-    p.add_argument("--out", required=True, help="writes results.csv and config.json here")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--out", help="writes results.csv and config.json here")
+    what.add_argument("--list-runs", action="store_true",
+                      help="print one shell command per training run and exit (trains nothing)")
+    what.add_argument("--run", type=at_least(0), metavar="INDEX",
+                      help="train only run INDEX of --list-runs into --cache-dir")
+    p.add_argument("--launcher", default=LAUNCHER,
+                   help=f"what --list-runs starts each run with (default: {LAUNCHER})")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -21,6 +43,23 @@ def add_cli(sub) -> None:
 
 
 def _cli(args) -> int:
+    if args.list_runs:
+        runs = training_runs(args.name, args.scale, args.seed)
+        for cmd in run_commands(args.name, args.scale, args.cache_dir, args.seed, args.launcher,
+                                args.device):
+            print(cmd)
+        if any(r.after_first for r in runs):
+            sys.stderr.write("runs 1 ... start after run 0 has finished: they need what it "
+                             "builds\n")
+        return 0
+    if args.run is not None:
+        folder = run_training(args.name, args.run, args.scale, args.cache_dir, args.seed,
+                              args.device, progress=not args.quiet)
+        label = training_runs(args.name, args.scale, args.seed)[args.run].label
+        print(f"trained run {args.run} ({label}) of {args.name} at scale {args.scale}: {folder}")
+        return 0
+    if args.out is None:
+        raise ValueError("give --out (run the experiment), --list-runs or --run INDEX")
     df = run_experiment(args.name, args.scale, args.out, args.cache_dir, args.seed, args.device,
                         progress=not args.quiet)
     print(df[[c for c in SHOWN if c in df.columns]].to_string(index=False))

@@ -20,6 +20,7 @@ import torch
 
 from tinytrace.lang import tokenizer as tk
 from tinytrace.model import unwrap
+from tinytrace.provenance import autocast_dtype
 
 
 # --- the sliding window ------------------------------------------------------------------------
@@ -44,10 +45,17 @@ def fit_window(tokens: list[int], start: int, block_size: int) -> int:
 
 
 # --- batched greedy decoding -------------------------------------------------------------------
-def _amp(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast (and KV cache) dtype of decoding on ``device``: the one training uses there
+    (:func:`tinytrace.provenance.autocast_dtype`), None without ``amp``."""
+    return autocast_dtype(device) if enabled else None
+
+
+def _amp(device: torch.device, enabled: bool, **kw):
+    dtype = _amp_dtype(device, enabled)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, **kw)
 
 
 def model_device(model) -> torch.device:
@@ -99,8 +107,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new: list[int], *, use_
         windows = [list(p[s:]) for p, s in zip(prompts, starts)]
         cache = None
         if use_cache:
-            cache = unwrap(model).new_kv_cache(n, device=device, dtype=torch.bfloat16 if (
-                amp and device.type == "cuda") else None)
+            cache = unwrap(model).new_kv_cache(n, device=device, dtype=_amp_dtype(device, amp))
             logits = _last_logits(fwd, windows, device, kv_cache=cache)
             cache.set_lens(list(range(n)), [len(w) for w in windows])
         else:
@@ -217,9 +224,7 @@ class _StaticStep:
     def _run(self) -> None:
         cache = self.cache
         cache.lens.clamp_(max=cache.block_size - 1)  # a waiting row's writes stay in bounds
-        ctx = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-               if self.amp and self.device.type == "cuda" else contextlib.nullcontext())
-        with ctx:
+        with _amp(self.device, self.amp, cache_enabled=False):
             logits = self.fwd(self.tok, kv_cache=cache, static=True)[0][:, -1]
         nxt = logits.argmax(-1)
         act = self.active
@@ -256,8 +261,7 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
     bs = raw.config.block_size
     device = model_device(model)
     n = len(prompts)
-    cache = raw.new_kv_cache(n, device=device, dtype=torch.bfloat16 if (
-        amp and device.type == "cuda") else None)
+    cache = raw.new_kv_cache(n, device=device, dtype=_amp_dtype(device, amp))
     step = _StaticStep(fwd, cache, list(max_new), device, amp, graph, stop_at_eos)
     cache.lens.zero_()  # forget the warm-up
     step.done.zero_()

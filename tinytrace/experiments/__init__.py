@@ -1,16 +1,21 @@
-"""The paper's experiments: the scales, the artifact cache, the six runners and the analysis
-that turns their tables into the paper's reported values."""
+"""The paper's experiments: the scales, the artifact cache, the six runners (and their training
+runs as separate jobs) and the analysis that turns their tables into the paper's reported
+values."""
 from .analysis import COLLAPSE_EM, HIGH_EM, measured, select_sft, train_hours
 from .cache import Cache
+from .jobs import run_commands, submit_runs
 from .runners import (
     EXPERIMENTS,
     RUNNERS,
+    TrainingRun,
     base_run_dir,
     curriculum_counts,
     generator_stats,
     mix_corpus,
     run_experiment,
+    run_training,
     train_log,
+    training_runs,
 )
 from .scales import SCALES, Scale, get_scale, paper_task, scale_table, scaled_task
 
@@ -22,6 +27,7 @@ __all__ = [
     "SCALES",
     "Cache",
     "Scale",
+    "TrainingRun",
     "base_run_dir",
     "curriculum_counts",
     "generator_stats",
@@ -29,10 +35,14 @@ __all__ = [
     "measured",
     "mix_corpus",
     "paper_task",
+    "run_commands",
     "run_experiment",
+    "run_training",
     "scale_table",
     "scaled_task",
     "select_sft",
+    "submit_runs",
     "train_hours",
     "train_log",
+    "training_runs",
 ]

@@ -4,6 +4,10 @@ Each experiment returns a tidy table: one row per model x test set x condition, 
 match (EM), the count, and the metrics that respond before EM does (teacher-forced per-step EM,
 final-state match, state-value token accuracy). Every artifact comes from the cache
 (:mod:`.cache`): the base model is trained once and reused by every section.
+
+Each experiment also lists its training runs (:func:`training_runs`), the same functions its
+runner trains them with, so each run can be trained on its own (another machine, a cluster
+job) into a shared cache that the experiment then reuses.
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -72,53 +78,58 @@ def exp_base(ctx: _Context) -> list[dict]:
 
 
 # --- 2. ID robustness (Sec. 4.1, App. E) ------------------------------------------------------------
-def exp_id_robustness(ctx: _Context) -> list[dict]:
+def _robustness_run(ctx: _Context, frac: float) -> Path:
+    """Train the run on ``frac`` of the base corpus, evaluating after each epoch: the base
+    test, each edit on the full test set (Fig. 12) and on the correctly traced snippets
+    (Fig. 3), one rows file per epoch (:func:`_robustness_rows`)."""
     s = ctx.scale
+    corpus = ctx.base_corpus(frac)
+    label = _count_label(int(s.corpus_snippets * frac))
+    test = read_split(*corpus)
+    edited = {e: edit_dataset(test, e, seed=ctx.seed, config=s.generator("id"))
+              for e in EDIT_NAMES}  # each: records with the original `index`
+    train = replace(s.train, epochs=s.robustness_epochs)
+    run_dir, _ = ctx.cache.run_dir(s, corpus, s.model_config(), train, tag="id_robustness")
+
+    def per_epoch(epoch, model, accelerator, record):
+        if not accelerator.is_main_process:
+            return None
+        tag = Path(f"{run_dir.name}-e{epoch}")
+        common = dict(corpus=label, corpus_snippets=int(s.corpus_snippets * frac), epoch=epoch)
+        base = ctx.eval(model, tag, test, "base")
+        out = [_row("id_robustness", "base", "id", "none", base, edit="none", subset="full",
+                    **common)]
+        correct = {i for i, ok in enumerate(base["correct"]) if ok}
+        for name, recs in edited.items():
+            full = ctx.eval(model, tag, recs, f"full-{name}")
+            out.append(_row("id_robustness", "base", "id", name, full, edit=name,
+                            subset="full", **common))
+            sub = [r for r in recs if r["index"] in correct]
+            res = ctx.eval(model, tag, sub, f"correct-{name}") if sub else {"n": 0}
+            out.append(_row("id_robustness", "base", "id", name, res, edit=name,
+                            subset="correct", **common))
+        _robustness_rows(ctx, run_dir, epoch).write_text(json.dumps(out) + "\n")
+        return {"em": base["exact_match"]}
+
+    run = ctx.cache.run(s, corpus, s.model_config(), callbacks=[per_epoch], train=train,
+                        tag="id_robustness")
+    last = s.robustness_epochs
+    if not _robustness_rows(ctx, run, last).exists():  # interrupted between the last checkpoint and its eval
+        per_epoch(last, _load(run), _MainOnly(), {})
+    return run
+
+
+def _robustness_rows(ctx: _Context, run_dir: Path, epoch: int) -> Path:
+    return ctx.cache.root / f"{run_dir.name}-e{epoch}.rows.json"
+
+
+def exp_id_robustness(ctx: _Context) -> list[dict]:
     rows: list[dict] = []
-    for frac in s.robustness_corpora:
-        corpus = ctx.base_corpus(frac)
-        n_train = int(s.corpus_snippets * frac)
-        label = _count_label(n_train)
-        test = read_split(*corpus)
-        edited_full = {e: edit_dataset(test, e, seed=ctx.seed, config=s.generator("id"))
-                       for e in EDIT_NAMES}  # each: records with the original `index`
-        train = replace(s.train, epochs=s.robustness_epochs)
-        run_dir, _ = ctx.cache.run_dir(s, corpus, s.model_config(), train, tag="id_robustness")
-
-        def rows_path(epoch, _run=run_dir):
-            return ctx.cache.root / f"{_run.name}-e{epoch}.rows.json"
-
-        def per_epoch(epoch, model, accelerator, record, _label=label, _frac=frac,
-                      _edited=edited_full, _test=test, _run=run_dir):
-            """Evaluate after each epoch: the base test, each edit on the full test set
-            (Fig. 12) and on the correctly traced snippets (Fig. 3)."""
-            if not accelerator.is_main_process:
-                return None
-            tag = Path(f"{_run.name}-e{epoch}")
-            common = dict(corpus=_label, corpus_snippets=int(s.corpus_snippets * _frac), epoch=epoch)
-            base = ctx.eval(model, tag, _test, "base")
-            out = [_row("id_robustness", "base", "id", "none", base, edit="none", subset="full",
-                        **common)]
-            correct = {i for i, ok in enumerate(base["correct"]) if ok}
-            for name, recs in _edited.items():
-                full = ctx.eval(model, tag, recs, f"full-{name}")
-                out.append(_row("id_robustness", "base", "id", name, full, edit=name,
-                                subset="full", **common))
-                sub = [r for r in recs if r["index"] in correct]
-                res = ctx.eval(model, tag, sub, f"correct-{name}") if sub else {"n": 0}
-                out.append(_row("id_robustness", "base", "id", name, res, edit=name,
-                                subset="correct", **common))
-            rows_path(epoch).write_text(json.dumps(out) + "\n")
-            return {"em": base["exact_match"]}
-
-        run = ctx.cache.run(s, corpus, s.model_config(), callbacks=[per_epoch], train=train,
-                            tag="id_robustness")
-        last = s.robustness_epochs
-        if not rows_path(last).exists():  # interrupted between the last checkpoint and its eval
-            per_epoch(last, _load(run), _MainOnly(), {})
-        for epoch in range(1, last + 1):
-            if rows_path(epoch).exists():
-                rows += json.loads(rows_path(epoch).read_text())
+    for frac in ctx.scale.robustness_corpora:
+        run = _robustness_run(ctx, frac)
+        for epoch in range(1, ctx.scale.robustness_epochs + 1):
+            if _robustness_rows(ctx, run, epoch).exists():
+                rows += json.loads(_robustness_rows(ctx, run, epoch).read_text())
     return rows
 
 
@@ -135,12 +146,27 @@ def _count_label(n: int) -> str:
 
 
 # --- 3. pair coverage (Sec. 4.2, 4.2.1) ---------------------------------------------------------------
+def _coverages(s, seed: int):
+    """One pair-coverage run per scope and exclusion percentage (scope-major)."""
+    return coverage_configs(s.generator("id"), s.exclusion_pcts, s.scopes, seed=seed)
+
+
+def _coverage_corpus(ctx: _Context, cov) -> tuple[Path, str]:
+    return ctx.base_corpus(ctx.scale.coverage_corpus, gen=cov.allowed)
+
+
+def _coverage_run(ctx: _Context, cov) -> Path:
+    s = ctx.scale
+    return ctx.cache.run(s, _coverage_corpus(ctx, cov), s.model_config(),
+                         tag=f"coverage-{cov.scope}-{cov.pct}")
+
+
 def exp_pair_coverage(ctx: _Context) -> list[dict]:
     s = ctx.scale
     rows = []
-    for cov in coverage_configs(s.generator("id"), s.exclusion_pcts, s.scopes, seed=ctx.seed):
-        corpus = ctx.base_corpus(s.coverage_corpus, gen=cov.allowed)
-        run = ctx.cache.run(s, corpus, s.model_config(), tag=f"coverage-{cov.scope}-{cov.pct}")
+    for cov in _coverages(s, ctx.seed):
+        corpus = _coverage_corpus(ctx, cov)
+        run = _coverage_run(ctx, cov)
         model = _load(run)
         common = dict(scope=cov.scope, exclusion_pct=cov.pct, n_forbidden=len(cov.pairs))
         condition, value = f"{cov.scope}-{cov.pct}", f"{cov.pct}%"
@@ -207,24 +233,44 @@ def curriculum_counts(n_train: int, p: float, inject: list[str]) -> dict[str, in
     return {"curriculum": n_train - k, **dict(zip(inject, per))}
 
 
-def exp_depth_curriculum(ctx: _Context) -> list[dict]:
+def _curriculum_corpora(ctx: _Context):
+    """The curriculum corpus, the corpora of the injected depths (when some p > 0) and the
+    curriculum corpus's train size: what every curriculum run mixes from."""
     s = ctx.scale
-    inject = sorted(r for r in s.task if r.startswith("inject-"))
-    tests = ["curriculum"] + sorted((r for r in s.task if r.startswith("depth-")),
-                                    key=lambda r: int(r.split("-")[1]))
     base = ctx.base_corpus(s.curriculum_corpus, gen=s.generator("curriculum"))
     n_train = json.loads((base[0] / base[1] / "build.json").read_text())["splits"]["train"]
     extra = {r: ctx.cache.corpus(s.generator(r), n_train + 8, test_size=0, seed=ctx.seed,
-                                 context=s.context) for r in inject} if max(s.curriculum_ps) else {}
+                                 context=s.context)
+             for r in _inject_roles(s)} if max(s.curriculum_ps) else {}
+    return base, extra, n_train
+
+
+def _inject_roles(s) -> list[str]:
+    return sorted(r for r in s.task if r.startswith("inject-"))
+
+
+def _curriculum_run(ctx: _Context, p) -> Path:
+    """Train on the curriculum corpus with p % of it replaced by the injected depths."""
+    s = ctx.scale
+    inject = _inject_roles(s)
+    base, extra, n_train = _curriculum_corpora(ctx)
+    counts = curriculum_counts(n_train, p, inject)
+    # the curriculum corpus comes first (its validation/test splits are kept), even at p=100
+    parts = [(base[0], base[1], counts["curriculum"])]
+    parts += [(extra[r][0], extra[r][1], counts[r]) for r in inject if counts.get(r)]
+    mixed = mix_corpus(parts, ctx.cache.root / f"mix-{_key([str(x) for x in parts])}",
+                       seed=ctx.seed)
+    return ctx.cache.run(s, mixed, s.model_config(), tag=f"curriculum-{p}")
+
+
+def exp_depth_curriculum(ctx: _Context) -> list[dict]:
+    s = ctx.scale
+    tests = ["curriculum"] + sorted((r for r in s.task if r.startswith("depth-")),
+                                    key=lambda r: int(r.split("-")[1]))
+    base, _, _ = _curriculum_corpora(ctx)
     rows = []
     for p in s.curriculum_ps:
-        counts = curriculum_counts(n_train, p, inject)
-        # the curriculum corpus comes first (its validation/test splits are kept), even at p=100
-        parts = [(base[0], base[1], counts["curriculum"])]
-        parts += [(extra[r][0], extra[r][1], counts[r]) for r in inject if counts.get(r)]
-        mixed = mix_corpus(parts, ctx.cache.root / f"mix-{_key([str(x) for x in parts])}",
-                           seed=ctx.seed)
-        run = ctx.cache.run(s, mixed, s.model_config(), tag=f"curriculum-{p}")
+        run = _curriculum_run(ctx, p)
         model = _load(run)
         for role in tests:
             corpus = base if role == "curriculum" else ctx.test_set(role)
@@ -245,13 +291,8 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
         rows.append(_row("sft_lora", "pre-trained", name, "-", ctx.eval_set(pre, base_run, corpus),
                          data_size=0, sft_epochs=0, trainable_params=0))
     for size in s.sft_sizes:
-        data = ctx.cache.corpus(s.generator("id"), size + max(s.test_size // 4, 8), test_size=0,
-                                validation_size=max(s.test_size // 4, 8), seed=ctx.seed + 7,
-                                context=s.context)
         for epochs in s.sft_epochs:
-            cfg = replace(s.sft, epochs=epochs, data_size=size, seed=ctx.seed)
-            out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, dataclasses.asdict(cfg)])}"
-            summary = finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress)
+            out, summary = _sft_finetune(ctx, size, epochs)
             model = _load(out)
             for name, corpus in tests:
                 rows.append(_row("sft_lora", "fine-tuned", name, f"{size} x {epochs}",
@@ -261,19 +302,43 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
     return rows
 
 
+def _sft_data(ctx: _Context, size: int) -> tuple[Path, str]:
+    """The fine-tuning corpus of ``size`` examples (shared by every number of epochs)."""
+    s = ctx.scale
+    return ctx.cache.corpus(s.generator("id"), size + max(s.test_size // 4, 8), test_size=0,
+                            validation_size=max(s.test_size // 4, 8), seed=ctx.seed + 7,
+                            context=s.context)
+
+
+def _sft_finetune(ctx: _Context, size: int, epochs: int) -> tuple[Path, dict]:
+    """Fine-tune the base model on ``size`` examples for ``epochs``: the run folder and the
+    summary (the saved one when the run is done)."""
+    s = ctx.scale
+    base_run, data = ctx.base_run(), _sft_data(ctx, size)
+    cfg = replace(s.sft, epochs=epochs, data_size=size, seed=ctx.seed)
+    out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, dataclasses.asdict(cfg)])}"
+    return out, finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress)
+
+
+def _sft_run(ctx: _Context, size: int, epochs: int) -> Path:
+    return _sft_finetune(ctx, size, epochs)[0]
+
+
+def _sft_first(ctx: _Context) -> Path:
+    """What every fine-tuning run needs: the base model and the fine-tuning corpora."""
+    for size in ctx.scale.sft_sizes:
+        _sft_data(ctx, size)
+    return ctx.base_run()
+
+
 # --- 6. positional encodings (Sec. 4.4, App. G.2) --------------------------------------------------------
 def exp_pe_ablation(ctx: _Context) -> list[dict]:
     """The base model is the variant with its own encoding (APE at paper scale); the others get
     the n_embd that matches its parameter count (G.2) and are trained on the same corpus."""
     s = ctx.scale
-    base_cfg = s.model_config()
     rows = []
     for pe in s.pe_variants:
-        if pe == base_cfg.pe:
-            cfg, run = base_cfg, ctx.base_run()
-        else:
-            cfg = match_params(s.model_config(pe=pe), count_params(base_cfg))
-            run = ctx.cache.run(s, ctx.base_corpus(), cfg, tag=f"pe-{pe}")
+        cfg, run = _pe_config(s, pe), _pe_run(ctx, pe)
         model = _load(run)
         params = model.num_params()
         for name, corpus in (("id", ctx.base_corpus()), ("longer", ctx.test_set("longer")),
@@ -281,6 +346,19 @@ def exp_pe_ablation(ctx: _Context) -> list[dict]:
             rows.append(_row("pe_ablation", pe, name, "-", ctx.eval_set(model, run, corpus),
                              params=params, n_embd=cfg.n_embd))
     return rows
+
+
+def _pe_config(s, pe: str):
+    base = s.model_config()
+    return base if pe == base.pe else match_params(s.model_config(pe=pe), count_params(base))
+
+
+def _pe_run(ctx: _Context, pe: str) -> Path:
+    """The base run for the base model's own encoding, else a run on the base corpus."""
+    s = ctx.scale
+    if pe == s.model_config().pe:
+        return ctx.base_run()
+    return ctx.cache.run(s, ctx.base_corpus(), _pe_config(s, pe), tag=f"pe-{pe}")
 
 
 RUNNERS = {
@@ -294,14 +372,77 @@ RUNNERS = {
 EXPERIMENTS = list(RUNNERS)  # in the paper's order
 
 
+# --- training runs on their own ----------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training run of an experiment. ``train(ctx)`` trains it into ``ctx``'s cache (or
+    resumes it, or finds it done) with the function the experiment's runner uses, so the
+    runner then reuses it; it returns the run's folder. ``after_first``: the run needs what
+    the experiment's first run makes (the base model, or corpora several runs share, which two
+    jobs must not build at once), so it starts only once that run has finished."""
+
+    label: str
+    train: Callable[[_Context], Path]
+    after_first: bool = False
+
+
+def _first_then_rest(runs: list[tuple[str, Callable]]) -> list[TrainingRun]:
+    return [TrainingRun(label, fn, after_first=i > 0) for i, (label, fn) in enumerate(runs)]
+
+
+PLANS: dict[str, Callable] = {
+    "base": lambda s, seed: [TrainingRun("base", _Context.base_run)],
+    "id_robustness": lambda s, seed: [
+        TrainingRun(f"robustness-{_count_label(int(s.corpus_snippets * f))}",
+                    partial(_robustness_run, frac=f)) for f in s.robustness_corpora],
+    "pair_coverage": lambda s, seed: [
+        TrainingRun(f"coverage-{c.scope}-{c.pct}", partial(_coverage_run, cov=c))
+        for c in _coverages(s, seed)],
+    "depth_curriculum": lambda s, seed: _first_then_rest(
+        [(f"curriculum-{p}", partial(_curriculum_run, p=p)) for p in s.curriculum_ps]),
+    "sft_lora": lambda s, seed: _first_then_rest(
+        [("base", _sft_first)] + [(f"sft-{n}x{e}", partial(_sft_run, size=n, epochs=e))
+                                  for n in s.sft_sizes for e in s.sft_epochs]),
+    "pe_ablation": lambda s, seed: _first_then_rest(
+        [(f"pe-{pe}", partial(_pe_run, pe=pe)) for pe in s.pe_variants]),
+}
+
+
+def training_runs(name: str, scale="smoke", seed: int = 0) -> list[TrainingRun]:
+    """The training runs of experiment ``name`` at ``scale``, in the order its runner trains
+    them; nothing is built or trained."""
+    if name not in PLANS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    return PLANS[name](get_scale(scale), seed)
+
+
+def _hide_gpu(device) -> None:
+    """``device="cpu"``: hide the GPUs from this process (and what it starts)."""
+    if device is not None and str(device).startswith("cpu"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def run_training(name: str, index: int, scale="smoke", cache_dir="cache", seed: int = 0,
+                 device=None, progress: bool = True) -> Path:
+    """Train only run ``index`` of :func:`training_runs` into ``cache_dir`` (with what it needs
+    and nothing else); returns its folder. The experiment run later with the same cache, scale
+    and seed reuses it."""
+    runs = training_runs(name, scale, seed)
+    if not 0 <= index < len(runs):
+        raise ValueError(f"{name} at scale {get_scale(scale).name} has {len(runs)} training runs "
+                         f"(0 ... {len(runs) - 1}), not {index}")
+    _hide_gpu(device)
+    random.seed(seed)
+    return runs[index].train(_Context(get_scale(scale), cache_dir, seed, progress))
+
+
 def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: int = 0,
                    device=None, progress: bool = True):
     """Run one experiment at a scale; returns the tidy results table (and writes
     ``out/results.csv`` plus ``out/config.json`` when ``out`` is given)."""
     if name not in RUNNERS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    if device is not None and str(device).startswith("cpu"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    _hide_gpu(device)
     sc = get_scale(scale)
     random.seed(seed)
     t0 = time.time()

@@ -19,11 +19,14 @@ from .loop import get_train_config
 
 
 def peak_flops(name: str) -> float | None:
-    """Peak dense bf16 FLOP/s used for MFU; None where we do not claim one (CPUs)."""
+    """Peak dense tensor-core FLOP/s in the dtype training autocasts to there (bf16; fp16 on a
+    T4, which has no bf16), used for MFU; None where we do not claim one (CPUs)."""
     if "H100" in name or "H200" in name:
         return 798e12  # an achievable dense bf16 matmul peak of an H100 SXM (989e12 nominal)
     if "A100" in name:
         return 312e12
+    if "T4" in name:
+        return 65e12  # nominal fp16 tensor-core peak
     return None
 
 

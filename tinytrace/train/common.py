@@ -16,20 +16,22 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
 from tinytrace.model import unwrap
+from tinytrace.provenance import mixed_precision
 
 OPTIMIZERS = ("adamw", "muon")
 
 
 def make_accelerator(cfg, log_with=None, project_dir=None, cpu: bool = False) -> Accelerator:
-    """An ``Accelerator`` with ``cfg.mixed_precision`` ("auto": bf16 on a CUDA device that
-    supports it, else fp32)."""
+    """An ``Accelerator`` with ``cfg.mixed_precision`` ("auto": what
+    :func:`tinytrace.provenance.mixed_precision` picks for the GPU, bf16 from compute
+    capability 8.0, fp16 with a gradient scaler below; fp32 on the CPU)."""
     if int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available():
         # `accelerate launch --multi_gpu` / torchrun without GPUs: only cpu=True gives MULTI_CPU
         # (gloo); otherwise every process would train alone on its own copy.
         cpu = True
     mp = cfg.mixed_precision
     if mp == "auto":
-        mp = "bf16" if (torch.cuda.is_available() and not cpu and torch.cuda.is_bf16_supported()) else "no"
+        mp = "no" if cpu else mixed_precision("cuda")
     proj = ProjectConfiguration(project_dir=str(project_dir)) if project_dir else None
     return Accelerator(mixed_precision=mp, log_with=log_with, project_config=proj, cpu=cpu)
 

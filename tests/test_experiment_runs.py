@@ -1,0 +1,101 @@
+"""An experiment's training runs as separate jobs: the listing (``--list-runs``), one run alone
+(``--run INDEX``) into a cache the experiment then reuses, and submission with submitit's
+local executor."""
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinytrace.cli import build_parser, main
+from tinytrace.experiments import (
+    EXPERIMENTS,
+    SCALES,
+    get_scale,
+    run_experiment,
+    run_training,
+    submit_runs,
+    training_runs,
+)
+
+
+def _done_runs(cache: Path) -> dict[str, str]:
+    """Finished training runs of a cache: folder name -> its done.json."""
+    return {p.parent.name: p.read_text() for p in cache.glob("run-*/done.json")}
+
+
+def test_paper_pair_coverage_lists_one_command_per_scope_and_exclusion(tmp_path, capsys):
+    cache = tmp_path / "shared cache"
+    assert main(["experiment", "pair_coverage", "--scale", "paper", "--list-runs",
+                 "--cache-dir", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    s = get_scale("paper")
+    assert len(s.scopes) == 2
+    assert len(lines) == len(s.scopes) * len(s.exclusion_pcts)
+    for i, line in enumerate(lines):
+        argv = shlex.split(line)
+        assert argv[:4] == ["accelerate", "launch", "-m", "tinytrace"]
+        args = build_parser(argv[4:]).parse_args(argv[4:])  # a valid command of this CLI
+        assert (args.name, args.scale, args.run, args.cache_dir) == ("pair_coverage", "paper", i,
+                                                                     str(cache))
+    labels = [r.label for r in training_runs("pair_coverage", "paper")]
+    assert labels == [f"coverage-{scope}-{pct}" for scope in s.scopes for pct in s.exclusion_pcts]
+    assert not cache.exists()  # listing builds nothing
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+def test_every_experiment_lists_its_runs(scale):
+    for name in EXPERIMENTS:
+        runs = training_runs(name, scale)
+        assert runs and not runs[0].after_first
+        assert len({r.label for r in runs}) == len(runs)
+    s = get_scale(scale)
+    assert len(training_runs("sft_lora", scale)) == 1 + len(s.sft_sizes) * len(s.sft_epochs)
+    assert all(r.after_first for r in training_runs("sft_lora", scale)[1:])  # need the base model
+
+
+def test_run_index_out_of_range_is_one_line_error(tmp_path, capsys):
+    n = len(training_runs("pair_coverage", "smoke"))
+    assert main(["experiment", "pair_coverage", "--run", str(n),
+                 "--cache-dir", str(tmp_path)]) == 2
+    assert f"has {n} training runs" in capsys.readouterr().err
+    assert main(["experiment", "pair_coverage"]) == 2  # neither --out, --list-runs nor --run
+
+
+def test_one_run_alone_is_reused_by_the_experiment(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["experiment", "pair_coverage", "--scale", "smoke", "--run", "1",
+                 "--cache-dir", str(cache), "--quiet"]) == 0
+    assert "coverage-" in capsys.readouterr().out
+    alone = _done_runs(cache)
+    assert len(alone) == 1
+    run_experiment("pair_coverage", "smoke", cache_dir=cache, progress=False)
+    after = _done_runs(cache)
+    assert len(after) == len(training_runs("pair_coverage", "smoke"))
+    assert alone.items() <= after.items()  # the same folder, not trained again
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_trains_every_run(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cache = tmp_path / "cache"
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=15)
+    # depth_curriculum: its later runs wait for the first (they mix the corpora it builds)
+    name = "depth_curriculum"
+    runs = training_runs(name, "smoke")
+    assert len(runs) >= 2 and runs[1].after_first
+    launcher = f"{shlex.quote(sys.executable)} -m accelerate.commands.launch"
+    jobs = submit_runs(executor, name, "smoke", cache_dir=cache, launcher=launcher, device="cpu")
+    assert len(jobs) == len(runs)
+    for job in jobs:
+        job.result()  # raises if the job's command failed
+    done = _done_runs(cache)
+    expected = {run_training(name, i, "smoke", cache, progress=False).name for i in range(len(runs))}
+    assert set(done) == expected  # what the jobs trained is what the experiment reads
+    assert _done_runs(cache) == done  # and nothing was trained again
+    for folder in done:
+        log = [json.loads(x) for x in (cache / folder / "log.jsonl").read_text().splitlines()]
+        assert [r["event"] for r in log].count("start") == 1
