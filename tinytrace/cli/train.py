@@ -22,7 +22,8 @@ _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
                "micro_batch_size": "micro_batch_size", "block_size": "block_size",
                "lr": "lr_peak", "lr_min": "lr_min", "weight_decay": "weight_decay",
                "seed": "seed", "optimizer": "optimizer", "muon_lr": "muon_lr",
-               "save_every": "save_every", "log_every": "log_every",
+               "save_every": "save_every", "save_every_minutes": "save_every_minutes",
+               "log_every": "log_every",
                "val_windows": "val_windows", "mixed_precision": "mixed_precision",
                "compile": "compile"}
 
@@ -53,11 +54,14 @@ def add_cli(sub) -> None:
     p.add_argument("--muon-lr", type=float, help="peak LR of the Muon group (default: --lr)")
     p.add_argument("--seed", type=int)
     p.add_argument("--save-every", type=int)
+    p.add_argument("--save-every-minutes", type=float, help="wall clock between checkpoints "
+                   "(default 10; 0: off)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--val-windows", type=int)
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", default=None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out if any")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out if any "
+                   "(after an interrupt: the same command with --resume added)")
     p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=handler)

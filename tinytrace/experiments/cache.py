@@ -23,8 +23,18 @@ from tinytrace.train import train as train_run
 from .scales import Scale
 
 
+# When a run checkpoints does not change its result: left out of its key (which also keeps the
+# keys of the runs cached before these fields existed).
+_NOT_IN_KEY = ("save_every_minutes",)
+
+
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings(cfg) -> dict:
+    """A train or SFT config's fields that make up a cache key."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
 
 
 class Cache:
@@ -54,7 +64,7 @@ class Cache:
                 train: TrainConfig | None = None, tag: str = "") -> tuple[Path, TrainConfig]:
         """Where the run of this model, recipe (default: the scale's) and corpus lives."""
         tc = train if train is not None else scale.train
-        key = _key({"model": model_cfg.to_dict(), "train": tc.to_dict(),
+        key = _key({"model": model_cfg.to_dict(), "train": settings(tc),
                     "data": corpus[0].name, "tag": tag})
         return self.root / f"run-{key}", tc
 

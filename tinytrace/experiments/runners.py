@@ -7,7 +7,6 @@ final-state match, state-value token accuracy). Every artifact comes from the ca
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -31,7 +30,7 @@ from tinytrace.model import count_params, load_checkpoint, match_params
 from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
-from .cache import _Context, _key
+from .cache import _Context, _key, settings
 from .scales import get_scale
 
 
@@ -250,8 +249,9 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
                                 context=s.context)
         for epochs in s.sft_epochs:
             cfg = replace(s.sft, epochs=epochs, data_size=size, seed=ctx.seed)
-            out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, dataclasses.asdict(cfg)])}"
-            summary = finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress)
+            out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, settings(cfg)])}"
+            summary = finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress,
+                               resume=True)
             model = _load(out)
             for name, corpus in tests:
                 rows.append(_row("sft_lora", "fine-tuned", name, f"{size} x {epochs}",
