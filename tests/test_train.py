@@ -175,9 +175,10 @@ def test_resume_refuses_a_changed_or_unknown_saved_field(data_dir, tmp_path, cap
         return lambda: T.train(_cfg(max_steps=4), mc, data_dir, "simple", out, resume=True,
                                progress=False)
 
-    with pytest.raises(ValueError, match=r"cannot resume .*: seed differ"):
+    with pytest.raises(ValueError, match=r"cannot resume .*: differs from the saved run in "
+                                         r"seed 0 \(saved 1\)$"):
         resume_with("train", "seed", 1)()
-    with pytest.raises(ValueError, match=r"cannot resume .*: model differ"):
+    with pytest.raises(ValueError, match=r"cannot resume .*: .* in model n_embd 64 \(saved 32\)$"):
         resume_with("model", "n_embd", 32)()
     with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\): warmup_steps"):
         resume_with("train", "warmup_steps", 5)()
@@ -282,6 +283,29 @@ def test_cli_smoke(data_dir, tmp_path):
     assert (summary["start_step"], summary["step"]) == (3, 5)
 
 
+def test_cli_resume_accepts_the_same_command_and_names_a_conflict(data_dir, tmp_path, capsys):
+    """The command that started a run, rerun with --resume (and a later --max-steps), continues
+    it: values equal to the saved run's are accepted. A conflicting value is refused with one
+    line naming the field and both values, before anything runs."""
+    out = tmp_path / "run"
+    cmd = ["train", "--data", str(data_dir), "--config", "simple", "--out", str(out),
+           "--model", "tiny", "--model-arg", "block_size=32", "--train-preset", "smoke",
+           "--batch-size", "4", "--block-size", "32", "--lr", "0.003", "--no-progress"]
+    assert main(cmd + ["--max-steps", "2"]) == 0
+    assert main(cmd + ["--max-steps", "3", "--resume"]) == 0
+    assert json.loads((out / "state" / "trainer.json").read_text())["step"] == 3
+    capsys.readouterr()
+    log_before = (out / "log.jsonl").read_text()
+    for extra, says in ((["--model", "small"], "model n_layer"),
+                        (["--model-arg", "pe=rpb"], "model pe 'rpb' (saved 'ape')"),
+                        (["--lr", "0.01"], "lr_peak 0.01 (saved 0.003)"),
+                        (["--train-preset", "cpu", "--batch-size", "32"], "batch_size 32 (saved 4)")):
+        assert main(cmd + extra + ["--max-steps", "4", "--resume"]) == 2  # later options win
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and says in err, err
+    assert (out / "log.jsonl").read_text() == log_before
+
+
 
 def _run_until(cmd, log, after_step, signum, deadline_s=120):
     """Start ``cmd``, send ``signum`` once ``log`` shows a step past ``after_step`` in the
@@ -326,7 +350,7 @@ def test_cli_interrupt_saves_the_state_and_resume_finishes_the_same_run(data_dir
                        timeout=180)
     assert r.returncode == 0, r.stderr
     stopped = []
-    for signum, code, extra in ((signal.SIGINT, 130, model), (signal.SIGTERM, 143, ["--resume"])):
+    for signum, code, extra in ((signal.SIGINT, 130, model), (signal.SIGTERM, 143, model + ["--resume"])):
         a = args(out, *extra)
         rc, _, err = _run_until(py + a, out / "log.jsonl", 5 + (stopped or [0])[-1], signum)
         assert rc == code, err[-3000:]
@@ -339,8 +363,8 @@ def test_cli_interrupt_saves_the_state_and_resume_finishes_the_same_run(data_dir
         assert [x for x in _log(out) if x["event"] == "interrupted"][-1]["step"] == step
         stopped.append(step)
     assert stopped[1] > stopped[0]
-    r = subprocess.run(py + args(out, "--resume"), capture_output=True, text=True, env=_env(),
-                       timeout=180)
+    r = subprocess.run(py + args(out, *model, "--resume"), capture_output=True, text=True,
+                       env=_env(), timeout=180)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["start_step"], summary["step"]) == (stopped[1], steps)

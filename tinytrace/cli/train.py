@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tinytrace.cli import key_value
 from tinytrace.model import ModelConfig, get_model_config
+from tinytrace.presets import check_fields
 from tinytrace.train import (
     OPTIMIZERS,
     TRAIN_PRESETS,
@@ -68,14 +69,19 @@ def add_cli(sub) -> None:
 
 
 def configs_from_args(args) -> tuple[TrainConfig, ModelConfig]:
-    """Train and model configs: the saved run's when resuming, else the presets; explicit
-    arguments override either."""
+    """Train and model configs: the presets (default paper) with the explicit arguments over
+    them. When resuming, a preset or argument left out takes the saved run's value, so the
+    command that started a run, rerun with --resume, gives its configs back; a value that
+    conflicts with the saved run's is refused by :func:`tinytrace.train.check_resume`."""
+    model_args = dict(args.model_arg)
     if args.resume and (Path(args.out) / "run.json").exists():
-        if args.model or args.model_arg or args.train_preset:
-            raise ValueError("--resume uses the saved model and preset; drop --model/--model-arg/--train-preset")
         tc, mc, _ = read_run(args.out)
+        tc = get_train_config(args.train_preset) if args.train_preset else tc
+        mc = get_model_config(args.model) if args.model else mc
+        check_fields(ModelConfig, model_args)
+        mc = replace(mc, **model_args)
     else:
-        mc = get_model_config(args.model or "paper", **dict(args.model_arg))
+        mc = get_model_config(args.model or "paper", **model_args)
         tc = get_train_config(args.train_preset or "paper")
     changes = {f: getattr(args, a) for a, f in _ARG_FIELDS.items() if getattr(args, a) is not None}
     if "lr_peak" in changes and "lr_min" not in changes:

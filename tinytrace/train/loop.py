@@ -228,19 +228,20 @@ def check_resume(out: Path, tc: TrainConfig, mc: ModelConfig, train_tokens: int,
     """(state folder, saved run record) to continue from, or (None, None) for a new run.
 
     A run in ``out`` is an error without ``resume``. Resuming reads ``run.json`` strictly
-    (:func:`read_run`) and refuses a model, a trajectory field (:data:`FIXED_FIELDS`) or a
-    train split that differs from the saved run's."""
+    (:func:`read_run`) and refuses a model field, a trajectory field (:data:`FIXED_FIELDS`) or
+    a train split that differs from the saved run's, naming each with both values."""
     state_dir = find_state(out)
     if state_dir is None:
         return None, None
     if not resume:
         raise ValueError(f"{out} already holds a run; pass --resume or choose another --out")
     saved_tc, saved_mc, saved = read_run(out)
-    bad = [k for k in FIXED_FIELDS if getattr(saved_tc, k) != getattr(tc, k)]
-    if saved_mc != mc:
-        bad.append("model")
+    pairs = [(k, getattr(tc, k), getattr(saved_tc, k)) for k in FIXED_FIELDS]
+    saved_model = saved_mc.to_dict()
+    pairs += [(f"model {k}", v, saved_model[k]) for k, v in mc.to_dict().items()]
+    bad = [f"{k} {new!r} (saved {old!r})" for k, new, old in pairs if new != old]
     if bad:
-        raise ValueError(f"cannot resume {out}: {', '.join(bad)} differ from the saved run")
+        raise ValueError(f"cannot resume {out}: differs from the saved run in {', '.join(bad)}")
     if saved["data"]["train_tokens"] != train_tokens:
         raise ValueError(f"cannot resume {out}: the train split changed "
                          f"({saved['data']['train_tokens']} -> {train_tokens} tokens)")
