@@ -250,8 +250,9 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
         for epochs in s.sft_epochs:
             cfg = replace(s.sft, epochs=epochs, data_size=size, seed=ctx.seed)
             out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, settings(cfg)])}"
-            summary = finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress,
-                               resume=True)
+            with ctx.cache.locked(out):
+                summary = finetune(base_run, data[0], data[1], out, cfg,
+                                   progress=ctx.cache.progress, resume=True)
             model = _load(out)
             for name, corpus in tests:
                 rows.append(_row("sft_lora", "fine-tuned", name, f"{size} x {epochs}",
