@@ -1,6 +1,11 @@
 import importlib
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -166,6 +171,40 @@ def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_make_chunk", real)
     build(cfg, tmp_path, workers=1, progress=False)  # rerunning finishes it
     assert (tmp_path / "base" / "build.json").exists() and not (tmp_path / ".base.incomplete").exists()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code):
+    """Ctrl-C (SIGINT to the whole process group) or a group SIGTERM during a build with a
+    worker pool: the build stops within seconds with one line and exit 130 / 143, no traceback,
+    no process left behind, and no config that looks complete."""
+    cmd = [sys.executable, "-m", "tinytrace", "data", "build", "--preset", "base",
+           "--num-snippets", "150000", "--workers", "2", "--out", str(tmp_path), "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        time.sleep(6)  # the workers have started and are generating chunks
+        assert p.poll() is None, p.communicate()
+        os.killpg(p.pid, signum)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == code, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0], err[-3000:]
+    deadline = time.time() + 15
+    while time.time() < deadline:  # workers and the resource tracker are gone
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("processes of the build are left behind")
+    assert not (tmp_path / "base").exists()
 
 
 PIPELINE_CONFIGS = {

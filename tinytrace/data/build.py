@@ -9,7 +9,10 @@ snippet appears twice anywhere (C.4); test and validation examples pass the dete
 (every two consecutive steps fit in the context window, Sec. 2.2); output depends only on the
 config and the seed, not on the number of workers (chunk ``i`` always uses the same random
 stream and chunks are consumed in order); a build is written to a hidden temporary folder and
-renamed into place when complete, so an interrupted build never looks complete.
+renamed into place when complete, so an interrupted build never looks complete. SIGINT or
+SIGTERM stops a build between chunks: the workers (which leave Ctrl-C to the main process)
+are ended, and :class:`tinytrace.interrupt.Interrupted` says that rerunning the same command
+builds the same dataset.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,6 +36,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tinytrace import __version__
+from tinytrace.interrupt import Interrupted, stop_requests
 from tinytrace.lang.config import GeneratorConfig, get_preset
 
 from .card import write_card
@@ -42,6 +47,24 @@ from .pipeline import CHUNK_SCHEMA, ROW_SCHEMA, Pipeline
 def chunk_rng(seed: int, chunk: int) -> random.Random:
     # string seeds are hashed with SHA-512: the stream is the same on every Python version
     return random.Random(f"tinytrace/{seed}/{chunk}")
+
+
+def _ignore_sigint() -> None:
+    """Pool initializer: Ctrl-C reaches the whole process group; the main process stops the
+    build and ends the workers (a worker dying of KeyboardInterrupt would hang the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _next_chunk(results, stop, pooled: bool):
+    """The next chunk's result; waits in short slices so that a stop request is seen within
+    about a second even while the workers are busy."""
+    while not stop:
+        try:
+            return results.next(timeout=0.5) if pooled else next(results)
+        except mp.TimeoutError:
+            continue
+    raise Interrupted(stop.signum, "nothing was kept (the build is rerun from the start, "
+                                   "byte-identical)", resume_flag=None)
 
 
 def _make_chunk(args):
@@ -187,42 +210,43 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     total = cfg.num_snippets
     gen_dict = cfg.generator.to_dict()
     tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size) for i in itertools.count())
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = mp.get_context("spawn").Pool(workers, _ignore_sigint) if workers > 1 else None
     bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
-    try:
-        results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
-        done = total == 0
-        n_done = 0
-        while not done:
-            table, chunk_stats = next(results)
-            stats.update(chunk_stats)
-            picks: dict[str, list[int]] = {s: [] for s in SPLITS}
-            hashes = table.column("sha256").to_pylist()
-            dets = table.column("deterministic").to_pylist()
-            for i, (h, det) in enumerate(zip(hashes, dets)):
-                h = bytes.fromhex(h)
-                if h in seen:
-                    stats["duplicate"] += 1
-                    continue
-                seen.add(h)
-                split = _assign(det, filled, sizes, cfg.deterministic_train)
-                if split is None:
-                    stats["nondeterministic"] += 1
-                    continue
-                picks[split].append(i)
-                filled[split] += 1
-                n_done += 1
-                if n_done == total:
-                    done = True
-                    break
-            for split, idx in picks.items():
-                if idx:
-                    writers[split].add(table.take(idx))
-                    bar.update(len(idx))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
+    with stop_requests() as stop:
+        try:
+            results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
+            done = total == 0
+            n_done = 0
+            while not done:
+                table, chunk_stats = _next_chunk(results, stop, pool is not None)
+                stats.update(chunk_stats)
+                picks: dict[str, list[int]] = {s: [] for s in SPLITS}
+                hashes = table.column("sha256").to_pylist()
+                dets = table.column("deterministic").to_pylist()
+                for i, (h, det) in enumerate(zip(hashes, dets)):
+                    h = bytes.fromhex(h)
+                    if h in seen:
+                        stats["duplicate"] += 1
+                        continue
+                    seen.add(h)
+                    split = _assign(det, filled, sizes, cfg.deterministic_train)
+                    if split is None:
+                        stats["nondeterministic"] += 1
+                        continue
+                    picks[split].append(i)
+                    filled[split] += 1
+                    n_done += 1
+                    if n_done == total:
+                        done = True
+                        break
+                for split, idx in picks.items():
+                    if idx:
+                        writers[split].add(table.take(idx))
+                        bar.update(len(idx))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
     for w in writers.values():
         w.close()
     unique = len(seen)
