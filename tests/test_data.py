@@ -168,9 +168,17 @@ def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build(cfg, tmp_path, workers=1, progress=False)
     assert not (tmp_path / "base").exists() and (tmp_path / ".base.incomplete").exists()
-    monkeypatch.setattr(data, "_make_chunk", real)
+    made = []
+    monkeypatch.setattr(data, "_make_chunk", lambda args: (made.append(args[3]), real(args))[1])
     build(cfg, tmp_path, workers=1, progress=False)  # rerunning finishes it
     assert (tmp_path / "base" / "build.json").exists() and not (tmp_path / ".base.incomplete").exists()
+    assert made[0] == 2  # chunks 0 and 1 came from the interrupted build
+    assert not (tmp_path / ".base.chunks").exists()
+    # byte-identical to an uninterrupted build
+    build(cfg, tmp_path / "whole", workers=1, progress=False)
+    files = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*"))  # noqa: E731
+                       if p.is_file() and p.name != "timing.json"}
+    assert files(tmp_path / "base") == files(tmp_path / "whole" / "base")
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -205,6 +213,7 @@ def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code
     else:
         pytest.fail("processes of the build are left behind")
     assert not (tmp_path / "base").exists()
+    assert list((tmp_path / ".base.chunks").glob("*.arrow"))  # kept for the rerun
 
 
 PIPELINE_CONFIGS = {

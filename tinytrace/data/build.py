@@ -9,10 +9,15 @@ snippet appears twice anywhere (C.4); test and validation examples pass the dete
 (every two consecutive steps fit in the context window, Sec. 2.2); output depends only on the
 config and the seed, not on the number of workers (chunk ``i`` always uses the same random
 stream and chunks are consumed in order); a build is written to a hidden temporary folder and
-renamed into place when complete, so an interrupted build never looks complete. SIGINT or
-SIGTERM stops a build between chunks: the workers (which leave Ctrl-C to the main process)
-are ended, and :class:`tinytrace.interrupt.Interrupted` says that rerunning the same command
-builds the same dataset.
+renamed into place when complete, so an interrupted build never looks complete.
+
+Resume: every generated chunk is kept in ``.<name>.chunks/`` (an Arrow file per chunk) until
+the build completes. A rerun after an interrupt or a crash reads the chunks already there
+instead of generating them again (they depend only on the generator config, context, seed and
+chunk size, checked on reuse) and generates the rest: the output is byte-identical to an
+uninterrupted build. SIGINT or SIGTERM stops a build between chunks: the workers (which leave
+Ctrl-C to the main process) are ended, and :class:`tinytrace.interrupt.Interrupted` says that
+rerunning the same command continues it.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import random
 import resource
 import shutil
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -49,10 +55,49 @@ def chunk_rng(seed: int, chunk: int) -> random.Random:
     return random.Random(f"tinytrace/{seed}/{chunk}")
 
 
-def _ignore_sigint() -> None:
-    """Pool initializer: Ctrl-C reaches the whole process group; the main process stops the
-    build and ends the workers (a worker dying of KeyboardInterrupt would hang the pool)."""
+class _ChunkStore:
+    """The chunks generated so far for one chunk stream (``key``), in ``folder``: chunk ``i``
+    is ``i.arrow`` (its records) and ``i.json`` (its stats). A folder made for another key is
+    emptied."""
+
+    def __init__(self, folder: Path, key: dict):
+        self.folder = folder
+        key_file = folder / "key.json"
+        if folder.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps(key, sort_keys=True) + "\n")
+        self.count = 0  # chunks 0 .. count - 1 are stored
+        while (folder / f"{self.count:06d}.arrow").exists():
+            self.count += 1
+
+    def load(self, i: int):
+        with pa.OSFile(str(self.folder / f"{i:06d}.arrow")) as f:
+            table = pa.ipc.open_file(f).read_all()
+        return table, json.loads((self.folder / f"{i:06d}.json").read_text())
+
+    def save(self, i: int, table, stats: dict) -> None:
+        """Stats first, records last and renamed into place: a chunk is stored once its
+        ``.arrow`` exists."""
+        (self.folder / f"{i:06d}.json").write_text(json.dumps(stats) + "\n")
+        part = self.folder / f"{i:06d}.arrow.part"
+        with pa.OSFile(str(part), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+        os.replace(part, self.folder / f"{i:06d}.arrow")
+        self.count = max(self.count, i + 1)
+
+
+def _worker_signals() -> None:
+    """Pool initializer. Ctrl-C reaches the whole process group: the workers ignore it and
+    the main process stops the build and ends them. SIGTERM (``Pool.terminate``, or a
+    scheduler's to the group) exits through ``SystemExit``, which releases the pool's queue
+    locks on the way out: a worker killed while holding one would hang ``Pool.terminate``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def _exit(signum, frame):
+    sys.exit(0)
 
 
 def _next_chunk(results, stop, pooled: bool):
@@ -63,8 +108,8 @@ def _next_chunk(results, stop, pooled: bool):
             return results.next(timeout=0.5) if pooled else next(results)
         except mp.TimeoutError:
             continue
-    raise Interrupted(stop.signum, "nothing was kept (the build is rerun from the start, "
-                                   "byte-identical)", resume_flag=None)
+    raise Interrupted(stop.signum, "the chunks generated so far are kept (the same command "
+                                   "continues the build, byte-identical)", resume_flag=None)
 
 
 def _make_chunk(args):
@@ -209,16 +254,25 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     t0 = time.time()
     total = cfg.num_snippets
     gen_dict = cfg.generator.to_dict()
-    tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size) for i in itertools.count())
-    pool = mp.get_context("spawn").Pool(workers, _ignore_sigint) if workers > 1 else None
+    store = _ChunkStore(out / f".{name}.chunks", {
+        "generator": gen_dict, "context": cfg.context, "seed": cfg.seed,
+        "chunk_size": cfg.chunk_size, "tinytrace_version": __version__})
+    tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size)
+             for i in itertools.count(store.count))
+    pool = mp.get_context("spawn").Pool(workers, _worker_signals) if workers > 1 else None
     bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
     with stop_requests() as stop:
         try:
             results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
             done = total == 0
-            n_done = 0
+            n_done = chunk = 0
             while not done:
-                table, chunk_stats = _next_chunk(results, stop, pool is not None)
+                if chunk < store.count:
+                    table, chunk_stats = store.load(chunk)
+                else:
+                    table, chunk_stats = _next_chunk(results, stop, pool is not None)
+                    store.save(chunk, table, chunk_stats)
+                chunk += 1
                 stats.update(chunk_stats)
                 picks: dict[str, list[int]] = {s: [] for s in SPLITS}
                 hashes = table.column("sha256").to_pylist()
@@ -276,6 +330,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    shutil.rmtree(store.folder)
     write_card(out)
     return summary
 
