@@ -15,9 +15,9 @@ Resume: every generated chunk is kept in ``.<name>.chunks/`` (an Arrow file per 
 the build completes. A rerun after an interrupt or a crash reads the chunks already there
 instead of generating them again (they depend only on the generator config, context, seed and
 chunk size, checked on reuse) and generates the rest: the output is byte-identical to an
-uninterrupted build. SIGINT or SIGTERM stops a build between chunks: the workers (which leave
-Ctrl-C to the main process) are ended, and :class:`tinytrace.interrupt.Interrupted` says that
-rerunning the same command continues it.
+uninterrupted build. SIGINT or SIGTERM stops a build between chunks: the workers (in their own
+process group, so that Ctrl-C reaches only the main process) are ended, and
+:class:`tinytrace.interrupt.Interrupted` says that rerunning the same command continues it.
 """
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ import os
 import random
 import resource
 import shutil
-import signal
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -87,17 +85,13 @@ class _ChunkStore:
         self.count = max(self.count, i + 1)
 
 
-def _worker_signals() -> None:
-    """Pool initializer. Ctrl-C reaches the whole process group: the workers ignore it and
-    the main process stops the build and ends them. SIGTERM (``Pool.terminate``, or a
-    scheduler's to the group) exits through ``SystemExit``, which releases the pool's queue
-    locks on the way out: a worker killed while holding one would hang ``Pool.terminate``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit)
-
-
-def _exit(signum, frame):
-    sys.exit(0)
+def _own_process_group() -> None:
+    """Pool initializer: a worker leaves the job's process group, so Ctrl-C or a ``kill`` of
+    the group reaches only the main process, which stops the build and ends the workers with
+    ``Pool.terminate``. A worker killed from outside while it holds one of the pool's queue
+    locks (sending a result) would hang the pool; one left alone exits on the pool's EOF if
+    the main process dies."""
+    os.setpgrp()
 
 
 def _next_chunk(results, stop, pooled: bool):
@@ -259,7 +253,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
         "chunk_size": cfg.chunk_size, "tinytrace_version": __version__})
     tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size)
              for i in itertools.count(store.count))
-    pool = mp.get_context("spawn").Pool(workers, _worker_signals) if workers > 1 else None
+    pool = mp.get_context("spawn").Pool(workers, _own_process_group) if workers > 1 else None
     bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
     with stop_requests() as stop:
         try:
