@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, a full disk, the network
         sys.stderr.write(f"tinytrace {args.command}: error: {e}\n")
         return 2
     except Interrupted as e:

@@ -253,10 +253,10 @@ def read_run(out) -> tuple[TrainConfig, ModelConfig, dict]:
     Each config is read with its strict ``from_dict``: an unknown field is an error (a record
     written by other code is not this code's config); a field it predates takes its default."""
     path = Path(out) / RUN_FILE
-    saved = json.loads(path.read_text())
     try:
+        saved = json.loads(path.read_text())
         return TrainConfig.from_dict(saved["train"]), ModelConfig.from_dict(saved["model"]), saved
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"cannot resume {out}: {path} does not hold this code's configs "
                          f"({type(e).__name__}: {e})") from None
 
