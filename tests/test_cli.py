@@ -35,6 +35,15 @@ def test_trace_rejects_code_outside_the_language_before_running(template, tmp_pa
     assert not marker.exists()  # nothing ran
 
 
+@pytest.mark.parametrize("code", ["a = 5if a < 3 else 2\n", "a = 1or 2\n", "a = 0x1for\n"])
+def test_trace_bad_input_prints_only_the_projects_error(code):
+    """Python's parser warns (SyntaxWarning: invalid decimal literal) on these before any
+    error of ours; parse silences it, so stderr holds the one-line error alone."""
+    r = run_cli("trace", stdin=code)
+    assert r.returncode == 2 and "Warning" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("tinytrace trace: ")
+
+
 def test_trace_runtime_rejection():
     r = run_cli("trace", "--value-range", "-9", "9", stdin="a = 5\nb = a + 7\n")
     assert r.returncode == 1 and "value_range" in r.stderr

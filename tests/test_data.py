@@ -1,6 +1,11 @@
 import importlib
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -163,9 +168,65 @@ def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build(cfg, tmp_path, workers=1, progress=False)
     assert not (tmp_path / "base").exists() and (tmp_path / ".base.incomplete").exists()
-    monkeypatch.setattr(data, "_make_chunk", real)
+    made = []
+    monkeypatch.setattr(data, "_make_chunk", lambda args: (made.append(args[3]), real(args))[1])
     build(cfg, tmp_path, workers=1, progress=False)  # rerunning finishes it
     assert (tmp_path / "base" / "build.json").exists() and not (tmp_path / ".base.incomplete").exists()
+    assert made[0] == 2  # chunks 0 and 1 came from the interrupted build
+    assert not (tmp_path / ".base.chunks").exists()
+    # byte-identical to an uninterrupted build
+    build(cfg, tmp_path / "whole", workers=1, progress=False)
+    files = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*"))  # noqa: E731
+                       if p.is_file() and p.name != "timing.json"}
+    assert files(tmp_path / "base") == files(tmp_path / "whole" / "base")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code):
+    """Ctrl-C (SIGINT to the whole process group) or a group SIGTERM during a build with a
+    worker pool: the build stops within seconds with one line and exit 130 / 143, no traceback,
+    no process left behind, and no config that looks complete."""
+    cmd = [sys.executable, "-m", "tinytrace", "data", "build", "--preset", "base",
+           "--num-snippets", "3000000", "--workers", "2", "--out", str(tmp_path), "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not list(tmp_path.glob(".base.chunks/*.arrow")) and time.time() < deadline:
+            time.sleep(0.1)  # until the workers have delivered a chunk
+        assert p.poll() is None, p.communicate()
+        children = _children(p.pid)  # the workers and the resource tracker
+        assert len(children) >= 2
+        os.killpg(p.pid, signum)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == code, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0], err[-3000:]
+    deadline = time.time() + 15
+    while any(Path(f"/proc/{c}").exists() for c in children) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [c for c in children if Path(f"/proc/{c}").exists()], "processes left behind"
+    assert not (tmp_path / "base").exists()
+    assert list((tmp_path / ".base.chunks").glob("*.arrow"))  # kept for the rerun
 
 
 PIPELINE_CONFIGS = {

@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -138,6 +140,48 @@ def test_mix_corpus(tmp_path):
     assert pq.read_table(out / cfg / "test-00000-of-00001.parquet").num_rows == 10
     stream = token_stream(out, cfg, "train")
     assert len(stream) == sum(train["n_tokens"])
+
+
+def test_two_workers_asking_at_once_build_an_artifact_once(tmp_path, monkeypatch):
+    """Two threads ask the cache for the same corpus, then the same run, at the same moment:
+    one makes each artifact while the other waits on its lock and then reuses it, so nothing
+    is built twice or two at a time."""
+    from tinytrace.experiments import cache as C
+
+    made, running, peak, guard = [], [0], [0], threading.Lock()
+
+    def slow(kind, finish):
+        def make(*args, **kw):
+            with guard:
+                made.append(kind)
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.5)
+            finish(*args)
+            with guard:
+                running[0] -= 1
+        return make
+
+    def corpus_done(cfg, folder, *rest):
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / "build.json").write_text("{}")
+
+    monkeypatch.setattr(C.tdata, "build", slow("corpus", corpus_done))
+    monkeypatch.setattr(C, "train_run", slow("run", lambda tc, mc, d, c, out: out.mkdir()))
+    cache, s, got = C.Cache(tmp_path, progress=False), get_scale("smoke"), []
+
+    def worker():
+        corpus = cache.corpus(s.generator("id"), 100, test_size=8)
+        got.append((corpus, cache.run(s, corpus, s.model_config())))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a worker hangs"
+    assert made == ["corpus", "run"] and peak[0] == 1
+    assert len(got) == 2 and got[0] == got[1]
 
 
 def test_paper_numbers_as_data():

@@ -113,7 +113,8 @@ def test_the_language_layer_is_pure_python(name):
 
 
 # ARCHITECTURE.md's layers, bottom first: a module imports only from its layer or those below
-LAYERS = [("tinytrace", "tinytrace.presets"), ("tinytrace.lang",), ("tinytrace.data",),
+LAYERS = [("tinytrace", "tinytrace.presets", "tinytrace.interrupt"), ("tinytrace.lang",),
+          ("tinytrace.data",),
           ("tinytrace.model", "tinytrace.provenance"),
           ("tinytrace.train", "tinytrace.evaluate", "tinytrace.hub"),
           ("tinytrace.experiments", "tinytrace.bench"), ("tinytrace.report",),

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -272,6 +275,37 @@ def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch
     assert starts["03_id_robustness"] >= ends["05_ood"]
     assert starts["06_ablations"] >= ends["05_ood"]
     assert starts["04_coverage"] < ends["05_ood"]  # independent: runs beside it
+
+
+def test_signal_stops_the_batch_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a batch: nothing more starts, the running workers are ended, the handlers
+    come back, and the command prints one line with the command that continues (--missing)
+    and exits 130."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for stem in NOTEBOOKS:
+        (src / f"{stem}.ipynb").write_text("{}")
+    started, ended = [], []
+
+    def fake_execute(name, src_path, out, params, env=None, timeout=None, gpu=None):
+        started.append(name)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first notebook runs
+        time.sleep(0.2)
+        return runner.Outcome(name, True, 0.2, out / f"{name}.ipynb", gpu=gpu)
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(runner, "_terminate_children", lambda: ended.append(list(started)))
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    argv = ["notebooks", "run", "--scale", "smoke", "--src", str(src), "--out",
+            str(tmp_path / "out"), "--no-pages"]
+    assert main(argv) == 130
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert len(started) == 1 and ended == [started]  # one ran; the runner ended the workers
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGINT" in lines[0] and "1 notebook(s) finished" in lines[0]
+    assert lines[0].endswith(shlex.join(["tinytrace", *argv, "--missing"]))
+    assert "interrupted: stopping" in cap.out
 
 
 def test_measured_values_map_tidy_results_to_paper_keys():

@@ -1,5 +1,8 @@
 """tinytrace.train.sft: instruction masking, LoRA parameter counts, a fine-tuning run and its cache."""
 import json
+import os
+import shlex
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from tinytrace.cli import main
 from tinytrace.data import build_preset
 from tinytrace.lang import tokenizer as tk
 from tinytrace.model import GPT, get_model_config, load_checkpoint, save_checkpoint
@@ -184,6 +188,48 @@ def test_micro_batches_match_full_batch(data_dir, base_run, tmp_path):
     wa, wb = load_checkpoint(tmp_path / "a").state_dict(), load_checkpoint(tmp_path / "b").state_dict()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
+
+
+def test_interrupt_saves_the_state_and_resume_equals_an_uninterrupted_run(
+        data_dir, base_run, tmp_path, monkeypatch, capsys):
+    """SIGINT mid-run (sent to this very process, as Ctrl-C would): the CLI stops at the step
+    boundary with the state saved, prints one line, returns 130 and restores the handlers;
+    the same command with --resume added finishes with the uninterrupted run's results."""
+    opts = dict(batch_size=16, micro_batch_size=8, data_size=128, epochs=2, lr=1e-2,
+                val_examples=16, block_size=BLOCK, seed=0)
+    ref = S.finetune(base_run, data_dir, "simple", tmp_path / "ref",
+                     S.get_sft_config("smoke", **opts), progress=False, device="cpu")
+    argv = ["sft", "--base", str(base_run), "--data", str(data_dir), "--config", "simple",
+            "--out", str(tmp_path / "sft"), "--preset", "smoke", "--device", "cpu", "--no-progress",
+            *[x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
+    real_step = S._optimization_step
+
+    def step_then_signal(r, step):
+        real_step(r, step)
+        if step == 5:  # 0-based: after the 6th of 16 steps
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(S, "_optimization_step", step_then_signal)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main(argv) == 130
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGINT" in lines[0] and "state of step 6 of 16" in lines[0]
+    assert lines[0].endswith(shlex.join(["tinytrace", *argv, "--resume"]))
+    out = tmp_path / "sft"
+    assert json.loads((out / "state" / "trainer.json").read_text())["step"] == 6
+    assert not (out / "done.json").exists()
+    monkeypatch.setattr(S, "_optimization_step", real_step)
+    assert main(argv + ["--resume"]) == 0
+    s = json.loads((out / "done.json").read_text())
+    for k in ("steps", "best_step", "best_val_loss", "initial_val_loss", "final_val_loss"):
+        assert s[k] == pytest.approx(ref[k], rel=1e-6), k
+    assert not (out / "state").exists()  # finished: a cache entry, nothing to resume
+    wr, wo = load_checkpoint(tmp_path / "ref").state_dict(), load_checkpoint(out).state_dict()
+    for name in wr:
+        torch.testing.assert_close(wo[name], wr[name], rtol=1e-6, atol=1e-7)
+    evals = [r["step"] for r in _log(out) if r["event"] == "eval"]
+    assert evals == [r["step"] for r in _log(tmp_path / "ref") if r["event"] == "eval"]
 
 
 def test_config_presets():

@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -173,9 +175,10 @@ def test_resume_refuses_a_changed_or_unknown_saved_field(data_dir, tmp_path, cap
         return lambda: T.train(_cfg(max_steps=4), mc, data_dir, "simple", out, resume=True,
                                progress=False)
 
-    with pytest.raises(ValueError, match=r"cannot resume .*: seed differ"):
+    with pytest.raises(ValueError, match=r"cannot resume .*: differs from the saved run in "
+                                         r"seed 0 \(saved 1\)$"):
         resume_with("train", "seed", 1)()
-    with pytest.raises(ValueError, match=r"cannot resume .*: model differ"):
+    with pytest.raises(ValueError, match=r"cannot resume .*: .* in model n_embd 64 \(saved 32\)$"):
         resume_with("model", "n_embd", 32)()
     with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\): warmup_steps"):
         resume_with("train", "warmup_steps", 5)()
@@ -279,6 +282,135 @@ def test_cli_smoke(data_dir, tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["start_step"], summary["step"]) == (3, 5)
 
+
+def test_cli_resume_accepts_the_same_command_and_names_a_conflict(data_dir, tmp_path, capsys):
+    """The command that started a run, rerun with --resume (and a later --max-steps), continues
+    it: values equal to the saved run's are accepted. A conflicting value is refused with one
+    line naming the field and both values, before anything runs."""
+    out = tmp_path / "run"
+    cmd = ["train", "--data", str(data_dir), "--config", "simple", "--out", str(out),
+           "--model", "tiny", "--model-arg", "block_size=32", "--train-preset", "smoke",
+           "--batch-size", "4", "--block-size", "32", "--lr", "0.003", "--no-progress"]
+    assert main(cmd + ["--max-steps", "2"]) == 0
+    assert main(cmd + ["--max-steps", "3", "--resume"]) == 0
+    assert json.loads((out / "state" / "trainer.json").read_text())["step"] == 3
+    capsys.readouterr()
+    log_before = (out / "log.jsonl").read_text()
+    for extra, says in ((["--model", "small"], "model n_layer"),
+                        (["--model-arg", "pe=rpb"], "model pe 'rpb' (saved 'ape')"),
+                        (["--lr", "0.01"], "lr_peak 0.01 (saved 0.003)"),
+                        (["--train-preset", "cpu", "--batch-size", "32"], "batch_size 32 (saved 4)")):
+        assert main(cmd + extra + ["--max-steps", "4", "--resume"]) == 2  # later options win
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and says in err, err
+    assert (out / "log.jsonl").read_text() == log_before
+
+
+
+def _run_until(cmd, log, after_step, signum, deadline_s=120):
+    """Start ``cmd``, send ``signum`` once ``log`` shows a step past ``after_step`` in the
+    current process's records (after its start/resume line), return the finished process."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        t_end = time.time() + deadline_s
+        while time.time() < t_end and p.poll() is None:
+            recs = []
+            for line in (log.read_text().splitlines() if log.exists() else []):
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError:  # a line being written
+                    break
+            starts = [i for i, r in enumerate(recs) if r["event"] in ("start", "resume")]
+            mine = recs[starts[-1] + 1:] if starts else []
+            if any(r["event"] == "step" and r["step"] > after_step for r in mine):
+                p.send_signal(signum)
+                break
+            time.sleep(0.02)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return p.returncode, out, err
+
+
+def test_cli_interrupt_saves_the_state_and_resume_finishes_the_same_run(data_dir, tmp_path):
+    """SIGINT, then SIGTERM, stop the CLI at a step boundary with the full state saved, one line
+    on stderr (what was kept, the command to continue) and exit codes 130 / 143; continuing
+    with --resume finishes the run, and the final weights equal an uninterrupted run's."""
+    steps = 600  # a few seconds, so both signals land mid-run
+    model = ["--model", "tiny", "--model-arg", "block_size=32"]
+    args = lambda out, *extra: ["train", "--data", str(data_dir), "--config", "simple",  # noqa: E731
+                                "--out", str(out), *extra, "--batch-size", "4", "--block-size",
+                                "32", "--max-steps", str(steps), "--log-every", "1",
+                                "--val-windows", "0", "--no-progress"]
+    py = [sys.executable, "-m", "tinytrace"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    r = subprocess.run(py + args(ref, *model), capture_output=True, text=True, env=_env(),
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    stopped = []
+    for signum, code, extra in ((signal.SIGINT, 130, model), (signal.SIGTERM, 143, model + ["--resume"])):
+        a = args(out, *extra)
+        rc, _, err = _run_until(py + a, out / "log.jsonl", 5 + (stopped or [0])[-1], signum)
+        assert rc == code, err[-3000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0], err[-3000:]
+        again = a if "--resume" in a else a + ["--resume"]
+        assert lines[0].endswith("to continue, run: " + shlex.join(["tinytrace", *again]))
+        step = json.loads((out / "state" / "trainer.json").read_text())["step"]
+        assert f"state of step {step} of {steps}" in lines[0] and 0 < step < steps
+        assert [x for x in _log(out) if x["event"] == "interrupted"][-1]["step"] == step
+        stopped.append(step)
+    assert stopped[1] > stopped[0]
+    r = subprocess.run(py + args(out, *model, "--resume"), capture_output=True, text=True,
+                       env=_env(), timeout=180)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["start_step"], summary["step"]) == (stopped[1], steps)
+    wr, wo = _weights(ref), _weights(out)
+    for k in wr:
+        torch.testing.assert_close(wo[k], wr[k], rtol=1e-6, atol=1e-7)
+
+
+def test_signal_in_process_and_wall_clock_checkpoints(data_dir, tmp_path, monkeypatch):
+    """In-process: a signal stops train() with Interrupted at the next step boundary and the
+    previous handlers come back. save_every_minutes saves the state on the wall clock, is not
+    a trajectory field (a resume may change it) and is optional in an older run.json."""
+    from tinytrace.interrupt import Interrupted
+    from tinytrace.train import loop
+
+    saved = []
+    real_save = loop._save
+    monkeypatch.setattr(loop, "_save", lambda r, epoch: (saved.append(r.step), real_save(r, epoch)))
+    real_step = loop._optimization_step
+
+    def step_then_signal(r):
+        real_step(r)
+        if r.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "_optimization_step", step_then_signal)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted) as e:
+        T.train(_cfg(max_steps=6, save_every_minutes=0), _tiny(), data_dir, "simple", out,
+                progress=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert e.value.exit_code == 143 and "state of step 2 of 6" in str(e.value)
+    assert saved == [2] and json.loads((out / "state" / "trainer.json").read_text())["step"] == 2
+    monkeypatch.setattr(loop, "_optimization_step", real_step)
+    # resumed with another save_every_minutes (not fixed): a tiny period saves after every step
+    s = T.train(_cfg(max_steps=6, save_every_minutes=1e-9), _tiny(), data_dir, "simple", out,
+                resume=True, progress=False)
+    assert s["start_step"] == 2 and saved == [2, 3, 4, 5, 6]
+    assert "save_every_minutes" not in T.FIXED_FIELDS
+    run = json.loads((out / "run.json").read_text())
+    del run["train"]["save_every_minutes"]  # a record written before the field existed
+    (out / "run.json").write_text(json.dumps(run))
+    assert T.read_run(out)[0].save_every_minutes == T.TrainConfig().save_every_minutes == 10
+    with pytest.raises(ValueError, match="save_every_minutes"):
+        _cfg(save_every_minutes=-1)
 
 
 def test_cli_bad_input(data_dir, tmp_path, capsys):

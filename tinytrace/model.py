@@ -443,7 +443,10 @@ def load_checkpoint(directory, map_location="cpu") -> GPT:
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint file {p} not found")
-    meta = json.loads(cfg_path.read_text())
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
     if "model" not in meta or "vocab" not in meta:
         raise ValueError(f"{cfg_path}: needs the fields 'model' and 'vocab'")
     vocab = meta["vocab"]
@@ -458,7 +461,11 @@ def load_checkpoint(directory, map_location="cpu") -> GPT:
         raise ValueError(f"{cfg_path}: field 'model.vocab_size' is {config.vocab_size}, the vocabulary has 77")
     model = GPT(config)
     expected = _weights(model)
-    got = load_file(str(w_path), device="cpu")
+    try:
+        got = load_file(str(w_path), device="cpu")
+    except Exception as e:  # safetensors raises its own error type for a bad header or size
+        raise ValueError(f"{w_path}: not a readable safetensors file, truncated or corrupt? "
+                         f"({type(e).__name__}: {e})") from None
     missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or unexpected:
         raise ValueError(

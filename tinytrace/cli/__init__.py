@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
+
+from tinytrace.interrupt import Interrupted
 
 # command -> (module, function registering the command's parser, one-line help)
 COMMANDS = {
@@ -78,9 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, a full disk, the network
         sys.stderr.write(f"tinytrace {args.command}: error: {e}\n")
         return 2
+    except Interrupted as e:
+        # add the resume option where this command has one and it is off (an experiment's
+        # cache resumes by itself: the same command continues it)
+        flag = e.resume_flag
+        off = flag is not None and getattr(args, flag.lstrip("-").replace("-", "_"), None) is False
+        again = [*argv, flag] if off else argv
+        sys.stderr.write(f"tinytrace {args.command}: {e}; to continue, run: "
+                         f"{shlex.join(['tinytrace', *again])}\n")
+        return e.exit_code
+    except KeyboardInterrupt:  # outside a job's safe points
+        sys.stderr.write(f"tinytrace {args.command}: interrupted; only earlier checkpoints, "
+                         f"if any, are kept\n")
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,6 @@
 """``tinytrace notebooks run|pages``: execute the section notebooks, regenerate the book pages."""
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 from tinytrace.cli import at_least, key_value
@@ -42,13 +40,7 @@ def add_cli(sub) -> None:
     g.set_defaults(func=_pages_cli)
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _run_cli(args) -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm)  # `kill` stops the workers too
     outcomes = run_notebooks(args.scale, only=args.only, jobs=args.jobs, out=args.out,
                              cache_dir=args.cache_dir, src=args.src, seed=args.seed,
                              device=args.device, params=dict(args.param), timeout=args.timeout,

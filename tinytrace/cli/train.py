@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tinytrace.cli import key_value
 from tinytrace.model import ModelConfig, get_model_config
+from tinytrace.presets import check_fields
 from tinytrace.train import (
     OPTIMIZERS,
     TRAIN_PRESETS,
@@ -22,7 +23,8 @@ _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
                "micro_batch_size": "micro_batch_size", "block_size": "block_size",
                "lr": "lr_peak", "lr_min": "lr_min", "weight_decay": "weight_decay",
                "seed": "seed", "optimizer": "optimizer", "muon_lr": "muon_lr",
-               "save_every": "save_every", "log_every": "log_every",
+               "save_every": "save_every", "save_every_minutes": "save_every_minutes",
+               "log_every": "log_every",
                "val_windows": "val_windows", "mixed_precision": "mixed_precision",
                "compile": "compile"}
 
@@ -53,25 +55,33 @@ def add_cli(sub) -> None:
     p.add_argument("--muon-lr", type=float, help="peak LR of the Muon group (default: --lr)")
     p.add_argument("--seed", type=int)
     p.add_argument("--save-every", type=int)
+    p.add_argument("--save-every-minutes", type=float, help="wall clock between checkpoints "
+                   "(default 10; 0: off)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--val-windows", type=int)
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", default=None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out if any")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out if any "
+                   "(after an interrupt: the same command with --resume added)")
     p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=handler)
 
 
 def configs_from_args(args) -> tuple[TrainConfig, ModelConfig]:
-    """Train and model configs: the saved run's when resuming, else the presets; explicit
-    arguments override either."""
+    """Train and model configs: the presets (default paper) with the explicit arguments over
+    them. When resuming, a preset or argument left out takes the saved run's value, so the
+    command that started a run, rerun with --resume, gives its configs back; a value that
+    conflicts with the saved run's is refused by :func:`tinytrace.train.check_resume`."""
+    model_args = dict(args.model_arg)
     if args.resume and (Path(args.out) / "run.json").exists():
-        if args.model or args.model_arg or args.train_preset:
-            raise ValueError("--resume uses the saved model and preset; drop --model/--model-arg/--train-preset")
         tc, mc, _ = read_run(args.out)
+        tc = get_train_config(args.train_preset) if args.train_preset else tc
+        mc = get_model_config(args.model) if args.model else mc
+        check_fields(ModelConfig, model_args)
+        mc = replace(mc, **model_args)
     else:
-        mc = get_model_config(args.model or "paper", **dict(args.model_arg))
+        mc = get_model_config(args.model or "paper", **model_args)
         tc = get_train_config(args.train_preset or "paper")
     changes = {f: getattr(args, a) for a, f in _ARG_FIELDS.items() if getattr(args, a) is not None}
     if "lr_peak" in changes and "lr_min" not in changes:

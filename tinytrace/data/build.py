@@ -10,6 +10,14 @@ snippet appears twice anywhere (C.4); test and validation examples pass the dete
 config and the seed, not on the number of workers (chunk ``i`` always uses the same random
 stream and chunks are consumed in order); a build is written to a hidden temporary folder and
 renamed into place when complete, so an interrupted build never looks complete.
+
+Resume: every generated chunk is kept in ``.<name>.chunks/`` (an Arrow file per chunk) until
+the build completes. A rerun after an interrupt or a crash reads the chunks already there
+instead of generating them again (they depend only on the generator config, context, seed and
+chunk size, checked on reuse) and generates the rest: the output is byte-identical to an
+uninterrupted build. SIGINT or SIGTERM stops a build between chunks: the workers (in their own
+process group, so that Ctrl-C reaches only the main process) are ended, and
+:class:`tinytrace.interrupt.Interrupted` says that rerunning the same command continues it.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tinytrace import __version__
+from tinytrace.interrupt import Interrupted, stop_requests
 from tinytrace.lang.config import GeneratorConfig, get_preset
 
 from .card import write_card
@@ -42,6 +51,59 @@ from .pipeline import CHUNK_SCHEMA, ROW_SCHEMA, Pipeline
 def chunk_rng(seed: int, chunk: int) -> random.Random:
     # string seeds are hashed with SHA-512: the stream is the same on every Python version
     return random.Random(f"tinytrace/{seed}/{chunk}")
+
+
+class _ChunkStore:
+    """The chunks generated so far for one chunk stream (``key``), in ``folder``: chunk ``i``
+    is ``i.arrow`` (its records) and ``i.json`` (its stats). A folder made for another key is
+    emptied."""
+
+    def __init__(self, folder: Path, key: dict):
+        self.folder = folder
+        key_file = folder / "key.json"
+        if folder.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps(key, sort_keys=True) + "\n")
+        self.count = 0  # chunks 0 .. count - 1 are stored
+        while (folder / f"{self.count:06d}.arrow").exists():
+            self.count += 1
+
+    def load(self, i: int):
+        with pa.OSFile(str(self.folder / f"{i:06d}.arrow")) as f:
+            table = pa.ipc.open_file(f).read_all()
+        return table, json.loads((self.folder / f"{i:06d}.json").read_text())
+
+    def save(self, i: int, table, stats: dict) -> None:
+        """Stats first, records last and renamed into place: a chunk is stored once its
+        ``.arrow`` exists."""
+        (self.folder / f"{i:06d}.json").write_text(json.dumps(stats) + "\n")
+        part = self.folder / f"{i:06d}.arrow.part"
+        with pa.OSFile(str(part), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+        os.replace(part, self.folder / f"{i:06d}.arrow")
+        self.count = max(self.count, i + 1)
+
+
+def _own_process_group() -> None:
+    """Pool initializer: a worker leaves the job's process group, so Ctrl-C or a ``kill`` of
+    the group reaches only the main process, which stops the build and ends the workers with
+    ``Pool.terminate``. A worker killed from outside while it holds one of the pool's queue
+    locks (sending a result) would hang the pool; one left alone exits on the pool's EOF if
+    the main process dies."""
+    os.setpgrp()
+
+
+def _next_chunk(results, stop, pooled: bool):
+    """The next chunk's result; waits in short slices so that a stop request is seen within
+    about a second even while the workers are busy."""
+    while not stop:
+        try:
+            return results.next(timeout=0.5) if pooled else next(results)
+        except mp.TimeoutError:
+            continue
+    raise Interrupted(stop.signum, "the chunks generated so far are kept (the same command "
+                                   "continues the build, byte-identical)", resume_flag=None)
 
 
 def _make_chunk(args):
@@ -186,43 +248,53 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     t0 = time.time()
     total = cfg.num_snippets
     gen_dict = cfg.generator.to_dict()
-    tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size) for i in itertools.count())
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    store = _ChunkStore(out / f".{name}.chunks", {
+        "generator": gen_dict, "context": cfg.context, "seed": cfg.seed,
+        "chunk_size": cfg.chunk_size, "tinytrace_version": __version__})
+    tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size)
+             for i in itertools.count(store.count))
+    pool = mp.get_context("spawn").Pool(workers, _own_process_group) if workers > 1 else None
     bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
-    try:
-        results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
-        done = total == 0
-        n_done = 0
-        while not done:
-            table, chunk_stats = next(results)
-            stats.update(chunk_stats)
-            picks: dict[str, list[int]] = {s: [] for s in SPLITS}
-            hashes = table.column("sha256").to_pylist()
-            dets = table.column("deterministic").to_pylist()
-            for i, (h, det) in enumerate(zip(hashes, dets)):
-                h = bytes.fromhex(h)
-                if h in seen:
-                    stats["duplicate"] += 1
-                    continue
-                seen.add(h)
-                split = _assign(det, filled, sizes, cfg.deterministic_train)
-                if split is None:
-                    stats["nondeterministic"] += 1
-                    continue
-                picks[split].append(i)
-                filled[split] += 1
-                n_done += 1
-                if n_done == total:
-                    done = True
-                    break
-            for split, idx in picks.items():
-                if idx:
-                    writers[split].add(table.take(idx))
-                    bar.update(len(idx))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
+    with stop_requests() as stop:
+        try:
+            results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
+            done = total == 0
+            n_done = chunk = 0
+            while not done:
+                if chunk < store.count:
+                    table, chunk_stats = store.load(chunk)
+                else:
+                    table, chunk_stats = _next_chunk(results, stop, pool is not None)
+                    store.save(chunk, table, chunk_stats)
+                chunk += 1
+                stats.update(chunk_stats)
+                picks: dict[str, list[int]] = {s: [] for s in SPLITS}
+                hashes = table.column("sha256").to_pylist()
+                dets = table.column("deterministic").to_pylist()
+                for i, (h, det) in enumerate(zip(hashes, dets)):
+                    h = bytes.fromhex(h)
+                    if h in seen:
+                        stats["duplicate"] += 1
+                        continue
+                    seen.add(h)
+                    split = _assign(det, filled, sizes, cfg.deterministic_train)
+                    if split is None:
+                        stats["nondeterministic"] += 1
+                        continue
+                    picks[split].append(i)
+                    filled[split] += 1
+                    n_done += 1
+                    if n_done == total:
+                        done = True
+                        break
+                for split, idx in picks.items():
+                    if idx:
+                        writers[split].add(table.take(idx))
+                        bar.update(len(idx))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
     for w in writers.values():
         w.close()
     unique = len(seen)
@@ -252,6 +324,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    shutil.rmtree(store.folder)
     write_card(out)
     return summary
 

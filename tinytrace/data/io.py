@@ -30,6 +30,11 @@ def load(out: str | os.PathLike, config: str, split: str = "test"):
     if not (folder / config).is_dir():
         have = sorted(p.name for p in folder.iterdir() if (p / "build.json").exists()) if folder.is_dir() else []
         raise FileNotFoundError(f"no config {config!r} in {folder} (have: {', '.join(have) or 'none'})")
+    for f in sorted((folder / config).glob("*.parquet")):  # datasets reads every split
+        try:
+            pq.ParquetFile(f)  # the footer: a truncated or corrupt file fails here, quietly
+        except pa.ArrowException as e:
+            raise ValueError(f"{f}: not a readable parquet file, truncated or corrupt? ({e})") from None
     return load_dataset(str(folder), config, split=split)
 
 
@@ -40,7 +45,11 @@ def read_split(out: str | os.PathLike, config: str, split: str = "test",
     files = sorted(Path(out, config).glob(f"{split}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {split} split of config {config!r} in {out}")
-    return pa.concat_tables([pq.read_table(f, columns=list(columns)) for f in files]).to_pylist()
+    try:
+        return pa.concat_tables([pq.read_table(f, columns=list(columns)) for f in files]).to_pylist()
+    except pa.ArrowException as e:
+        raise ValueError(f"cannot read the {split} split of {Path(out, config)}, truncated or "
+                         f"corrupt? ({type(e).__name__}: {e})") from None
 
 
 def token_stream(out: str | os.PathLike, config: str, split: str = "train") -> np.memmap:
@@ -48,6 +57,8 @@ def token_stream(out: str | os.PathLike, config: str, split: str = "train") -> n
     path = Path(out) / config / TOKENS_DIR / f"{split}.bin"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build {config!r} with a {split} split and tokens")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: build {config!r} again")
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 

@@ -3,15 +3,21 @@
 Corpora (``corpus-<hash>``), training runs (``run-<hash>``, resumable) and evaluations
 (``eval-<hash>.json``) live under one folder, so reruns reuse them and an interrupted experiment
 resumes where it stopped. The keys are part of the cache's contract: the same config must give
-the same key, or every cached run is retrained.
+the same key, or every cached run is retrained. Each artifact is made under its own lock
+(``<artifact>.lock``, a ``filelock`` file), so two processes that need the same corpus or run
+at once never build it twice: the second waits for the first, then reuses its result.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture what gets built
 from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
@@ -23,8 +29,18 @@ from tinytrace.train import train as train_run
 from .scales import Scale
 
 
+# When a run checkpoints does not change its result: left out of its key (which also keeps the
+# keys of the runs cached before these fields existed).
+_NOT_IN_KEY = ("save_every_minutes",)
+
+
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings(cfg) -> dict:
+    """A train or SFT config's fields that make up a cache key."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
 
 
 class Cache:
@@ -35,15 +51,32 @@ class Cache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.progress = progress
 
+    @contextmanager
+    def locked(self, artifact: Path):
+        """Hold the lock of ``artifact`` while checking for it and making it: another process
+        (or thread) asking for the same artifact waits here until it is made."""
+        lock = FileLock(f"{artifact}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logging.getLogger(__name__).warning("waiting for %s: another process is making it",
+                                                artifact.name)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     # corpora
     def corpus(self, gen: GeneratorConfig, n: int, test_size: int, validation_size: int = 0,
                seed: int = 0, context: int = 512) -> tuple[Path, str]:
         cfg = BuildConfig(gen, num_snippets=n, seed=seed, test_size=test_size,
                           validation_size=validation_size, context=context, config_name="data")
         folder = self.root / f"corpus-{_key(cfg.to_dict())}"
-        if not (folder / "data" / "build.json").exists():
-            workers = 1 if n < 20_000 else os.cpu_count()  # a pool costs more than it saves on small sets
-            tdata.build(cfg, folder, progress=self.progress, workers=workers)
+        with self.locked(folder):
+            if not (folder / "data" / "build.json").exists():
+                workers = 1 if n < 20_000 else os.cpu_count()  # a pool costs more than it saves on small sets
+                tdata.build(cfg, folder, progress=self.progress, workers=workers)
         return folder, "data"
 
     def test_set(self, gen: GeneratorConfig, n: int, seed: int, context: int) -> tuple[Path, str]:
@@ -54,7 +87,7 @@ class Cache:
                 train: TrainConfig | None = None, tag: str = "") -> tuple[Path, TrainConfig]:
         """Where the run of this model, recipe (default: the scale's) and corpus lives."""
         tc = train if train is not None else scale.train
-        key = _key({"model": model_cfg.to_dict(), "train": tc.to_dict(),
+        key = _key({"model": model_cfg.to_dict(), "train": settings(tc),
                     "data": corpus[0].name, "tag": tag})
         return self.root / f"run-{key}", tc
 
@@ -62,11 +95,11 @@ class Cache:
             train: TrainConfig | None = None, tag: str = "") -> Path:
         """Train (or resume, or reuse) the run of this model, recipe and corpus."""
         out, tc = self.run_dir(scale, corpus, model_cfg, train, tag)
-        if (out / "done.json").exists():
-            return out
-        train_run(tc, model_cfg, corpus[0], corpus[1], out, resume=True, callbacks=callbacks,
-                 progress=self.progress)
-        (out / "done.json").write_text(json.dumps({"finished": time.time()}) + "\n")
+        with self.locked(out):
+            if not (out / "done.json").exists():
+                train_run(tc, model_cfg, corpus[0], corpus[1], out, resume=True,
+                          callbacks=callbacks, progress=self.progress)
+                (out / "done.json").write_text(json.dumps({"finished": time.time()}) + "\n")
         return out
 
     # evaluations
@@ -74,18 +107,19 @@ class Cache:
                  max_len_factor: float = 2.0, eos_prefix: bool = False) -> dict:
         key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
         path = self.root / f"eval-{_key(key)}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        df, summary = evaluate(model, data, batch_size=batch_size, max_len_factor=max_len_factor,
-                               eos_prefix=eos_prefix)
-        result = {k: summary.get(k) for k in METRICS}
-        result["timing"] = {k: summary.get(k) for k in (
-            "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
-            "traces_per_s", "batch_size", "device")}
-        result["correct"] = [bool(c) for c in df["correct"]]
-        result["clip_candidates"] = _clip_flags(df)
-        path.write_text(json.dumps(result) + "\n")
-        return result
+        with self.locked(path):
+            if path.exists():
+                return json.loads(path.read_text())
+            df, summary = evaluate(model, data, batch_size=batch_size,
+                                   max_len_factor=max_len_factor, eos_prefix=eos_prefix)
+            result = {k: summary.get(k) for k in METRICS}
+            result["timing"] = {k: summary.get(k) for k in (
+                "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
+                "traces_per_s", "batch_size", "device")}
+            result["correct"] = [bool(c) for c in df["correct"]]
+            result["clip_candidates"] = _clip_flags(df)
+            path.write_text(json.dumps(result) + "\n")
+            return result
 
 
 def _clip_flags(df) -> list:

@@ -11,7 +11,6 @@ job) into a shared cache that the experiment then reuses.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -37,7 +36,7 @@ from tinytrace.model import count_params, load_checkpoint, match_params
 from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
-from .cache import _Context, _key
+from .cache import _Context, _key, settings
 from .scales import get_scale
 
 
@@ -316,8 +315,10 @@ def _sft_finetune(ctx: _Context, size: int, epochs: int) -> tuple[Path, dict]:
     s = ctx.scale
     base_run, data = ctx.base_run(), _sft_data(ctx, size)
     cfg = replace(s.sft, epochs=epochs, data_size=size, seed=ctx.seed)
-    out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, dataclasses.asdict(cfg)])}"
-    return out, finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress)
+    out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, settings(cfg)])}"
+    with ctx.cache.locked(out):
+        return out, finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress,
+                             resume=True)
 
 
 def _sft_run(ctx: _Context, size: int, epochs: int) -> Path:

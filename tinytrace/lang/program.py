@@ -11,6 +11,7 @@ a single ``if`` inside an ``if`` has depth 2 and straight-line code depth 0.
 from __future__ import annotations
 
 import ast
+import warnings
 from dataclasses import dataclass
 from typing import Union
 
@@ -118,12 +119,16 @@ _AST_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast
 def parse(code: str) -> list[Line]:
     """Parse a snippet into lines, accepting only the TinyTracing language (App. B):
     single-letter variables, integer literals, ``x = a [op b]``, ``if/elif/else`` and ``while``
-    with one comparison, one tab per indentation level. Nothing is executed."""
+    with one comparison, one tab per indentation level. Nothing is executed. Python's own
+    parser warnings (e.g. ``invalid decimal literal`` for ``5if``) are silenced: this function
+    reports what is wrong itself."""
     code = code.strip("\n")
     if not code.strip():
         raise UnsupportedCode("empty snippet")
     try:
-        tree = ast.parse(code)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code)
     except SyntaxError as e:
         raise UnsupportedCode(f"line {e.lineno}: syntax error: {e.msg}") from None
     src = code.split("\n")

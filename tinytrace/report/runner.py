@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinytrace.experiments import get_scale
+from tinytrace.interrupt import Interrupted, stop_requests
 
 from .sections import DEFAULT_OUT, NOTEBOOKS, ROOT, Section
 
@@ -236,7 +237,9 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
                   params: dict | None = None, timeout: float | None = None,
                   missing: bool = False, echo=print) -> list[Outcome]:
     """Execute the selected notebooks at ``scale`` into ``out`` (``jobs`` at a time); with
-    ``missing``, only those without an executed copy and results JSON in ``out`` yet."""
+    ``missing``, only those without an executed copy and results JSON in ``out`` yet.
+    SIGINT/SIGTERM start nothing more and end the running workers (their notebooks keep their
+    previous results); then :class:`tinytrace.interrupt.Interrupted` is raised."""
     get_scale(scale)  # unknown scales fail here, before any notebook starts
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
@@ -305,18 +308,18 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
                  f"(elapsed {time.perf_counter() - t_start:.0f}s)")
             cond.notify_all()
 
-    threads = []
-    with cond:
+    threads, stopping = [], False
+    with stop_requests() as stop, cond:
         while pending or running:
+            if stop and not stopping:  # Ctrl-C / SIGTERM: start nothing more, stop the workers
+                stopping = True
+                echo(f"interrupted: stopping {', '.join(running) or 'nothing'}; "
+                     f"not started: {', '.join(pending) or 'none'}")
+                pending.clear()
+                _terminate_children()
             startable = [n for n in pending if ready(n)] if free_slots else []
             if not startable:
-                try:
-                    cond.wait(timeout=1.0)
-                except KeyboardInterrupt:  # Ctrl-C / SIGTERM: start nothing more, stop workers
-                    echo(f"interrupted: stopping {', '.join(running) or 'nothing'}; "
-                         f"not started: {', '.join(pending) or 'none'}")
-                    pending.clear()
-                    _terminate_children()
+                cond.wait(timeout=1.0)
                 continue
             name = startable[0]
             pending.remove(name)
@@ -334,6 +337,9 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
     bad = [o for o in outcomes if not o.ok]
     echo(f"notebooks: {len(outcomes) - len(bad)} ok, {len(bad)} failed in "
          f"{time.perf_counter() - t_start:.0f}s" + (": " + ", ".join(o.name for o in bad) if bad else ""))
+    if stop:
+        raise Interrupted(stop.signum, f"{len(outcomes) - len(bad)} notebook(s) finished and kept "
+                                       f"in {out}, the others not run", resume_flag="--missing")
     return outcomes
 
 

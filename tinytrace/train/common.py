@@ -1,12 +1,15 @@
 """What the pre-training loop (:mod:`.loop`) and LoRA fine-tuning (:mod:`.sft`) share: the
 Accelerate factory, the batch plan, the LR schedule, the optimizers, one optimizer step over
-micro-batches, the validation loss and the JSONL log."""
+micro-batches, the validation loss, the JSONL log and the resumable state folder with its
+checkpoint triggers (a signal, the wall clock)."""
 from __future__ import annotations
 
 import json
 import logging
 import math
 import os
+import shutil
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +22,8 @@ from tinytrace.model import unwrap
 from tinytrace.provenance import mixed_precision
 
 OPTIMIZERS = ("adamw", "muon")
+STATE_DIR = "state"
+TRAINER_FILE = "trainer.json"
 
 
 def make_accelerator(cfg, log_with=None, project_dir=None, cpu: bool = False) -> Accelerator:
@@ -176,3 +181,72 @@ def validation_loss(model, batches: Iterable, accelerator, loss_fn: Callable) ->
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+# --- resumable state ---------------------------------------------------------------------------
+def save_state(accelerator, out: Path, info: dict) -> Path:
+    """The Accelerate state (model, optimizers, registered schedulers, RNG) plus ``info`` as
+    ``trainer.json`` (the loop's counters and data cursor), written to ``state.tmp`` and then
+    swapped in for ``out/state``: a kill at any moment leaves one complete state
+    (:func:`find_state`). Called on every process."""
+    acc, main = accelerator, accelerator.is_main_process
+    acc.wait_for_everyone()
+    tmp, cur, old = out / (STATE_DIR + ".tmp"), out / STATE_DIR, out / (STATE_DIR + ".old")
+    if main and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if main:
+        (tmp / TRAINER_FILE).write_text(json.dumps(info) + "\n")  # last: marks the state complete
+        if cur.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            cur.rename(old)
+        tmp.rename(cur)
+        if old.exists():
+            shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return cur
+
+
+def find_state(out: Path) -> Path | None:
+    """The latest complete state in ``out`` (``trainer.json`` is written last), or None."""
+    for name in (STATE_DIR, STATE_DIR + ".tmp", STATE_DIR + ".old"):
+        if (out / name / TRAINER_FILE).exists():
+            return out / name
+    return None
+
+
+def remove_state(out: Path) -> None:
+    for name in (STATE_DIR, STATE_DIR + ".tmp", STATE_DIR + ".old"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def poll(accelerator, stop, t_saved: float, minutes: float, agree: bool) -> tuple[int, bool]:
+    """(the signal in ``stop``, or 0; whether ``minutes`` of wall clock have passed since
+    ``t_saved``, a ``time.monotonic()``), the same on every process. With several processes
+    they compare only where ``agree`` (steps where the loop syncs anyway) and report nothing
+    elsewhere: a process that saved or stopped alone would leave the others waiting in a
+    collective."""
+    due = bool(minutes) and time.monotonic() - t_saved >= 60 * minutes
+    signum = stop.signum or 0
+    if accelerator.num_processes > 1:
+        if not agree:
+            return 0, False
+        flags = accelerator.gather(torch.tensor([[signum, int(due)]], device=accelerator.device))
+        signum, due = (int(v) for v in flags.max(0).values.tolist())
+    return signum, bool(due)
+
+
+class _TiedWeightsFilter(logging.Filter):
+    """accelerate warns on every save that the tied ``lm_head.weight`` is stored once; expected."""
+
+    def filter(self, record):
+        return "Removed shared tensor" not in record.getMessage()
+
+
+def quiet_tied_weights() -> None:
+    log = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedWeightsFilter) for f in log.filters):
+        log.addFilter(_TiedWeightsFilter())

@@ -16,6 +16,10 @@
   device, seed), ``log.jsonl`` (one JSON object per log step / epoch), ``state/`` (the
   Accelerate state plus ``trainer.json`` with the step counter) and the latest weights as
   ``model.safetensors`` + ``config.json`` (:func:`tinytrace.model.load_checkpoint`).
+- Checkpoints: at each epoch end, every ``save_every`` steps, every ``save_every_minutes`` of
+  wall clock (a crash or a kill loses at most that) and at the stop; each replaces ``state/``.
+  SIGINT or SIGTERM stops the run at the next step boundary with the state saved there
+  (:mod:`tinytrace.interrupt`); ``resume`` continues it as if nothing had happened.
 
 Weight decay, betas and gradient clipping are not stated for pre-training in the paper; the
 defaults (0.1, (0.9, 0.95), 1.0) are the paper's SFT values (App. G.1) and nanoGPT's.
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,24 +40,29 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from tinytrace.data import token_stream
+from tinytrace.interrupt import Interrupted, StopRequest, stop_requests
 from tinytrace.model import GPT, ModelConfig, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
 from tinytrace.provenance import environment
 
 from .common import (
     OPTIMIZERS,
+    STATE_DIR,
+    TRAINER_FILE,
     append_jsonl,
     batch_plan,
+    find_state,
     lm_loss,
     lr_schedulers,
     make_accelerator,
     make_optimizers,
     optimizer_step,
+    poll,
+    quiet_tied_weights,
+    save_state,
 )
 from .common import validation_loss as _validation_loss
 
-STATE_DIR = "state"
-TRAINER_FILE = "trainer.json"
 RUN_FILE = "run.json"
 # Fields that define the trajectory: a resumed run must use the same values.
 FIXED_FIELDS = ("epochs", "batch_size", "block_size", "lr_peak", "lr_min", "warmup_frac",
@@ -87,6 +95,7 @@ class TrainConfig(ConfigDict):
     grad_clip: float = 1.0  # 0 = off
     seed: int = 0
     save_every: int = 0  # optimizer steps between checkpoints (0: only at epoch ends and stop)
+    save_every_minutes: float = 10.0  # wall clock between checkpoints (0: off); not in FIXED_FIELDS
     log_every: int = 10
     val_windows: int = 64  # validation windows at each epoch end (0: no validation loss)
     compile: bool = False
@@ -114,8 +123,8 @@ class TrainConfig(ConfigDict):
             raise ValueError("need 0 <= warmup_frac < 1 and 0 < phase1_frac <= 1")
         if self.lr_peak <= 0 or self.lr_min < 0 or self.lr_min > self.lr_peak:
             raise ValueError(f"need 0 <= lr_min <= lr_peak, 0 < lr_peak; got {self.lr_min}, {self.lr_peak}")
-        if self.save_every < 0 or self.val_windows < 0:
-            raise ValueError("save_every and val_windows must be >= 0")
+        if self.save_every < 0 or self.save_every_minutes < 0 or self.val_windows < 0:
+            raise ValueError("save_every, save_every_minutes and val_windows must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.muon_lr is not None and self.muon_lr <= 0:
@@ -219,19 +228,20 @@ def check_resume(out: Path, tc: TrainConfig, mc: ModelConfig, train_tokens: int,
     """(state folder, saved run record) to continue from, or (None, None) for a new run.
 
     A run in ``out`` is an error without ``resume``. Resuming reads ``run.json`` strictly
-    (:func:`read_run`) and refuses a model, a trajectory field (:data:`FIXED_FIELDS`) or a
-    train split that differs from the saved run's."""
-    state_dir = _find_state(out)
+    (:func:`read_run`) and refuses a model field, a trajectory field (:data:`FIXED_FIELDS`) or
+    a train split that differs from the saved run's, naming each with both values."""
+    state_dir = find_state(out)
     if state_dir is None:
         return None, None
     if not resume:
         raise ValueError(f"{out} already holds a run; pass --resume or choose another --out")
     saved_tc, saved_mc, saved = read_run(out)
-    bad = [k for k in FIXED_FIELDS if getattr(saved_tc, k) != getattr(tc, k)]
-    if saved_mc != mc:
-        bad.append("model")
+    pairs = [(k, getattr(tc, k), getattr(saved_tc, k)) for k in FIXED_FIELDS]
+    saved_model = saved_mc.to_dict()
+    pairs += [(f"model {k}", v, saved_model[k]) for k, v in mc.to_dict().items()]
+    bad = [f"{k} {new!r} (saved {old!r})" for k, new, old in pairs if new != old]
     if bad:
-        raise ValueError(f"cannot resume {out}: {', '.join(bad)} differ from the saved run")
+        raise ValueError(f"cannot resume {out}: differs from the saved run in {', '.join(bad)}")
     if saved["data"]["train_tokens"] != train_tokens:
         raise ValueError(f"cannot resume {out}: the train split changed "
                          f"({saved['data']['train_tokens']} -> {train_tokens} tokens)")
@@ -243,20 +253,12 @@ def read_run(out) -> tuple[TrainConfig, ModelConfig, dict]:
     Each config is read with its strict ``from_dict``: an unknown field is an error (a record
     written by other code is not this code's config); a field it predates takes its default."""
     path = Path(out) / RUN_FILE
-    saved = json.loads(path.read_text())
     try:
+        saved = json.loads(path.read_text())
         return TrainConfig.from_dict(saved["train"]), ModelConfig.from_dict(saved["model"]), saved
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"cannot resume {out}: {path} does not hold this code's configs "
                          f"({type(e).__name__}: {e})") from None
-
-
-def _find_state(out: Path) -> Path | None:
-    """The latest complete Accelerate state (``trainer.json`` is written last)."""
-    for name in (STATE_DIR, STATE_DIR + ".tmp", STATE_DIR + ".old"):
-        if (out / name / TRAINER_FILE).exists():
-            return out / name
-    return None
 
 
 @dataclass
@@ -284,6 +286,9 @@ class _Run:
     loss_sum: torch.Tensor | None = None  # micro-batch losses since the last log record
     n_micro: int = 0
     last: dict = field(default_factory=lambda: {"loss": None, "val_loss": None})
+    stop: StopRequest = field(default_factory=StopRequest)
+    saved_step: int = -1  # step and monotonic time of the last checkpoint
+    t_saved: float = 0.0
 
     @property
     def main(self) -> bool:
@@ -364,33 +369,20 @@ def _write_run_record(r: _Run, mc: ModelConfig, saved: dict | None, data_dir, n_
 
 
 def _save(r: _Run, epoch: float) -> None:
-    """Checkpoint: the Accelerate state (written to ``state.tmp``, then swapped in) with
-    ``trainer.json``, and the weights as ``model.safetensors`` + ``config.json``."""
-    acc, out = r.acc, r.out
-    acc.wait_for_everyone()
-    tmp = out / (STATE_DIR + ".tmp")
-    if r.main and tmp.exists():
-        shutil.rmtree(tmp)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
+    """Checkpoint: the Accelerate state with ``trainer.json`` (:func:`.common.save_state`),
+    and the weights as ``model.safetensors`` + ``config.json``."""
+    # The data cursor is the step: step s reads the windows drawn from (seed, s).
+    save_state(r.acc, r.out, {
+        "step": r.step, "data_cursor": {"seed": r.tc.seed, "next_step": r.step}, "epoch": epoch,
+        "tokens": r.tokens, "elapsed_s": r.elapsed(), "seed": r.tc.seed,
+        "steps_per_epoch": r.plan["steps_per_epoch"], "total_steps": r.plan["total_steps"]})
     if r.main:
-        # The data cursor is the step: step s reads the windows drawn from (seed, s).
-        info = {"step": r.step, "data_cursor": {"seed": r.tc.seed, "next_step": r.step},
-                "epoch": epoch, "tokens": r.tokens, "elapsed_s": r.elapsed(), "seed": r.tc.seed,
-                "steps_per_epoch": r.plan["steps_per_epoch"], "total_steps": r.plan["total_steps"]}
-        (tmp / TRAINER_FILE).write_text(json.dumps(info) + "\n")
-        cur, old = out / STATE_DIR, out / (STATE_DIR + ".old")
-        if cur.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            cur.rename(old)
-        tmp.rename(cur)
-        if old.exists():
-            shutil.rmtree(old)
-        save_checkpoint(acc.unwrap_model(r.model), out, extra={
+        save_checkpoint(r.acc.unwrap_model(r.model), r.out, extra={
             "train": r.tc.to_dict(), "step": r.step, "epoch": epoch, "data": r.data})
-    acc.wait_for_everyone()
+    r.acc.wait_for_everyone()
+    r.saved_step, r.t_saved = r.step, time.monotonic()
+    if r.step_log == r.step:
+        r.t_log = time.perf_counter()  # tokens/s measures training, not saving
 
 
 def _optimization_step(r: _Run) -> None:
@@ -470,17 +462,15 @@ def _end_epoch(r: _Run, callbacks: Iterable[Callable]) -> None:
         acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=r.step)
 
 
-class _TiedWeightsFilter(logging.Filter):
-    """accelerate warns on every save that the tied ``lm_head.weight`` is stored once; expected."""
-
-    def filter(self, record):
-        return "Removed shared tensor" not in record.getMessage()
-
-
-def _quiet_tied_weights() -> None:
-    log = logging.getLogger("accelerate.utils.other")
-    if not any(isinstance(f, _TiedWeightsFilter) for f in log.filters):
-        log.addFilter(_TiedWeightsFilter())
+def _interrupt(r: _Run, signum: int) -> None:
+    """Save the state of the step just finished (unless it is saved already) and stop."""
+    if r.saved_step != r.step:
+        _save(r, r.step / r.plan["steps_per_epoch"])
+    r.log({"event": "interrupted", "signal": signum, "step": r.step,
+           "elapsed_s": r.elapsed()})
+    raise Interrupted(signum, f"the full state of step {r.step} of {r.plan['stop_step']} "
+                              f"(model, optimizers, schedules, RNG, data cursor) is in "
+                              f"{r.out / STATE_DIR}")
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -493,10 +483,11 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_dir, config
     after each epoch's checkpoint (``model`` is the unwrapped model in eval mode, ``epoch``
     counts from 1); a returned dict is merged into the epoch record of ``log.jsonl``.
     ``resume``: continue from ``out_dir/state`` if it exists (else start fresh); without it an
-    existing state is an error. Returns a summary dict.
+    existing state is an error. Returns a summary dict. SIGINT/SIGTERM during the loop save
+    the state at the next step boundary and raise :class:`tinytrace.interrupt.Interrupted`.
     """
     tc, mc, out = train_config, model_config, Path(out_dir)
-    _quiet_tied_weights()
+    quiet_tied_weights()
     block = tc.block_size or mc.block_size
     if block > mc.block_size:
         raise ValueError(f"block_size {block} exceeds the model's context {mc.block_size}")
@@ -515,20 +506,27 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_dir, config
                 desc="train", dynamic_ncols=True)
     r.model.train()
     r.t0 = r.t_log = time.perf_counter()
-    r.step_log = r.step
-    while r.step < stop:
-        lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
-        _optimization_step(r)
-        pbar.update(1)
-        if r.step % tc.log_every == 0 or r.step == stop or r.step % spe == 0:
-            _log_step(r, lr, pbar)
-        if r.step % spe == 0:
-            _end_epoch(r, callbacks)
-        elif (tc.save_every and r.step % tc.save_every == 0) or r.step == stop:
-            _save(r, r.step / spe)
-            if r.step_log == r.step:
-                r.t_log = time.perf_counter()
-    pbar.close()
+    r.step_log, r.t_saved = r.step, time.monotonic()
+    with stop_requests() as r.stop:
+        try:
+            while r.step < stop:
+                lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
+                _optimization_step(r)
+                pbar.update(1)
+                if r.step % tc.log_every == 0 or r.step == stop or r.step % spe == 0:
+                    _log_step(r, lr, pbar)
+                if r.step % spe == 0:
+                    _end_epoch(r, callbacks)
+                elif (tc.save_every and r.step % tc.save_every == 0) or r.step == stop:
+                    _save(r, r.step / spe)
+                signum, due = poll(acc, r.stop, r.t_saved, tc.save_every_minutes,
+                                   agree=r.step % tc.log_every == 0)
+                if signum:
+                    _interrupt(r, signum)
+                if due and r.saved_step != r.step:
+                    _save(r, r.step / spe)
+        finally:
+            pbar.close()
     seconds = time.perf_counter() - r.t0
     if r.step == start_step and not (out / "model.safetensors").exists():
         _save(r, r.step / spe)  # nothing trained (e.g. --max-steps 0): still leave loadable weights

@@ -28,10 +28,15 @@
   so ``load_checkpoint(out_dir)`` is a plain GPT: the best checkpoint (step 0 = the base
   weights if fine-tuning never improves the validation loss).
 - Output folder: ``sft.json`` (resolved config, base run, data, plan, environment),
-  ``log.jsonl``, ``model.safetensors`` + ``config.json`` (best merged model) and ``done.json``
-  (the summary, written last). A folder with ``done.json`` made from the same config, base run
-  and data is returned as is (a cache; another config is an error); an unfinished one is
-  started again from scratch (no resume: SFT runs are short).
+  ``log.jsonl``, ``model.safetensors`` + ``config.json`` (best merged model), ``state/`` while
+  the run is unfinished, and ``done.json`` (the summary, written last). A folder with
+  ``done.json`` made from the same config, base run and data is returned as is (a cache;
+  another config is an error).
+- Resume: the state (adapters, optimizer, schedule, RNG, step, best so far; the data cursor is
+  the step, as the epoch's order comes from ``(seed, epoch)``) is saved every
+  ``save_every_minutes`` of wall clock and when SIGINT or SIGTERM stops the run at a step
+  boundary (:mod:`tinytrace.interrupt`). ``resume=True`` continues an unfinished run of the
+  same config, base run and data exactly; without it an unfinished run starts again.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +55,26 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from tinytrace.data import token_stream
+from tinytrace.interrupt import Interrupted, StopRequest, stop_requests
 from tinytrace.lang import tokenizer as tk
 from tinytrace.model import load_checkpoint, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
 from tinytrace.provenance import environment
 
 from .common import (
+    STATE_DIR,
+    TRAINER_FILE,
     append_jsonl,
     batch_plan,
+    find_state,
     lr_schedulers,
     make_accelerator,
     make_optimizers,
     optimizer_step,
+    poll,
+    quiet_tied_weights,
+    remove_state,
+    save_state,
 )
 from .common import lr_at as _lr_at
 from .common import validation_loss as _validation_loss
@@ -100,6 +113,7 @@ class SFTConfig(ConfigDict):
     seed: int = 0
     log_every: int = 10
     mixed_precision: str = "auto"  # read by make_accelerator: bf16 on CUDA, fp32 elsewhere
+    save_every_minutes: float = 10.0  # wall clock between state saves (0: off); not compared
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -114,6 +128,8 @@ class SFTConfig(ConfigDict):
             raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         if not 0 < self.eval_every_frac <= 1 or not 0 <= self.warmup_frac < 1:
             raise ValueError("need 0 < eval_every_frac <= 1 and 0 <= warmup_frac < 1")
+        if self.save_every_minutes < 0:
+            raise ValueError(f"save_every_minutes must be >= 0, got {self.save_every_minutes}")
         if self.lr <= 0 or not 0 <= self.lr_min_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= lr_min_ratio <= 1, got {self.lr}, {self.lr_min_ratio}")
         unknown = set(self.target_modules) - set(LORA_TARGETS)
@@ -284,28 +300,38 @@ def validation_loss(model, examples: ExampleSet, micro: int, accelerator) -> flo
 
 
 # --- the run's steps ---------------------------------------------------------------------------
-def _check_cache(out: Path, cfg: SFTConfig, base: Path, data_dir, config_name: str) -> dict | None:
-    """The summary of a finished run in ``out`` made from the same config, base run and data
-    (folder names, not absolute paths: a moved cache stays valid); None when there is none.
-    Its config is read with the strict ``SFTConfig.from_dict`` (an unknown field is an error)."""
-    if not (out / DONE_FILE).exists():
-        return None
-    summary = json.loads((out / DONE_FILE).read_text())
+def _read_same_run(path: Path, cfg: SFTConfig, base: Path, data_dir, config_name: str,
+                   what: str) -> dict:
+    """The record ``path`` (``done.json`` or ``sft.json``) if it was made from the same config,
+    base run and data (folder names, not absolute paths: a moved cache stays valid); else an
+    error. Its config is read with the strict ``SFTConfig.from_dict`` (an unknown field is an
+    error); ``save_every_minutes`` is not compared (it does not change the result)."""
+    record = json.loads(path.read_text())
     try:
-        saved = SFTConfig.from_dict(summary["sft"])
+        saved = SFTConfig.from_dict(record["sft"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{out / DONE_FILE} does not hold this code's SFTConfig "
+        raise ValueError(f"{path} does not hold this code's SFTConfig "
                          f"({type(e).__name__}: {e}); choose another out_dir") from None
-    data = summary.get("data", {})
+    data = record.get("data", {})
     want = {"sft": cfg, "base_run": base.resolve().name,
             "data": [Path(data_dir).resolve().name, config_name]}
-    got = {"sft": saved, "base_run": Path(summary.get("base_run", "")).name,
+    got = {"sft": replace(saved, save_every_minutes=cfg.save_every_minutes),
+           "base_run": Path(record.get("base_run", "")).name,
            "data": [Path(data.get("dir", "")).name, data.get("config")]}
     bad = [k for k in want if got[k] != want[k]]
     if bad:
-        raise ValueError(f"{out} holds a finished fine-tuning run with another {', '.join(bad)}; "
-                         f"choose another out_dir")
-    return {**summary, "cached": True}
+        raise ValueError(f"{path.parent} holds a {what} fine-tuning run with another "
+                         f"{', '.join(bad)}; choose another out_dir")
+    return record
+
+
+def _check_cache(out: Path, cfg: SFTConfig, base: Path, data_dir, config_name: str) -> dict | None:
+    """The summary of a finished run in ``out`` made from the same config, base run and data;
+    None when there is none."""
+    if not (out / DONE_FILE).exists():
+        return None
+    return {**_read_same_run(out / DONE_FILE, cfg, base, data_dir, config_name, "finished"),
+            "cached": True}
 
 
 @dataclass
@@ -322,11 +348,15 @@ class _Run:
     val_set: ExampleSet
     header: dict  # config, base run, data, plan and parameter counts: sft.json and the summary
     t0: float = 0.0
+    elapsed0: float = 0.0  # seconds trained before this process (resumed runs)
     loss_sum: torch.Tensor | None = None  # this process's summed output-token losses since the last log
     tok_sum: int = 0  # output tokens of the global batches since the last log
     tokens: int = 0
     last_loss: float | None = None
     best: dict = field(default_factory=lambda: {"step": None, "val_loss": math.inf})
+    vals: dict = field(default_factory=lambda: {"initial": None, "last": None})  # val losses
+    stop: StopRequest = field(default_factory=StopRequest)
+    t_saved: float = 0.0  # monotonic time of the last state save
 
     @property
     def plan(self) -> dict:
@@ -335,6 +365,9 @@ class _Run:
     def log(self, record: dict) -> None:
         if self.acc.is_main_process:
             append_jsonl(self.out / "log.jsonl", record)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t0
 
 
 def _setup(cfg: SFTConfig, acc: Accelerator, base: Path, out: Path, data_dir, config_name: str) -> _Run:
@@ -363,6 +396,8 @@ def _setup(cfg: SFTConfig, acc: Accelerator, base: Path, out: Path, data_dir, co
     optimizers = make_optimizers(peft_model, acc.device, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
     schedulers = lr_schedulers(optimizers, total, cfg.lr_schedule)
     net, *optimizers = acc.prepare(peft_model, *optimizers)
+    for sch in schedulers:
+        acc.register_for_checkpointing(sch)
     plan = {"steps_per_epoch": spe, "total_steps": total,
             "eval_every": max(1, round(cfg.eval_every_frac * total)), "block_size": block,
             "per_process_batch": per, "micro_batch_size": micro, "accumulation_steps": accum}
@@ -381,6 +416,7 @@ def _write_run_record(r: _Run, env: dict) -> None:
         r.out.mkdir(parents=True, exist_ok=True)
         for stale in (DONE_FILE, "log.jsonl"):
             (r.out / stale).unlink(missing_ok=True)
+        remove_state(r.out)
         run = {**r.header, "env": env, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (r.out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     r.log({"event": "start", **r.plan, "trainable_params": r.header["trainable_params"],
@@ -401,10 +437,30 @@ def _evaluate_and_keep(r: _Run, step: int) -> float:
                 "sft": r.cfg.to_dict(), "base_run": r.header["base_run"], "step": step,
                 "val_loss": val, "trainable_params": r.header["trainable_params"],
                 "data": {"config": r.header["data"]["config"], "train_examples": len(r.train_set)}})
+    r.vals["last"] = val
     r.log({"event": "eval", "step": step, "val_loss": val, "best": is_best,
-           "best_val_loss": r.best["val_loss"], "elapsed_s": time.perf_counter() - r.t0})
+           "best_val_loss": r.best["val_loss"], "elapsed_s": r.elapsed()})
     r.acc.wait_for_everyone()
     return val
+
+
+def _save_state(r: _Run, step: int) -> None:
+    """The resumable state after ``step`` optimizer steps (:func:`.common.save_state`); the
+    data cursor is the step (the epoch's order comes from ``(seed, epoch)``)."""
+    save_state(r.acc, r.out, {
+        "step": step, "data_cursor": {"seed": r.cfg.seed, "next_step": step},
+        "tokens": r.tokens, "best": r.best, "val_losses": r.vals, "last_loss": r.last_loss,
+        "elapsed_s": r.elapsed(), "total_steps": r.plan["total_steps"]})
+    r.t_saved = time.monotonic()
+
+
+def _load_state(r: _Run, state_dir: Path) -> int:
+    """Restore a saved state into ``r``; returns its step."""
+    r.acc.load_state(str(state_dir))
+    info = json.loads((state_dir / TRAINER_FILE).read_text())
+    r.tokens, r.last_loss, r.elapsed0 = info["tokens"], info["last_loss"], info["elapsed_s"]
+    r.best, r.vals = info["best"], info["val_losses"]
+    return info["step"]
 
 
 def _optimization_step(r: _Run, step: int) -> None:
@@ -442,21 +498,34 @@ def _log_step(r: _Run, step: int, lr: float, pbar) -> None:
     r.last_loss = (r.acc.reduce(r.loss_sum, "sum") / r.tok_sum).item()
     r.log({"event": "step", "step": step, "epoch": step / r.plan["steps_per_epoch"],
            "loss": r.last_loss, "lr": lr, "output_tokens": r.tokens,
-           "elapsed_s": time.perf_counter() - r.t0})
+           "elapsed_s": r.elapsed()})
     pbar.set_postfix(loss=f"{r.last_loss:.4f}", lr=f"{lr:.2e}")
     r.loss_sum, r.tok_sum = None, 0
 
 
+def _interrupt(r: _Run, step: int, signum: int) -> None:
+    """Save the state after ``step`` optimizer steps and stop."""
+    _save_state(r, step)
+    r.log({"event": "interrupted", "signal": signum, "step": step, "elapsed_s": r.elapsed()})
+    raise Interrupted(signum, f"the full state of step {step} of {r.plan['total_steps']} "
+                              f"(adapters, optimizer, schedule, RNG, data cursor, best so far) "
+                              f"is in {r.out / STATE_DIR}")
+
+
 # --- the loop ----------------------------------------------------------------------------------
 def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTConfig | None = None,
-             progress: bool = True, device: str | None = None, accelerator=None) -> dict:
+             progress: bool = True, device: str | None = None, accelerator=None,
+             resume: bool = False) -> dict:
     """LoRA fine-tuning with instruction masking of the checkpoint in ``base_run_dir`` on
     ``data_dir/config_name`` (train split; validation split for the loss) into ``out_dir``.
 
     Returns the summary (also ``out_dir/done.json``): trainable_params, total_params, steps,
     best_step, best_val_loss, initial_val_loss, final_val_loss, seconds, data counts, ...;
     ``cached`` is True when ``out_dir`` already held the finished run (nothing is trained).
-    ``device``: None (Accelerate's choice), "cpu" or "cuda".
+    ``device``: None (Accelerate's choice), "cpu" or "cuda". ``resume``: continue the
+    unfinished run in ``out_dir`` (same config, base run and data) from its saved state;
+    without it, or without a state, the run starts from scratch. SIGINT/SIGTERM save the state
+    at the next step boundary and raise :class:`tinytrace.interrupt.Interrupted`.
     """
     cfg = sft_config or get_sft_config("paper")
     base, out = Path(base_run_dir), Path(out_dir)
@@ -465,39 +534,62 @@ def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTC
         return cached
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, cpu or cuda, got {device!r}")
+    state_dir = find_state(out) if resume else None
+    if state_dir is not None:
+        _read_same_run(out / RUN_FILE, cfg, base, data_dir, config_name, "saved")
+    quiet_tied_weights()
     acc = accelerator or make_accelerator(cfg, cpu=device == "cpu")
     r = _setup(cfg, acc, base, out, data_dir, config_name)
     env = environment(acc)
-    _write_run_record(r, env)
     total, eval_every = r.plan["total_steps"], r.plan["eval_every"]
 
     r.t0 = time.perf_counter()
-    initial_val = last_val = _evaluate_and_keep(r, 0)
-    pbar = tqdm(total=total, disable=not (progress and acc.is_local_main_process), desc="sft",
-                dynamic_ncols=True)
+    if state_dir is None:
+        _write_run_record(r, env)
+        r.vals["initial"] = _evaluate_and_keep(r, 0)
+        start = 0
+    else:
+        start = _load_state(r, state_dir)
+        r.log({"event": "resume", "step": start, "git_commit": env["git_commit"],
+               "device": env["device"], "num_processes": acc.num_processes})
+    pbar = tqdm(total=total, initial=start, disable=not (progress and acc.is_local_main_process),
+                desc="sft", dynamic_ncols=True)
     r.model.train()
-    for step in range(1, total + 1):  # step: optimizer steps done after this one
-        lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
-        _optimization_step(r, step - 1)
-        pbar.update(1)
-        if step % cfg.log_every == 0 or step == total:
-            _log_step(r, step, lr, pbar)
-        if step % eval_every == 0 or step == total:
-            last_val = _evaluate_and_keep(r, step)
-            pbar.set_postfix(loss=f"{r.last_loss or float('nan'):.4f}", val=f"{last_val:.4f}")
-    pbar.close()
+    r.t_saved = time.monotonic()
+    with stop_requests() as r.stop:
+        try:
+            for step in range(start + 1, total + 1):  # step: optimizer steps done after this one
+                lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
+                _optimization_step(r, step - 1)
+                pbar.update(1)
+                logged = step % cfg.log_every == 0 or step == total
+                if logged:
+                    _log_step(r, step, lr, pbar)
+                if step % eval_every == 0 or step == total:
+                    val = _evaluate_and_keep(r, step)
+                    pbar.set_postfix(loss=f"{r.last_loss or float('nan'):.4f}", val=f"{val:.4f}")
+                if step == total:  # done.json follows: nothing left to save or stop
+                    break
+                signum, due = poll(acc, r.stop, r.t_saved, cfg.save_every_minutes, agree=logged)
+                if signum:
+                    _interrupt(r, step, signum)
+                if due:
+                    _save_state(r, step)
+        finally:
+            pbar.close()
 
     summary = {**r.header, "out_dir": str(out), "steps": total, "epochs": cfg.epochs,
                "train_examples": len(r.train_set), "val_examples": len(r.val_set),
                "best_step": r.best["step"], "best_val_loss": r.best["val_loss"],
-               "initial_val_loss": initial_val, "final_val_loss": last_val,
+               "initial_val_loss": r.vals["initial"], "final_val_loss": r.vals["last"],
                "final_train_loss": r.last_loss, "output_tokens": r.tokens,
-               "seconds": time.perf_counter() - r.t0, "num_processes": acc.num_processes,
+               "seconds": r.elapsed(), "num_processes": acc.num_processes,
                "device": env["device"], "cached": False}
     r.log({"event": "end", **{k: summary[k] for k in (
         "steps", "best_step", "best_val_loss", "initial_val_loss", "final_val_loss",
         "final_train_loss", "seconds")}})
     if acc.is_main_process:
         (out / DONE_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        remove_state(out)  # a finished run is a cache entry: nothing left to resume
     acc.wait_for_everyone()
     return summary

@@ -1,0 +1,97 @@
+"""Bad arguments and bad files, command by command: one clear line on stderr naming what is
+wrong, a non-zero exit, and nothing half-written that looks complete."""
+import json
+import shutil
+
+import pytest
+
+from tinytrace.cli import main
+from tinytrace.data import build_preset
+from tinytrace.model import GPT, get_model_config, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small dataset and a run, each with a corrupt or truncated twin."""
+    d = tmp_path_factory.mktemp("bad")
+    build_preset("base", d / "data", 200, test_size=16, validation_size=16, workers=1,
+                 progress=False, config_name="s",
+                 generator_overrides=dict(min_statements=2, max_statements=3, max_depth=0))
+    save_checkpoint(GPT(get_model_config("tiny", block_size=64)), d / "run")
+    shutil.copytree(d / "run", d / "truncated_run")
+    w = d / "truncated_run" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    shutil.copytree(d / "run", d / "other_vocab")
+    meta = json.loads((d / "other_vocab" / "config.json").read_text())
+    meta["vocab"] = meta["vocab"][:-1] + ["<new>"]
+    (d / "other_vocab" / "config.json").write_text(json.dumps(meta))
+    shutil.copytree(d / "data", d / "corrupt_data")
+    for f in (d / "corrupt_data" / "s").glob("test-*.parquet"):
+        f.write_bytes(f.read_bytes()[:100])
+    (d / "corrupt_data" / "s" / "tokens" / "train.bin").write_bytes(b"")
+    (d / "not_a_dataset").mkdir()
+    (d / "bad_run_json").mkdir()
+    (d / "bad_run_json" / "run.json").write_text('{"train": {"epochs": 4')  # truncated
+    (d / "bad_run_json" / "state").mkdir()
+    (d / "bad_run_json" / "state" / "trainer.json").write_text("{}")
+    return d
+
+
+def _eval(ckpt, data, config="s"):
+    return ["eval", "--checkpoint", ckpt, "--data", data, "--config", config, "--split", "test"]
+
+
+def _train(data, out, *extra, config="s"):
+    return ["train", "--data", data, "--config", config, "--out", out, "--model", "tiny",
+            "--model-arg", "block_size=64", "--block-size", "64", "--no-progress", *extra]
+
+
+# (argv with {d} for the fixture folder, what the one error line must say)
+CASES = [
+    (["data", "build", "--preset", "nope", "--num-snippets", "10", "--out", "{d}/x"], "invalid choice"),
+    (["data", "build", "--preset", "base", "--num-snippets", "-5", "--out", "{d}/x"], "must be >= 0"),
+    (["data", "build", "--preset", "base", "--num-snippets", "10", "--test-size", "20",
+      "--out", "{d}/x"], "exceed --num-snippets"),
+    (["data", "build", "--preset", "base", "--num-snippets", "10", "--set", "nope=1",
+      "--out", "{d}/x"], "nope"),
+    (["data", "push", "{d}/not_a_dataset", "--repo-id", "a/b"], "is it a built dataset"),
+    (["trace", "{d}/missing.py"], "missing.py"),
+    (_train("{d}/not_a_dataset", "{d}/t1"), "train.bin not found"),
+    (_train("{d}/data", "{d}/t2", config="nope"), "nope"),
+    (_train("{d}/corrupt_data", "{d}/t3"), "train.bin is empty"),
+    (_train("{d}/data", "{d}/t4", "--batch-size", "-4"), "batch_size must be >= 1"),
+    (_train("{d}/data", "{d}/t5", "--batch-size", "6", "--micro-batch-size", "4"), "micro_batch_size"),
+    (_train("{d}/data", "{d}/t6", "--model", "huge"), "unknown model preset 'huge'"),
+    (_train("{d}/data", "{d}/t7", "--train-preset", "nope"), "unknown train preset 'nope'"),
+    (_train("{d}/data", "{d}/bad_run_json", "--resume"), "run.json does not hold"),
+    (_eval("{d}/not_a_dataset", "{d}/data"), "config.json not found"),
+    (_eval("{d}/truncated_run", "{d}/data"), "not a readable safetensors file"),
+    (_eval("{d}/other_vocab", "{d}/data"), "field 'vocab' differs"),
+    (_eval("{d}/run", "{d}/corrupt_data"), "not a readable parquet file"),
+    (_eval("{d}/run", "{d}/data", config="nope"), "no config 'nope'"),
+    (["sft", "--base", "{d}/truncated_run", "--data", "{d}/data", "--config", "s", "--out",
+      "{d}/s1"], "not a readable safetensors file"),
+    (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/s2",
+      "--preset", "nope"], "unknown sft preset 'nope'"),
+    (["experiment", "nope", "--out", "{d}/e"], "invalid choice"),
+    (["experiment", "base", "--scale", "huge", "--out", "{d}/e"], "invalid choice"),
+    (["model", "push", "{d}/not_a_dataset", "--repo-id", "a/b"], "model.safetensors not found"),
+    (["bench", "eval", "--model", "huge"], "unknown model preset 'huge'"),
+]
+
+
+@pytest.mark.parametrize("argv, says", CASES, ids=[" ".join(c[0][:2]) + f" {i}" for i, c in enumerate(CASES)])
+def test_bad_input_gives_one_clear_line(files, argv, says, capsys):
+    argv = [a.replace("{d}", str(files)) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("tinytrace"), err[-2000:]
+    assert says in lines[0], lines[0]
+    out = files / argv[argv.index("--out") + 1] if "--out" in argv else None
+    if out is not None and out.name.startswith(("t", "s", "x")):  # a new run or dataset
+        assert not (out / "run.json").exists() and not (out / "done.json").exists()
+        assert not list(out.glob("*/build.json")) if out.exists() else True
