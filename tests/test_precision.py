@@ -71,3 +71,14 @@ def test_t4_has_an_fp16_peak_for_mfu():
 
     assert peak_flops("Tesla T4") == 65e12
     assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+
+
+@pytest.mark.parametrize("gpu", list(GPUS))
+def test_compile_only_where_it_pays(gpu, monkeypatch):
+    """Training compiles on GPUs from compute capability 8.0 and on CPUs, not on a T4 or V100."""
+    from tinytrace.provenance import compile_pays
+
+    capability = GPUS[gpu][0]
+    _simulate_gpu(monkeypatch, capability)
+    assert compile_pays("cuda") == (capability >= (8, 0))
+    assert compile_pays("cpu")

@@ -9,7 +9,8 @@
 - Optimizer and schedule (C.1): AdamW; the first half of the steps (= epochs) warms up
   linearly over 10% from 1e-4 to 1e-3 then follows a cosine back to 1e-4; the second half
   does the same with every LR x0.1 (1e-5 -> 1e-4 -> 1e-5). See :func:`.common.lr_at`.
-- Accelerate: devices, bf16 autocast on CUDA (fp32 on CPU), gradient accumulation
+- Accelerate: devices, autocast on CUDA (bf16, or fp16 below compute capability 8.0; fp32 on
+  CPUs), gradient accumulation
   (``batch_size`` sequences per optimizer step over all processes, in micro-batches), DDP via
   ``accelerate launch``, ``save_state``/``load_state`` (model, optimizer, scheduler, RNG).
 - A run folder ``RUN`` holds ``run.json`` (resolved config, git commit, library versions,
@@ -43,7 +44,7 @@ from tinytrace.data import token_stream
 from tinytrace.interrupt import Interrupted, StopRequest, stop_requests
 from tinytrace.model import GPT, ModelConfig, save_checkpoint
 from tinytrace.presets import ConfigDict, Presets
-from tinytrace.provenance import environment
+from tinytrace.provenance import compile_pays, environment
 
 from .common import (
     OPTIMIZERS,
@@ -98,8 +99,8 @@ class TrainConfig(ConfigDict):
     save_every_minutes: float = 10.0  # wall clock between checkpoints (0: off); not in FIXED_FIELDS
     log_every: int = 10
     val_windows: int = 64  # validation windows at each epoch end (0: no validation loss)
-    compile: bool = False
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA, no (fp32) elsewhere
+    compile: bool = False  # skipped where it does not pay (tinytrace.provenance.compile_pays)
+    mixed_precision: str = "auto"  # auto: tinytrace.provenance.mixed_precision (bf16/fp16/fp32)
     data_on_device: bool = True  # copy the whole token stream to the GPU (uint8)
     # "adamw" (the paper's, App. C.1) or "muon": torch.optim.Muon on the 2-D weights of the
     # blocks' Linear layers, AdamW (above) on embeddings, gains, position tables and the head.
@@ -332,10 +333,11 @@ def _setup(tc: TrainConfig, mc: ModelConfig, acc: Accelerator, out: Path, stream
     plan = {"steps_per_epoch": spe, "total_steps": total, "stop_step": stop, "block_size": block,
             "tokens_per_step": tc.batch_size * block, "per_process_batch": per,
             "micro_batch_size": micro, "accumulation_steps": accum}
+    compiled = tc.compile and compile_pays(acc.device)
     return _Run(tc=tc, out=out, acc=acc, model=model,
-                fwd=torch.compile(model) if tc.compile else model, optimizers=optimizers,
+                fwd=torch.compile(model) if compiled else model, optimizers=optimizers,
                 schedulers=schedulers, sampler=sampler, val_sampler=val_sampler, plan=plan,
-                data={"config": config_name, "train_tokens": len(stream)}, compiled=tc.compile)
+                data={"config": config_name, "train_tokens": len(stream)}, compiled=compiled)
 
 
 def _load_state(r: _Run, state_dir: Path) -> None:

@@ -112,7 +112,7 @@ class SFTConfig(ConfigDict):
     block_size: int | None = None  # None = the model's context
     seed: int = 0
     log_every: int = 10
-    mixed_precision: str = "auto"  # read by make_accelerator: bf16 on CUDA, fp32 elsewhere
+    mixed_precision: str = "auto"  # read by make_accelerator (tinytrace.provenance.mixed_precision)
     save_every_minutes: float = 10.0  # wall clock between state saves (0: off); not compared
 
     def __post_init__(self):
