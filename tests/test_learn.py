@@ -36,8 +36,7 @@ def test_curve_is_one_trajectory(tmp_path):
     assert run["recipe"]["name"] == "scale" and run["train"]["name"] == "scale"
 
     tc = TrainConfig(**res["train"])
-    corpus = (tmp_path / "cache").glob("corpus-*")
-    data = next(corpus)
+    data = next(p for p in (tmp_path / "cache").glob("corpus-*") if p.is_dir())  # not its .lock
     train(replace(tc, max_steps=None), load_checkpoint(tmp_path / "run").config, data, "data",
           tmp_path / "once", progress=False)
     a, b = load_checkpoint(tmp_path / "run").state_dict(), load_checkpoint(tmp_path / "once").state_dict()
