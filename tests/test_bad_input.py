@@ -1,7 +1,10 @@
 """Bad arguments and bad files, command by command: one clear line on stderr naming what is
 wrong, a non-zero exit, and nothing half-written that looks complete."""
+import errno
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +98,63 @@ def test_bad_input_gives_one_clear_line(files, argv, says, capsys):
     if out is not None and out.name.startswith(("t", "s", "x")):  # a new run or dataset
         assert not (out / "run.json").exists() and not (out / "done.json").exists()
         assert not list(out.glob("*/build.json")) if out.exists() else True
+
+
+@pytest.mark.parametrize("argv", [
+    _train("{d}/data", "{d}/run/config.json/sub"),  # under a regular file: not writable
+    ["data", "build", "--preset", "base", "--num-snippets", "10", "--test-size", "2",
+     "--validation-size", "2", "--out", "{d}/run/config.json/sub"],
+    ["data", "build", "--preset", "base", "--num-snippets", "10", "--test-size", "2",
+     "--validation-size", "2", "--out", "/proc/tinytrace-out"],
+], ids=["train", "data build", "data build /proc"])
+def test_non_writable_out_gives_one_clear_line(files, argv, capsys):
+    argv = [a.replace("{d}", str(files)) for a in argv]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tinytrace {argv[0]}: error:"), lines
+    assert "Errno" in lines[0] and argv[argv.index("--out") + 1].split("/")[-2] in lines[0]
+
+
+def _half_then_full_disk(write):
+    """``write(data, path)`` writes half of ``data`` to ``path``, then the disk is full."""
+    def fail(data, path):
+        write(data[: len(data) // 2], path)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return fail
+
+
+def test_full_disk_in_train_leaves_no_model(files, tmp_path, monkeypatch, capsys):
+    """The disk fills while the weights are written: one line, exit 2, and no
+    model.safetensors that looks complete (the resumable state saved before it is whole)."""
+    import safetensors.torch
+
+    import tinytrace.model
+
+    monkeypatch.setattr(tinytrace.model, "save_file", lambda t, path, metadata=None:
+                        _half_then_full_disk(lambda b, p: Path(p).write_bytes(b))(
+                            safetensors.torch.save(t, metadata=metadata), path))
+    out = tmp_path / "run"
+    assert main(_train(str(files / "data"), str(out), "--max-steps", "2")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert not (out / "model.safetensors").exists() and not (out / "done.json").exists()
+    assert (out / "state" / "trainer.json").exists()  # the state of step 2 was saved whole
+
+
+def test_full_disk_in_data_build_leaves_no_dataset(tmp_path, monkeypatch, capsys):
+    """The disk fills while build.json is written: one line, exit 2, and the config stays in
+    its ``.<name>.incomplete`` folder (no ``<name>`` folder that looks built)."""
+    write_text = Path.write_text
+
+    def full(self, text, *a, **k):
+        if self.name == "build.json":
+            _half_then_full_disk(lambda t, p: write_text(p, t, *a, **k))(text, self)
+        return write_text(self, text, *a, **k)
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "ds"
+    assert main(["data", "build", "--preset", "base", "--num-snippets", "40", "--test-size", "8",
+                 "--validation-size", "4", "--workers", "1", "--quiet", "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert not (out / "base").exists() and (out / ".base.incomplete").exists()
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []

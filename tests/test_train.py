@@ -260,6 +260,27 @@ def test_epochs_callbacks_validation(data_dir, tmp_path):
     assert all(r["tokens_per_s"] > 0 for r in steps)
     meta = json.loads((out / "config.json").read_text())
     assert meta["epoch"] == 2 and meta["step"] == 2 * spe
+    for k in (1, 2):  # each epoch's weights stay; the epoch-2 ones are the final model
+        assert json.loads((out / f"epoch-{k}" / "config.json").read_text())["step"] == k * spe
+    final, e1, e2 = _weights(out), _weights(out / "epoch-1"), _weights(out / "epoch-2")
+    assert all(torch.equal(e2[k], final[k]) for k in final)
+    assert not all(torch.equal(e1[k], final[k]) for k in final)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["epoch-1", "epoch-2", "state"]
+
+
+def test_keep_epoch_weights_off_and_out_of_the_cache_key(data_dir, tmp_path):
+    """keep_epoch_weights=False keeps no epoch folders; the field changes no result, so it is
+    neither a trajectory field nor part of an experiment cache's run key."""
+    from dataclasses import replace
+
+    from tinytrace.experiments.cache import settings
+
+    tc = _cfg(epochs=1, batch_size=32, micro_batch_size=None, keep_epoch_weights=False)
+    out = tmp_path / "run"
+    T.train(tc, _tiny(), data_dir, "simple", out, progress=False)
+    assert (out / "model.safetensors").exists() and not list(out.glob("epoch-*"))
+    assert "keep_epoch_weights" not in T.FIXED_FIELDS
+    assert settings(tc) == settings(replace(tc, keep_epoch_weights=True))
 
 
 def test_cli_smoke(data_dir, tmp_path):
@@ -404,6 +425,7 @@ def test_signal_in_process_and_wall_clock_checkpoints(data_dir, tmp_path, monkey
     s = T.train(_cfg(max_steps=6, save_every_minutes=1e-9), _tiny(), data_dir, "simple", out,
                 resume=True, progress=False)
     assert s["start_step"] == 2 and saved == [2, 3, 4, 5, 6]
+    assert s["steps_per_epoch"] > 6 and not list(out.glob("epoch-*"))  # no epoch ended
     assert "save_every_minutes" not in T.FIXED_FIELDS
     run = json.loads((out / "run.json").read_text())
     del run["train"]["save_every_minutes"]  # a record written before the field existed

@@ -16,10 +16,12 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class Interrupted(Exception):
     """A job stopped on a signal after saving what it could: ``kept`` says what and where;
-    ``resume_flag`` is the option that continues it when added to the same command."""
+    ``resume_flag`` is the option that continues it when added to the same command.
+    ``rerun=False``: no command continues it (``kept`` says what to do instead)."""
 
-    def __init__(self, signum: int, kept: str, resume_flag: str | None = "--resume"):
-        self.signum, self.kept, self.resume_flag = signum, kept, resume_flag
+    def __init__(self, signum: int, kept: str, resume_flag: str | None = "--resume",
+                 rerun: bool = True):
+        self.signum, self.kept, self.resume_flag, self.rerun = signum, kept, resume_flag, rerun
         super().__init__(f"stopped by {signal.Signals(signum).name}; {kept}")
 
     @property

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -430,9 +431,14 @@ def save_checkpoint(model: nn.Module, directory, extra: dict | None = None) -> N
         raise ValueError(f"extra must not set {sorted(clash)}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_file(_weights(model), str(d / "model.safetensors"), metadata={"format": "pt"})
+    # written beside, then moved into place: a full disk or a kill mid-write never leaves a
+    # truncated model.safetensors (an earlier checkpoint there stays whole)
+    weights, config = d / "model.safetensors", d / "config.json"
+    save_file(_weights(model), f"{weights}.tmp", metadata={"format": "pt"})
     meta = {"model": model.config.to_dict(), "vocab": list(tokenizer.VOCAB), **extra}
-    (d / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    Path(f"{config}.tmp").write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(f"{weights}.tmp", weights)
+    os.replace(f"{config}.tmp", config)
 
 
 def load_checkpoint(directory, map_location="cpu") -> GPT:

@@ -10,7 +10,9 @@ import argparse
 import importlib
 import json
 import shlex
+import signal
 import sys
+import threading
 
 from tinytrace.interrupt import Interrupted
 
@@ -75,16 +77,29 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A signal that stops it ends in one line on stderr and exit 128 + the
+    signal's number: a job's :class:`Interrupted` names what it kept and the command that
+    continues it; SIGINT or SIGTERM outside a job's safe points (loading, evaluating) keeps
+    only what was saved before. SIGTERM's handler is restored on return."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args) or 0
     except (ValueError, OSError) as e:  # OSError: a missing file, a full disk, the network
         sys.stderr.write(f"tinytrace {args.command}: error: {e}\n")
         return 2
     except Interrupted as e:
+        if not e.rerun:
+            sys.stderr.write(f"tinytrace {args.command}: {e}\n")
+            return e.exit_code
         # add the resume option where this command has one and it is off (an experiment's
         # cache resumes by itself: the same command continues it)
         flag = e.resume_flag
@@ -93,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"tinytrace {args.command}: {e}; to continue, run: "
                          f"{shlex.join(['tinytrace', *again])}\n")
         return e.exit_code
-    except KeyboardInterrupt:  # outside a job's safe points
-        sys.stderr.write(f"tinytrace {args.command}: interrupted; only earlier checkpoints, "
-                         f"if any, are kept\n")
-        return 130
+    except KeyboardInterrupt as e:  # outside a job's safe points
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+        sys.stderr.write(f"tinytrace {args.command}: stopped by {signal.Signals(signum).name}; "
+                         f"only what was saved before (checkpoints, cached results), if "
+                         f"anything, is kept\n")
+        return 128 + signum
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,12 +103,18 @@ def _eval(args) -> int:
 
 def _learn(args) -> int:
     from tinytrace.experiments.learn import THRESHOLDS, bench_learn
+    from tinytrace.interrupt import Interrupted
 
-    result = bench_learn(args.scale, args.recipe, minutes=args.minutes, points=args.points,
-                         cache_dir=args.cache_dir, out_dir=args.out, threads=args.threads,
-                         seed=args.seed, train_overrides=dict(args.train_arg),
-                         model_overrides=dict(args.model_arg), corpus_snippets=args.corpus_snippets,
-                         max_steps=args.max_steps, eval_limit=args.eval_limit,
-                         progress=not args.no_progress,
-                         report=(lambda _: None) if args.json else print)
+    try:
+        result = bench_learn(args.scale, args.recipe, minutes=args.minutes, points=args.points,
+                             cache_dir=args.cache_dir, out_dir=args.out, threads=args.threads,
+                             seed=args.seed, train_overrides=dict(args.train_arg),
+                             model_overrides=dict(args.model_arg),
+                             corpus_snippets=args.corpus_snippets, max_steps=args.max_steps,
+                             eval_limit=args.eval_limit, progress=not args.no_progress,
+                             report=(lambda _: None) if args.json else print)
+    except Interrupted as e:  # a benchmark measures a fresh run: resuming would skew its times
+        again = "with a new --out" if args.out else "the same command"
+        raise Interrupted(e.signum, f"{e.kept}; the corpus stays cached, the curve is not "
+                                    f"measured: to measure it, rerun {again}", rerun=False) from None
     return _show(result, args.json, [f"to_{round(100 * t)}" for t in THRESHOLDS])

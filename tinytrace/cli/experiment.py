@@ -2,6 +2,7 @@
 ``--list-runs`` prints one command per training run, ``--run INDEX`` trains only that run."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tinytrace.experiments import (
     training_runs,
 )
 from tinytrace.experiments.jobs import LAUNCHER
+from tinytrace.interrupt import Interrupted
 
 SHOWN = ("model", "test_set", "condition", "exact_match", "n", "step_em_tf", "final_state_match")
 
@@ -43,6 +45,19 @@ def add_cli(sub) -> None:
 
 
 def _cli(args) -> int:
+    """Run the command; on a signal, say what the cache kept: the same command continues
+    from there (the cache resumes an unfinished run from its saved state)."""
+    kept = f"the runs and evaluations finished before are kept in {args.cache_dir}"
+    try:
+        return _run(args)
+    except Interrupted as e:  # stopped at a training step or between data chunks
+        raise Interrupted(e.signum, f"{e.kept}; {kept}", resume_flag=None) from None
+    except KeyboardInterrupt as e:  # elsewhere (loading, evaluating): SIGINT, or SIGTERM via main
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+        raise Interrupted(signum, kept, resume_flag=None) from None
+
+
+def _run(args) -> int:
     if args.list_runs:
         runs = training_runs(args.name, args.scale, args.seed)
         for cmd in run_commands(args.name, args.scale, args.cache_dir, args.seed, args.launcher,

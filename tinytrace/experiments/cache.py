@@ -29,9 +29,9 @@ from tinytrace.train import train as train_run
 from .scales import Scale
 
 
-# When a run checkpoints does not change its result: left out of its key (which also keeps the
-# keys of the runs cached before these fields existed).
-_NOT_IN_KEY = ("save_every_minutes",)
+# When and what a run checkpoints does not change its result: left out of its key (which also
+# keeps the keys of the runs cached before these fields existed).
+_NOT_IN_KEY = ("save_every_minutes", "keep_epoch_weights")
 
 
 def _key(obj) -> str:

@@ -18,7 +18,9 @@
   Accelerate state plus ``trainer.json`` with the step counter) and the latest weights as
   ``model.safetensors`` + ``config.json`` (:func:`tinytrace.model.load_checkpoint`).
 - Checkpoints: at each epoch end, every ``save_every`` steps, every ``save_every_minutes`` of
-  wall clock (a crash or a kill loses at most that) and at the stop; each replaces ``state/``.
+  wall clock (a crash or a kill loses at most that) and at the stop; each replaces ``state/``,
+  so only the latest resumable state is kept. Each finished epoch also keeps its weights as
+  ``epoch-<k>/model.safetensors`` + ``config.json`` (``keep_epoch_weights``).
   SIGINT or SIGTERM stops the run at the next step boundary with the state saved there
   (:mod:`tinytrace.interrupt`); ``resume`` continues it as if nothing had happened.
 
@@ -97,6 +99,7 @@ class TrainConfig(ConfigDict):
     seed: int = 0
     save_every: int = 0  # optimizer steps between checkpoints (0: only at epoch ends and stop)
     save_every_minutes: float = 10.0  # wall clock between checkpoints (0: off); not in FIXED_FIELDS
+    keep_epoch_weights: bool = True  # each epoch's weights in epoch-<k>/; not in FIXED_FIELDS
     log_every: int = 10
     val_windows: int = 64  # validation windows at each epoch end (0: no validation loss)
     compile: bool = False  # skipped where it does not pay (tinytrace.provenance.compile_pays)
@@ -451,6 +454,9 @@ def _end_epoch(r: _Run, callbacks: Iterable[Callable]) -> None:
             acc.unwrap_model(r.model), r.val_sampler, r.tc.val_windows, r.plan["micro_batch_size"], acc)
     _save(r, float(epoch))
     raw = acc.unwrap_model(r.model)
+    if r.main and r.tc.keep_epoch_weights:  # weights only: the resumable state is the latest
+        save_checkpoint(raw, r.out / f"epoch-{epoch}", extra={
+            "train": r.tc.to_dict(), "step": r.step, "epoch": float(epoch), "data": r.data})
     raw.eval()
     for cb in callbacks:
         extra = cb(epoch, raw, acc, rec)
