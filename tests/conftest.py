@@ -29,3 +29,32 @@ def smoke_cache(tmp_path_factory):
     """One experiment cache for the whole session: the smoke-scale base model is trained once
     and reused by the experiment tests and the notebook runs."""
     return tmp_path_factory.mktemp("smoke-cache")
+
+
+def _signal_when(cmd, ready, signum, env=None, deadline_s=120):
+    """Start ``cmd``, send ``signum`` once ``ready()`` is true (polled, at most ``deadline_s``),
+    wait for the process (at most 60 s more; killed after that) and return
+    ``(returncode, stdout, stderr)``: a regression fails the test instead of hanging it."""
+    import subprocess
+    import time
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        t_end = time.time() + deadline_s
+        while time.time() < t_end and p.poll() is None:
+            if ready():
+                p.send_signal(signum)
+                break
+            time.sleep(0.01)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return p.returncode, out, err
+
+
+@pytest.fixture
+def signal_when():
+    """:func:`_signal_when`: run a command and interrupt it once a condition holds."""
+    return _signal_when

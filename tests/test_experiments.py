@@ -219,7 +219,7 @@ def test_gpu_scale_trains_with_the_fast_recipe():
 
 @pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)])  # SIGINT, SIGTERM
 def test_cli_experiment_interrupt_says_what_is_kept_and_the_same_command_finishes(
-        signum, code, tmp_path):
+        signum, code, tmp_path, signal_when):
     """A signal once the base run's training has started: one line on stderr (what the cache
     kept, the same command to continue), exit 130 / 143, no traceback; rerunning that command
     resumes from the cache and writes the results."""
@@ -235,21 +235,10 @@ def test_cli_experiment_interrupt_says_what_is_kept_and_the_same_command_finishe
     args = ["experiment", "base", "--scale", "smoke", "--out", str(tmp_path / "out"),
             "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     cmd = [sys.executable, "-m", "tinytrace", *args]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        t_end = time.time() + 120
-        while time.time() < t_end and p.poll() is None:
-            if any('"start"' in log.read_text()
-                   for log in (tmp_path / "cache").glob("run-*/log.jsonl")):
-                p.send_signal(signum)
-                break
-            time.sleep(0.01)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    assert p.returncode == code, err[-3000:]
+    rc, _, err = signal_when(cmd, lambda: any('"start"' in log.read_text() for log in
+                                              (tmp_path / "cache").glob("run-*/log.jsonl")),
+                             signum, env)
+    assert rc == code, err[-3000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert f"stopped by {signal.Signals(signum).name}" in lines[0]

@@ -90,7 +90,7 @@ def test_every_recipe_applies(name):
     assert s.task == scale.task and s.test_size == scale.test_size
 
 
-def test_cli_interrupt_says_what_is_kept_and_to_measure_again(tmp_path):
+def test_cli_interrupt_says_what_is_kept_and_to_measure_again(tmp_path, signal_when):
     """SIGTERM once training has started: one line on stderr (what was kept, and that a
     benchmark measures a fresh run: rerun with a new --out), exit 143, no traceback; that
     rerun measures the whole curve."""
@@ -98,28 +98,16 @@ def test_cli_interrupt_says_what_is_kept_and_to_measure_again(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = lambda out: [sys.executable, "-m", "tinytrace", "bench", "learn", "--scale",  # noqa: E731
                        "smoke", "--points", "2", "--cache-dir", str(tmp_path / "cache"),
                        "--out", str(out), "--no-progress", "--json"]
-    p = subprocess.Popen(cmd(tmp_path / "a"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
-    try:
-        log, t_end = tmp_path / "a" / "log.jsonl", time.time() + 120
-        while time.time() < t_end and p.poll() is None:
-            if log.exists() and '"start"' in log.read_text():
-                p.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.01)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    assert p.returncode == 143, err[-3000:]
+    log = tmp_path / "a" / "log.jsonl"
+    rc, out, err = signal_when(cmd(tmp_path / "a"), lambda: log.exists() and '"start"' in log.read_text(),
+                               signal.SIGTERM, env)
+    assert rc == 143, err[-3000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err and out == "", err[-3000:]
     assert lines[0].startswith("tinytrace bench: stopped by SIGTERM")

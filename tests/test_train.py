@@ -328,34 +328,22 @@ def test_cli_resume_accepts_the_same_command_and_names_a_conflict(data_dir, tmp_
 
 
 
-def _run_until(cmd, log, after_step, signum, deadline_s=120):
-    """Start ``cmd``, send ``signum`` once ``log`` shows a step past ``after_step`` in the
-    current process's records (after its start/resume line), return the finished process."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        t_end = time.time() + deadline_s
-        while time.time() < t_end and p.poll() is None:
-            recs = []
-            for line in (log.read_text().splitlines() if log.exists() else []):
-                try:
-                    recs.append(json.loads(line))
-                except json.JSONDecodeError:  # a line being written
-                    break
-            starts = [i for i, r in enumerate(recs) if r["event"] in ("start", "resume")]
-            mine = recs[starts[-1] + 1:] if starts else []
-            if any(r["event"] == "step" and r["step"] > after_step for r in mine):
-                p.send_signal(signum)
-                break
-            time.sleep(0.02)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    return p.returncode, out, err
+def _past_step(log, after_step):
+    """Whether ``log`` shows a step past ``after_step`` among the current process's records
+    (after its last start/resume line)."""
+    recs = []
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    starts = [i for i, r in enumerate(recs) if r["event"] in ("start", "resume")]
+    mine = recs[starts[-1] + 1:] if starts else []
+    return any(r["event"] == "step" and r["step"] > after_step for r in mine)
 
 
-def test_cli_interrupt_saves_the_state_and_resume_finishes_the_same_run(data_dir, tmp_path):
+def test_cli_interrupt_saves_the_state_and_resume_finishes_the_same_run(data_dir, tmp_path,
+                                                                          signal_when):
     """SIGINT, then SIGTERM, stop the CLI at a step boundary with the full state saved, one line
     on stderr (what was kept, the command to continue) and exit codes 130 / 143; continuing
     with --resume finishes the run, and the final weights equal an uninterrupted run's."""
@@ -373,7 +361,8 @@ def test_cli_interrupt_saves_the_state_and_resume_finishes_the_same_run(data_dir
     stopped = []
     for signum, code, extra in ((signal.SIGINT, 130, model), (signal.SIGTERM, 143, model + ["--resume"])):
         a = args(out, *extra)
-        rc, _, err = _run_until(py + a, out / "log.jsonl", 5 + (stopped or [0])[-1], signum)
+        after = 5 + (stopped or [0])[-1]
+        rc, _, err = signal_when(py + a, lambda: _past_step(out / "log.jsonl", after), signum, _env())
         assert rc == code, err[-3000:]
         lines = err.strip().splitlines()
         assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0], err[-3000:]
