@@ -249,3 +249,41 @@ def test_cli_experiment_interrupt_says_what_is_kept_and_the_same_command_finishe
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "results.csv").exists()
     assert list((tmp_path / "cache").glob("run-*/done.json"))
+
+
+def test_pe_ablation_reference_and_corpus_fraction():
+    """APE is the reference of the PE ablation at every scale (G.2); with ``pe_corpus`` < 1
+    every variant, the scale's own encoding included, is trained on that part of the base
+    corpus, never taken from the fully trained base model."""
+    from tinytrace.experiments.runners import _pe_config, _pe_run
+    from tinytrace.model import count_params
+
+    cpu, paper_scale = get_scale("cpu"), get_scale("paper")
+    assert cpu.model_config().pe == "rpb" and cpu.pe_corpus < 1
+    ref = _pe_config(cpu, "ape")
+    assert ref.pe == "ape" and ref.n_embd == cpu.model_config().n_embd
+    for pe in ("rpe", "rpb"):
+        assert abs(count_params(_pe_config(cpu, pe)) / count_params(ref) - 1) < 0.06
+    assert _pe_config(paper_scale, "ape") == paper_scale.model_config()
+
+    calls = []
+
+    class Cache:
+        def run(self, scale, corpus, cfg, tag=""):
+            calls.append((corpus, cfg.pe, tag))
+            return tag
+
+    class Ctx:
+        scale, cache = cpu, Cache()
+
+        def base_corpus(self, fraction=1.0):
+            return fraction
+
+        def base_run(self):
+            raise AssertionError("the PE runs of a pe_corpus < 1 scale must not reuse the base run")
+
+    assert [_pe_run(Ctx(), pe) for pe in cpu.pe_variants] == ["pe-ape", "pe-rpe", "pe-rpb"]
+    assert calls == [(cpu.pe_corpus, pe, f"pe-{pe}") for pe in cpu.pe_variants]
+    Ctx.scale = paper_scale
+    Ctx.base_run = lambda self: "base"
+    assert _pe_run(Ctx(), "ape") == "base"

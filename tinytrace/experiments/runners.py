@@ -334,8 +334,8 @@ def _sft_first(ctx: _Context) -> Path:
 
 # --- 6. positional encodings (Sec. 4.4, App. G.2) --------------------------------------------------------
 def exp_pe_ablation(ctx: _Context) -> list[dict]:
-    """The base model is the variant with its own encoding (APE at paper scale); the others get
-    the n_embd that matches its parameter count (G.2) and are trained on the same corpus."""
+    """Each encoding on the scale's model, APE as the reference and the others with the n_embd
+    that matches its parameter count (G.2), all trained on the same corpus."""
     s = ctx.scale
     rows = []
     for pe in s.pe_variants:
@@ -350,16 +350,19 @@ def exp_pe_ablation(ctx: _Context) -> list[dict]:
 
 
 def _pe_config(s, pe: str):
-    base = s.model_config()
-    return base if pe == base.pe else match_params(s.model_config(pe=pe), count_params(base))
+    """The scale's model with encoding ``pe``; APE is the reference at every scale (G.2), the
+    others get the n_embd that matches its parameter count."""
+    ref = s.model_config(pe="ape")
+    return ref if pe == "ape" else match_params(s.model_config(pe=pe), count_params(ref))
 
 
 def _pe_run(ctx: _Context, pe: str) -> Path:
-    """The base run for the base model's own encoding, else a run on the base corpus."""
+    """The base run where it is this variant's model and the PE runs use the whole base
+    corpus, else a run on ``pe_corpus`` of the base corpus."""
     s = ctx.scale
-    if pe == s.model_config().pe:
+    if _pe_config(s, pe) == s.model_config() and s.pe_corpus >= 1:
         return ctx.base_run()
-    return ctx.cache.run(s, ctx.base_corpus(), _pe_config(s, pe), tag=f"pe-{pe}")
+    return ctx.cache.run(s, ctx.base_corpus(s.pe_corpus), _pe_config(s, pe), tag=f"pe-{pe}")
 
 
 RUNNERS = {
