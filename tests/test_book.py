@@ -163,7 +163,8 @@ def test_pages_render_in_headless_chromium(built_book, tmp_path):
     html_dir, proc = built_book
     assert proc.returncode == 0
     for name, page in (("front", html_dir / "book" / "intro.html"),
-                       ("results", html_dir / "book" / "results.html")):
+                       ("results", html_dir / "book" / "results.html"),
+                       ("ood", html_dir / "book" / "sections" / "05_ood.html")):
         png = tmp_path / f"{name}.png"
         r = _chrome([f"--screenshot={png}", "--window-size=1280,1600", "--hide-scrollbars",
                      page.as_uri()], tmp_path / f"profile-{name}")
@@ -174,3 +175,8 @@ def test_pages_render_in_headless_chromium(built_book, tmp_path):
     r = _chrome(["--dump-dom", page.as_uri()], tmp_path / "profile-dom")
     assert f"{COLAB}05_ood.ipynb" in r.stdout, r.stderr[-2000:]
     assert "Out-of-distribution generalization" in r.stdout
+    # the failure classification figure is there, after its heading, as a rendered image
+    after = r.stdout.split("Where the model fails", 1)
+    assert len(after) == 2 and "<img" in after[1].split("</section>", 1)[0], "no failure figure"
+    r = _chrome(["--dump-dom", (html_dir / "book" / "results.html").as_uri()], tmp_path / "profile-res")
+    assert "verdict" in r.stdout and "not comparable at this scale" in r.stdout

@@ -14,6 +14,7 @@ from tinytrace.experiments import (
     run_experiment,
     scale_table,
 )
+from tinytrace.data import read_split
 from tinytrace.lang.config import sample_pairs
 from tinytrace.lang.edits import EDIT_NAMES
 from tinytrace.report import paper
@@ -70,6 +71,15 @@ def _check_contents(name, df, smoke_cache):
         assert (ft["data_size"] == 64).all() and (ft["sft_epochs"] == 1).all()
         assert (ft["trainable_params"] > 0).all() and (pre["trainable_params"] == 0).all()
         assert ft["best_val_loss"].notna().all() and (df["n"] == n).all()
+        # the fine-tuning data holds no snippet of the test sets it is evaluated beside
+        from tinytrace.experiments.cache import _Context
+        from tinytrace.experiments.runners import _sft_data, _sft_tests
+
+        ctx = _Context(s, smoke_cache, 0, False)
+        data = _sft_data(ctx, s.sft_sizes[0])
+        tests = {r["sha256"] for _, c in _sft_tests(ctx) for r in read_split(*c, columns=("sha256",))}
+        for split in ("train", "validation"):
+            assert not tests & {r["sha256"] for r in read_split(*data, split, columns=("sha256",))}
         base = _by(run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False), "test_set")
         for _, r in pre.iterrows():  # the pre-trained model is the base model
             assert r["exact_match"] == base[(r["test_set"],)]["exact_match"]
@@ -140,6 +150,19 @@ def test_mix_corpus(tmp_path):
     assert pq.read_table(out / cfg / "test-00000-of-00001.parquet").num_rows == 10
     stream = token_stream(out, cfg, "train")
     assert len(stream) == sum(train["n_tokens"])
+    # excluded snippets leave every split; the stream still matches the rows
+    a_train = pq.read_table(tmp_path / "a" / "a" / "train-00000-of-00001.parquet").to_pydict()
+    a_val = pq.read_table(tmp_path / "a" / "a" / "validation-00000-of-00001.parquet").to_pydict()
+    exclude = frozenset(a_train["sha256"][:5] + a_val["sha256"][:3])
+    out, cfg = mix_corpus([(tmp_path / "a", "a", 90)], tmp_path / "mix-x", exclude=exclude)
+    train = pq.read_table(out / cfg / "train-00000-of-00001.parquet").to_pydict()
+    val = pq.read_table(out / cfg / "validation-00000-of-00001.parquet").to_pydict()
+    assert len(train["code"]) == 90 and len(val["code"]) == 7
+    assert not exclude & set(train["sha256"] + val["sha256"])
+    assert len(token_stream(out, cfg, "train")) == sum(train["n_tokens"])
+    assert len(token_stream(out, cfg, "validation")) == sum(val["n_tokens"])
+    with pytest.raises(ValueError, match="outside the excluded sets"):
+        mix_corpus([(tmp_path / "a", "a", 98)], tmp_path / "mix-y", exclude=exclude)
 
 
 def test_two_workers_asking_at_once_build_an_artifact_once(tmp_path, monkeypatch):

@@ -1,7 +1,17 @@
 """The paper's experiments: the scales, the artifact cache, the six runners (and their training
 runs as separate jobs) and the analysis that turns their tables into the paper's reported
 values."""
-from .analysis import COLLAPSE_EM, HIGH_EM, measured, select_sft, train_hours
+from .analysis import (
+    COLLAPSE_EM,
+    HIGH_EM,
+    VERDICTS,
+    classify_failure,
+    failure_counts,
+    measured,
+    select_sft,
+    train_hours,
+    verdicts,
+)
 from .cache import Cache
 from .jobs import run_commands, submit_runs
 from .runners import (
@@ -33,6 +43,10 @@ __all__ = [
     "generator_stats",
     "get_scale",
     "measured",
+    "verdicts",
+    "VERDICTS",
+    "classify_failure",
+    "failure_counts",
     "mix_corpus",
     "paper_task",
     "run_commands",

@@ -26,6 +26,7 @@ from tinytrace.lang.config import GeneratorConfig
 from tinytrace.train import TrainConfig
 from tinytrace.train import train as train_run
 
+from .analysis import classify_failure
 from .scales import Scale
 
 
@@ -104,12 +105,18 @@ class Cache:
 
     # evaluations
     def evaluate(self, model, run_key: str, data, data_key: str, batch_size: int,
-                 max_len_factor: float = 2.0, eos_prefix: bool = False) -> dict:
+                 max_len_factor: float = 2.0, eos_prefix: bool = False,
+                 require: tuple = ()) -> dict:
+        """The cached evaluation of ``model`` on ``data``: metrics, per-example ``correct``,
+        clip candidates and the kind of each failure. ``require``: fields a cached result
+        must hold, else it is evaluated again (results cached before the field existed)."""
         key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
         path = self.root / f"eval-{_key(key)}.json"
         with self.locked(path):
             if path.exists():
-                return json.loads(path.read_text())
+                cached = json.loads(path.read_text())
+                if all(k in cached for k in require):
+                    return cached
             df, summary = evaluate(model, data, batch_size=batch_size,
                                    max_len_factor=max_len_factor, eos_prefix=eos_prefix)
             result = {k: summary.get(k) for k in METRICS}
@@ -118,6 +125,7 @@ class Cache:
                 "traces_per_s", "batch_size", "device")}
             result["correct"] = [bool(c) for c in df["correct"]]
             result["clip_candidates"] = _clip_flags(df)
+            result["failure"] = [classify_failure(p, t) for p, t in zip(df["prediction"], df["target"])]
             path.write_text(json.dumps(result) + "\n")
             return result
 
@@ -165,10 +173,10 @@ class _Context:
     def base_run(self) -> Path:
         return self.cache.run(self.scale, self.base_corpus(), self.scale.model_config())
 
-    def eval(self, model, run_dir: Path, data, data_key: str) -> dict:
+    def eval(self, model, run_dir: Path, data, data_key: str, require: tuple = ()) -> dict:
         s = self.scale
         return self.cache.evaluate(model, str(run_dir.name), data, data_key, s.eval_batch_size,
-                                   s.max_len_factor, s.eval_eos_prefix)
+                                   s.max_len_factor, s.eval_eos_prefix, require)
 
-    def eval_set(self, model, run_dir: Path, corpus: tuple[Path, str]) -> dict:
-        return self.eval(model, run_dir, read_split(*corpus), corpus[0].name)
+    def eval_set(self, model, run_dir: Path, corpus: tuple[Path, str], require: tuple = ()) -> dict:
+        return self.eval(model, run_dir, read_split(*corpus), corpus[0].name, require)

@@ -36,6 +36,7 @@ from tinytrace.model import count_params, load_checkpoint, match_params
 from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
+from .analysis import FAILURE_CLASSES
 from .cache import _Context, _key, settings
 from .scales import get_scale
 
@@ -66,12 +67,18 @@ def exp_base(ctx: _Context) -> list[dict]:
     id_max = ctx.scale.generator("id").max_depth
     for test_set, corpus in (("id", ctx.base_corpus()), ("longer", ctx.test_set("longer")),
                              ("deeper", ctx.test_set("deeper"))):
-        res = ctx.eval_set(model, run, corpus)
-        extra = {}
+        res = ctx.eval_set(model, run, corpus, require=("failure",))
+        # where each failed trace first goes wrong (analysis.FAILURE_CLASSES)
+        kinds = Counter(k for k in res["failure"] if k)
+        extra = {f"fail: {k}": kinds[k] for k in FAILURE_CLASSES}
         if test_set == "deeper":
+            # the paper's clipping (Sec. 4.3): the deeper set's failures at an indentation; of
+            # those, how many wrote a line deeper than ID at an ID depth
+            failed = sum(kinds.values())
+            extra["clip_rate"] = kinds["indentation (depth)"] / failed if failed else None
             flags = [f for f in res["clip_candidates"] if f is not None]
             clipped = sum(1 for t, p in flags if t > id_max and p <= id_max)
-            extra["clip_rate"] = clipped / len(flags) if flags else None
+            extra["clipped_to_id_depth"] = clipped / failed if failed else None
         rows.append(_row("base", "base", test_set, "-", res, **extra))
     return rows
 
@@ -85,8 +92,7 @@ def _robustness_run(ctx: _Context, frac: float) -> Path:
     corpus = ctx.base_corpus(frac)
     label = _count_label(int(s.corpus_snippets * frac))
     test = read_split(*corpus)
-    edited = {e: edit_dataset(test, e, seed=ctx.seed, config=s.generator("id"))
-              for e in EDIT_NAMES}  # each: records with the original `index`
+    edited = _edited(ctx, test)
     train = replace(s.train, epochs=s.robustness_epochs)
     run_dir, _ = ctx.cache.run_dir(s, corpus, s.model_config(), train, tag="id_robustness")
 
@@ -122,13 +128,30 @@ def _robustness_rows(ctx: _Context, run_dir: Path, epoch: int) -> Path:
     return ctx.cache.root / f"{run_dir.name}-e{epoch}.rows.json"
 
 
+def _edited(ctx: _Context, test) -> dict[str, list]:
+    """Each edit applied to the test split: records with the original ``index``, only the
+    snippets the edit applies to."""
+    return {e: edit_dataset(test, e, seed=ctx.seed, config=ctx.scale.generator("id"))
+            for e in EDIT_NAMES}
+
+
 def exp_id_robustness(ctx: _Context) -> list[dict]:
     rows: list[dict] = []
     for frac in ctx.scale.robustness_corpora:
         run = _robustness_run(ctx, frac)
+        test = read_split(*ctx.base_corpus(frac))
+        applies = {e: [r["index"] for r in recs] for e, recs in _edited(ctx, test).items()}
         for epoch in range(1, ctx.scale.robustness_epochs + 1):
-            if _robustness_rows(ctx, run, epoch).exists():
-                rows += json.loads(_robustness_rows(ctx, run, epoch).read_text())
+            if not _robustness_rows(ctx, run, epoch).exists():
+                continue
+            # Fig. 12 like for like: the unaltered test on the snippets each edit applies to
+            base = ctx.eval(None, Path(f"{run.name}-e{epoch}"), test, "base")["correct"]
+            for r in json.loads(_robustness_rows(ctx, run, epoch).read_text()):
+                if r["subset"] == "full" and r["edit"] != "none":
+                    idx = applies[r["edit"]]
+                    r["base_same_subset"] = sum(base[i] for i in idx) / len(idx) if idx else None
+                    r["n_skipped"] = len(test) - len(idx)
+                rows.append(r)
     return rows
 
 
@@ -179,10 +202,40 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
 
 
 # --- 4. depth curriculum (Sec. 4.3.1, App. F) -----------------------------------------------------------
-def mix_corpus(parts: list[tuple[Path, str, int]], out: Path, seed: int = 0) -> tuple[Path, str]:
+def _examples(folder: Path, name: str, split: str, n: int | None, exclude) -> tuple:
+    """The first ``n`` (None: all) examples of a split whose ``sha256`` is not in ``exclude``:
+    their table and their token pieces."""
+    files = sorted((folder / name).glob(f"{split}-*.parquet"))
+    if not files:
+        return None, []
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    keep = [i for i, h in enumerate(t.column("sha256").to_pylist()) if h not in exclude]
+    if n is not None:
+        if len(keep) < n:
+            raise ValueError(f"{folder}/{name} has {len(keep)} {split} examples outside the "
+                             f"excluded sets, {n} requested")
+        keep = keep[:n]
+    stream = np.memmap(folder / name / "tokens" / f"{split}.bin", dtype=np.uint8, mode="r")
+    idx = np.load(folder / name / "tokens" / f"{split}.idx.npy")
+    ends = np.append(idx[1:], len(stream))
+    return t.take(keep), [stream[idx[i]:ends[i]] for i in keep]
+
+
+def _write_split(tmp: Path, split: str, table, pieces: list, order) -> None:
+    pq.write_table(table.take(order), tmp / f"{split}-00000-of-00001.parquet", compression="zstd")
+    lengths = np.array([len(pieces[i]) for i in order], dtype=np.int64)
+    with open(tmp / "tokens" / f"{split}.bin", "wb") as f:
+        for i in order:
+            f.write(pieces[i].tobytes())
+    np.save(tmp / "tokens" / f"{split}.idx.npy", np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+
+
+def mix_corpus(parts: list[tuple[Path, str, int]], out: Path, seed: int = 0,
+               exclude: frozenset = frozenset()) -> tuple[Path, str]:
     """A training corpus made of the first ``n`` train examples of each part, shuffled; the
-    validation and test splits of the first part are kept. Written like
-    :func:`tinytrace.data.build` (Hub layout + token stream), atomically."""
+    validation and test splits of the first part are kept. ``exclude``: snippet hashes
+    (``sha256``) left out of every split, e.g. the test sets a model is evaluated on. Written
+    like :func:`tinytrace.data.build` (Hub layout + token stream), atomically."""
     cfg = "data"
     if (out / cfg / "build.json").exists():
         return out, cfg
@@ -192,34 +245,23 @@ def mix_corpus(parts: list[tuple[Path, str, int]], out: Path, seed: int = 0) -> 
     (tmp / "tokens").mkdir(parents=True)
     tables, pieces = [], []
     for folder, name, n in parts:
-        files = sorted((folder / name).glob("train-*.parquet"))
-        t = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
-        have = t.num_rows if t is not None else 0
-        if have < n:
-            raise ValueError(f"{folder}/{name} has {have} train examples, {n} requested")
         if not n:
             continue
-        tables.append(t.slice(0, n))
-        stream = np.memmap(folder / name / "tokens" / "train.bin", dtype=np.uint8, mode="r")
-        idx = np.load(folder / name / "tokens" / "train.idx.npy")
-        ends = np.append(idx[1:], len(stream))
-        pieces += [stream[a:b] for a, b in zip(idx[:n], ends[:n])]
+        t, p = _examples(folder, name, "train", n, exclude)
+        if t is None:
+            raise ValueError(f"{folder}/{name} has 0 train examples, {n} requested")
+        tables.append(t)
+        pieces += p
     table = pa.concat_tables(tables)
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    pq.write_table(table.take(order), tmp / "train-00000-of-00001.parquet", compression="zstd")
-    lengths = np.array([len(pieces[i]) for i in order], dtype=np.int64)
-    with open(tmp / "tokens" / "train.bin", "wb") as f:
-        for i in order:
-            f.write(pieces[i].tobytes())
-    np.save(tmp / "tokens" / "train.idx.npy", np.concatenate([[0], np.cumsum(lengths)[:-1]]))
-    first = parts[0][0] / parts[0][1]
+    _write_split(tmp, "train", table, pieces, np.random.default_rng(seed).permutation(table.num_rows))
+    splits = {"train": int(table.num_rows)}
     for split in ("validation", "test"):
-        for f in first.glob(f"{split}-*.parquet"):
-            shutil.copy(f, tmp / f.name)
-        for f in (first / "tokens").glob(f"{split}.*"):
-            shutil.copy(f, tmp / "tokens" / f.name)
+        t, p = _examples(parts[0][0], parts[0][1], split, None, exclude)
+        if t is not None:
+            _write_split(tmp, split, t, p, np.arange(t.num_rows))
+            splits[split] = int(t.num_rows)
     info = {"config_name": cfg, "parts": [[str(p), c, n] for p, c, n in parts], "seed": seed,
-            "splits": {"train": int(table.num_rows)}}
+            "excluded_hashes": len(exclude), "splits": splits}
     (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, out / cfg)
     return out, cfg
@@ -282,8 +324,7 @@ def exp_depth_curriculum(ctx: _Context) -> list[dict]:
 def exp_sft_lora(ctx: _Context) -> list[dict]:
     s = ctx.scale
     base_run = ctx.base_run()
-    tests = (("id", ctx.base_corpus()), ("deeper", ctx.test_set("deeper")),
-             ("longer", ctx.test_set("longer")))
+    tests = _sft_tests(ctx)
     rows = []
     pre = _load(base_run)
     for name, corpus in tests:
@@ -301,12 +342,25 @@ def exp_sft_lora(ctx: _Context) -> list[dict]:
     return rows
 
 
+def _sft_tests(ctx: _Context) -> tuple:
+    """The test sets the fine-tuned models are evaluated on (Table 3)."""
+    return (("id", ctx.base_corpus()), ("deeper", ctx.test_set("deeper")),
+            ("longer", ctx.test_set("longer")))
+
+
 def _sft_data(ctx: _Context, size: int) -> tuple[Path, str]:
-    """The fine-tuning corpus of ``size`` examples (shared by every number of epochs)."""
+    """The fine-tuning corpus of ``size`` examples (shared by every number of epochs), its
+    train and validation splits without any snippet of the test sets it is evaluated on."""
     s = ctx.scale
-    return ctx.cache.corpus(s.generator("id"), size + max(s.test_size // 4, 8), test_size=0,
-                            validation_size=max(s.test_size // 4, 8), seed=ctx.seed + 7,
-                            context=s.context)
+    val = max(s.test_size // 4, 8)
+    spare = size // 16 + 64  # room for the snippets the test sets take out
+    raw = ctx.cache.corpus(s.generator("id"), size + spare + val, test_size=0,
+                           validation_size=val, seed=ctx.seed + 7, context=s.context)
+    exclude = frozenset(r["sha256"] for _, corpus in _sft_tests(ctx)
+                        for r in read_split(*corpus, columns=("sha256",)))
+    out = ctx.cache.root / f"sft-data-{_key([raw[0].name, size, sorted(exclude)])}"
+    with ctx.cache.locked(out):
+        return mix_corpus([(raw[0], raw[1], size)], out, seed=ctx.seed, exclude=exclude)
 
 
 def _sft_finetune(ctx: _Context, size: int, epochs: int) -> tuple[Path, dict]:

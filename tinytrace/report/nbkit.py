@@ -17,15 +17,21 @@ import pandas as pd
 
 from tinytrace.data import Pipeline
 from tinytrace.experiments import get_scale
+from tinytrace.lang import generator as G
 from tinytrace.lang.config import GeneratorConfig, get_preset
+from tinytrace.lang.edits import EDIT_NAMES, apply_edit
+from tinytrace.lang.program import render
 from tinytrace.provenance import git_commit, hardware, versions
 
 from .sections import NOTEBOOKS, Section
 from .tables import (
     comparison,
     em_table,
+    failure_table,
+    fig12_table,
     generator_comparison,
     ood_table,
+    pe_params,
     setup_comparison,
     show_comparison,
     table3,
@@ -34,6 +40,7 @@ from .tables import (
 )
 
 __all__ = [
+    "failure_table",
     "NOTEBOOKS",
     "Markdown",
     "Section",
@@ -92,6 +99,33 @@ def banner(scale: str, hardware: str, seed: int) -> Markdown:
                     f"Scale `{scale}`: {scale_note(scale)}")
 
 
+def training_caption(scale: str) -> Markdown:
+    """What the scale's base run did (model, optimizer, schedule, batch, data), generated from
+    its config, beside the paper's recipe (App. C.1), so a caption never describes another run."""
+    s = get_scale(scale)
+    tc, mc = s.train, s.model_config()
+    block = tc.block_size or mc.block_size
+    if tc.phase1_frac >= 1:
+        shape = (f"one phase: {tc.warmup_frac:.0%} linear warmup to {tc.lr_peak:g}, cosine down "
+                 f"to {tc.lr_min:g}")
+    else:
+        shape = (f"two phases ({tc.phase1_frac:.0%} / {1 - tc.phase1_frac:.0%} of the steps), each "
+                 f"with {tc.warmup_frac:.0%} warmup and a cosine from {tc.lr_peak:g} to "
+                 f"{tc.lr_min:g}, the second scaled by {tc.phase2_scale:g}")
+    opt = ("AdamW" if tc.optimizer == "adamw" else
+           f"Muon (peak {tc.muon_lr or tc.lr_peak:g}) on the blocks' matrices, AdamW on the rest")
+    ours = (f"**This run** (`{scale}`): model `{s.model_label()}` ({mc.n_layer} layers x "
+            f"{mc.n_embd}, {mc.pe.upper()}), {opt}, {shape}, weight decay {tc.weight_decay:g}, "
+            f"batch {tc.batch_size} x {block} tokens, {tc.epochs} epoch(s) of "
+            f"{s.corpus_snippets:,} snippets.")
+    if scale != "paper":
+        p = get_scale("paper").train
+        ours += (f" **The paper** (App. C.1): AdamW, two phases (warmup and cosine from "
+                 f"{p.lr_peak:g} to {p.lr_min:g}, then the same x{p.phase2_scale:g}), weight decay "
+                 f"{p.weight_decay:g}, batch {p.batch_size} x 512, {p.epochs} epochs of 3M snippets.")
+    return Markdown(ours)
+
+
 def task_table(scale: str):
     """The generator settings of each test/train role at a scale (statements, depth, ...)."""
     s = get_scale(scale)
@@ -119,6 +153,133 @@ def task_examples(scale: str, roles=("id", "deeper", "longer"), seed: int = 0) -
     """One snippet per test role of a scale (the paper's Fig. 6: ID, deeper, longer)."""
     s = get_scale(scale)
     return {role: example(s.generator(role), seed)["code"] for role in roles}
+
+
+# --- the generator's inner workings (Figs. 8-10, Table 1) and the edits (Fig. 11) -------------
+KEYWORDS = {  # App. B, Table 1: the skeleton keywords of the default rules
+    G.START: "begins a snippet (the root context)",
+    G.ASSIGNMENT: "`x = ...`: a literal, a variable, or `u op v`",
+    G.IF_STATEMENT: "opens an `if` context (a condition on a variable)",
+    G.ELIF_STATEMENT: "opens an `elif` context after an `if`",
+    G.ELSE_STATEMENT: "opens an `else` context after an `if`/`elif`",
+    G.WHILE_LOOP: "opens a counted `while` loop context (`c = k` / `while c < m:` / `c = c + 1`)",
+    G.UNINDENT: "closes the current context",
+    G.END: "stops the generation",
+}
+
+
+def keyword_table() -> pd.DataFrame:
+    """Table 1: the skeleton keywords the rules queue and what code instantiation makes of each."""
+    return pd.DataFrame([{"keyword": k, "meaning": v} for k, v in KEYWORDS.items()]).set_index("keyword")
+
+
+class _Recording:
+    """Rules that delegate to ``rules`` and record the context stack at every call."""
+
+    def __init__(self, rules):
+        self.rules, self.events = rules, []
+        if hasattr(rules, "accept"):
+            self.accept = rules.accept
+
+    def _record(self, g, phase: str, keyword: str = "") -> None:
+        self.events.append({
+            "phase": phase, "keyword": keyword, "depth": g.depth,
+            "stack": " | ".join(f"{lv.gid.get('type', '?')}[{' '.join(lv.ckq)}]" for lv in g.stack),
+            "code so far": len(g.lines)})
+
+    def high_level(self, g):
+        kws = self.rules.high_level(g)
+        self._record(g, "skeleton (SCA) queues", " ".join(kws))
+        return kws
+
+    def low_level(self, g, keyword):
+        self._record(g, "instantiation (CIA) takes", keyword)
+        return self.rules.low_level(g, keyword)
+
+
+def context_stack_trace(preset="base", seed: int = 0, rules=None) -> tuple[str, pd.DataFrame]:
+    """Figs. 8-10: one snippet built by the real generator (Algorithm 1) through its context
+    stack, with every skeleton and instantiation call: the keywords queued or taken, the
+    depth and each level's type and keyword queue at that moment. ``rules``: any rules object
+    (default: :class:`DefaultRules` of the preset). Returns the snippet and the events."""
+    cfg = preset if isinstance(preset, GeneratorConfig) else get_preset(preset)
+    rec = _Recording(rules if rules is not None else G.DefaultRules(cfg))
+    lines = G.Generator(cfg, rules=rec).generate(random.Random(seed))
+    last_try = max(i for i, e in enumerate(rec.events)  # the accepted try's first call
+                   if e["phase"].startswith("skeleton") and e["code so far"] == 0)
+    return render(lines), pd.DataFrame(rec.events[last_try:]).reset_index(drop=True)
+
+
+def generate_with(rules_class, task: GeneratorConfig, n: int = 20, seed: int = 0) -> pd.DataFrame:
+    """``n`` snippets of a user-defined distribution: ``rules_class(task)`` drives the real
+    generator; each snippet is traced within the task's value range (``trace`` is None where a
+    value leaves it)."""
+    from tinytrace.lang.tracer import Rejected, trace
+
+    gen, rng, rows = G.Generator(task, rules=rules_class(task)), random.Random(seed), []
+    for _ in range(n):
+        code = render(gen.generate(rng))
+        try:
+            rows.append({"code": code, "trace": trace(code, value_range=task.value_range)})
+        except Rejected:
+            rows.append({"code": code, "trace": None})
+    return pd.DataFrame(rows)
+
+
+def edit_examples(scale: str, seed: int = 0, tries: int = 200) -> pd.DataFrame:
+    """Fig. 11: each of the five edits applied to an ID snippet of the scale (the first one,
+    from ``seed`` on, that it applies to): what changed, the snippet before and after."""
+    cfg = get_scale(scale).generator("id")
+    pipe, rng, rows = Pipeline(cfg), random.Random(seed), []
+    snippets = []
+    while len(snippets) < tries:
+        r = pipe.sample(rng, Counter())
+        if r is not None:
+            snippets.append(r["code"])
+    for name in EDIT_NAMES:
+        for i, code in enumerate(snippets):
+            res = apply_edit(name, code, random.Random(seed + i), cfg)
+            if res.applied:
+                rows.append({"edit": name, "change": res.description, "before": code,
+                             "after": res.code})
+                break
+    return pd.DataFrame(rows).set_index("edit")
+
+
+def hyperparameters(scale: str) -> pd.DataFrame:
+    """Table 2: the model and training hyperparameters of the scale's base run beside the
+    paper's (App. C), from the configs."""
+    from tinytrace.model import count_params
+
+    def cols(s):
+        mc, tc = s.model_config(), s.train
+        return {
+            "layers": mc.n_layer, "heads": mc.n_head, "embedding size": mc.n_embd,
+            "head size": mc.head_size, "norm": "RMSNorm (pre-norm)", "position encoding": mc.pe.upper(),
+            "context (tokens)": mc.block_size, "vocabulary": mc.vocab_size, "dropout": mc.dropout,
+            "parameters": f"{count_params(mc):,}", "optimizer": tc.optimizer,
+            "peak / min LR": f"{tc.lr_peak:g} / {tc.lr_min:g}"
+                             + (f" (Muon {tc.muon_lr or tc.lr_peak:g})" if tc.optimizer == "muon" else ""),
+            "schedule": "one phase" if tc.phase1_frac >= 1 else f"two phases (x{tc.phase2_scale:g})",
+            "warmup": f"{tc.warmup_frac:.0%}", "weight decay": tc.weight_decay, "betas": str(tc.betas),
+            "batch (sequences x tokens)": f"{tc.batch_size} x {tc.block_size or mc.block_size}",
+            "epochs": tc.epochs, "corpus (snippets)": f"{s.corpus_snippets:,}",
+        }
+
+    return pd.DataFrame({"paper": cols(get_scale("paper")), scale: cols(get_scale(scale))})
+
+
+def lora_params(scale: str) -> pd.DataFrame:
+    """LoRA's trainable parameters on the scale's model and on the paper's, at the configured
+    rank and at r=32: the paper reports 2.2M for r=8 (G.1), which r=8 on the query/key/value,
+    output and MLP projections of its model does not give; r=32 on them gives ~2.26M."""
+    from tinytrace.train.sft import lora_param_count
+
+    rank = get_scale(scale).sft.rank
+    rows = [{"model": name, "rank r": r, "trainable parameters": lora_param_count(
+                get_scale(name).model_config(), r), "shown in the results": name == scale and r == rank}
+            for name in dict.fromkeys((scale, "paper")) for r in dict.fromkeys((rank, 32))]
+    return pd.DataFrame(rows).set_index(["model", "rank r"])
 
 
 def pipeline_outcomes(rejections: dict):

@@ -15,10 +15,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tinytrace.data import card_order
-from tinytrace.experiments import SCALES, get_scale, scale_table
+from tinytrace.experiments import EXPERIMENTS, SCALES, VERDICTS, get_scale, scale_table
 
 from .sections import DEFAULT_OUT, NOTEBOOKS
-from .tables import fmt
+from .tables import comparison, fmt
 
 REPO_URL = "https://github.com/tinytrace/tinytrace"
 RESULTS_PAGE = Path("book") / "results.md"
@@ -52,10 +52,50 @@ def md_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def section_findings(doc: dict) -> list[dict]:
+    """The paper-vs-ours rows of one executed section: its setup rows as stored, and each
+    finding recomputed from the section's stored results with its verdict
+    (:func:`tinytrace.experiments.verdicts`), so that the page follows the current rules."""
+    results = doc.get("results") or {}
+    redone = [exp for exp in EXPERIMENTS if exp in results]
+    rows = [dict(c, verdict=c.get("verdict", "")) for c in doc.get("paper_vs_ours", [])
+            if c.get("kind") == "setup" or c.get("experiment") not in redone]
+    for exp in redone:
+        table = comparison(exp, pd.DataFrame(results[exp]), doc["scale"], doc.get("hardware", ""))
+        rows += table.to_dict("records")
+    return rows
+
+
+def verdict_counts(rows: list[dict]) -> dict[str, int]:
+    """How many of ``rows`` (findings, not setup numbers) have each verdict."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    for r in rows:
+        if r.get("verdict") in counts:
+            counts[r["verdict"]] += 1
+    return counts
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {v}" for v, n in counts.items())
+
+
 def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> str:
-    """The results summary (Markdown): every paper number beside ours, with the scale it came
-    from, and which section is at which scale."""
+    """The results summary (Markdown): every paper number beside ours with its verdict, the
+    scale it came from, a verdict count per section and over the whole book, and which section
+    is at which scale."""
     res = load_results(sections_dir)
+    findings = {stem: section_findings(r) for stem, r in res.items()}
+    unique = {}  # a finding shown in two sections (the base model's) counts once
+    for stem, rows in findings.items():
+        for row in rows:
+            if row.get("verdict") in VERDICTS:
+                unique.setdefault((row.get("experiment"), row.get("key")), (row, res[stem]))
+    by_setting: dict[tuple, list] = {}
+    for row, doc in unique.values():
+        by_setting.setdefault((doc["scale"], doc["hardware"]), []).append(row)
+    summary = " ".join(
+        f"At `{scale}` scale on {hw}: of the paper's {len(rows)} findings measured, "
+        f"{_counts_text(verdict_counts(rows))}." for (scale, hw), rows in by_setting.items())
     parts = [
         "# Results summary",
         "",
@@ -65,6 +105,14 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
         "do not edit it by hand. Exact match (EM) is over the whole greedy trace. Only the "
         "`paper` scale is the paper's setting; at `cpu` and `smoke` scale the numbers come from a "
         "scaled-down task (see [Reproducing](reproducing.md)) and only their trends can be compared.",
+        "",
+        summary or "No section has been run yet.",
+        "",
+        "Each finding gets a verdict from the section's own results: **reproduced**, **not "
+        "reproduced**, or **not comparable at this scale**, with the evidence and the reason "
+        "(`tinytrace.experiments.verdicts`: a finding about a trained model needs that model's own "
+        "ID exact match >= 90%; a threshold needs a grid of at least 3 points that brackets it; "
+        "numbers that depend on the task's sizes are compared as numbers only at `paper` scale).",
         "",
         "## Which section is at which scale",
         "",
@@ -87,12 +135,18 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
             continue
         parts += [f"Scale `{r['scale']}` on {r['hardware']}, seed {r['seed']}, {r['date'][:10]}.",
                   ""]
+        found = findings[stem]
         rows = [{"what": c.get("what", ""), "paper section": c.get("section", ""),
                  "paper": fmt(c.get("paper"), c.get("kind", "exact_match")),
                  "this run": fmt(c.get("this run"), c.get("kind", "exact_match")),
-                 "scale": c.get("scale", r["scale"])} for c in r.get("paper_vs_ours", [])]
+                 "scale": c.get("scale", r["scale"]),
+                 "verdict": c.get("verdict") if c.get("verdict") in VERDICTS else "(setup)",
+                 "evidence": c.get("evidence", "")} for c in found]
+        if any(c.get("verdict") in VERDICTS for c in found):
+            parts += [f"Verdicts: {_counts_text(verdict_counts(found))}.", ""]
         if rows:
-            parts += [md_table(rows, ["what", "paper section", "paper", "this run", "scale"]), ""]
+            parts += [md_table(rows, ["what", "paper section", "paper", "this run", "scale",
+                                      "verdict", "evidence"]), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

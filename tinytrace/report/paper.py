@@ -43,6 +43,9 @@ REPORTED: list[Reported] = [
     Reported("id_robustness", "neutral_assignment_drop",
              "neutral assignment drops most on the 750K and 375K corpora", "qualitative", "4.1",
              "threshold"),
+    Reported("id_robustness", "larger_corpora_less_brittle",
+             "larger ID corpora reduce brittleness (share of correctly traced snippets an edit "
+             "breaks, last epoch)", "qualitative", "1, 4.1", "threshold"),
     Reported("id_robustness", "full_test_matches",
              "on the full test set, EM under each edit closely matches EM unaltered", "qualitative",
              "4.1, App. E, Fig. 12", "threshold"),
@@ -50,6 +53,12 @@ REPORTED: list[Reported] = [
     Reported("pair_coverage", "assignment_excluded_above_80_until",
              "assignment scope: excluded-pairs EM > 80% up to this exclusion %", 95, "4.2, Fig. 4a",
              "threshold"),
+    Reported("pair_coverage", "allowed_stays_high",
+             "allowed-pairs test stays high at every exclusion % (both scopes)", "qualitative",
+             "4.2, 4.2.1, Fig. 4", "threshold"),
+    Reported("pair_coverage", "assignment_decline_from",
+             "assignment scope: excluded-pairs EM begins to decline at this exclusion % (4.2; "
+             "4.2.1 says it stays above 80% even at 98%)", 98, "4.2, 4.2.1, Fig. 4a", "threshold"),
     Reported("pair_coverage", "assignment_collapse_at",
              "assignment scope: excluded-pairs EM collapses at this exclusion %", 100, "4.2, Fig. 4a",
              "threshold"),
@@ -99,10 +108,13 @@ def table(experiment: str | None = None):
     return pd.DataFrame(rows)
 
 
-def compare(experiment: str, ours: dict[str, float], scale: str, hardware: str = ""):
+def compare(experiment: str, ours: dict[str, float], scale: str, hardware: str = "",
+            verdicts: dict[str, dict] | None = None):
     """A "paper vs this run" table: one row per reported key of the experiment (setup numbers
     excluded), with its key and kind, our value (``ours[key]``, NaN when not measured), the
-    scale and hardware that produced it."""
+    scale and hardware that produced it and, from ``verdicts`` (key -> verdict and evidence,
+    :func:`tinytrace.experiments.analysis.verdicts`), whether the finding is reproduced."""
+    verdicts = verdicts or {}
     rows = []
     for r in REPORTED:
         if r.experiment != experiment or r.kind == "setup":
@@ -116,5 +128,7 @@ def compare(experiment: str, ours: dict[str, float], scale: str, hardware: str =
             "scale": scale,
             "hardware": hardware,
             "kind": r.kind,
+            "verdict": verdicts.get(r.key, {}).get("verdict", "not measured"),
+            "evidence": verdicts.get(r.key, {}).get("evidence", ""),
         })
     return pd.DataFrame(rows)

@@ -162,6 +162,31 @@ def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") 
 
 
 # --- Sec. 4.3, 4.3.1, App. F -------------------------------------------------------------------
+def exclusion_regimes(alphabet: str, pcts, seed: int = 0, title: str = "") -> plt.Figure:
+    """Fig. 5: which unordered variable pairs each exclusion percentage removes (drawn by
+    :func:`tinytrace.lang.config.sample_pairs` with the experiment's seed). The assignment
+    scope removes them from the right-hand side of `x = u op v` only; the global scope from
+    every construct."""
+    from tinytrace.lang.config import sample_pairs
+
+    _theme()
+    pcts = list(pcts)
+    n = len(alphabet)
+    fig, axes = plt.subplots(1, len(pcts), figsize=(3.2 * len(pcts), 3.4), squeeze=False)
+    for ax, pct in zip(axes[0], pcts):
+        excluded = set(sample_pairs(pct, seed=seed, alphabet=alphabet))
+        grid = [[float("nan") if j < i else float("".join(sorted(alphabet[i] + alphabet[j])) in excluded)
+                 for j in range(n)] for i in range(n)]
+        sns.heatmap(pd.DataFrame(grid, index=list(alphabet), columns=list(alphabet)), ax=ax,
+                    cmap=["#4c72b0", "#dd8452"], vmin=0, vmax=1, cbar=False, square=True,
+                    linewidths=0.3, linecolor="white")
+        ax.set_title(f"{pct}% excluded ({len(excluded)} of {n * (n + 1) // 2})", fontsize=10)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title or "Fig. 5: excluded (orange) and allowed (blue) variable pairs")
+    fig.tight_layout()
+    return fig
+
+
 def paper_vs_ours(table: pd.DataFrame, x: str, hue: str | None = None, title: str = "") -> plt.Figure:
     """Grouped bars of a table with columns ``x``, (``hue``), ``paper`` and ``this run``
     (fractions): paper and this run side by side."""
@@ -195,6 +220,34 @@ def ood_numbers(df: pd.DataFrame, title: str = "") -> plt.Figure:
     t = ood_table(df)
     return paper_vs_ours(t, x="test_set",
                          title=title or f"Sec. 4.3: base model, ID vs OOD ({_scale_note(df)})")
+
+
+def failure_kinds(df: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Where the base model fails (beyond the paper): per test set, the share of all traces
+    that first go wrong at each kind of token (``fail: <kind>`` columns of the base results,
+    :data:`tinytrace.experiments.analysis.FAILURE_CLASSES`); the rest are correct. The deeper
+    set's indentation share of its failures is the clipping rate."""
+    _theme()
+    cols = [c for c in df.columns if c.startswith("fail: ")]
+    d = df.set_index("test_set").reindex(order(df["test_set"], TEST_SET_ORDER))
+    share = d[cols].astype(float).div(d["n"].astype(float), axis=0) * PCT
+    share.columns = [c.removeprefix("fail: ") for c in cols]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    left = pd.Series(0.0, index=share.index)
+    for kind, color in zip(share.columns, sns.color_palette("deep", len(share.columns))):
+        ax.barh(share.index, share[kind], left=left, color=color, label=kind)
+        left += share[kind]
+    for i, (ts, row) in enumerate(d.iterrows()):
+        failed = int(row[cols].sum())
+        ax.text(min(left[ts], 100) + 1, i, f"{failed}/{int(row['n'])} failed", va="center", fontsize=9)
+    ax.set_xlim(0, 118)
+    ax.invert_yaxis()
+    ax.set_xlabel("traces (%) failing first at ...")
+    ax.set_ylabel("test set")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False, title="first wrong token")
+    ax.set_title(title or f"Where the base model fails ({_scale_note(df)})")
+    fig.tight_layout()
+    return fig
 
 
 def depth_order(names) -> list[str]:

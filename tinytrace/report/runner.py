@@ -177,6 +177,17 @@ def _portable(path) -> str:
         return p.name
 
 
+def hide_default_parameters(nb: dict) -> dict:
+    """Tag the notebook's own ``parameters`` cell ``remove-cell`` when papermill injected the
+    values it ran with below it: the book then shows one parameters cell, the one that ran."""
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.get("cells", [])]
+    if any("injected-parameters" in t for t in tags):
+        for c, t in zip(nb["cells"], tags):
+            if "parameters" in t and "remove-cell" not in t:
+                c.setdefault("metadata", {})["tags"] = [*t, "remove-cell"]
+    return nb
+
+
 def _annotate(nb_path: Path, result: Path, seconds: float, final: Path | None = None) -> None:
     """Record scale, hardware, seed, date and seconds in the executed notebook's metadata and
     the seconds in the results JSON (plain JSON: importing nbformat costs seconds)."""
@@ -195,6 +206,7 @@ def _annotate(nb_path: Path, result: Path, seconds: float, final: Path | None = 
                                      "paper_section")}
     meta["seconds"] = round(seconds, 1)
     nb.setdefault("metadata", {})["tinytrace"] = meta
+    hide_default_parameters(nb)
     nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 

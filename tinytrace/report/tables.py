@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from tinytrace.experiments import get_scale, measured, select_sft, train_hours
+from tinytrace.experiments import get_scale, measured, select_sft, train_hours, verdicts
 from tinytrace.model import count_params
 
 from . import paper
@@ -33,14 +33,17 @@ def pct(df: pd.DataFrame, col: str = "exact_match") -> pd.DataFrame:
 
 def comparison(experiment: str, df, scale: str, hardware: str = ""):
     """:func:`.paper.compare` of our measured values, with the experiment of each row."""
-    table = paper.compare(experiment, measured(experiment, df), scale, hardware)
+    table = paper.compare(experiment, measured(experiment, df), scale, hardware,
+                          verdicts(experiment, df, scale))
     table.insert(0, "experiment", experiment)
     return table
 
 
-def generator_comparison(stats, scale: str, hardware: str = ""):
-    """Sec. 2/3.2 setup numbers the generator determines, paper beside this run (the paper's
-    ``base`` preset): tokens per example (933M tokens / 3M snippets), statements, depth."""
+def generator_comparison(stats, scale: str, hardware: str = "", described: str | None = None):
+    """Sec. 2/3.2 setup numbers the generator determines, paper beside ``stats``: tokens per
+    example (933M tokens / 3M snippets), statements, depth. ``described`` says what ``stats``
+    were computed on (e.g. "the paper's `base` preset" or "the `cpu` ID task"); it goes in the
+    scale column, so that a row never claims a scale whose task it was not computed on."""
     tokens = paper.reported("base", "corpus_tokens")
     snippets = paper.reported("base", "corpus_snippets")
     rows = [
@@ -51,7 +54,8 @@ def generator_comparison(stats, scale: str, hardware: str = ""):
         ("if-nesting depth, max", "3.2", 2, int(stats["max_depth"].max())),
     ]
     return pd.DataFrame([{"experiment": "generator", "key": k.split(",")[0].replace(" ", "_"),
-                          "what": k, "section": s, "paper": p, "this run": o, "scale": scale,
+                          "what": k, "section": s, "paper": p, "this run": o,
+                          "scale": described or scale,
                           "hardware": hardware, "kind": "setup"} for k, s, p, o in rows])
 
 
@@ -80,7 +84,7 @@ def show_comparison(table):
     kinds = t["kind"] if "kind" in t else ["exact_match"] * len(t)
     for col in ("paper", "this run"):
         t[col] = [fmt(v, k) for v, k in zip(t[col], kinds)]
-    keep = [c for c in ("what", "section", "paper", "this run", "scale") if c in t]
+    keep = [c for c in ("what", "section", "paper", "this run", "scale", "verdict", "evidence") if c in t]
     return t[keep].set_index("what")
 
 
@@ -173,3 +177,49 @@ def wide(table: pd.DataFrame, index: str = "model") -> pd.DataFrame:
     w.columns.names = ["test set", "EM (%)"]
     return w.round(2)
 
+
+
+def failure_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per test set of the base results: traces, failures, each kind of first wrong token
+    (``fail: <kind>`` columns) and, on the deeper set, the clipping rate (its indentation
+    share of the failures)."""
+    cols = [c for c in df.columns if c.startswith("fail: ")]
+    d = df.set_index("test_set").reindex(order(df["test_set"], TEST_SET_ORDER))
+    t = d[cols].fillna(0).astype(int)
+    t.columns = [c.removeprefix("fail: ") for c in cols]
+    t.insert(0, "failed", t.sum(axis=1))
+    t.insert(0, "n", d["n"].astype(int))
+    if "clip_rate" in d:
+        t["clip rate"] = [fmt(v) for v in d["clip_rate"]]
+    return t
+
+
+def fig12_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 12 like for like: per corpus, epoch and edit, the snippets the edit applies to
+    (n) and those it skips, EM under the edit and EM of the unaltered test on the same
+    snippets, and their difference in points."""
+    d = df[(df["subset"] == "full") & (df["edit"] != "none")].copy()
+    if "base_same_subset" not in d:
+        d["base_same_subset"], d["n_skipped"] = float("nan"), float("nan")
+    d["EM edited (%)"] = (d["exact_match"].astype(float) * PCT).round(2)
+    d["EM unaltered, same snippets (%)"] = (d["base_same_subset"].astype(float) * PCT).round(2)
+    d["difference (points)"] = (d["EM edited (%)"] - d["EM unaltered, same snippets (%)"]).round(2)
+    d = d.rename(columns={"n_skipped": "skipped"})
+    return d.set_index(["corpus", "epoch", "edit"])[
+        ["n", "skipped", "EM edited (%)", "EM unaltered, same snippets (%)", "difference (points)"]]
+
+
+def pe_params(scale: str) -> pd.DataFrame:
+    """The PE ablation's models at a scale and at the paper's: APE is the reference; RPE and
+    RPB get the n_embd (a multiple of n_head) whose parameter count is closest to it (G.2). At
+    the paper's size the closest is APE's own n_embd, so matching changes nothing there."""
+    from tinytrace.experiments.runners import _pe_config
+
+    rows = []
+    for name in dict.fromkeys((scale, "paper")):
+        s = get_scale(name)
+        for pe in s.pe_variants:
+            cfg = _pe_config(s, pe)
+            rows.append({"scale": name, "encoding": pe.upper(), "n_embd": cfg.n_embd,
+                         "parameters": count_params(cfg)})
+    return pd.DataFrame(rows).set_index(["scale", "encoding"])

@@ -1,0 +1,173 @@
+"""The book's honesty rules: verdicts read only what the data supports, rows describe the run's
+own task, the failure classes, one parameters cell per rendered section."""
+import json
+
+import pandas as pd
+import pytest
+
+from tinytrace.experiments import classify_failure, failure_counts, verdicts
+from tinytrace.experiments.analysis import (
+    FAILURE_CLASSES,
+    NOT_COMPARABLE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    bracket,
+    measured,
+)
+from tinytrace.report import pages, paper
+from tinytrace.report.nbkit import training_caption
+from tinytrace.report.runner import hide_default_parameters
+from tinytrace.report.tables import failure_table, generator_comparison
+
+# a trace of the real format: the snippet, step blocks with the `@` line and its state, the final
+TRACE = ("a = 1\nif a > 0:\n\tb = a\n#STEP\n@a = 1$\n#STEP\na = 1\n@if a > 0:$a?1\n\tb = a\n#STEP\n"
+         "a = 1\nif a > 0:\n@\tb = a$a?1\n#STEP\na = 1\nif a > 0:\n\tb = a\n@^$a?1;b?1")
+
+
+@pytest.mark.parametrize("prediction, kind", [
+    (TRACE, None),
+    (TRACE.replace("@\tb = a$a?1\n#STEP", "\tb = a\n#STEP", 1), "@ line (control flow)"),
+    (TRACE.replace("\n\tb = a\n#STEP\na = 1\nif a > 0:\n@", "\nb = a\n#STEP\na = 1\nif a > 0:\n@", 1),
+     "indentation (depth)"),
+    (TRACE.replace("b?1", "b?2"), "final state"),
+    (TRACE.replace("@if a > 0:$a?1", "@if a > 0:$a?2"), "state value"),
+    (TRACE.replace("if a > 0", "if a < 0"), "snippet copy"),
+    (TRACE[:30], "length"),
+    (TRACE + "\n#STEP", "length"),
+])
+def test_classify_failure(prediction, kind):
+    assert classify_failure(prediction, TRACE) == kind
+
+
+def test_failure_counts_has_every_class():
+    counts = failure_counts([TRACE, TRACE.replace("b?1", "b?2")], [TRACE, TRACE])
+    assert list(counts) == list(FAILURE_CLASSES) and counts["final state"] == 1
+    assert sum(counts.values()) == 1
+
+
+def _coverage(pcts, assignment, glob, allowed=0.97):
+    rows = []
+    for scope, ems in (("assignment", assignment), ("global", glob)):
+        for p, e in zip(pcts, ems):
+            rows += [{"scope": scope, "exclusion_pct": p, "test_set": "excluded", "exact_match": e},
+                     {"scope": scope, "exclusion_pct": p, "test_set": "allowed", "exact_match": allowed}]
+    return pd.DataFrame(rows)
+
+
+def test_two_point_grid_yields_no_threshold_verdict():
+    # the old logic read "global < 80% from 60%" off two points {60, 100}
+    df = _coverage([60, 100], [0.9, 0.0], [0.5, 0.0])
+    assert measured("pair_coverage", df)["global_below_80_from"] == 60
+    v = verdicts("pair_coverage", df, "cpu")
+    for key in ("assignment_excluded_above_80_until", "global_below_80_from", "assignment_collapse_at"):
+        assert v[key]["verdict"] == NOT_COMPARABLE and "2 points" in v[key]["evidence"]
+
+
+def test_untrained_coverage_models_are_not_comparable():
+    v = verdicts("pair_coverage", _coverage([50, 90, 100], [0.03, 0.01, 0.0], [0.02, 0.0, 0.0],
+                                            allowed=0.03), "cpu")
+    assert v["global_below_80_from"]["verdict"] == NOT_COMPARABLE
+    assert "needs a trained model" in v["global_below_80_from"]["evidence"]
+    assert v["allowed_stays_high"]["verdict"] == NOT_REPRODUCED
+
+
+def test_bracketed_knee_is_read():
+    df = _coverage([50, 90, 95, 98, 100], [0.95, 0.9, 0.85, 0.6, 0.05], [0.9, 0.4, 0.2, 0.1, 0.0])
+    v = verdicts("pair_coverage", df, "cpu")
+    assert v["assignment_excluded_above_80_until"]["verdict"] == REPRODUCED
+    assert v["assignment_decline_from"]["verdict"] == REPRODUCED  # between 95 and 98
+    assert v["assignment_collapse_at"]["verdict"] == REPRODUCED
+    assert v["global_below_80_from"]["verdict"] == REPRODUCED  # between 50 and 90 holds 60
+    assert bracket([50, 90, 100], [0.9, 0.85, 0.1], 0.8) == (90, 100)
+    assert bracket([50, 90], [0.9, 0.85], 0.8) == (90, None)
+    assert bracket([50, 90], [0.5, 0.1], 0.8) == (None, 50)
+
+
+def _base(id_em, longer, deeper, clip=None):
+    return pd.DataFrame([{"test_set": "id", "exact_match": id_em, "clip_rate": None},
+                         {"test_set": "longer", "exact_match": longer, "clip_rate": None},
+                         {"test_set": "deeper", "exact_match": deeper, "clip_rate": clip}])
+
+
+def test_base_findings_need_a_trained_model():
+    v = verdicts("base", _base(0.45, 0.0, 0.0, 0.0), "cpu")
+    assert v["id"]["verdict"] == NOT_REPRODUCED
+    for key in ("longer", "deeper", "deeper_clipping"):
+        assert v[key]["verdict"] == NOT_COMPARABLE and "45.0%" in v[key]["evidence"]
+    v = verdicts("base", _base(0.99, 0.3, 0.0, 0.8), "cpu")
+    assert {k: x["verdict"] for k, x in v.items()} == dict.fromkeys(
+        ("id", "longer", "deeper", "deeper_clipping"), REPRODUCED)
+    # at the paper's scale the longer number itself is compared
+    assert verdicts("base", _base(0.99, 0.3, 0.0, 0.8), "paper")["longer"]["verdict"] == NOT_REPRODUCED
+
+
+def test_fig12_compares_the_same_snippets():
+    common = {"corpus": "10K", "corpus_snippets": 10_000, "epoch": 1, "subset": "full"}
+    rows = [{**common, "edit": "none", "exact_match": 0.5}]
+    rows += [{**common, "edit": e, "exact_match": 0.62}
+             for e in ("variable_renaming", "neutral_operator")]
+    df = pd.DataFrame(rows)
+    # EM on the whole unaltered set is not the reference: no verdict without the same subset
+    assert verdicts("id_robustness", df, "cpu")["full_test_matches"]["verdict"] == NOT_COMPARABLE
+    df["base_same_subset"] = [None, 0.6, 0.61]
+    v = verdicts("id_robustness", df, "cpu")["full_test_matches"]
+    assert v["verdict"] == REPRODUCED and "2.0 points" in v["evidence"]
+
+
+def test_generator_rows_say_what_they_were_computed_on():
+    stats = pd.DataFrame({"n_tokens": [100, 120], "n_statements": [3, 4], "max_depth": [1, 1]})
+    t = generator_comparison(stats, "cpu", described="the `cpu` ID task")
+    assert set(t["scale"]) == {"the `cpu` ID task"} and "cpu" not in set(t["scale"])
+
+
+def test_training_caption_describes_the_run():
+    cpu = training_caption("cpu")
+    assert "Muon" in cpu and "one phase" in cpu and "**The paper**" in cpu
+    assert "two phases" in training_caption("paper") and "Muon" not in training_caption("paper")
+
+
+def test_one_parameters_cell():
+    nb = {"cells": [{"metadata": {"tags": ["parameters"]}}, {"metadata": {"tags": ["injected-parameters"]}},
+                    {"metadata": {}}]}
+    hide_default_parameters(nb)
+    assert nb["cells"][0]["metadata"]["tags"] == ["parameters", "remove-cell"]
+    assert "remove-cell" not in nb["cells"][1]["metadata"]["tags"]
+    alone = {"cells": [{"metadata": {"tags": ["parameters"]}}]}  # not executed by papermill
+    assert hide_default_parameters(alone)["cells"][0]["metadata"]["tags"] == ["parameters"]
+
+
+def test_failure_table_and_clip_rate():
+    df = _base(0.9, 0.5, 0.0, 0.75)
+    df["n"] = 8
+    for kind in FAILURE_CLASSES:
+        df[f"fail: {kind}"] = [0, 1, 2 if kind == "indentation (depth)" else 0]
+    t = failure_table(df)
+    assert list(t.index) == ["id", "longer", "deeper"]
+    assert t.loc["longer", "failed"] == len(FAILURE_CLASSES) and t.loc["deeper", "clip rate"] == "75.00%"
+
+
+def test_results_page_shows_verdicts(tmp_path):
+    doc = {"notebook": "02_model_data_training", "scale": "cpu", "hardware": "CPU: x", "seed": 0,
+           "date": "2026-12-04T00:00:00", "paper_vs_ours": [
+               {"experiment": "base", "key": "epochs", "what": "base training epochs", "paper": 4,
+                "this run": 1, "kind": "setup", "scale": "cpu"}],
+           "results": {"base": _base(0.45, 0.0, 0.0, 0.0).to_dict("records")}}
+    (tmp_path / "02_model_data_training.json").write_text(json.dumps(doc))
+    page = pages.results_page(tmp_path)
+    n = sum(1 for r in paper.REPORTED if r.experiment == "base" and r.kind != "setup")
+    assert f"of the paper's {n} findings measured, 0 reproduced, 1 not reproduced, {n - 1} not comparable" in page
+    assert "| verdict | evidence |" in page and "(setup)" in page
+    assert "base ID EM 45.0% < 90.0%" in page
+
+
+def test_brittleness_needs_two_corpora_and_shrinks_with_size():
+    def rows(corpus, size, em):
+        return [{"corpus": corpus, "corpus_snippets": size, "epoch": 2, "subset": "correct",
+                 "edit": e, "exact_match": em} for e in ("variable_renaming", "neutral_assignment")]
+
+    one = pd.DataFrame(rows("10K", 10_000, 0.9))
+    assert verdicts("id_robustness", one, "cpu")["larger_corpora_less_brittle"]["verdict"] == NOT_COMPARABLE
+    shrinks = pd.DataFrame(rows("10K", 10_000, 0.95) + rows("2K", 2_000, 0.7))
+    assert verdicts("id_robustness", shrinks, "cpu")["larger_corpora_less_brittle"]["verdict"] == REPRODUCED
+    grows = pd.DataFrame(rows("10K", 10_000, 0.7) + rows("2K", 2_000, 0.95))
+    assert verdicts("id_robustness", grows, "cpu")["larger_corpora_less_brittle"]["verdict"] == NOT_REPRODUCED
