@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU slot (about 10 minutes of one H100 on a fresh machine, see issue 6):
+# One prepared GPU slot (about 10 minutes of one GPU on a fresh machine, notes/issue6-gpu.md):
 #   0. restore trained runs carried in $RESTORE (bf16 weights split in parts + run files) into
 #      the cache, so a section reuses them instead of training again,
+#   L. (LEARN_RECIPE set) `bench learn`: $SCALE's base model with that recipe, ID EM at
+#      LEARN_POINTS fractions of training (the EM-against-tokens-and-seconds curve),
 #   1. evaluation-speed benchmark (static CUDA-graph decoding vs the dynamic decoder),
-#   2. section 02 (base model: data, training unless restored, evaluation) at $SCALE via papermill,
+#   2. (SECTION=1, the default) section 02 (base model: data, training unless restored,
+#      evaluation) at $SCALE via papermill,
 #   3. training-throughput benchmarks of the paper model (eager and compiled),
 #   4. the trained weights (bf16, split in parts) and every log, into $OUT.
 # Each stage runs only while enough of the slot is left (DEADLINE seconds from the start).
@@ -39,7 +42,17 @@ for d in "$RESTORE"/run-*; do
   $PY -c "import sys, torch; from safetensors.torch import load_file, save_file; save_file({k: v.float().contiguous() for k, v in load_file('/tmp/w.bf16').items()}, sys.argv[1])" "$CACHE/$run/model.safetensors"
   RESTORED="$RESTORED $run"; echo "restored $run"
 done
-FIRST_RUN=$(ls -d "$CACHE"/run-* 2>/dev/null | head -1)
+
+LEARN_RECIPE=${LEARN_RECIPE:-}
+if [ -n "$LEARN_RECIPE" ]; then
+  echo "== stage L: bench learn $LEARN_RECIPE at $SCALE ($(left)s left)"
+  timeout $(( $(left) - ${LEARN_RESERVE:-120} )) $PY -m tinytrace bench learn --scale "$SCALE" \
+    --recipe "$LEARN_RECIPE" --points "${LEARN_POINTS:-5}" --minutes "${LEARN_MINUTES:-4}" \
+    --eval-limit "${LEARN_EVAL:-512}" --cache-dir "$CACHE" --out "$CACHE/run-learn-$LEARN_RECIPE" \
+    --no-progress --json | tail -1 | tee "$OUT/bench_learn.json"
+  echo "stage L exit ${PIPESTATUS[0]} after $(( $(date +%s) - T0 ))s"
+fi
+FIRST_RUN=$(ls -d "$CACHE"/run-*/ 2>/dev/null | head -1); FIRST_RUN=${FIRST_RUN%/}
 
 echo "== stage 1: evaluation speed ($(left)s left)"
 if [ -n "$FIRST_RUN" ]; then
@@ -47,10 +60,12 @@ if [ -n "$FIRST_RUN" ]; then
     --config base --limit 1024 --batch-size 256 --modes static --device $DEV --json | tail -1 | tee -a "$OUT/bench_eval.jsonl"
 fi
 
-echo "== stage 2: section 02 at $SCALE scale ($(left)s left)"
-timeout $(( $(left) - 25 )) $PY -m tinytrace notebooks run --scale "$SCALE" --only 02 \
-  --out "$SECTIONS" --cache-dir "$CACHE"
-echo "stage 2 exit $? after $(( $(date +%s) - T0 ))s"
+if [ "${SECTION:-1}" = 1 ]; then
+  echo "== stage 2: section 02 at $SCALE scale ($(left)s left)"
+  timeout $(( $(left) - 25 )) $PY -m tinytrace notebooks run --scale "$SCALE" --only 02 \
+    --out "$SECTIONS" --cache-dir "$CACHE"
+  echo "stage 2 exit $? after $(( $(date +%s) - T0 ))s"
+fi
 for f in "$SECTIONS"/.*.log "$SECTIONS"/.*.failed.ipynb; do  # a failure's traces, visible names
   [ -e "$f" ] && cp "$f" "$SECTIONS/failed_$(basename "$f" | sed 's/^\.//')"
 done

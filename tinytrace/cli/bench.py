@@ -3,6 +3,7 @@ one JSON line (``--json``: the JSON line only). Each subcommand imports only wha
 from __future__ import annotations
 
 import json
+import sys
 
 from tinytrace.lang.config import PRESETS
 
@@ -66,7 +67,8 @@ def add_cli(sub) -> None:
     le.add_argument("--out", default=None, help="run folder (default: a new one in the cache)")
     le.add_argument("--seed", type=int, default=0)
     le.add_argument("--no-progress", action="store_true")
-    le.add_argument("--json", action="store_true", help="print only the JSON line")
+    le.add_argument("--json", action="store_true",
+                    help="print only the JSON line (the curve points go to stderr)")
     le.set_defaults(func=_learn)
 
 
@@ -112,7 +114,8 @@ def _learn(args) -> int:
                              model_overrides=dict(args.model_arg),
                              corpus_snippets=args.corpus_snippets, max_steps=args.max_steps,
                              eval_limit=args.eval_limit, progress=not args.no_progress,
-                             report=(lambda _: None) if args.json else print)
+                             report=(lambda line: print(line, file=sys.stderr)) if args.json
+                             else print)
     except Interrupted as e:  # a benchmark measures a fresh run: resuming would skew its times
         again = "with a new --out" if args.out else "the same command"
         raise Interrupted(e.signum, f"{e.kept}; the corpus stays cached, the curve is not "

@@ -157,7 +157,8 @@ def bench_learn(scale: str = "cpu", recipe: str = "scale", minutes: float | None
             run["recipe"] = rec.to_dict()
             (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         t1 = time.perf_counter()
-        _, ev = evaluate(load_checkpoint(out), test, batch_size=s.eval_batch_size,
+        dev = "cuda" if torch.cuda.is_available() else "cpu"  # checkpoints load on the CPU
+        _, ev = evaluate(load_checkpoint(out), test, device=dev, batch_size=s.eval_batch_size,
                          max_len_factor=s.max_len_factor, eos_prefix=s.eval_eos_prefix)
         eval_s += time.perf_counter() - t1
         point = {"step": summary["step"], "fraction": round(summary["step"] / total, 4),
