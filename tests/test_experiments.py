@@ -231,11 +231,15 @@ def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, 
     assert next(X._load(run).parameters()).device.type == "meta"
 
 
-def test_gpu_scale_trains_with_the_fast_recipe():
-    """The gpu scale's recipe is the named `fast` preset, the paper scale the paper's."""
+def test_gpu_scale_trains_with_the_gpu_muon_recipe():
+    """The gpu scale's recipe is the named `gpu-muon` preset (the `bench learn` recipe of the same
+    name adds nothing to it), the paper scale the paper's."""
+    from tinytrace.experiments.learn import get_recipe
     from tinytrace.train import TRAIN_PRESETS
 
-    assert get_scale("gpu").train == TRAIN_PRESETS["fast"]
+    gpu = get_scale("gpu")
+    assert gpu.train == TRAIN_PRESETS["gpu-muon"] and gpu.train.optimizer == "muon"
+    assert get_recipe("gpu-muon").apply(gpu).train == gpu.train
     paper = get_scale("paper").train
     assert (paper.lr_peak, paper.phase1_frac, paper.epochs) == (1e-3, 0.5, 4)
 

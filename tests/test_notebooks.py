@@ -348,12 +348,18 @@ def test_performance_page_from_benchmark_results(tmp_path):
     (res / "a.json").write_text(json.dumps({
         "name": "train", "device": "H100", "date": "2026-01-01", "command": "bench", "git_commit": "abc",
         "metrics": {"tokens_per_s": 2_100_000, "mfu": 0.38, "eval_1024_seconds": None},
-        "curve": [{"elapsed_s": 1.0, "loss": 3.0}, {"elapsed_s": 2.0, "loss": 1.0}]}))
+        "curve": [{"elapsed_s": 1.0, "loss": 3.0}, {"elapsed_s": 2.0, "loss": 1.0}],
+        "em_curve": [{"step": s, "tokens": 1e6 * s, "train_seconds": 10.0 * s, "loss": 1.0,
+                      "exact_match": em, "step_em_tf": 0.9} for s, em in ((1, 0.5), (2, 0.938))]}))
     (res / "b.json").write_text(json.dumps({
         "name": "eval", "metrics": {"eval_1024_seconds": 7.5, "tokens_per_s": None}}))
     page = pages.performance_page(res)
     goals = page.split("## Measurements")[0]
     assert "2.10M tokens/s, 38.0% MFU | met" in goals and "7.5 s | **not met**" in goals
+    assert "not reached (best: 93.8% after 20 s of training, H100) | **not met**" in goals
+    em_table = page.split("## ID exact match against training time")[1]
+    assert "| train | H100 | 2 | 2.0M | 20.0 | 93.8% | 90.0% |" in em_table
+    assert "H100 minutes (training)" in page  # the cost table names the measured GPU
     assert "`a.json`" in page and "`b.json`" in page and "figures/performance-loss.png" in page
     assert pages.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
     assert pages.training_tokens("gpu")["base"] == pytest.approx(600_000 * 306.71)  # shipped base

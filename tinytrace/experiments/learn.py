@@ -79,8 +79,9 @@ RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
            model=dict(n_layer=4), corpus_snippets=170_000, train=_CPU_MUON),
     Recipe("cpu-muon-15min", "as cpu-muon-10min with 250k snippets (29.7M tokens)",
            model=dict(n_layer=4), corpus_snippets=250_000, train=_CPU_MUON),
-    # For one GPU (the `gpu` scale: paper task, paper model): 4x more optimizer steps for the
-    # same tokens (batch 128 x 512), Muon on the hidden matrices at twice AdamW's peak LR
+    # The `gpu` scale's own recipe (paper task, paper model), kept under its name for runs on
+    # other scales: 4x more steps than `fast` for the same tokens (batch 128 x 512), Muon on the
+    # hidden matrices at twice AdamW's peak LR
     Recipe("gpu-muon", "batch 128 x 512, AdamW 3e-3 + Muon 6e-3 (hidden matrices), one cosine, "
                        "5% warmup, compiled",
            train=dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
