@@ -5,19 +5,19 @@ import json
 import pandas as pd
 import pytest
 
-from tinytrace.experiments import classify_failure, failure_counts, verdicts
-from tinytrace.experiments.analysis import (
-    FAILURE_CLASSES,
-    NOT_COMPARABLE,
-    NOT_REPRODUCED,
-    REPRODUCED,
-    bracket,
-    measured,
-)
+from tinytrace.experiments import classify_failure, failure_counts
+from tinytrace.experiments.analysis import FAILURE_CLASSES, measured
 from tinytrace.report import pages, paper
 from tinytrace.report.nbkit import training_caption
 from tinytrace.report.runner import hide_default_parameters
 from tinytrace.report.tables import failure_table, generator_comparison
+from tinytrace.report.verdicts import (
+    NOT_COMPARABLE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    bracket,
+    verdicts,
+)
 
 # a trace of the real format: the snippet, step blocks with the `@` line and its state, the final
 TRACE = ("a = 1\nif a > 0:\n\tb = a\n#STEP\n@a = 1$\n#STEP\na = 1\n@if a > 0:$a?1\n\tb = a\n#STEP\n"

@@ -4,13 +4,11 @@ values."""
 from .analysis import (
     COLLAPSE_EM,
     HIGH_EM,
-    VERDICTS,
     classify_failure,
     failure_counts,
     measured,
     select_sft,
     train_hours,
-    verdicts,
 )
 from .cache import Cache
 from .jobs import run_commands, submit_runs
@@ -43,8 +41,6 @@ __all__ = [
     "generator_stats",
     "get_scale",
     "measured",
-    "verdicts",
-    "VERDICTS",
     "classify_failure",
     "failure_counts",
     "mix_corpus",

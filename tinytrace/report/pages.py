@@ -15,10 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tinytrace.data import card_order
-from tinytrace.experiments import EXPERIMENTS, SCALES, VERDICTS, get_scale, scale_table
+from tinytrace.experiments import EXPERIMENTS, SCALES, get_scale, scale_table
 
 from .sections import DEFAULT_OUT, NOTEBOOKS
 from .tables import comparison, fmt
+from .verdicts import VERDICTS
 
 REPO_URL = "https://github.com/tinytrace/tinytrace"
 RESULTS_PAGE = Path("book") / "results.md"
@@ -55,7 +56,7 @@ def md_table(rows: list[dict], columns: list[str]) -> str:
 def section_findings(doc: dict) -> list[dict]:
     """The paper-vs-ours rows of one executed section: its setup rows as stored, and each
     finding recomputed from the section's stored results with its verdict
-    (:func:`tinytrace.experiments.verdicts`), so that the page follows the current rules."""
+    (:func:`tinytrace.report.verdicts.verdicts`), so that the page follows the current rules."""
     results = doc.get("results") or {}
     redone = [exp for exp in EXPERIMENTS if exp in results]
     rows = [dict(c, verdict=c.get("verdict", "")) for c in doc.get("paper_vs_ours", [])
@@ -110,7 +111,7 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
         "",
         "Each finding gets a verdict from the section's own results: **reproduced**, **not "
         "reproduced**, or **not comparable at this scale**, with the evidence and the reason "
-        "(`tinytrace.experiments.verdicts`: a finding about a trained model needs that model's own "
+        "(`tinytrace.report.verdicts`: a finding about a trained model needs that model's own "
         "ID exact match >= 90%; a threshold needs a grid of at least 3 points that brackets it; "
         "numbers that depend on the task's sizes are compared as numbers only at `paper` scale).",
         "",

@@ -113,7 +113,7 @@ def compare(experiment: str, ours: dict[str, float], scale: str, hardware: str =
     """A "paper vs this run" table: one row per reported key of the experiment (setup numbers
     excluded), with its key and kind, our value (``ours[key]``, NaN when not measured), the
     scale and hardware that produced it and, from ``verdicts`` (key -> verdict and evidence,
-    :func:`tinytrace.experiments.analysis.verdicts`), whether the finding is reproduced."""
+    :func:`tinytrace.report.verdicts.verdicts`), whether the finding is reproduced."""
     verdicts = verdicts or {}
     rows = []
     for r in REPORTED:

@@ -9,10 +9,11 @@ import math
 
 import pandas as pd
 
-from tinytrace.experiments import get_scale, measured, select_sft, train_hours, verdicts
+from tinytrace.experiments import get_scale, measured, select_sft, train_hours
 from tinytrace.model import count_params
 
 from . import paper
+from .verdicts import verdicts
 
 PCT = 100.0
 TEST_SET_ORDER = ["id", "longer", "deeper"]
