@@ -176,7 +176,8 @@ def test_pages_render_in_headless_chromium(built_book, tmp_path):
     assert f"{COLAB}05_ood.ipynb" in r.stdout, r.stderr[-2000:]
     assert "Out-of-distribution generalization" in r.stdout
     # the failure classification figure is there, after its heading, as a rendered image
-    after = r.stdout.split("Where the model fails", 1)
+    article = r.stdout.split("<article", 1)[-1]  # the page's own text, not the sidebar's contents
+    after = article.split("Where the model fails", 1)
     assert len(after) == 2 and "<img" in after[1].split("</section>", 1)[0], "no failure figure"
     r = _chrome(["--dump-dom", (html_dir / "book" / "results.html").as_uri()], tmp_path / "profile-res")
     assert "verdict" in r.stdout and "not comparable at this scale" in r.stdout

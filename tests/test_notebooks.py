@@ -22,7 +22,7 @@ import nbformat
 import pytest
 
 from tinytrace.cli import main
-from tinytrace.experiments import measured
+from tinytrace.experiments import measured, training_tokens
 from tinytrace.report import nbkit, pages, paper, runner
 from tinytrace.report.sections import NOTEBOOKS
 
@@ -362,5 +362,5 @@ def test_performance_page_from_benchmark_results(tmp_path):
     assert "H100 minutes (training)" in page  # the cost table names the measured GPU
     assert "`a.json`" in page and "`b.json`" in page and "figures/performance-loss.png" in page
     assert pages.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
-    assert pages.training_tokens("gpu")["base"] == pytest.approx(600_000 * 306.71)  # shipped base
+    assert training_tokens("gpu")["base"] == pytest.approx(600_000 * 306.71)  # shipped base
     assert "No GPU results yet." in pages.performance_page(tmp_path / "none")

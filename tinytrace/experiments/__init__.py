@@ -25,7 +25,16 @@ from .runners import (
     train_log,
     training_runs,
 )
-from .scales import SCALES, Scale, get_scale, paper_task, scale_table, scaled_task
+from .scales import (
+    SCALES,
+    Scale,
+    get_scale,
+    paper_task,
+    scale_table,
+    scaled_task,
+    tokens_per_example,
+    training_tokens,
+)
 
 __all__ = [
     "COLLAPSE_EM",
@@ -41,6 +50,8 @@ __all__ = [
     "generator_stats",
     "get_scale",
     "measured",
+    "tokens_per_example",
+    "training_tokens",
     "classify_failure",
     "failure_counts",
     "mix_corpus",

@@ -3,7 +3,9 @@ grids) and the generator config of every train/test role."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -240,3 +242,30 @@ def scale_table():
         })
     return pd.DataFrame(rows)
 
+
+SHIPPED = Path("data") / "tinytracing"
+
+
+def tokens_per_example(data_dir=SHIPPED) -> dict[str, float]:
+    """Mean tokens per example of the paper task's ID and curriculum (depth 0-5) snippets, read
+    from the shipped ``base`` and ``depth-0-5`` test sets' build records."""
+    def mean(config):
+        build = json.loads((Path(data_dir) / config / "build.json").read_text())
+        return build["tokens"]["test"]["mean_tokens"]
+
+    return {"id": mean("base"), "curriculum": mean("depth-0-5")}
+
+
+def training_tokens(scale: str, data_dir=SHIPPED) -> dict[str, float]:
+    """Training tokens each experiment of a paper-task scale costs (its grids x corpus sizes x
+    epochs; with the whole corpus for the PE ablation, its `ape` run is the base model)."""
+    s = get_scale(scale)
+    n, e, tok = s.corpus_snippets, s.train.epochs, tokens_per_example(data_dir)
+    return {
+        "base": n * e * tok["id"],
+        "id_robustness": sum(f * n for f in s.robustness_corpora) * s.robustness_epochs * tok["id"],
+        "pair_coverage": len(s.exclusion_pcts) * len(s.scopes) * s.coverage_corpus * n * e * tok["id"],
+        "depth_curriculum": len(s.curriculum_ps) * s.curriculum_corpus * n * e * tok["curriculum"],
+        "sft_lora": sum(s.sft_sizes) * sum(s.sft_epochs) * tok["id"],
+        "pe_ablation": (len(s.pe_variants) - (s.pe_corpus >= 1)) * s.pe_corpus * n * e * tok["id"],
+    }

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tinytrace.data import card_order
-from tinytrace.experiments import EXPERIMENTS, SCALES, get_scale, scale_table
+from tinytrace.experiments import EXPERIMENTS, SCALES, get_scale, scale_table, training_tokens
 
 from .sections import DEFAULT_OUT, NOTEBOOKS
 from .tables import comparison, fmt
@@ -271,38 +271,12 @@ def update_scales_block(text: str, sections_dir=DEFAULT_OUT) -> str:
 
 
 PERF_RESULTS = Path("benchmarks") / "results"
-SHIPPED = Path("data") / "tinytracing"
-
-
-def tokens_per_example(data_dir=SHIPPED) -> dict[str, float]:
-    """Mean tokens per example of the paper task's ID and curriculum (depth 0-5) snippets, read
-    from the shipped ``base`` and ``depth-0-5`` test sets' build records."""
-    def mean(config):
-        build = json.loads((Path(data_dir) / config / "build.json").read_text())
-        return build["tokens"]["test"]["mean_tokens"]
-
-    return {"id": mean("base"), "curriculum": mean("depth-0-5")}
 
 
 def perf_results(results_dir=PERF_RESULTS) -> list[dict]:
     """The committed GPU benchmark results (one JSON per measurement), oldest first."""
     return [json.loads(f.read_text()) | {"file": f.name}
             for f in sorted(Path(results_dir).glob("*.json"))]
-
-
-def training_tokens(scale: str, data_dir=SHIPPED) -> dict[str, float]:
-    """Training tokens each experiment of a paper-task scale costs (its grids x corpus sizes x
-    epochs; with the whole corpus for the PE ablation, its `ape` run is the base model)."""
-    s = get_scale(scale)
-    n, e, tok = s.corpus_snippets, s.train.epochs, tokens_per_example(data_dir)
-    return {
-        "base": n * e * tok["id"],
-        "id_robustness": sum(f * n for f in s.robustness_corpora) * s.robustness_epochs * tok["id"],
-        "pair_coverage": len(s.exclusion_pcts) * len(s.scopes) * s.coverage_corpus * n * e * tok["id"],
-        "depth_curriculum": len(s.curriculum_ps) * s.curriculum_corpus * n * e * tok["curriculum"],
-        "sft_lora": sum(s.sft_sizes) * sum(s.sft_epochs) * tok["id"],
-        "pe_ablation": (len(s.pe_variants) - (s.pe_corpus >= 1)) * s.pe_corpus * n * e * tok["id"],
-    }
 
 
 def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/performance-loss.png") -> str:

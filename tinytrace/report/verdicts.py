@@ -88,8 +88,9 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         else:
             out[pre + "longer"] = gate or _verdict(
                 0.05 <= em["longer"] <= em["id"] - 0.1,
-                f"longer {_pc(em['longer'])} between 5% and ID - 10 points ({_pc(em['id'])}): "
-                "partial generalization (the numbers depend on the task's lengths)")
+                f"longer {_pc(em['longer'])}; partial generalization (reproduced) is between 5% "
+                f"and the ID EM ({_pc(em['id'])}) - 10 points: the numbers depend on the task's "
+                "lengths")
         out[pre + "deeper"] = gate or _verdict(em["deeper"] <= NEAR, f"deeper {_pc(em['deeper'])}")
         if experiment == "base":
             rate = df["clip_rate"].dropna() if "clip_rate" in df else []
