@@ -27,6 +27,7 @@ COMMANDS = {
     "experiment": ("tinytrace.cli.experiment", "add_cli", "run one of the paper's experiments"),
     "notebooks": ("tinytrace.cli.notebooks", "add_cli", "execute the section notebooks with papermill"),
     "model": ("tinytrace.cli.model", "add_cli", "export or push a trained run as a Hub model"),
+    "slot": ("tinytrace.cli.slot", "add_cli", "GPU slots that resume the plan of GPU work"),
 }
 
 

@@ -1,0 +1,98 @@
+"""GPU slots that add up, checked end to end on the CPU at smoke scale: a first slot trains the
+base run and stops before the unit that does not fit; its files are imported (done record,
+weights); the next slot, on a fresh cache, restores the carried weights and runs the unit that
+needs them without training again; a unit cut short leaves no done record."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinytrace.experiments import slots
+from tinytrace.experiments.slots import Unit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan():
+    units = {u.name: u for u in slots.plan("smoke", device="cpu", eval_limit=8)}
+    return [units["base"], units["bench-eval"]]
+
+
+def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
+    units = slots.plan("gpu")
+    names = [u.name for u in units]
+    assert names[:3] == ["bench-train", "learn-99", "base"]
+    assert {f"pair_coverage-{i}" for i in range(12)} <= set(names)  # both scopes x 6 exclusions
+    assert [n for n in names if n.startswith("section-")] == [f"section-0{i}" for i in range(2, 7)]
+    by = {u.name: u for u in units}
+    assert by["bench-eval"].needs == ("base",) and by["sft_lora-1"].needs == ("base",)
+    assert set(by["section-03"].needs) == {f"id_robustness-{i}" for i in range(4)}
+    assert all(u.cost_s > 0 for u in units) and by["base"].trains and not by["bench-eval"].trains
+
+
+def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
+    a, b, c = (Unit("a", "true", 100), Unit("b", "true", 50, ("a",)), Unit("c", "true", 30))
+    assert [u.name for u in slots.choose([a, b, c], {}, 140)] == ["a", "c"]  # b does not fit
+    assert [u.name for u in slots.choose([a, b, c], {}, 200)] == ["a", "b", "c"]
+    done = {"a": {"runs": ["run-x"], "run_bytes": {"run-x": 40 * 2**20}}}
+    big = Unit("d", "true", 10, ("a", "e"))
+    done["e"] = {"runs": ["run-y"], "run_bytes": {"run-y": 40 * 2**20}}
+    assert [u.name for u in slots.choose([b, big], done, 100)] == ["b"]  # 80 MiB > 56 MiB
+    state = {r["unit"]: r["state"] for r in slots.status_table([b, big], done)}
+    assert state["b"] == "ready" and "over the 56 MiB" in state["d"]
+
+
+def test_two_slots_resume_from_carried_weights(tmp_path):
+    units, done_dir = _plan(), tmp_path / "slots"
+    restore, carry = tmp_path / "restore", tmp_path / "carry"
+    # slot 1: room for the base run only (bench-eval's estimate does not fit what is left)
+    rep = slots.run_slot(units, {}, units[0].cost_s + 30, tmp_path / "out1", tmp_path / "cache1",
+                         restore=carry, python=sys.executable, device="cpu")
+    assert [r["unit"] for r in rep.done] == ["base"] and rep.skipped == ["bench-eval"]
+    run = rep.done[0]["runs"][0]
+    parts = sorted((tmp_path / "out1").glob(f"{run}.bf16.safetensors.part*"))
+    assert parts and (tmp_path / "out1" / "results.tgz").exists()
+    assert slots.import_slot(tmp_path / "out1", done_dir, restore) == ["base"]
+    done = slots.done_units(done_dir)
+    assert done["base"]["runs"] == [run] and done["base"]["run_bytes"][run] > 0
+    assert (restore / run / "run.json").exists() and list((restore / run).glob("*.part0"))
+    # slot 2 on a fresh machine: only what bench-eval needs travels; base is not trained again
+    assert slots.carry(units, done, 300, restore, carry) == [run]
+    rep = slots.run_slot(units, done, 300, tmp_path / "out2", tmp_path / "cache2",
+                         restore=carry, python=sys.executable, device="cpu")
+    assert [r["unit"] for r in rep.done] == ["bench-eval"] and rep.done[0]["runs"] == []
+    assert sorted(p.name for p in (tmp_path / "cache2").glob("run-*") if p.is_dir()) == [run]
+    assert not list((tmp_path / "out2").glob("*.part*"))  # no new weights
+    slots.import_slot(tmp_path / "out2", done_dir, restore)
+    bench = json.loads((done_dir / "bench-eval" / "bench_eval.jsonl").read_text().splitlines()[-1])
+    assert bench["traces"] == 8 and bench["model"].endswith(run)
+    assert set(slots.done_units(done_dir)) == {"base", "bench-eval"}
+    assert slots.choose(units, slots.done_units(done_dir), 10_000) == []
+
+
+def test_a_unit_cut_short_is_not_done(tmp_path):
+    slow = Unit("slow", "sleep 30", 1)
+    fails = Unit("fails", "exit 3", 1)
+    rep = slots.run_slot([fails, slow], {}, 26, tmp_path / "out", tmp_path / "cache",
+                         margin_s=20, device="cpu")
+    assert {r["unit"]: r["why"] for r in rep.failed} == {"fails": "exit 3", "slow": "exit timeout"}
+    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == []
+    assert slots.done_units(tmp_path / "slots") == {}
+
+
+def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tinytrace", "slot", "status", "--done-dir",
+                        str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT)
+    rows = json.loads(r.stdout)
+    assert r.returncode == 0 and rows[0]["unit"] == "bench-train" and rows[0]["state"] == "ready"
+    env = {"OUT": str(tmp_path / "o"), "CACHE": str(tmp_path / "c"), "SCALE": "smoke",
+           "NO_WHEELS": "1", "PY": sys.executable, "BENCH_DEVICE": "cpu", "EVAL_LIMIT": "8",
+           "DEADLINE": "60", "RESTORE": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(["bash", "benchmarks/gpu_slot.sh"], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # no unit fits the ~20 s left after the margins: nothing runs, nothing is recorded as done
+    assert "slot: 0 done, 0 not done" in r.stdout and (tmp_path / "o" / "results.tgz").exists()
+    assert (tmp_path / "o" / "log.txt").read_text().count("bench-train") >= 1

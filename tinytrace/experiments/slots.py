@@ -1,0 +1,346 @@
+"""GPU slots that add up: a plan of work units, run a few at a time, each slot resuming where the
+last one stopped.
+
+A GPU is lent now and then for a few minutes. :func:`plan` lists the work in order (benchmarks,
+the learning curve to 99% ID EM, the base model, then every training run of every section and
+the section notebooks), each unit a shell command with an estimated cost in seconds and the
+units it needs. :func:`run_slot` (``tinytrace slot run``, called by ``benchmarks/gpu_slot.sh``)
+restores the carried weights of finished runs into the cache, runs the next pending units that
+fit the time left, and leaves in ``out``: ``results.tgz`` (one record per unit and each unit's
+outputs) and the weights of the runs it trained (bf16, in parts small enough to come back).
+Back on the developer's machine, :func:`import_slot` (``tinytrace slot import``) writes a done
+record per finished unit to ``benchmarks/slots/`` (committed: that is what says a unit is done)
+and keeps the weights under ``runs/gpu-slot-restore/`` for the next slot to carry.
+
+A call carries at most 64 MiB: one paper-model run in bf16 (40 MB). Units that need more
+carried weights (the section notebooks of 03-06, which evaluate 3-12 runs) wait, and
+:func:`status_table` says so: they need the runs evaluated in the slot that trains them.
+
+A unit is done only when its command exited 0 inside its time and, if it trained runs, their
+weights came back: a unit cut short leaves no record, so the next slot runs it again (its cached
+corpora and checkpoints, if any came back, let it resume).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .runners import EXPERIMENTS, training_runs
+from .scales import get_scale, training_tokens
+
+DONE_DIR = Path("benchmarks/slots")
+RESTORE_DIR = Path("runs/gpu-slot-restore")
+PART_BYTES = 15_000_000  # each weights part (a slot returns files of <= 16 MiB)
+MAX_WEIGHT_FILES = 6  # of the 8 files a slot returns: the log and results.tgz come too
+CARRY_DIR = Path("runs/gpu-slot-carry")
+CARRY_LIMIT = 56 * 2**20  # weights one device call can carry beside the ~7 MB working tree
+# Sections whose notebook needs every training run of these experiments (the rest evaluate only).
+SECTION_EXPERIMENTS = {"02": ("base",), "03": ("id_robustness",), "04": ("pair_coverage",),
+                       "05": ("base", "depth_curriculum"), "06": ("sft_lora", "pe_ablation")}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of slot work: ``command`` runs in the repository root with ``{cache}`` (the run
+    cache), ``{out}`` (this unit's output folder) and ``{python}`` filled in; ``needs``: units
+    that must be done first (their runs are restored before this one starts); ``cost_s``: the
+    estimated seconds, setup included, on one H200."""
+
+    name: str
+    command: str
+    cost_s: int
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def trains(self) -> bool:
+        """The unit trains runs of an experiment (whose weights must come back)."""
+        return " -m tinytrace experiment " in self.command
+
+
+def _run_cost(tokens: float, tokens_per_s: float, overhead_s: int = 45) -> int:
+    """Training seconds at the measured throughput, plus compile, data and checkpoint time."""
+    return int(round(tokens / tokens_per_s)) + overhead_s
+
+
+def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
+         eval_limit: int = 1024, seed: int = 0) -> list[Unit]:
+    """Every unit of GPU work at ``scale``, in the order slots take them. ``tokens_per_s``: the
+    training throughput the costs assume (the H200's 1.23M tokens/s with the gpu-muon recipe,
+    rounded down); a run's cost is its experiment's training tokens shared evenly by its runs.
+    ``device``/``eval_limit``: where and on how many traces the benchmarks run (a CPU check
+    of the plan uses a few)."""
+    s = get_scale(scale)
+    cost = training_tokens(s.name)
+    units = [
+        Unit("bench-train", f"{{python}} -m tinytrace bench train --model {s.model} --steps 20 "
+             f"--batch-size 512 --micro-batch-size 512 --compile --device {device} --json "
+             "> {out}/bench_train.jsonl", 90,
+             description="training throughput of the scale's model (compiled, micro-batch 512)"),
+        Unit("learn-99", f"{{python}} -m tinytrace bench learn --scale {s.name} --recipe scale "
+             "--train-arg epochs=3 --points 6 --eval-limit 512 --minutes 8 --cache-dir {cache} "
+             "--out {cache}/learn-99 --no-progress --json > {out}/bench_learn.json",
+             _run_cost(3 * cost["base"], tokens_per_s, 120),
+             description="time to 95/99% ID EM: the scale's base recipe for 3 epochs, "
+                         "6 evaluations of 512 traces"),
+    ]
+    # A run needs a unit's weights only where it starts from the base run (SFT) or may be it (the
+    # PE ablation's APE run); the corpora other runs share are rebuilt, seeded, where missing.
+    for name in EXPERIMENTS:
+        runs = training_runs(name, s, seed)
+        for i, r in enumerate(runs):
+            unit = "base" if name == "base" else f"{name}-{i}"
+            needs = ("base",) if name == "sft_lora" or (name == "pe_ablation" and i == 0) else ()
+            units.append(Unit(unit, f"{{python}} -m tinytrace experiment {name} --scale {s.name} "
+                                    f"--run {i} --cache-dir {{cache}} --seed {seed}",
+                              _run_cost(cost[name] / len(runs), tokens_per_s), needs,
+                              f"{name}: {r.label}"))
+        if name == "base":
+            units.append(Unit("bench-eval", "{python} -m tinytrace bench eval --checkpoint "
+                              "{run:base} --data data/tinytracing --config base --limit "
+                              f"{eval_limit} --batch-size 256 --modes static --device {device} "
+                              "--json > {out}/bench_eval.jsonl", 45, ("base",),
+                              f"greedy decoding speed on {eval_limit:,} base traces"))
+    for sec, exps in SECTION_EXPERIMENTS.items():
+        needs = tuple(u.name for u in units if any(u.name == e or u.name.startswith(e + "-")
+                                                   for e in exps))
+        units.append(Unit(f"section-{sec}", f"{{python}} -m tinytrace notebooks run --scale "
+                          f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed}",
+                          _section_cost(sec), needs, f"section {sec}: evaluations and notebook"))
+    return units
+
+
+def _section_cost(sec: str) -> int:
+    """Evaluations of every test set of the section with the runs restored (static decoding,
+    ~7 s per 1,024 traces on an H200), papermill start and plots."""
+    return {"02": 90, "03": 240, "04": 240, "05": 180, "06": 180}.get(sec, 120)
+
+
+# --- records ------------------------------------------------------------------------------------
+def done_units(done_dir=DONE_DIR) -> dict[str, dict]:
+    """The committed done records, by unit name."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(done_dir).glob("*.json"))}
+
+
+def pending(units: list[Unit], done: dict) -> list[Unit]:
+    return [u for u in units if u.name not in done]
+
+
+def carried_bytes(unit: Unit, done: dict) -> int:
+    """The bf16 weights of the done runs ``unit`` needs (what a call must carry for it)."""
+    return sum(b for n in unit.needs for b in done.get(n, {}).get("run_bytes", {}).values())
+
+
+def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int = 2,
+           carry_limit: int = CARRY_LIMIT) -> list[Unit]:
+    """The pending units, in plan order, that fit ``budget_s`` together, whose needs are done
+    (or chosen before them) and whose needed weights fit ``carry_limit`` together; at most
+    ``max_weight_units`` that train (each paper-model run returns 3 weight parts)."""
+    chosen, left, trains, carried = [], budget_s, 0, {}
+    ready = set(done)
+    for u in pending(units, done):
+        runs = {r: b for n in u.needs for r, b in done.get(n, {}).get("run_bytes", {}).items()}
+        if (u.cost_s > left or not set(u.needs) <= ready
+                or sum({**carried, **runs}.values()) > carry_limit
+                or (u.trains and trains >= max_weight_units)):
+            continue
+        chosen.append(u)
+        ready.add(u.name)
+        carried.update(runs)
+        left -= u.cost_s
+        trains += u.trains
+    return chosen
+
+
+def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) -> list[dict]:
+    """One row per unit: name, estimated cost, needs, done (date and measured seconds), or why
+    no slot can take it yet."""
+    rows = []
+    for u in units:
+        if u.name in done:
+            state = f"done {done[u.name]['date']} ({done[u.name]['seconds']:.0f} s)"
+        elif not set(u.needs) <= set(done):
+            state = "waits for " + ", ".join(n for n in u.needs if n not in done)
+        elif carried_bytes(u, done) > carry_limit:
+            state = (f"needs {carried_bytes(u, done) / 2**20:.0f} MiB of weights carried, over "
+                     f"the {carry_limit / 2**20:.0f} MiB a call takes")
+        else:
+            state = "ready"
+        rows.append({"unit": u.name, "cost_s": u.cost_s, "state": state,
+                     "description": u.description})
+    return rows
+
+
+# --- weights ------------------------------------------------------------------------------------
+def export_weights(run_dir: Path, out: Path) -> list[Path]:
+    """``run_dir``'s model as bf16 safetensors split in :data:`PART_BYTES` parts in ``out``."""
+    import torch
+    from safetensors.torch import load_file, save
+
+    blob = save({k: v.to(torch.bfloat16) for k, v in load_file(run_dir / "model.safetensors").items()})
+    parts = []
+    for i in range(0, len(blob), PART_BYTES):
+        parts.append(out / f"{run_dir.name}.bf16.safetensors.part{i // PART_BYTES}")
+        parts[-1].write_bytes(blob[i:i + PART_BYTES])
+    return parts
+
+
+def restore_run(src: Path, cache: Path) -> Path:
+    """A carried run (``src``: its run files and bf16 parts) as a finished run in ``cache``
+    (fp32 weights, as training writes them), so the experiment reuses it."""
+    import torch
+    from safetensors.torch import load, save_file
+
+    dst = Path(cache) / src.name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and ".part" not in f.name:
+            shutil.copy2(f, dst / f.name)
+    parts = sorted(src.glob("*.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+    if parts:
+        weights = load(b"".join(p.read_bytes() for p in parts))
+        save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()},
+                  dst / "model.safetensors")
+    return dst
+
+
+def _trained_since(cache: Path, t: float) -> list[str]:
+    """Training runs (``run-*``) and fine-tuning runs (``sft-*``) of ``cache`` whose weights
+    were written at or after ``t`` (wall-clock time)."""
+    return sorted(p.parent.name for pat in ("run-*", "sft-*")
+                  for p in Path(cache).glob(f"{pat}/model.safetensors") if p.stat().st_mtime >= t)
+
+
+# --- one slot -----------------------------------------------------------------------------------
+@dataclass
+class SlotReport:
+    device: str = ""
+    done: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore=RESTORE_DIR,
+             python: str = "python3", margin_s: float = 20, report=print,
+             max_weight_files: int = MAX_WEIGHT_FILES, device: str = "cuda") -> SlotReport:
+    """Restore the runs the chosen units need, run them in order while time is left, then pack
+    ``out/results.tgz`` (records and outputs) and the new runs' weights into ``out``."""
+    from tinytrace.provenance import device_name
+
+    t0 = time.monotonic()
+    out, cache = Path(out), Path(cache)
+    out.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix="slot-"))
+    chosen = choose(units, done, budget_s - margin_s, max_weight_files // 3)
+    rep = SlotReport(device=device_name(device),
+                     skipped=[u.name for u in pending(units, done) if u not in chosen])
+    for name in sorted({r for u in chosen for n in u.needs for r in done[n].get("runs", [])}):
+        src = Path(restore) / name
+        if not src.is_dir():
+            raise FileNotFoundError(f"{src}: the run {name} that a chosen unit needs was not "
+                                    "carried (`tinytrace slot carry` puts it there)")
+        restore_run(src, cache)
+        report(f"restored {name}")
+    run_of = {n: d["runs"][0] for n, d in done.items() if d.get("runs")}
+    weight_files = 0
+    for u in chosen:
+        left = budget_s - (time.monotonic() - t0) - margin_s
+        if u.cost_s > left:
+            rep.skipped.append(u.name)
+            continue
+        unit_out = stage / u.name
+        unit_out.mkdir()
+        cmd = u.command.replace("{python}", python).replace("{cache}", shlex.quote(str(cache)))
+        cmd = cmd.replace("{out}", shlex.quote(str(unit_out)))
+        for n, r in run_of.items():
+            cmd = cmd.replace(f"{{run:{n}}}", shlex.quote(str(cache / r)))
+        report(f"== {u.name} (estimated {u.cost_s} s, {left:.0f} s left): {cmd}")
+        wall, t1 = time.time(), time.monotonic()
+        try:  # the unit's own limit: the time left, so a slow unit cannot eat the slot's end
+            rc = subprocess.run(cmd, shell=True, timeout=left).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        secs = round(time.monotonic() - t1, 1)
+        new = _trained_since(cache, wall)
+        record = {"unit": u.name, "command": u.command, "seconds": secs, "rc": rc,
+                  "estimated_s": u.cost_s, "date": time.strftime("%Y-%m-%d"),
+                  "device": rep.device, "runs": new}
+        files = sum(-(-(cache / r / "model.safetensors").stat().st_size // 2 // PART_BYTES)
+                    for r in new)
+        if rc != 0 or weight_files + files > max_weight_files:
+            record["why"] = (f"exit {rc}" if rc != 0 else
+                             "its weights would not fit the files a slot returns")
+            rep.failed.append(record)
+            report(f"-- {u.name}: not done ({record['why']}) after {secs} s")
+            continue
+        record["run_bytes"] = {}
+        for r in new:
+            parts = export_weights(cache / r, out)
+            weight_files += len(parts)
+            record["run_bytes"][r] = sum(p.stat().st_size for p in parts)
+            shutil.copytree(cache / r, unit_out / r, ignore=shutil.ignore_patterns(
+                "state*", "*.safetensors", "epoch-*", "*.lock"))
+        (unit_out / "done.json").write_text(json.dumps(record, indent=1) + "\n")
+        rep.done.append(record)
+        run_of.update({u.name: new[0]} if new else {})
+        report(f"-- {u.name}: done in {secs} s" + (f", runs {', '.join(new)}" if new else ""))
+    (stage / "slot.json").write_text(json.dumps(asdict(rep), indent=1) + "\n")
+    with tarfile.open(out / "results.tgz", "w:gz") as tar:
+        tar.add(stage, arcname="results")
+    shutil.rmtree(stage, ignore_errors=True)
+    return rep
+
+
+def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print) -> list[str]:
+    """After a slot (``files_at``: the files it returned): a done record per finished unit in
+    ``done_dir`` with the unit's small outputs beside it (``<unit>/``), the run files and bf16
+    weights of its runs in ``restore``. Returns the finished units."""
+    files_at, done_dir, restore = Path(files_at), Path(done_dir), Path(restore)
+    units = []
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(files_at / "results.tgz") as tar:
+            tar.extractall(tmp, filter="data")
+        res = Path(tmp) / "results"
+        for rec_file in sorted(res.glob("*/done.json")):
+            rec, unit_dir = json.loads(rec_file.read_text()), rec_file.parent
+            for r in rec["runs"]:
+                dst = restore / r
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(unit_dir / r, dst)
+                for part in files_at.glob(f"{r}.bf16.safetensors.part*"):
+                    shutil.copy2(part, dst / part.name)
+                shutil.rmtree(unit_dir / r)
+            rec_file.unlink()
+            outputs = done_dir / rec["unit"]
+            shutil.rmtree(outputs, ignore_errors=True)
+            if any(unit_dir.iterdir()):
+                shutil.copytree(unit_dir, outputs)
+            done_dir.mkdir(parents=True, exist_ok=True)
+            (done_dir / f"{rec['unit']}.json").write_text(json.dumps(rec, indent=1) + "\n")
+            units.append(rec["unit"])
+            report(f"done: {rec['unit']} ({rec['seconds']} s)")
+        for rec in json.loads((res / "slot.json").read_text())["failed"]:
+            report(f"not done: {rec['unit']} ({rec['why']})")
+    return units
+
+
+def carry(units: list[Unit], done: dict, budget_s: float, restore=RESTORE_DIR,
+          to=CARRY_DIR) -> list[str]:
+    """Copy into ``to`` (the folder a device call names in ``carry``) only the restored runs
+    the next slot's units need: the whole restore folder would not fit what a call takes."""
+    to = Path(to)
+    shutil.rmtree(to, ignore_errors=True)
+    to.mkdir(parents=True)
+    needed = sorted({r for u in choose(units, done, budget_s) for n in u.needs
+                     for r in done[n].get("runs", [])})
+    for r in needed:
+        shutil.copytree(Path(restore) / r, to / r)
+    return needed
