@@ -65,9 +65,10 @@ def test_two_slots_resume_from_carried_weights(tmp_path):
     assert [r["unit"] for r in rep.done] == ["bench-eval"] and rep.done[0]["runs"] == []
     assert sorted(p.name for p in (tmp_path / "cache2").glob("run-*") if p.is_dir()) == [run]
     assert not list((tmp_path / "out2").glob("*.part*"))  # no new weights
-    slots.import_slot(tmp_path / "out2", done_dir, restore)
+    slots.import_slot(tmp_path / "out2", done_dir, restore, results_dir=tmp_path / "results")
     bench = json.loads((done_dir / "bench-eval" / "bench_eval.jsonl").read_text().splitlines()[-1])
     assert bench["traces"] == 8 and bench["model"].endswith(run)
+    assert not list((tmp_path / "results").glob("*"))  # 8 traces: not the 1,024-trace benchmark
     assert set(slots.done_units(done_dir)) == {"base", "bench-eval"}
     assert slots.choose(units, slots.done_units(done_dir), 10_000) == []
 
@@ -96,3 +97,16 @@ def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
     # no unit fits the ~20 s left after the margins: nothing runs, nothing is recorded as done
     assert "slot: 0 done, 0 not done" in r.stdout and (tmp_path / "o" / "results.tgz").exists()
     assert (tmp_path / "o" / "log.txt").read_text().count("bench-train") >= 1
+
+
+def test_benchmark_units_become_performance_results(tmp_path):
+    rec = {"unit": "bench-eval", "device": "NVIDIA H200", "date": "2026-12-05", "command": "c",
+           "git_commit": "abc1234"}
+    (tmp_path / "bench_eval.jsonl").write_text(json.dumps({"traces": 1024, "static_seconds": 4.5}))
+    perf = slots.perf_result(rec, tmp_path)
+    assert perf["metrics"] == {"eval_1024_seconds": 4.5} and perf["git_commit"] == "abc1234"
+    (tmp_path / "bench_learn.json").write_text(json.dumps(
+        {"to_99": {"seconds": 420.0}, "train_seconds": 500.0, "curve": [{"exact_match": 0.99}]}))
+    perf = slots.perf_result(dict(rec, unit="learn-99"), tmp_path)
+    assert perf["metrics"]["time_to_99_seconds"] == 420.0 and perf["em_curve"]
+    assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None

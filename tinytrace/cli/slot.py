@@ -40,6 +40,8 @@ def add_cli(sub) -> None:
     i.add_argument("files_at")
     i.add_argument("--done-dir", default="benchmarks/slots")
     i.add_argument("--restore", default="runs/gpu-slot-restore")
+    i.add_argument("--results-dir", default="benchmarks/results")
+    i.add_argument("--commit", default=None, help="the commit the call sent (default: HEAD)")
     i.set_defaults(func=_import)
     c = verb("carry", "copy the runs the next slot needs into the folder a device call carries")
     c.add_argument("--budget", type=at_least(1, float), required=True)
@@ -78,7 +80,11 @@ def _run(args) -> int:
 def _import(args) -> int:
     from tinytrace.experiments import slots
 
-    units = slots.import_slot(args.files_at, args.done_dir, args.restore)
+    from tinytrace.provenance import git_commit
+
+    commit = args.commit or (git_commit() or "?")[:7]
+    units = slots.import_slot(args.files_at, args.done_dir, args.restore,
+                              results_dir=args.results_dir, git_commit=commit)
     print(f"imported {len(units)} done units into {args.done_dir}")
     return 0
 

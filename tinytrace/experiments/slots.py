@@ -299,10 +299,39 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     return rep
 
 
-def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print) -> list[str]:
+def perf_result(rec: dict, unit_dir: Path) -> dict | None:
+    """A benchmark unit's outputs as a ``benchmarks/results`` file (what the book's performance
+    page reads), None for other units."""
+    def lines(name):
+        f = unit_dir / name
+        return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+
+    base = {"device": rec["device"], "date": rec["date"], "command": rec["command"],
+            "git_commit": rec.get("git_commit", "?"), "notes": [f"slot unit `{rec['unit']}`"]}
+    if rec["unit"] == "bench-train" and lines("bench_train.jsonl"):
+        t = lines("bench_train.jsonl")[-1]
+        return base | {"name": "training throughput (slot unit bench-train)",
+                       "metrics": {"tokens_per_s": round(t["tokens_per_s"]), "mfu": t["mfu"]}}
+    if rec["unit"] == "bench-eval" and lines("bench_eval.jsonl"):
+        e = lines("bench_eval.jsonl")[-1]
+        if e["traces"] == 1024:
+            return base | {"name": "evaluation speed (slot unit bench-eval)",
+                           "metrics": {"eval_1024_seconds": e["static_seconds"]}}
+    if rec["unit"] == "learn-99" and lines("bench_learn.json"):
+        r = lines("bench_learn.json")[-1]
+        return base | {"name": "time to 99% ID EM (slot unit learn-99)",
+                       "metrics": {"time_to_99_seconds": (r["to_99"] or {}).get("seconds"),
+                                   "train_seconds": r["train_seconds"]},
+                       "em_curve": r["curve"]}
+    return None
+
+
+def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
+                results_dir=Path("benchmarks/results"), git_commit: str = "?") -> list[str]:
     """After a slot (``files_at``: the files it returned): a done record per finished unit in
-    ``done_dir`` with the unit's small outputs beside it (``<unit>/``), the run files and bf16
-    weights of its runs in ``restore``. Returns the finished units."""
+    ``done_dir`` with the unit's small outputs beside it (``<unit>/``), a benchmark unit's result
+    in ``results_dir`` (:func:`perf_result`), the run files and bf16 weights of its runs in
+    ``restore``. ``git_commit``: the commit whose tree the call sent. Returns the finished units."""
     files_at, done_dir, restore = Path(files_at), Path(done_dir), Path(restore)
     units = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -311,6 +340,12 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print) 
         res = Path(tmp) / "results"
         for rec_file in sorted(res.glob("*/done.json")):
             rec, unit_dir = json.loads(rec_file.read_text()), rec_file.parent
+            rec["git_commit"] = git_commit
+            perf = perf_result(rec, unit_dir)
+            if perf:
+                Path(results_dir).mkdir(parents=True, exist_ok=True)
+                (Path(results_dir) / f"{rec['date']}-slot-{rec['unit']}.json").write_text(
+                    json.dumps(perf, indent=1) + "\n")
             for r in rec["runs"]:
                 dst = restore / r
                 shutil.rmtree(dst, ignore_errors=True)
