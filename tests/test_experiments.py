@@ -314,3 +314,12 @@ def test_pe_ablation_reference_and_corpus_fraction():
     Ctx.scale = paper_scale
     Ctx.base_run = lambda self: "base"
     assert _pe_run(Ctx(), "ape") == "base"
+
+
+def test_mix_key_does_not_depend_on_where_the_cache_is(tmp_path):
+    """A moved cache keeps its mixed corpora (and the curriculum runs keyed by them)."""
+    from tinytrace.experiments.runners import mix_key
+
+    parts = lambda root: [(root / "corpus-a", "curriculum", 10), (root / "corpus-b", "depth-6", 2)]  # noqa: E731
+    assert mix_key(parts(tmp_path / "one")) == mix_key(parts(tmp_path / "elsewhere" / "two"))
+    assert mix_key(parts(tmp_path)) != mix_key(parts(tmp_path)[:1])

@@ -299,9 +299,14 @@ def _curriculum_run(ctx: _Context, p) -> Path:
     # the curriculum corpus comes first (its validation/test splits are kept), even at p=100
     parts = [(base[0], base[1], counts["curriculum"])]
     parts += [(extra[r][0], extra[r][1], counts[r]) for r in inject if counts.get(r)]
-    mixed = mix_corpus(parts, ctx.cache.root / f"mix-{_key([str(x) for x in parts])}",
-                       seed=ctx.seed)
+    mixed = mix_corpus(parts, ctx.cache.root / f"mix-{mix_key(parts)}", seed=ctx.seed)
     return ctx.cache.run(s, mixed, s.model_config(), tag=f"curriculum-{p}")
+
+
+def mix_key(parts) -> str:
+    """The cache key of a mixed corpus: its parts' corpus names, configs and counts, not their
+    folders' paths, so a cache moved elsewhere keeps its curriculum runs."""
+    return _key([str((Path(folder).name, config, n)) for folder, config, n in parts])
 
 
 def exp_depth_curriculum(ctx: _Context) -> list[dict]:
