@@ -37,11 +37,13 @@ def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
     assert [u.name for u in slots.choose([a, b, c], {}, 140)] == ["a", "c"]  # b does not fit
     assert [u.name for u in slots.choose([a, b, c], {}, 200)] == ["a", "b", "c"]
     done = {"a": {"runs": ["run-x"], "run_bytes": {"run-x": 40 * 2**20}}}
-    big = Unit("d", "true", 10, ("a", "e"))
+    big = Unit("d", "true", 10, ("a", "e"), weights=("a", "e"))
     done["e"] = {"runs": ["run-y"], "run_bytes": {"run-y": 40 * 2**20}}
     assert [u.name for u in slots.choose([b, big], done, 100)] == ["b"]  # 80 MiB > 56 MiB
     state = {r["unit"]: r["state"] for r in slots.status_table([b, big], done)}
     assert state["b"] == "ready" and "over the 56 MiB" in state["d"]
+    light = Unit("l", "true", 10, ("a", "e"))  # needs their records only, not their weights
+    assert [u.name for u in slots.choose([light], done, 100)] == ["l"]
 
 
 def test_two_slots_resume_from_carried_weights(tmp_path):
@@ -110,3 +112,26 @@ def test_benchmark_units_become_performance_results(tmp_path):
     perf = slots.perf_result(dict(rec, unit="learn-99"), tmp_path)
     assert perf["metrics"]["time_to_99_seconds"] == 420.0 and perf["em_curve"]
     assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None
+
+
+def test_section_03_runs_from_carried_records_without_weights(tmp_path):
+    """The robustness runs cache their evaluations while training: section 03 needs only those
+    records, so a slot on a fresh cache runs its notebook with no weights carried, training
+    nothing."""
+    units = {u.name: u for u in slots.plan("smoke", device="cpu")}
+    plan = [units["id_robustness-0"], units["id_robustness-1"], units["section-03"]]
+    done_dir, restore, carry = tmp_path / "slots", tmp_path / "restore", tmp_path / "carry"
+    budget = plan[0].cost_s + plan[1].cost_s + 30
+    rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1",
+                         restore=carry, python=sys.executable, device="cpu")
+    assert [r["unit"] for r in rep.done] == ["id_robustness-0", "id_robustness-1"]
+    slots.import_slot(tmp_path / "out1", done_dir, restore)
+    done = slots.done_units(done_dir)
+    assert list((restore / slots.RECORDS).glob("eval-*.json"))
+    assert slots.carry(plan, done, 600, restore, carry) == []  # no weights travel
+    rep = slots.run_slot(plan, done, 600, tmp_path / "out2", tmp_path / "cache2",
+                         restore=carry, python=sys.executable, device="cpu")
+    assert [r["unit"] for r in rep.done] == ["section-03"], rep.failed
+    assert not list((tmp_path / "cache2").glob("run-*/model.safetensors"))  # nothing trained
+    slots.import_slot(tmp_path / "out2", done_dir, restore)
+    assert (done_dir / "section-03" / "03_id_robustness.ipynb").exists()

@@ -12,9 +12,11 @@ Back on the developer's machine, :func:`import_slot` (``tinytrace slot import``)
 record per finished unit to ``benchmarks/slots/`` (committed: that is what says a unit is done)
 and keeps the weights under ``runs/gpu-slot-restore/`` for the next slot to carry.
 
-A call carries at most 64 MiB: one paper-model run in bf16 (40 MB). Units that need more
-carried weights (the section notebooks of 03-06, which evaluate 3-12 runs) wait, and
-:func:`status_table` says so: they need the runs evaluated in the slot that trains them.
+A call carries at most 64 MiB: one paper-model run in bf16 (40 MB). Every done unit's small
+cache records (run metadata, evaluations, the robustness rows) travel with every slot, so a
+unit that only reads cached evaluations needs no weights: section 03 (its runs evaluate while
+they train). Units that need more carried weights (the notebooks of 04-06, which evaluate 3-12
+runs) wait, and :func:`status_table` says so.
 
 A unit is done only when its command exited 0 inside its time and, if it trained runs, their
 weights came back: a unit cut short leaves no record, so the next slot runs it again (its cached
@@ -40,6 +42,7 @@ RESTORE_DIR = Path("runs/gpu-slot-restore")
 PART_BYTES = 15_000_000  # each weights part (a slot returns files of <= 16 MiB)
 MAX_WEIGHT_FILES = 6  # of the 8 files a slot returns: the log and results.tgz come too
 CARRY_DIR = Path("runs/gpu-slot-carry")
+RECORDS = "cache-records"  # beside the carried runs: every done unit's small cache files
 CARRY_LIMIT = 56 * 2**20  # weights one device call can carry beside the ~7 MB working tree
 # Sections whose notebook needs every training run of these experiments (the rest evaluate only).
 SECTION_EXPERIMENTS = {"02": ("base",), "03": ("id_robustness",), "04": ("pair_coverage",),
@@ -50,14 +53,16 @@ SECTION_EXPERIMENTS = {"02": ("base",), "03": ("id_robustness",), "04": ("pair_c
 class Unit:
     """One piece of slot work: ``command`` runs in the repository root with ``{cache}`` (the run
     cache), ``{out}`` (this unit's output folder) and ``{python}`` filled in; ``needs``: units
-    that must be done first (their runs are restored before this one starts); ``cost_s``: the
-    estimated seconds, setup included, on one H200."""
+    that must be done first (their cached records are restored before this one starts);
+    ``weights``: those of them whose trained weights it needs too; ``cost_s``: the estimated
+    seconds, setup included, on one H200."""
 
     name: str
     command: str
     cost_s: int
     needs: tuple[str, ...] = ()
     description: str = ""
+    weights: tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:
@@ -101,19 +106,22 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
             units.append(Unit(unit, f"{{python}} -m tinytrace experiment {name} --scale {s.name} "
                                     f"--run {i} --cache-dir {{cache}} --seed {seed}",
                               _run_cost(cost[name] / len(runs), tokens_per_s), needs,
-                              f"{name}: {r.label}"))
+                              f"{name}: {r.label}", weights=needs))
         if name == "base":
             units.append(Unit("bench-eval", "{python} -m tinytrace bench eval --checkpoint "
                               "{run:base} --data data/tinytracing --config base --limit "
                               f"{eval_limit} --batch-size 256 --modes static --device {device} "
                               "--json > {out}/bench_eval.jsonl", 45, ("base",),
-                              f"greedy decoding speed on {eval_limit:,} base traces"))
+                              f"greedy decoding speed on {eval_limit:,} base traces", ("base",)))
     for sec, exps in SECTION_EXPERIMENTS.items():
         needs = tuple(u.name for u in units if any(u.name == e or u.name.startswith(e + "-")
                                                    for e in exps))
+        # 03 reads only the evaluations its runs cached while training; the others evaluate
+        # their runs in the notebook, so they need the weights
         units.append(Unit(f"section-{sec}", f"{{python}} -m tinytrace notebooks run --scale "
                           f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed}",
-                          _section_cost(sec), needs, f"section {sec}: evaluations and notebook"))
+                          _section_cost(sec), needs, f"section {sec}: evaluations and notebook",
+                          weights=() if sec == "03" else needs))
     return units
 
 
@@ -135,7 +143,7 @@ def pending(units: list[Unit], done: dict) -> list[Unit]:
 
 def carried_bytes(unit: Unit, done: dict) -> int:
     """The bf16 weights of the done runs ``unit`` needs (what a call must carry for it)."""
-    return sum(b for n in unit.needs for b in done.get(n, {}).get("run_bytes", {}).values())
+    return sum(b for n in unit.weights for b in done.get(n, {}).get("run_bytes", {}).values())
 
 
 def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int = 2,
@@ -146,7 +154,7 @@ def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int
     chosen, left, trains, carried = [], budget_s, 0, {}
     ready = set(done)
     for u in pending(units, done):
-        runs = {r: b for n in u.needs for r, b in done.get(n, {}).get("run_bytes", {}).items()}
+        runs = {r: b for n in u.weights for r, b in done.get(n, {}).get("run_bytes", {}).items()}
         if (u.cost_s > left or not set(u.needs) <= ready
                 or sum({**carried, **runs}.values()) > carry_limit
                 or (u.trains and trains >= max_weight_units)):
@@ -211,6 +219,19 @@ def restore_run(src: Path, cache: Path) -> Path:
     return dst
 
 
+def _copy_records(cache: Path, t: float, to: Path) -> None:
+    """The small files of ``cache`` written at or after ``t``: evaluation records, the
+    robustness runs' rows and the run folders' metadata (no weights, states or corpora)."""
+    for f in Path(cache).rglob("*"):
+        rel = f.relative_to(cache)
+        if (not f.is_file() or f.stat().st_mtime < t or f.suffix in (".lock", ".safetensors")
+                or rel.parts[0].startswith(("corpus-", "mix-", "learn-"))
+                or any(p.startswith(("state", "epoch-")) for p in rel.parts[1:-1])):
+            continue
+        (to / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, to / rel)
+
+
 def _trained_since(cache: Path, t: float) -> list[str]:
     """Training runs (``run-*``) and fine-tuning runs (``sft-*``) of ``cache`` whose weights
     were written at or after ``t`` (wall-clock time)."""
@@ -242,7 +263,10 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     chosen = choose(units, done, budget_s - margin_s, max_weight_files // 3)
     rep = SlotReport(device=device_name(device),
                      skipped=[u.name for u in pending(units, done) if u not in chosen])
-    for name in sorted({r for u in chosen for n in u.needs for r in done[n].get("runs", [])}):
+    records = Path(restore) / RECORDS
+    if records.is_dir():  # every finished unit's cached records (runs' metadata, evaluations)
+        shutil.copytree(records, cache, dirs_exist_ok=True)
+    for name in sorted({r for u in chosen for n in u.weights for r in done[n].get("runs", [])}):
         src = Path(restore) / name
         if not src.is_dir():
             raise FileNotFoundError(f"{src}: the run {name} that a chosen unit needs was not "
@@ -281,6 +305,7 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
             rep.failed.append(record)
             report(f"-- {u.name}: not done ({record['why']}) after {secs} s")
             continue
+        _copy_records(cache, wall, unit_out / RECORDS)
         record["run_bytes"] = {}
         for r in new:
             parts = export_weights(cache / r, out)
@@ -354,6 +379,9 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
                     shutil.copy2(part, dst / part.name)
                 shutil.rmtree(unit_dir / r)
             rec_file.unlink()
+            if (unit_dir / RECORDS).is_dir():
+                shutil.copytree(unit_dir / RECORDS, restore / RECORDS, dirs_exist_ok=True)
+                shutil.rmtree(unit_dir / RECORDS)
             outputs = done_dir / rec["unit"]
             shutil.rmtree(outputs, ignore_errors=True)
             if any(unit_dir.iterdir()):
@@ -374,8 +402,10 @@ def carry(units: list[Unit], done: dict, budget_s: float, restore=RESTORE_DIR,
     to = Path(to)
     shutil.rmtree(to, ignore_errors=True)
     to.mkdir(parents=True)
-    needed = sorted({r for u in choose(units, done, budget_s) for n in u.needs
+    needed = sorted({r for u in choose(units, done, budget_s) for n in u.weights
                      for r in done[n].get("runs", [])})
     for r in needed:
         shutil.copytree(Path(restore) / r, to / r)
+    if (Path(restore) / RECORDS).is_dir():
+        shutil.copytree(Path(restore) / RECORDS, to / RECORDS)
     return needed
