@@ -27,7 +27,10 @@ def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
     assert {f"pair_coverage-{i}" for i in range(12)} <= set(names)  # both scopes x 6 exclusions
     assert [n for n in names if n.startswith("section-")] == [f"section-0{i}" for i in range(2, 7)]
     by = {u.name: u for u in units}
-    assert by["bench-eval"].needs == ("base",) and by["sft_lora-1"].needs == ("base",)
+    assert by["bench-eval"].weights == ("base",) and by["sft_lora-1"].weights == ("base",)
+    assert by["sft_lora-1"].needs == ("base", "sft_lora-0")
+    assert "--evaluate-trained" in by["pair_coverage-3"].command  # evaluated where it trains
+    assert by["section-04"].weights == () and by["section-02"].weights == ()
     assert set(by["section-03"].needs) == {f"id_robustness-{i}" for i in range(4)}
     assert all(u.cost_s > 0 for u in units) and by["base"].trains and not by["bench-eval"].trains
 
@@ -114,24 +117,36 @@ def test_benchmark_units_become_performance_results(tmp_path):
     assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None
 
 
-def test_section_03_runs_from_carried_records_without_weights(tmp_path):
-    """The robustness runs cache their evaluations while training: section 03 needs only those
-    records, so a slot on a fresh cache runs its notebook with no weights carried, training
-    nothing."""
+@pytest.mark.parametrize("section, experiment, runs", [("03", "id_robustness", 2),
+                                                      ("04", "pair_coverage", 4)])
+def test_a_section_runs_from_carried_records_without_weights(tmp_path, section, experiment, runs):
+    """Each training unit caches its run's evaluations (the robustness runs while training, the
+    others through --evaluate-trained): a slot on a fresh cache runs the section's notebook with
+    only those records carried, no weights, training nothing."""
     units = {u.name: u for u in slots.plan("smoke", device="cpu")}
-    plan = [units["id_robustness-0"], units["id_robustness-1"], units["section-03"]]
+    plan = [units[f"{experiment}-{i}"] for i in range(runs)] + [units[f"section-{section}"]]
     done_dir, restore, carry = tmp_path / "slots", tmp_path / "restore", tmp_path / "carry"
-    budget = plan[0].cost_s + plan[1].cost_s + 30
-    rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1",
-                         restore=carry, python=sys.executable, device="cpu")
-    assert [r["unit"] for r in rep.done] == ["id_robustness-0", "id_robustness-1"]
+    budget = sum(u.cost_s for u in plan[:-1]) + 30
+    rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1", restore=carry,
+                         python=sys.executable, device="cpu", max_weight_files=3 * runs)
+    assert [r["unit"] for r in rep.done] == [u.name for u in plan[:-1]], rep.failed
     slots.import_slot(tmp_path / "out1", done_dir, restore)
     done = slots.done_units(done_dir)
     assert list((restore / slots.RECORDS).glob("eval-*.json"))
     assert slots.carry(plan, done, 600, restore, carry) == []  # no weights travel
     rep = slots.run_slot(plan, done, 600, tmp_path / "out2", tmp_path / "cache2",
                          restore=carry, python=sys.executable, device="cpu")
-    assert [r["unit"] for r in rep.done] == ["section-03"], rep.failed
+    assert [r["unit"] for r in rep.done] == [f"section-{section}"], rep.failed
     assert not list((tmp_path / "cache2").glob("run-*/model.safetensors"))  # nothing trained
     slots.import_slot(tmp_path / "out2", done_dir, restore)
-    assert (done_dir / "section-03" / "03_id_robustness.ipynb").exists()
+    assert list((done_dir / f"section-{section}").glob(f"{section}_*.ipynb"))
+
+
+def test_evaluate_trained_stops_at_the_first_run_not_trained(tmp_path):
+    from tinytrace.experiments import evaluate_trained, run_training
+
+    run_training("pair_coverage", 0, "smoke", tmp_path, progress=False)
+    said = evaluate_trained("pair_coverage", "smoke", tmp_path, progress=False)
+    assert said.startswith("evaluated the trained runs of pair_coverage before run-")
+    assert len(list(tmp_path.glob("eval-*.json"))) == 2  # allowed and excluded pairs of run 0
+    assert not list(tmp_path.glob("run-*/model.safetensors"))[1:]  # nothing else trained

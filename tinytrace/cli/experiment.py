@@ -10,6 +10,7 @@ from tinytrace.cli import at_least
 from tinytrace.experiments import (
     EXPERIMENTS,
     SCALES,
+    evaluate_trained,
     run_commands,
     run_experiment,
     run_training,
@@ -35,6 +36,9 @@ def add_cli(sub) -> None:
                       help="print one shell command per training run and exit (trains nothing)")
     what.add_argument("--run", type=at_least(0), metavar="INDEX",
                       help="train only run INDEX of --list-runs into --cache-dir")
+    what.add_argument("--evaluate-trained", action="store_true",
+                      help="evaluate into --cache-dir the runs already trained there, in order, "
+                           "training nothing (stops at the first run not trained)")
     p.add_argument("--launcher", default=LAUNCHER,
                    help=f"what --list-runs starts each run with (default: {LAUNCHER})")
     p.add_argument("--cache-dir", default="cache")
@@ -73,8 +77,13 @@ def _run(args) -> int:
         label = training_runs(args.name, args.scale, args.seed)[args.run].label
         print(f"trained run {args.run} ({label}) of {args.name} at scale {args.scale}: {folder}")
         return 0
+    if args.evaluate_trained:
+        print(evaluate_trained(args.name, args.scale, args.cache_dir, args.seed, args.device,
+                               progress=not args.quiet))
+        return 0
     if args.out is None:
-        raise ValueError("give --out (run the experiment), --list-runs or --run INDEX")
+        raise ValueError("give --out (run the experiment), --list-runs, --run INDEX or "
+                         "--evaluate-trained")
     df = run_experiment(args.name, args.scale, args.out, args.cache_dir, args.seed, args.device,
                         progress=not args.quiet)
     print(df[[c for c in SHOWN if c in df.columns]].to_string(index=False))

@@ -21,6 +21,7 @@ process group, so that Ctrl-C reaches only the main process) are ended, and
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import math
@@ -92,6 +93,23 @@ def _own_process_group() -> None:
     locks (sending a result) would hang the pool; one left alone exits on the pool's EOF if
     the main process dies."""
     os.setpgrp()
+
+
+class _Window:
+    """Chunks made by a pool, in order, at most ``ahead`` of them submitted at a time. Not
+    ``Pool.imap`` over the endless chunk indices: its task thread runs ahead of the workers,
+    fills the task pipe, and ``Pool.terminate`` can then hang joining it (seen in the tests)."""
+
+    def __init__(self, pool, tasks, ahead: int):
+        self.pool, self.tasks = pool, tasks
+        self.pending = collections.deque(pool.apply_async(_make_chunk, (next(tasks),))
+                                         for _ in range(ahead))
+
+    def next(self, timeout: float):
+        result = self.pending[0].get(timeout)  # mp.TimeoutError while it is being made
+        self.pending.popleft()
+        self.pending.append(self.pool.apply_async(_make_chunk, (next(self.tasks),)))
+        return result
 
 
 def _next_chunk(results, stop, pooled: bool):
@@ -257,7 +275,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
     with stop_requests() as stop:
         try:
-            results = pool.imap(_make_chunk, tasks, chunksize=1) if pool else map(_make_chunk, tasks)
+            results = _Window(pool, tasks, 2 * workers) if pool else map(_make_chunk, tasks)
             done = total == 0
             n_done = chunk = 0
             while not done:

@@ -23,6 +23,7 @@ import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture w
 from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
 from tinytrace.evaluate import METRICS, evaluate
 from tinytrace.lang.config import GeneratorConfig
+from tinytrace.model import load_checkpoint
 from tinytrace.train import TrainConfig
 from tinytrace.train import train as train_run
 
@@ -44,13 +45,39 @@ def settings(cfg) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
 
 
-class Cache:
-    """Artifacts keyed by a hash of their config, so reruns reuse and interrupted work resumes."""
+class NotTrained(Exception):
+    """A run asked of a cache that only evaluates (``train_missing=False``) is not trained."""
 
-    def __init__(self, root, progress: bool = True):
+    def __init__(self, run: Path):
+        super().__init__(f"{run.name} is not trained")
+        self.run = run
+
+
+class LazyModel:
+    """A trained run's model, loaded on first use: an experiment whose evaluations are all
+    cached never reads the weights (a GPU slot then needs to carry none)."""
+
+    def __init__(self, run_dir: Path, device):
+        self.run_dir, self.device, self._model = Path(run_dir), device, None
+
+    def get(self):
+        if self._model is None:
+            self._model = load_checkpoint(self.run_dir).to(self.device)
+        return self._model
+
+    def __getattr__(self, name):  # the model's own attributes (parameters, num_params, ...)
+        return getattr(self.get(), name)
+
+
+class Cache:
+    """Artifacts keyed by a hash of their config, so reruns reuse and interrupted work resumes.
+    ``train_missing=False``: a run that is not trained raises :class:`NotTrained` instead."""
+
+    def __init__(self, root, progress: bool = True, train_missing: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.progress = progress
+        self.train_missing = train_missing
 
     @contextmanager
     def locked(self, artifact: Path):
@@ -98,6 +125,8 @@ class Cache:
         out, tc = self.run_dir(scale, corpus, model_cfg, train, tag)
         with self.locked(out):
             if not (out / "done.json").exists():
+                if not self.train_missing:
+                    raise NotTrained(out)
                 train_run(tc, model_cfg, corpus[0], corpus[1], out, resume=True,
                           callbacks=callbacks, progress=self.progress)
                 (out / "done.json").write_text(json.dumps({"finished": time.time()}) + "\n")
@@ -117,6 +146,8 @@ class Cache:
                 cached = json.loads(path.read_text())
                 if all(k in cached for k in require):
                     return cached
+            if isinstance(model, LazyModel):
+                model = model.get()
             df, summary = evaluate(model, data, batch_size=batch_size,
                                    max_len_factor=max_len_factor, eos_prefix=eos_prefix)
             result = {k: summary.get(k) for k in METRICS}
@@ -154,10 +185,11 @@ def _tabs(line: str) -> int:
 class _Context:
     """What every experiment needs: the scale, the cache, the seed and the shared base model."""
 
-    def __init__(self, scale: Scale, cache_dir, seed: int, progress: bool):
+    def __init__(self, scale: Scale, cache_dir, seed: int, progress: bool,
+                 train_missing: bool = True):
         self.scale = scale
         self.seed = seed
-        self.cache = Cache(cache_dir, progress=progress)
+        self.cache = Cache(cache_dir, progress=progress, train_missing=train_missing)
 
     def base_corpus(self, fraction: float = 1.0, gen: GeneratorConfig | None = None):
         s = self.scale

@@ -32,12 +32,12 @@ from tinytrace.data import Pipeline, coverage_configs, read_split
 from tinytrace.evaluate import METRICS
 from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.lang.edits import EDIT_NAMES, edit_dataset
-from tinytrace.model import count_params, load_checkpoint, match_params
+from tinytrace.model import count_params, match_params
 from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
 from .analysis import FAILURE_CLASSES
-from .cache import _Context, _key, settings
+from .cache import LazyModel, NotTrained, _Context, _key, settings
 from .scales import get_scale
 
 
@@ -47,9 +47,10 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load(run_dir: Path):
-    """A trained run's model, on the evaluation device (checkpoints load on the CPU)."""
-    return load_checkpoint(run_dir).to(_device())
+def _load(run_dir: Path) -> LazyModel:
+    """A trained run's model on the evaluation device, loaded only when an evaluation is not
+    cached (checkpoints load on the CPU)."""
+    return LazyModel(run_dir, _device())
 
 
 def _row(experiment: str, model: str, test_set: str, condition: str, result: dict, **extra) -> dict:
@@ -375,6 +376,8 @@ def _sft_finetune(ctx: _Context, size: int, epochs: int) -> tuple[Path, dict]:
     base_run, data = ctx.base_run(), _sft_data(ctx, size)
     cfg = replace(s.sft, epochs=epochs, data_size=size, seed=ctx.seed)
     out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, settings(cfg)])}"
+    if not ctx.cache.train_missing and not (out / "done.json").exists():
+        raise NotTrained(out)
     with ctx.cache.locked(out):
         return out, finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress,
                              resume=True)
@@ -400,7 +403,7 @@ def exp_pe_ablation(ctx: _Context) -> list[dict]:
     for pe in s.pe_variants:
         cfg, run = _pe_config(s, pe), _pe_run(ctx, pe)
         model = _load(run)
-        params = model.num_params()
+        params = count_params(cfg)  # closed form: the weights may not be here (GPU slots)
         for name, corpus in (("id", ctx.base_corpus()), ("longer", ctx.test_set("longer")),
                              ("deeper", ctx.test_set("deeper"))):
             rows.append(_row("pe_ablation", pe, name, "-", ctx.eval_set(model, run, corpus),
@@ -497,6 +500,23 @@ def run_training(name: str, index: int, scale="smoke", cache_dir="cache", seed: 
     _hide_gpu(device)
     random.seed(seed)
     return runs[index].train(_Context(get_scale(scale), cache_dir, seed, progress))
+
+
+def evaluate_trained(name: str, scale="smoke", cache_dir="cache", seed: int = 0, device=None,
+                     progress: bool = True) -> str:
+    """Evaluate (into the cache) the runs of ``name`` that are trained, in its runner's order,
+    training nothing: it stops at the first run that is not trained. A GPU slot's training
+    unit calls it after its run, so that later units find the evaluations cached and need not
+    carry the weights. Returns what it did, in words."""
+    if name not in RUNNERS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    _hide_gpu(device)
+    random.seed(seed)
+    try:
+        RUNNERS[name](_Context(get_scale(scale), cache_dir, seed, progress, train_missing=False))
+    except NotTrained as e:
+        return f"evaluated the trained runs of {name} before {e.run.name}, which is not trained"
+    return f"evaluated every run of {name}"
 
 
 def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: int = 0,

@@ -12,11 +12,11 @@ Back on the developer's machine, :func:`import_slot` (``tinytrace slot import``)
 record per finished unit to ``benchmarks/slots/`` (committed: that is what says a unit is done)
 and keeps the weights under ``runs/gpu-slot-restore/`` for the next slot to carry.
 
-A call carries at most 64 MiB: one paper-model run in bf16 (40 MB). Every done unit's small
-cache records (run metadata, evaluations, the robustness rows) travel with every slot, so a
-unit that only reads cached evaluations needs no weights: section 03 (its runs evaluate while
-they train). Units that need more carried weights (the notebooks of 04-06, which evaluate 3-12
-runs) wait, and :func:`status_table` says so.
+A call carries at most 64 MiB: one paper-model run in bf16 (40 MB). So each training unit
+evaluates its own run into the cache (``tinytrace experiment NAME --evaluate-trained``; the
+robustness runs evaluate while they train), and every done unit's small cache records (run
+metadata, evaluations, the robustness rows) travel with every slot: the section notebooks then
+read cached evaluations and need no weights (models load lazily, only on a cache miss).
 
 A unit is done only when its command exited 0 inside its time and, if it trained runs, their
 weights came back: a unit cut short leaves no record, so the next slot runs it again (its cached
@@ -102,11 +102,17 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
         runs = training_runs(name, s, seed)
         for i, r in enumerate(runs):
             unit = "base" if name == "base" else f"{name}-{i}"
-            needs = ("base",) if name == "sft_lora" or (name == "pe_ablation" and i == 0) else ()
-            units.append(Unit(unit, f"{{python}} -m tinytrace experiment {name} --scale {s.name} "
-                                    f"--run {i} --cache-dir {{cache}} --seed {seed}",
-                              _run_cost(cost[name] / len(runs), tokens_per_s), needs,
-                              f"{name}: {r.label}", weights=needs))
+            weights = ("base",) if name == "sft_lora" else ()
+            needs = weights + (("base",) if name == "pe_ablation" and i == 0 else ())
+            needs += (f"{name}-{i - 1}",) if i > 0 else ()  # evaluated in the runner's order
+            exp = f"{{python}} -m tinytrace experiment {name} --scale {s.name} --cache-dir {{cache}}"
+            # train the run, then evaluate it into the cache (the robustness runs evaluate
+            # while they train): later units read its evaluations without its weights
+            cmd = f"{exp} --run {i} --seed {seed}"
+            if name != "id_robustness":
+                cmd += f" && {exp} --evaluate-trained --seed {seed}"
+            units.append(Unit(unit, cmd, _run_cost(cost[name] / len(runs), tokens_per_s, 75),
+                              needs, f"{name}: {r.label}", weights=weights))
         if name == "base":
             units.append(Unit("bench-eval", "{python} -m tinytrace bench eval --checkpoint "
                               "{run:base} --data data/tinytracing --config base --limit "
@@ -116,19 +122,18 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
     for sec, exps in SECTION_EXPERIMENTS.items():
         needs = tuple(u.name for u in units if any(u.name == e or u.name.startswith(e + "-")
                                                    for e in exps))
-        # 03 reads only the evaluations its runs cached while training; the others evaluate
-        # their runs in the notebook, so they need the weights
+        # every run's evaluations are cached by its own unit: a section needs no weights (06
+        # carries the base run, which the fine-tuning runs were made from, to be safe)
         units.append(Unit(f"section-{sec}", f"{{python}} -m tinytrace notebooks run --scale "
                           f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed}",
-                          _section_cost(sec), needs, f"section {sec}: evaluations and notebook",
-                          weights=() if sec == "03" else needs))
+                          _section_cost(sec), needs, f"section {sec}: notebook from cached runs",
+                          weights=("base",) if sec == "06" else ()))
     return units
 
 
 def _section_cost(sec: str) -> int:
-    """Evaluations of every test set of the section with the runs restored (static decoding,
-    ~7 s per 1,024 traces on an H200), papermill start and plots."""
-    return {"02": 90, "03": 240, "04": 240, "05": 180, "06": 180}.get(sec, 120)
+    """Corpora rebuilt (seeded), cached evaluations read, papermill start and plots."""
+    return {"02": 60, "03": 120, "04": 120, "05": 120, "06": 90}.get(sec, 90)
 
 
 # --- records ------------------------------------------------------------------------------------
