@@ -81,7 +81,7 @@ def test_two_slots_resume_from_carried_weights(tmp_path):
 def test_a_unit_cut_short_is_not_done(tmp_path):
     slow = Unit("slow", "sleep 30", 1)
     fails = Unit("fails", "exit 3", 1)
-    rep = slots.run_slot([fails, slow], {}, 26, tmp_path / "out", tmp_path / "cache",
+    rep = slots.run_slot([fails, slow], {}, 23, tmp_path / "out", tmp_path / "cache",
                          margin_s=20, device="cpu")
     assert {r["unit"]: r["why"] for r in rep.failed} == {"fails": "exit 3", "slow": "exit timeout"}
     assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == []
@@ -117,12 +117,11 @@ def test_benchmark_units_become_performance_results(tmp_path):
     assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None
 
 
-@pytest.mark.parametrize("section, experiment, runs", [("03", "id_robustness", 2),
-                                                      ("04", "pair_coverage", 4)])
-def test_a_section_runs_from_carried_records_without_weights(tmp_path, section, experiment, runs):
-    """Each training unit caches its run's evaluations (the robustness runs while training, the
-    others through --evaluate-trained): a slot on a fresh cache runs the section's notebook with
+def test_a_section_runs_from_carried_records_without_weights(tmp_path):
+    """Each training unit caches its run's evaluations (through --evaluate-trained; the
+    robustness runs while training): a slot on a fresh cache runs the section's notebook with
     only those records carried, no weights, training nothing."""
+    section, experiment, runs = "04", "pair_coverage", 4
     units = {u.name: u for u in slots.plan("smoke", device="cpu")}
     plan = [units[f"{experiment}-{i}"] for i in range(runs)] + [units[f"section-{section}"]]
     done_dir, restore, carry = tmp_path / "slots", tmp_path / "restore", tmp_path / "carry"
