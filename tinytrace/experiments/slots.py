@@ -146,9 +146,13 @@ def pending(units: list[Unit], done: dict) -> list[Unit]:
     return [u for u in units if u.name not in done]
 
 
+def weight_runs(unit: Unit, done: dict) -> dict[str, int]:
+    """The done runs whose weights ``unit`` needs, with their bf16 sizes (what a call carries)."""
+    return {r: b for n in unit.weights for r, b in done.get(n, {}).get("run_bytes", {}).items()}
+
+
 def carried_bytes(unit: Unit, done: dict) -> int:
-    """The bf16 weights of the done runs ``unit`` needs (what a call must carry for it)."""
-    return sum(b for n in unit.weights for b in done.get(n, {}).get("run_bytes", {}).values())
+    return sum(weight_runs(unit, done).values())
 
 
 def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int = 2,
@@ -159,7 +163,7 @@ def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int
     chosen, left, trains, carried = [], budget_s, 0, {}
     ready = set(done)
     for u in pending(units, done):
-        runs = {r: b for n in u.weights for r, b in done.get(n, {}).get("run_bytes", {}).items()}
+        runs = weight_runs(u, done)
         if (u.cost_s > left or not set(u.needs) <= ready
                 or sum({**carried, **runs}.values()) > carry_limit
                 or (u.trains and trains >= max_weight_units)):
@@ -271,7 +275,7 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     records = Path(restore) / RECORDS
     if records.is_dir():  # every finished unit's cached records (runs' metadata, evaluations)
         shutil.copytree(records, cache, dirs_exist_ok=True)
-    for name in sorted({r for u in chosen for n in u.weights for r in done[n].get("runs", [])}):
+    for name in sorted({r for u in chosen for r in weight_runs(u, done)}):
         src = Path(restore) / name
         if not src.is_dir():
             raise FileNotFoundError(f"{src}: the run {name} that a chosen unit needs was not "
@@ -407,8 +411,7 @@ def carry(units: list[Unit], done: dict, budget_s: float, restore=RESTORE_DIR,
     to = Path(to)
     shutil.rmtree(to, ignore_errors=True)
     to.mkdir(parents=True)
-    needed = sorted({r for u in choose(units, done, budget_s) for n in u.weights
-                     for r in done[n].get("runs", [])})
+    needed = sorted({r for u in choose(units, done, budget_s) for r in weight_runs(u, done)})
     for r in needed:
         shutil.copytree(Path(restore) / r, to / r)
     if (Path(restore) / RECORDS).is_dir():
