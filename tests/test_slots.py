@@ -121,13 +121,13 @@ def test_a_section_runs_from_carried_records_without_weights(tmp_path):
     """Each training unit caches its run's evaluations (through --evaluate-trained; the
     robustness runs while training): a slot on a fresh cache runs the section's notebook with
     only those records carried, no weights, training nothing."""
-    section, experiment, runs = "04", "pair_coverage", 4
+    section = "02"  # one training unit (the base run) and its notebook
     units = {u.name: u for u in slots.plan("smoke", device="cpu")}
-    plan = [units[f"{experiment}-{i}"] for i in range(runs)] + [units[f"section-{section}"]]
+    plan = [units[n] for n in units[f"section-{section}"].needs] + [units[f"section-{section}"]]
     done_dir, restore, carry = tmp_path / "slots", tmp_path / "restore", tmp_path / "carry"
     budget = sum(u.cost_s for u in plan[:-1]) + 30
     rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1", restore=carry,
-                         python=sys.executable, device="cpu", max_weight_files=3 * runs)
+                         python=sys.executable, device="cpu", max_weight_files=3 * len(plan))
     assert [r["unit"] for r in rep.done] == [u.name for u in plan[:-1]], rep.failed
     slots.import_slot(tmp_path / "out1", done_dir, restore)
     done = slots.done_units(done_dir)

@@ -124,6 +124,9 @@ def test_training_caption_describes_the_run():
     cpu = training_caption("cpu")
     assert "Muon" in cpu and "one phase" in cpu and "**The paper**" in cpu
     assert "two phases" in training_caption("paper") and "Muon" not in training_caption("paper")
+    # the cpu loss departs from the paper's, and the caption says so; the paper's does not
+    assert "state list" in cpu and "not in the paper" in cpu
+    assert "state list" not in training_caption("paper")
 
 
 def test_one_parameters_cell():

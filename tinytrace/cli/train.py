@@ -23,6 +23,7 @@ _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
                "micro_batch_size": "micro_batch_size", "block_size": "block_size",
                "lr": "lr_peak", "lr_min": "lr_min", "weight_decay": "weight_decay",
                "seed": "seed", "optimizer": "optimizer", "muon_lr": "muon_lr",
+               "state_loss_weight": "state_loss_weight",
                "save_every": "save_every", "save_every_minutes": "save_every_minutes",
                "log_every": "log_every",
                "val_windows": "val_windows", "mixed_precision": "mixed_precision",
@@ -53,6 +54,8 @@ def add_cli(sub) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (the paper's) or muon (hidden "
                    "matrices; AdamW for the rest)")
     p.add_argument("--muon-lr", type=float, help="peak LR of the Muon group (default: --lr)")
+    p.add_argument("--state-loss-weight", type=float, help="weight of the state-list targets "
+                   "in the loss (default 1: the paper's mean cross-entropy)")
     p.add_argument("--seed", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--save-every-minutes", type=float, help="wall clock between checkpoints "

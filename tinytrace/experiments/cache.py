@@ -34,6 +34,9 @@ from .scales import Scale
 # When and what a run checkpoints does not change its result: left out of its key (which also
 # keeps the keys of the runs cached before these fields existed).
 _NOT_IN_KEY = ("save_every_minutes", "keep_epoch_weights")
+# Fields added after runs were cached: at these values (the behaviour before the field) they
+# stay out of the key, so those runs keep their keys.
+_KEY_FROM_NON_DEFAULT = {"state_loss_weight": 1.0}
 
 
 def _key(obj) -> str:
@@ -42,7 +45,8 @@ def _key(obj) -> str:
 
 def settings(cfg) -> dict:
     """A train or SFT config's fields that make up a cache key."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
+    return {k: v for k, v in cfg.to_dict().items()
+            if k not in _NOT_IN_KEY and not (k in _KEY_FROM_NON_DEFAULT and v == _KEY_FROM_NON_DEFAULT[k])}
 
 
 class NotTrained(Exception):

@@ -79,6 +79,12 @@ RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
            model=dict(n_layer=4), corpus_snippets=170_000, train=_CPU_MUON),
     Recipe("cpu-muon-15min", "as cpu-muon-10min with 250k snippets (29.7M tokens)",
            model=dict(n_layer=4), corpus_snippets=250_000, train=_CPU_MUON),
+    # the `cpu` scale's recipe: Muon at half the LR, and the loss weighs the state lists (the
+    # values the execution produces) 3x over the copied snippet text
+    Recipe("cpu-muon-state", "as cpu-muon-15min with Muon 0.005 and the state-list targets "
+                             "weighted 3x in the loss",
+           model=dict(n_layer=4), corpus_snippets=250_000,
+           train={**_CPU_MUON, "muon_lr": 0.005, "state_loss_weight": 3.0}),
     # The `gpu` scale's own recipe (paper task, paper model), kept under its name for runs on
     # other scales: 4x more steps than `fast` for the same tokens (batch 128 x 512), Muon on the
     # hidden matrices at twice AdamW's peak LR

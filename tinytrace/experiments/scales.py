@@ -150,16 +150,17 @@ def _scales() -> Presets[Scale]:
                     "in five an `x = u op v`); a 0.2M model (4 layers x 64) with T5 relative "
                     "position bias instead of the paper's APE, a 128-token context, evaluation "
                     "prompts that start with the end-of-example token as in training; the base "
-                    "model learns with the `cpu-muon-15min` recipe (Muon on the hidden matrices, "
-                    "one epoch of 250k fresh snippets, about 13 minutes), the other runs on "
-                    "a sixth to a quarter of that corpus",
+                    "model learns with the `cpu-muon-state` recipe (Muon on the hidden matrices, "
+                    "the state-list targets weighted 3x in the loss, one epoch of 250k fresh "
+                    "snippets, about 13 minutes), the other runs on a sixth to a quarter of "
+                    "that corpus",
         model="tiny",
         model_overrides=dict(pe="rpb", block_size=128, n_layer=4),
         # not the paper's recipe: what learns fastest on 2 CPU cores (notes/issue15-learning.md)
-        train=TrainConfig(name="cpu-muon", epochs=1, batch_size=32, micro_batch_size=None,
+        train=TrainConfig(name="cpu-muon-state", epochs=1, batch_size=32, micro_batch_size=None,
                           block_size=128, lr_peak=3e-3, lr_min=3e-4, warmup_frac=0.05,
                           phase1_frac=1.0, weight_decay=0.0, optimizer="muon", muon_lr=0.005,
-                          compile=True, log_every=100, val_windows=32),
+                          state_loss_weight=3.0, compile=True, log_every=100, val_windows=32),
         corpus_snippets=250_000,
         test_size=512,
         task=scaled_task(statements=(3, 4), depth=1, variables="abcdefghij", max_literal=5,

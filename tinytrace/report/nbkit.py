@@ -114,10 +114,13 @@ def training_caption(scale: str) -> Markdown:
                  f"{tc.lr_min:g}, the second scaled by {tc.phase2_scale:g}")
     opt = ("AdamW" if tc.optimizer == "adamw" else
            f"Muon (peak {tc.muon_lr or tc.lr_peak:g}) on the blocks' matrices, AdamW on the rest")
+    loss = ("" if tc.state_loss_weight == 1 else
+            f", a loss that weighs the targets in each state list (the values the execution "
+            f"produces) {tc.state_loss_weight:g}x over the rest (not in the paper)")
     ours = (f"**This run** (`{scale}`): model `{s.model_label()}` ({mc.n_layer} layers x "
             f"{mc.n_embd}, {mc.pe.upper()}), {opt}, {shape}, weight decay {tc.weight_decay:g}, "
             f"batch {tc.batch_size} x {block} tokens, {tc.epochs} epoch(s) of "
-            f"{s.corpus_snippets:,} snippets.")
+            f"{s.corpus_snippets:,} snippets{loss}.")
     if scale != "paper":
         p = get_scale("paper").train
         ours += (f" **The paper** (App. C.1): AdamW, two phases (warmup and cosine from "
@@ -264,6 +267,8 @@ def hyperparameters(scale: str) -> pd.DataFrame:
             "warmup": f"{tc.warmup_frac:.0%}", "weight decay": tc.weight_decay, "betas": str(tc.betas),
             "batch (sequences x tokens)": f"{tc.batch_size} x {tc.block_size or mc.block_size}",
             "epochs": tc.epochs, "corpus (snippets)": f"{s.corpus_snippets:,}",
+            "loss": "mean cross-entropy" if tc.state_loss_weight == 1 else
+                    f"cross-entropy, state lists x{tc.state_loss_weight:g}",
         }
 
     return pd.DataFrame({"paper": cols(get_scale("paper")), scale: cols(get_scale(scale))})

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
+from tinytrace.lang import tokenizer as tk
 from tinytrace.model import unwrap
 from tinytrace.provenance import mixed_precision
 
@@ -154,10 +156,32 @@ def optimizer_step(model, optimizers, accelerator, batches: Iterable, loss_fn: C
     return total
 
 
-def lm_loss(fwd, x, y):
-    """The pre-training ``loss_fn`` of :func:`optimizer_step`: the model's mean cross-entropy."""
-    _, loss = fwd(x, y)
-    return loss, loss.detach()
+def lm_loss(fwd, x, y, state_weight: float = 1.0):
+    """The pre-training ``loss_fn`` of :func:`optimizer_step`: the model's mean cross-entropy
+    (the paper's objective). ``state_weight`` != 1 weighs the targets in a state list
+    (:func:`state_targets`) that much more in the mean; the reported value stays the plain mean,
+    comparable across weights."""
+    if state_weight == 1.0:
+        _, loss = fwd(x, y)
+        return loss, loss.detach()
+    logits, _ = fwd(x)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1), reduction="none").view_as(y)
+    w = 1.0 + (state_weight - 1.0) * state_targets(x).float()
+    return (ce * w).sum() / w.sum(), ce.detach().mean()
+
+
+def state_targets(x: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the target after position t (``x[:, t + 1]``) lies in a state list, i.e. the
+    last ``$`` in ``x[:, :t + 1]`` comes after the last line break: the variable names, values and
+    separators of ``$a?1;b?2`` and the line end that closes the list. These carry the execution
+    itself (each step's and the final state); the rest of a trace copies the snippet. Tokens
+    before a window's first line break count as outside."""
+    pos = torch.arange(x.size(1), device=x.device).expand_as(x)
+    none = torch.full_like(pos, -1)
+    dollar = torch.where(x == tk.STOI["$"], pos, none).cummax(1).values
+    breaks = (x == tk.NEWLINE_ID) | (x == tk.STEP_ID) | (x == tk.EOS_ID)
+    line = torch.where(breaks, pos, none).cummax(1).values
+    return dollar > line
 
 
 @torch.no_grad()

@@ -70,7 +70,7 @@ RUN_FILE = "run.json"
 # Fields that define the trajectory: a resumed run must use the same values.
 FIXED_FIELDS = ("epochs", "batch_size", "block_size", "lr_peak", "lr_min", "warmup_frac",
                 "phase1_frac", "phase2_scale", "weight_decay", "betas", "eps", "grad_clip", "seed",
-                "optimizer", "muon_lr", "muon_momentum")
+                "optimizer", "muon_lr", "muon_momentum", "state_loss_weight")
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -111,6 +111,10 @@ class TrainConfig(ConfigDict):
     optimizer: str = "adamw"
     muon_lr: float | None = None  # peak LR of the Muon group; None = lr_peak (RMS matched to AdamW)
     muon_momentum: float = 0.95
+    # 1.0: the paper's mean cross-entropy. Above 1: the targets in each state list (the values
+    # the execution produces, :func:`.common.state_targets`) weigh that much more; a
+    # faster-learning alternative for small compute, not in the paper.
+    state_loss_weight: float = 1.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -133,6 +137,8 @@ class TrainConfig(ConfigDict):
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.muon_lr is not None and self.muon_lr <= 0:
             raise ValueError(f"muon_lr must be > 0, got {self.muon_lr}")
+        if self.state_loss_weight <= 0:
+            raise ValueError(f"state_loss_weight must be > 0, got {self.state_loss_weight}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -409,7 +415,7 @@ def _optimization_step(r: _Run) -> None:
     acc_step = acc.step
 
     def run(fwd):
-        return optimizer_step(r.model, r.optimizers, acc, batches, lambda x, y: lm_loss(fwd, x, y),
+        return optimizer_step(r.model, r.optimizers, acc, batches, lambda x, y: lm_loss(fwd, x, y, r.tc.state_loss_weight),
                               r.tc.grad_clip)
 
     if r.compiled:
