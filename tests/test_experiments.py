@@ -231,15 +231,21 @@ def test_trained_models_are_evaluated_on_the_gpu_when_there_is_one(smoke_cache, 
     assert next(X._load(run).parameters()).device.type == "meta"
 
 
-def test_gpu_scale_trains_with_the_gpu_muon_recipe():
-    """The gpu scale's recipe is the named `gpu-muon` preset (the `bench learn` recipe of the same
-    name adds nothing to it), the paper scale the paper's."""
+def test_gpu_scale_trains_with_the_gpu_muon_state_recipe():
+    """The gpu scale's recipe is the named `gpu-muon-state` preset (the `bench learn` recipe of
+    the same name adds nothing to it; `gpu-muon` is the same with the plain loss), the paper
+    scale the paper's."""
+    from dataclasses import replace
+
     from tinytrace.experiments.learn import get_recipe
     from tinytrace.train import TRAIN_PRESETS
 
     gpu = get_scale("gpu")
-    assert gpu.train == TRAIN_PRESETS["gpu-muon"] and gpu.train.optimizer == "muon"
-    assert get_recipe("gpu-muon").apply(gpu).train == gpu.train
+    assert gpu.train == TRAIN_PRESETS["gpu-muon-state"] and gpu.train.optimizer == "muon"
+    assert gpu.train.state_loss_weight == 3 and get_recipe("gpu-muon-state").apply(gpu).train == gpu.train
+    plain = get_recipe("gpu-muon").apply(gpu).train
+    assert replace(plain, name="gpu-muon") == TRAIN_PRESETS["gpu-muon"]
+    assert get_scale("paper").train.state_loss_weight == 1
     paper = get_scale("paper").train
     assert (paper.lr_peak, paper.phase1_frac, paper.epochs) == (1e-3, 0.5, 4)
 

@@ -59,10 +59,10 @@ def test_recipe_overrides_and_cli(tmp_path, capsys):
 
 
 def test_gpu_recipe_runs_on_cpu(tmp_path):
-    """The gpu scale's task, corpus, recipe (Muon) and evaluation for two steps on the CPU, one
+    """The gpu scale's task, corpus, recipe (Muon, the state-weighted loss) and evaluation for two steps on the CPU, one
     trace evaluated; the model shrunk to 2 x 64 (this CPU emulates the bf16 that Muon's
     Newton-Schulz iterations run in: ~130 s per step of the paper model)."""
-    res = learn.bench_learn("gpu", "gpu-muon", points=4, max_steps=2, eval_limit=1,
+    res = learn.bench_learn("gpu", "gpu-muon-state", points=4, max_steps=2, eval_limit=1,
                             model_overrides=dict(n_layer=2, n_head=4, n_embd=64),
                             cache_dir=tmp_path, progress=False, report=lambda _: None,
                             train_overrides=dict(batch_size=2, micro_batch_size=None,
@@ -72,7 +72,8 @@ def test_gpu_recipe_runs_on_cpu(tmp_path):
     assert res["model"]["n_layer"] == 2 and res["model"]["block_size"] == 512
     assert res["tokens_per_step"] == 2 * 64 and res["eval_n"] == 1
     assert res["train"]["optimizer"] == "muon" and res["train"]["muon_lr"] == 6e-3
-    assert res["eval_n"] == 1 and res["recipe"]["name"] == "gpu-muon"
+    assert res["train"]["state_loss_weight"] == 3
+    assert res["eval_n"] == 1 and res["recipe"]["name"] == "gpu-muon-state"
 
 
 @pytest.mark.parametrize("name", list(learn.RECIPES))

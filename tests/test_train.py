@@ -538,10 +538,10 @@ def test_learns_simple_tracing(tmp_path):
     build_preset("base", data, 20_000, test_size=128, validation_size=64, workers=1,
                  progress=False, generator_overrides=LEARN, config_name="learn")
     mc = get_model_config("tiny", block_size=128, pe="rpb")
-    # 4 epochs: a margin over the threshold on CPUs of either vendor
-    tc = T.get_train_config("cpu", epochs=4, batch_size=8, micro_batch_size=None, block_size=128,
+    # the state lists weighted 3x: 2 epochs reach 0.91 here (the plain loss needed 4 for 0.87)
+    tc = T.get_train_config("cpu", epochs=2, batch_size=8, micro_batch_size=None, block_size=128,
                             lr_peak=1e-2, lr_min=1e-3, warmup_frac=0.05, phase1_frac=1.0,
-                            weight_decay=0.0, log_every=200, val_windows=32)
+                            weight_decay=0.0, log_every=200, val_windows=32, state_loss_weight=3)
     t0 = time.time()
     summary = T.train(tc, mc, data, "learn", tmp_path / "run", progress=False)
     train_s = time.time() - t0

@@ -85,13 +85,18 @@ RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
                              "weighted 3x in the loss",
            model=dict(n_layer=4), corpus_snippets=250_000,
            train={**_CPU_MUON, "muon_lr": 0.005, "state_loss_weight": 3.0}),
-    # The `gpu` scale's own recipe (paper task, paper model), kept under its name for runs on
-    # other scales: 4x more steps than `fast` for the same tokens (batch 128 x 512), Muon on the
+    # The `gpu` scale's recipe of the first H200 slot (paper task, paper model), kept under its
+    # name for runs on other scales: 4x more steps than `fast` for the same tokens (batch 128 x 512), Muon on the
     # hidden matrices at twice AdamW's peak LR
     Recipe("gpu-muon", "batch 128 x 512, AdamW 3e-3 + Muon 6e-3 (hidden matrices), one cosine, "
                        "5% warmup, compiled",
            train=dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
-                      optimizer="muon", muon_lr=6e-3)),
+                      optimizer="muon", muon_lr=6e-3, state_loss_weight=1.0)),
+    # the `gpu` scale's recipe now: gpu-muon with the cpu scale's lever, the state-list targets
+    # weighted 3x in the loss
+    Recipe("gpu-muon-state", "gpu-muon with the state-list targets weighted 3x in the loss",
+           train=dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
+                      optimizer="muon", muon_lr=6e-3, state_loss_weight=3.0)),
 )})
 
 

@@ -183,11 +183,11 @@ def _scales() -> Presets[Scale]:
     gpu = Scale(
         name="gpu",
         description="one GPU, each experiment <= 10 min on an H100: the paper's task and model, "
-                    "a fifth of the corpus, one epoch of the `gpu-muon` recipe (batch 128 x 512, "
-                    "Muon on the hidden matrices + AdamW, one cosine phase; about 3 minutes "
-                    "of an H200)",
+                    "a fifth of the corpus, one epoch of the `gpu-muon-state` recipe (batch 128 x "
+                    "512, Muon on the hidden matrices + AdamW, one cosine phase, the state "
+                    "lists weighted 3x in the loss; about 3 minutes of an H200)",
         model="paper",
-        train=TRAIN_PRESETS["gpu-muon"],
+        train=TRAIN_PRESETS["gpu-muon-state"],
         corpus_snippets=600_000,
         test_size=1024,
         task=paper_task(),
