@@ -363,4 +363,19 @@ def test_performance_page_from_benchmark_results(tmp_path):
     assert "`a.json`" in page and "`b.json`" in page and "figures/performance-loss.png" in page
     assert pages.performance_figure(tmp_path / "fig.png", res).stat().st_size > 1000
     assert training_tokens("gpu")["base"] == pytest.approx(600_000 * 306.71)  # shipped base
-    assert "No GPU results yet." in pages.performance_page(tmp_path / "none")
+    assert "No GPU results yet." in pages.performance_page(tmp_path / "none", learn_dir=tmp_path / "none")
+    # the bench learn results (any device) get their own table
+    learn = tmp_path / "learn"
+    learn.mkdir()
+    (learn / "c.json").write_text(json.dumps({
+        "scale": "cpu", "device": "AMD EPYC", "eval_n": 512, "git_commit": "abcdef0123",
+        "recipe": {"name": "scale", "train": {"state_loss_weight": 3}, "model": {}},
+        "curve": [{"tokens": 1e6, "train_seconds": 100.0, "exact_match": 0.9},
+                  {"tokens": 2e6, "train_seconds": 200.4, "exact_match": 0.953}],
+        "to_90": {"seconds": 100.0}, "to_95": {"seconds": 200.4}, "to_99": None}))
+    (learn / "empty.json").write_text(json.dumps({"scale": "cpu", "curve": []}))
+    page = pages.performance_page(res, learn_dir=learn)
+    table = page.split("## Learning efficiency on every device")[1]
+    assert ("| `c.json` | `cpu` | AMD EPYC | `scale` (state_loss_weight=3) | 512 | 2.0M | 200 | 95.3% "
+            "| 100 | 200 | - | `abcdef0` |") in table
+    assert "empty.json" not in table

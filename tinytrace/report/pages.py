@@ -271,6 +271,7 @@ def update_scales_block(text: str, sections_dir=DEFAULT_OUT) -> str:
 
 
 PERF_RESULTS = Path("benchmarks") / "results"
+LEARN_RESULTS = Path("benchmarks") / "learn"
 
 
 def perf_results(results_dir=PERF_RESULTS) -> list[dict]:
@@ -279,7 +280,40 @@ def perf_results(results_dir=PERF_RESULTS) -> list[dict]:
             for f in sorted(Path(results_dir).glob("*.json"))]
 
 
-def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/performance-loss.png") -> str:
+def learn_table(learn_dir=LEARN_RESULTS) -> list[dict]:
+    """One row per committed ``tinytrace bench learn --json`` result (``benchmarks/learn/``),
+    oldest first: the recipe and its overrides, the final ID exact match, and the training
+    seconds to 90/95/99% (- where not reached)."""
+    rows = []
+    for f in sorted(Path(learn_dir).glob("*.json")):
+        r = json.loads(f.read_text())
+        last = r["curve"][-1] if r.get("curve") else None
+        if last is None:
+            continue
+        rec = r.get("recipe", {})
+        over = {**rec.get("train", {}), **rec.get("model", {})}
+        if rec.get("corpus_snippets"):
+            over["corpus_snippets"] = rec["corpus_snippets"]
+        recipe = f"`{rec.get('name', '?')}`" + (
+            " (" + ", ".join(f"{k}={v}" for k, v in over.items()) + ")" if over else "")
+
+        def to(t):
+            hit = r.get(f"to_{t}")
+            return f"{hit['seconds']:,.0f}" if hit else "-"
+
+        rows.append({"file": f"`{f.name}`", "scale": f"`{r.get('scale', '?')}`",
+                     "device": r.get("device", "?").split("(")[0].replace("NVIDIA", "").strip(),
+                     "recipe": recipe,
+                     "traces": r.get("eval_n", ""), "tokens": f"{last['tokens'] / 1e6:,.1f}M",
+                     "training s": f"{last['train_seconds']:,.0f}",
+                     "ID EM": f"{last['exact_match']:.1%}",
+                     "s to 90%": to(90), "s to 95%": to(95), "s to 99%": to(99),
+                     "commit": f"`{r.get('git_commit', '?')[:7]}`"})
+    return rows
+
+
+def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/performance-loss.png",
+                     learn_dir=LEARN_RESULTS) -> str:
     """``book/performance.md``: the one-GPU goals against the committed GPU measurements, the
     measurements, exact match and loss against wall time, and the cost of each section on the
     GPU of the best measured throughput."""
@@ -371,6 +405,20 @@ def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/per
                              f"{gpu} minutes (training)": f"{t / tps / 60:,.1f}"})
         lines += [md_table(rows, ["scale", "experiment", "training tokens",
                                   f"{gpu} minutes (training)"]), ""]
+    learn = learn_table(learn_dir)
+    if learn:
+        lines += ["", "## Learning efficiency on every device", "",
+                  "Each committed `tinytrace bench learn --json` run (`benchmarks/learn/`): a "
+                  "scale's base model trained with a named recipe (overrides in brackets) and "
+                  "evaluated on the scale's ID test split at even fractions of its steps; the "
+                  "final point and the training seconds to 90/95/99% ID exact match (- where not "
+                  "reached; seconds include `torch.compile`, evaluations excluded; the files "
+                  "say the load beside each run). `scale` is the scale's recipe at that commit. "
+                  "The recipes are not the paper's: see "
+                  "`notes/issue15-learning.md` for the search.", "",
+                  md_table(learn, ["file", "scale", "device", "recipe", "traces", "tokens",
+                                   "training s", "ID EM", "s to 90%", "s to 95%", "s to 99%",
+                                   "commit"]), ""]
     return "\n".join(lines) + "\n"
 
 
