@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -149,6 +149,9 @@ class TrainConfig(ConfigDict):
                     phase1_frac=self.phase1_frac, phase2_scale=self.phase2_scale)
 
 
+_GPU_MUON = TrainConfig(name="gpu-muon", epochs=1, batch_size=128, micro_batch_size=128,
+                        lr_peak=3e-3, lr_min=3e-4, warmup_frac=0.05, phase1_frac=1.0,
+                        compile=True, optimizer="muon", muon_lr=6e-3)
 TRAIN_PRESETS: Presets[TrainConfig] = Presets("train preset", {
     # App. C.1 / Sec. 3.4: 512 x 512-token windows per step, 4 epochs, two-phase schedule.
     "paper": TrainConfig(),
@@ -159,18 +162,13 @@ TRAIN_PRESETS: Presets[TrainConfig] = Presets("train preset", {
     # peak lr, short warmup, compiled, 256-window micro-batches. Not in the paper.
     "fast": TrainConfig(name="fast", epochs=1, micro_batch_size=256, lr_peak=2e-3,
                         warmup_frac=0.05, phase1_frac=1.0, compile=True),
-    # The `gpu` scale's recipe (not in the paper): `fast` with 4x more optimizer steps for the
+    # The `gpu` scale's first recipe (not in the paper): `fast` with 4x more optimizer steps for the
     # same tokens (batch 128 x 512) and Muon on the hidden matrices at twice AdamW's peak lr;
     # one epoch of 600k snippets gave 93.8% ID EM where `fast` gave 0/16 (notes/issue15-learning.md).
-    "gpu-muon": TrainConfig(name="gpu-muon", epochs=1, batch_size=128, micro_batch_size=128,
-                            lr_peak=3e-3, lr_min=3e-4, warmup_frac=0.05, phase1_frac=1.0,
-                            compile=True, optimizer="muon", muon_lr=6e-3),
+    "gpu-muon": _GPU_MUON,
     # `gpu-muon` with the state lists weighted 3x in the loss, the lever that took the `cpu`
     # scale past 95% (not in the paper); the `gpu` scale's recipe, to be measured on a GPU.
-    "gpu-muon-state": TrainConfig(name="gpu-muon-state", epochs=1, batch_size=128,
-                                  micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
-                                  warmup_frac=0.05, phase1_frac=1.0, compile=True,
-                                  optimizer="muon", muon_lr=6e-3, state_loss_weight=3.0),
+    "gpu-muon-state": replace(_GPU_MUON, name="gpu-muon-state", state_loss_weight=3.0),
     # Smoke tests: a few tiny steps.
     "smoke": TrainConfig(name="smoke", epochs=1, batch_size=4, micro_batch_size=None,
                          block_size=64, log_every=1, val_windows=4),
