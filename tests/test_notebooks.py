@@ -159,7 +159,9 @@ def test_measured_time_comes_from_results():
     results = {"02": {"scale": "cpu", "seconds": 600.0, "hardware": "CPU: x"},
                "03": {"scale": "cpu", "seconds": 300.0, "hardware": "CPU: x"},
                "04": {"scale": "smoke", "seconds": None, "hardware": "CPU: x"}}
-    assert pages.measured_time("cpu", results) == "2 of 6 sections: 15 min of notebook time on CPU: x"
+    assert pages.measured_time("cpu", results) == ("2 of 6 sections: 15 min of notebook time on "
+                                                   "CPU: x (last executions; work they found "
+                                                   "cached is not counted)")
     assert pages.measured_time("smoke", results) == "not measured"
     assert pages.measured_time("paper", {}) == "not measured"
 

@@ -235,13 +235,16 @@ def write_datasets_page(data_dir="data/tinytracing", path=DATASETS_PAGE) -> Path
 
 
 def measured_time(scale: str, results: dict[str, dict]) -> str:
-    """What the executed sections at ``scale`` took, from their results, else "not measured"."""
+    """What the executed sections at ``scale`` took in their last executions, from their
+    results, else "not measured". An execution that found its runs and evaluations in the cache
+    took only the rest: the cell says so."""
     done = [r for r in results.values() if r.get("scale") == scale and r.get("seconds")]
     if not done:
         return "not measured"
     minutes = sum(r["seconds"] for r in done) / 60
     where = ", ".join(sorted({r.get("hardware", "?") for r in done}))
-    return f"{len(done)} of {len(NOTEBOOKS)} sections: {minutes:.0f} min of notebook time on {where}"
+    return (f"{len(done)} of {len(NOTEBOOKS)} sections: {minutes:.0f} min of notebook time on "
+            f"{where} (last executions; work they found cached is not counted)")
 
 
 def scales_markdown(sections_dir=DEFAULT_OUT) -> str:
