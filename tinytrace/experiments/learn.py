@@ -57,6 +57,8 @@ class Recipe(ConfigDict):
 
 _CPU_MUON = dict(epochs=1, batch_size=32, lr_peak=3e-3, lr_min=3e-4, optimizer="muon", muon_lr=0.01,
                  compile=True)
+_GPU_MUON = dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4, optimizer="muon",
+                 muon_lr=6e-3)
 RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
     Recipe("scale", "the scale's own base run, unchanged"),
     # candidates for the cpu scale: deeper, wider, higher LR
@@ -86,17 +88,15 @@ RECIPES: Presets[Recipe] = Presets("recipe", {r.name: r for r in (
            model=dict(n_layer=4), corpus_snippets=250_000,
            train={**_CPU_MUON, "muon_lr": 0.005, "state_loss_weight": 3.0}),
     # The `gpu` scale's recipe of the first H200 slot (paper task, paper model), kept under its
-    # name for runs on other scales: 4x more steps than `fast` for the same tokens (batch 128 x 512), Muon on the
-    # hidden matrices at twice AdamW's peak LR
+    # name for runs on other scales: 4x more steps than `fast` for the same tokens (batch
+    # 128 x 512), Muon on the hidden matrices at twice AdamW's peak LR, the plain loss
     Recipe("gpu-muon", "batch 128 x 512, AdamW 3e-3 + Muon 6e-3 (hidden matrices), one cosine, "
                        "5% warmup, compiled",
-           train=dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
-                      optimizer="muon", muon_lr=6e-3, state_loss_weight=1.0)),
+           train={**_GPU_MUON, "state_loss_weight": 1.0}),
     # the `gpu` scale's recipe now: gpu-muon with the cpu scale's lever, the state-list targets
     # weighted 3x in the loss
     Recipe("gpu-muon-state", "gpu-muon with the state-list targets weighted 3x in the loss",
-           train=dict(batch_size=128, micro_batch_size=128, lr_peak=3e-3, lr_min=3e-4,
-                      optimizer="muon", muon_lr=6e-3, state_loss_weight=3.0)),
+           train={**_GPU_MUON, "state_loss_weight": 3.0}),
 )})
 
 

@@ -305,7 +305,7 @@ def learn_table(learn_dir=LEARN_RESULTS) -> list[dict]:
             return f"{hit['seconds']:,.0f}" if hit else "-"
 
         rows.append({"file": f"`{f.name}`", "scale": f"`{r.get('scale', '?')}`",
-                     "device": r.get("device", "?").split("(")[0].replace("NVIDIA", "").strip(),
+                     "device": _device_name(r.get("device", "?")),
                      "recipe": recipe,
                      "traces": r.get("eval_n", ""), "tokens": f"{last['tokens'] / 1e6:,.1f}M",
                      "training s": f"{last['train_seconds']:,.0f}",
@@ -425,9 +425,14 @@ def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/per
     return "\n".join(lines) + "\n"
 
 
+def _device_name(device: str) -> str:
+    """'NVIDIA H200 (1 GPU, ...)' -> 'H200', 'AMD EPYC' -> 'AMD EPYC'."""
+    return device.split("(")[0].replace("NVIDIA", "").strip()
+
+
 def _short_device(device: str) -> str:
     """'NVIDIA H200 (1 GPU, ...)' -> 'H200': the chip's name for column headers."""
-    name = device.split("(")[0].replace("NVIDIA", "").strip()
+    name = _device_name(device)
     return name.split()[0] if name else "GPU"
 
 

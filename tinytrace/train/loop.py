@@ -162,8 +162,8 @@ TRAIN_PRESETS: Presets[TrainConfig] = Presets("train preset", {
     # peak lr, short warmup, compiled, 256-window micro-batches. Not in the paper.
     "fast": TrainConfig(name="fast", epochs=1, micro_batch_size=256, lr_peak=2e-3,
                         warmup_frac=0.05, phase1_frac=1.0, compile=True),
-    # The `gpu` scale's first recipe (not in the paper): `fast` with 4x more optimizer steps for the
-    # same tokens (batch 128 x 512) and Muon on the hidden matrices at twice AdamW's peak lr;
+    # The `gpu` scale's first recipe (not in the paper): `fast` with 4x more optimizer steps for
+    # the same tokens (batch 128 x 512) and Muon on the hidden matrices at twice AdamW's peak lr;
     # one epoch of 600k snippets gave 93.8% ID EM where `fast` gave 0/16 (notes/issue15-learning.md).
     "gpu-muon": _GPU_MUON,
     # `gpu-muon` with the state lists weighted 3x in the loss, the lever that took the `cpu`
@@ -419,7 +419,8 @@ def _optimization_step(r: _Run) -> None:
     acc_step = acc.step
 
     def run(fwd):
-        return optimizer_step(r.model, r.optimizers, acc, batches, lambda x, y: lm_loss(fwd, x, y, r.tc.state_loss_weight),
+        return optimizer_step(r.model, r.optimizers, acc, batches,
+                              lambda x, y: lm_loss(fwd, x, y, r.tc.state_loss_weight),
                               r.tc.grad_clip)
 
     if r.compiled:
