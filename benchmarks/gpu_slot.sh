@@ -2,9 +2,9 @@
 # One GPU slot: the next units of the plan of GPU work that fit (tinytrace/experiments/slots.py,
 # `tinytrace slot status` lists them), resuming where the committed done records
 # (benchmarks/slots/*.json) say the last slot stopped. On the GPU machine, in the repo root:
-#   DEADLINE=500 bash benchmarks/gpu_slot.sh        (device call: carry runs/gpu-slot-carry
-#                                                    [and .whl for the section units])
-# Before the call, here: `tinytrace slot carry --budget 480` stages the weights the next units
+#   bash benchmarks/gpu_slot.sh     (device call: timeout_s=575, carry runs/gpu-slot-carry
+#                                    [and .whl for the section units]; DEADLINE defaults to 530)
+# Before the call, here: `tinytrace slot carry --budget 495` stages the weights the next units
 # need; after it: `tinytrace slot import <files_at>`, then commit benchmarks/slots/.
 # What comes back in $OUT: log.txt, results.tgz (a record and the outputs of each unit) and the
 # bf16 weights of the runs trained, in parts of 15 MB. A unit cut short is not recorded as done.
@@ -12,7 +12,7 @@
 #   BENCH_DEVICE=cpu bash benchmarks/gpu_slot.sh (tests/test_slots.py runs the same steps).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-DEADLINE=${DEADLINE:-480}
+DEADLINE=${DEADLINE:-530}  # slots.UNIT_MAX_S assumes this; a device call allows 600 s
 T0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -161,7 +161,13 @@ def test_cached_uncached_single_and_teacher_forcing_agree(rows, pe):
     uncached, su = greedy_generate(m, prompts, max_new, use_cache=False, stop_at_eos=False)
     single = [greedy_generate(m, [p], [n], stop_at_eos=False)[0][0] for p, n in zip(prompts, max_new)]
     static, ss = greedy_generate_static(m, prompts, max_new, stop_at_eos=False, sync_every=5)
-    assert cached == uncached == single == static
+    full, sf = greedy_generate_static(m, prompts, max_new, stop_at_eos=False, sync_every=5,
+                                      width_buckets=1)
+    assert cached == uncached == single == static == full
+    # attention widths 16/32/48/64 (the short windows read less), or always 64
+    assert sum(ss["width_steps"].values()) == ss["steps"] - 1  # token 0 comes from the prompt
+    assert ss["width_steps"][16] > 0 and ss["width_steps"][64] > 0
+    assert list(sf["width_steps"]) == [64] and sf["steps"] == ss["steps"]
     assert [len(o) for o in cached] == max_new and st == su and st["restarts"] > 0
     assert {k: ss[k] for k in st} == st and ss["restart_batches"] <= ss["restarts"]
     own = [Record("", "", p, o) for p, o in zip(prompts, cached)]
@@ -219,6 +225,47 @@ def test_eos_stops_rows():
     assert ss["steps"] <= 30 + 4  # stops at the first sync after every row ended
 
 
+def test_static_step_frozen_changes_no_row(rows):
+    """The warm-up and capture of a width's CUDA graph run the step with every row frozen:
+    afterwards every row decodes on exactly as without them."""
+    from tinytrace.evaluate.decode import _StaticStep, attention_widths
+
+    assert attention_widths(512, 4) == [128, 256, 384, 512] and attention_widths(64, 1) == [64]
+    assert attention_widths(100, 3) == [40, 72, 100]
+    with pytest.raises(ValueError, match="width_buckets"):
+        attention_widths(512, 0)
+    m = tiny(block_size=64)
+    prompts = [r.prompt_ids[:20] for r in make_records(rows[:3])]
+    runs = []
+    for warm in (False, True):
+        cache = m.new_kv_cache(3)
+        step = _StaticStep(m, cache, [40] * 3, torch.device("cpu"), amp=False, graph=False)
+        logits = _last_logits_for(m, prompts, cache)
+        step.tok[:, 0] = step.out[:, 0] = logits.argmax(-1)
+        step.opos.fill_(1)
+        step.active.fill_(True)
+        for i in range(8):  # no row reaches 40 tokens: any extra step would show
+            if warm and i in (0, 5):
+                with step.frozen():
+                    step._run(64)
+                    step._run(32)
+                assert bool(step.active.all())
+            step(64)
+        # every column but the spare one inactive rows write to
+        runs.append((step.out[:, :-1].clone(), step.tok.clone(), cache.lens.clone(), step.opos.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*runs)) and runs[0][3].tolist() == [9] * 3
+    with pytest.raises(ValueError, match="static"):  # a narrower width only where rows are frozen
+        m(step.tok, kv_cache=cache, width=32)
+
+
+def _last_logits_for(m, prompts, cache):
+    from tinytrace.evaluate.decode import _last_logits
+
+    logits = _last_logits(m, prompts, torch.device("cpu"), kv_cache=cache)
+    cache.set_lens(list(range(len(prompts))), [len(p) for p in prompts])
+    return logits
+
+
 def test_static_decode_in_evaluate(rows):
     """evaluate(decode="static") (the GPU path, run eagerly here) scores exactly as the dynamic
     decoder, through window restarts and EOS; bad values are refused."""
@@ -260,8 +307,12 @@ def test_bench_eval(data_dir):
               config="base", max_new_tokens=24)
     res = bench_eval(**kw)
     assert res["outputs_equal"] and res["generated_tokens"] == 72 and res["speedup"] > 0
-    res = bench_eval(**kw, modes="static,cached")
-    assert res["modes"] == ["static", "cached"] and res["outputs_equal"] and res["static_seconds"] > 0
+    res = bench_eval(**kw, modes="static,cached,static-full")
+    assert res["modes"] == ["static", "cached", "static-full"] and res["outputs_equal"] and res["static_seconds"] > 0
+    st, full = res["static_steps"], res["static-full_steps"]
+    # 2 batches, each row's first token from its prompt: every other step at one width
+    assert st["steps"] == full["steps"] and sum(st["width_steps"].values()) == st["steps"] - 2
+    assert list(full["width_steps"]) == [512] and st["width_steps"][128] > 0
     with pytest.raises(ValueError, match="modes"):
         bench_eval(**kw, modes="fast")
     with pytest.raises(ValueError):

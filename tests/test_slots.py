@@ -35,6 +35,21 @@ def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
     assert all(u.cost_s > 0 for u in units) and by["base"].trains and not by["bench-eval"].trains
 
 
+def test_every_gpu_unit_fits_one_slot():
+    """A unit longer than one device call leaves (UNIT_MAX_S) would be skipped by every slot."""
+    units = slots.plan("gpu")
+    assert max(u.cost_s for u in units) <= slots.UNIT_MAX_S
+    learn = next(u for u in units if u.name == "learn-99")
+    assert f"epochs={slots.LEARN_EPOCHS}" in learn.command
+    rows = slots.status_table([Unit("long", "true", slots.UNIT_MAX_S + 1)], {})
+    assert rows[0]["state"].startswith("longer than a slot")
+    # the throughput levers: one bench train each, each appending its line under its own limit
+    train = units[0].command
+    assert train.count("-m tinytrace bench train") == len(slots.TRAIN_LEVERS)
+    assert "--compile-mode max-autotune-no-cudagraphs" in train and "--preset gpu-muon-state" in train
+    assert train.count(">> {out}/bench_train.jsonl") == len(slots.TRAIN_LEVERS)
+
+
 def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
     a, b, c = (Unit("a", "true", 100), Unit("b", "true", 50, ("a",)), Unit("c", "true", 30))
     assert [u.name for u in slots.choose([a, b, c], {}, 140)] == ["a", "c"]  # b does not fit
@@ -107,13 +122,27 @@ def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
 def test_benchmark_units_become_performance_results(tmp_path):
     rec = {"unit": "bench-eval", "device": "NVIDIA H200", "date": "2026-12-05", "command": "c",
            "git_commit": "abc1234"}
-    (tmp_path / "bench_eval.jsonl").write_text(json.dumps({"traces": 1024, "static_seconds": 4.5}))
+    # bench-eval: the fastest decoding lever on 1,024 traces is the result, every lever named
+    evals = [{"traces": 1024, "batch_size": 256, "modes": ["static", "static-full"],
+              "static_seconds": 5.5, "static-full_seconds": 7.0},
+             {"traces": 1024, "batch_size": 1024, "modes": ["static"], "static_seconds": 4.5}]
+    (tmp_path / "bench_eval.jsonl").write_text("\n".join(json.dumps(e) for e in evals) + "\n")
     perf = slots.perf_result(rec, tmp_path)
     assert perf["metrics"] == {"eval_1024_seconds": 4.5} and perf["git_commit"] == "abc1234"
+    assert "static-full batch 256: 7.00 s" in perf["name"] and len(perf["runs"]) == 2
     (tmp_path / "bench_learn.json").write_text(json.dumps(
         {"to_99": {"seconds": 420.0}, "train_seconds": 500.0, "curve": [{"exact_match": 0.99}]}))
     perf = slots.perf_result(dict(rec, unit="learn-99"), tmp_path)
     assert perf["metrics"]["time_to_99_seconds"] == 420.0 and perf["em_curve"]
+    # bench-train: the fastest lever of the paper's optimizer is the result, every lever named
+    levers = [dict(preset="paper", micro_batch_size=512, compile_mode="default", tokens_per_s=1.6e6, mfu=0.29),
+              dict(preset="paper", micro_batch_size=512, compile_mode="max-autotune", tokens_per_s=1.9e6, mfu=0.34),
+              dict(preset="gpu-muon-state", micro_batch_size=128, compile_mode="default",
+                   tokens_per_s=2.5e6, mfu=0.45)]
+    (tmp_path / "bench_train.jsonl").write_text("\n".join(json.dumps(x) for x in levers) + "\n")
+    perf = slots.perf_result(dict(rec, unit="bench-train"), tmp_path)
+    assert perf["metrics"] == {"tokens_per_s": 1_900_000, "mfu": 0.34} and len(perf["runs"]) == 3
+    assert "paper mb 512 max-autotune: 1.90M" in perf["name"] and "gpu-muon-state mb 128" in perf["name"]
     assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None
 
 

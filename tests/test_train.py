@@ -479,9 +479,49 @@ def test_bench_train():
     for k in ("params", "tokens_per_s", "mfu", "device", "flops_per_token"):
         assert k in out
     assert out["tokens_per_s"] > 0 and out["accumulation_steps"] == 2 and out["mfu"] is None
+    assert out["optimizer"] == "adamw" and out["compile_mode"] is None
     assert T.peak_flops("NVIDIA H100 80GB HBM3") == 798e12 and T.peak_flops("cpu") is None
     with pytest.raises(ValueError):
         T.bench_train(steps=0)
+
+
+def _record_compile(monkeypatch) -> list:
+    """torch.compile replaced by the identity, recording each call's mode."""
+    modes = []
+
+    def fake(model, mode=None, **kw):
+        modes.append(mode)
+        return model
+    monkeypatch.setattr(torch, "compile", fake)
+    return modes
+
+
+def test_bench_train_measures_a_preset_and_a_compile_mode(monkeypatch):
+    """The gpu scale's recipe is measured with its own optimizer and loss, compiled in the mode
+    asked for."""
+    modes = _record_compile(monkeypatch)
+    out = T.bench_train(model="tiny", steps=1, batch_size=2, device="cpu", preset="gpu-muon-state",
+                        compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert (out["preset"], out["optimizer"], out["state_loss_weight"]) == ("gpu-muon-state", "muon", 3.0)
+    assert out["compile_mode"] == "max-autotune-no-cudagraphs" and modes == ["max-autotune-no-cudagraphs"]
+    with pytest.raises(ValueError, match="compile_mode"):
+        T.bench_train(model="tiny", steps=1, device="cpu", compile=True, compile_mode="fast")
+
+
+def test_compile_mode_reaches_torch_compile_and_stays_out_of_old_keys(data_dir, tmp_path, monkeypatch):
+    from tinytrace.experiments.cache import settings
+
+    modes = _record_compile(monkeypatch)
+    mc = get_model_config("tiny", block_size=32)
+    T.train(_cfg(max_steps=1, compile=True, compile_mode="reduce-overhead"), mc, data_dir, "simple",
+            tmp_path / "run", progress=False)
+    assert modes == ["reduce-overhead"]
+    T.train(_cfg(max_steps=1, compile=True), mc, data_dir, "simple", tmp_path / "run2", progress=False)
+    assert modes[-1] is None  # "default": torch.compile's own default
+    assert "compile_mode" not in settings(_cfg())  # runs cached before the field keep their keys
+    assert settings(_cfg(compile_mode="max-autotune"))["compile_mode"] == "max-autotune"
+    with pytest.raises(ValueError, match="compile_mode"):
+        _cfg(compile_mode="fast")
 
 
 def _free_port():

@@ -328,7 +328,7 @@ class GPT(nn.Module):
         return ctx
 
     def forward(self, idx, targets=None, *, kv_cache: KVCache | None = None, rows: list[int] | None = None,
-                static: bool = False):
+                static: bool = False, width: int | None = None):
         """idx (B, T) -> logits (B, T, V), mean cross-entropy over targets != -100 (or None).
 
         With ``kv_cache``: the T tokens of each row (or of ``rows`` of the cache) continue its
@@ -336,7 +336,9 @@ class GPT(nn.Module):
         exactly (right padding: a padded token's keys are overwritten before any query sees them).
         ``static``: every row, attention over all ``block_size`` columns (masked past each row's
         length), no host reads and no length bookkeeping (the caller advances ``lens`` per row):
-        fixed shapes, so the step can be captured in a CUDA graph."""
+        fixed shapes, so the step can be captured in a CUDA graph. ``width`` (static only): attend
+        over the first ``width`` columns instead, for a caller that knows every advancing row's
+        window is shorter (the others' outputs are then meaningless)."""
         B, T = idx.size()
         device = idx.device
         if kv_cache is None:
@@ -351,7 +353,12 @@ class GPT(nn.Module):
             if len(rows_list) != B or (static and not all_rows):
                 raise ValueError(f"{B} rows of input for {len(rows_list)} cache rows"
                                  + (" (static: all rows)" if static else ""))
-            width = self.config.block_size if static else max(kv_cache.lens_host[r] for r in rows_list) + T
+            if width is not None and not static:
+                raise ValueError("width is for static forwards only")
+            if static:
+                width = self.config.block_size if width is None else width
+            else:
+                width = max(kv_cache.lens_host[r] for r in rows_list) + T
             if width > self.config.block_size:
                 raise ValueError(f"cached window would reach {width} > block_size {self.config.block_size}")
             rows_t = torch.arange(B, device=device) if all_rows else torch.tensor(rows_list, device=device)

@@ -27,6 +27,10 @@ def add_cli(sub) -> None:
     t.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
     t.add_argument("--micro-batch-size", type=int, default=None)
     t.add_argument("--compile", action="store_true")
+    t.add_argument("--compile-mode", default="default", help="torch.compile mode: default, "
+                   "reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
+    t.add_argument("--preset", default="paper", help="train preset whose optimizer, loss and "
+                   "precision are measured (tinytrace.train.TRAIN_PRESETS)")
     t.add_argument("--device", default=None)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_train)
@@ -38,7 +42,8 @@ def add_cli(sub) -> None:
     e.add_argument("--data", default=None, help="a Hub-layout folder (default: build base traces)")
     e.add_argument("--config", default="base", help="config of --data")
     e.add_argument("--modes", default="cached,uncached",
-                   help="comma list of cached, uncached, static (speedup: first over second)")
+                   help="comma list of cached, uncached, static, static-full (speedup: first "
+                   "over second)")
     e.add_argument("--max-new-tokens", type=int, default=None, help="cap per trace")
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
@@ -91,7 +96,8 @@ def _train(args) -> int:
 
     return _show(bench_train(model=args.model, steps=args.steps, batch_size=args.batch_size,
                              micro_batch_size=args.micro_batch_size, compile=args.compile,
-                             device=args.device), args.json)
+                             device=args.device, preset=args.preset,
+                             compile_mode=args.compile_mode), args.json)
 
 
 def _eval(args) -> int:

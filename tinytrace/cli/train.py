@@ -10,6 +10,7 @@ from tinytrace.cli import key_value
 from tinytrace.model import ModelConfig, get_model_config
 from tinytrace.presets import check_fields
 from tinytrace.train import (
+    COMPILE_MODES,
     OPTIMIZERS,
     TRAIN_PRESETS,
     TrainConfig,
@@ -27,7 +28,7 @@ _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
                "save_every": "save_every", "save_every_minutes": "save_every_minutes",
                "log_every": "log_every",
                "val_windows": "val_windows", "mixed_precision": "mixed_precision",
-               "compile": "compile"}
+               "compile": "compile", "compile_mode": "compile_mode"}
 
 
 def add_cli(sub) -> None:
@@ -64,6 +65,8 @@ def add_cli(sub) -> None:
     p.add_argument("--val-windows", type=int)
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode with "
+                   "--compile (default: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out if any "
                    "(after an interrupt: the same command with --resume added)")
     p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 
 import torch
 
@@ -12,7 +13,7 @@ from tinytrace.model import GPT, get_model_config, load_checkpoint, unwrap
 from .core import make_records, resolve_device
 from .decode import greedy_generate, greedy_generate_static
 
-MODES = ("cached", "uncached", "static")
+MODES = ("cached", "uncached", "static", "static-full")
 
 
 def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size: int = 64,
@@ -20,8 +21,10 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
                max_new_tokens: int | None = None, device: str | None = None) -> dict:
     """Generated tokens/s and traces/s of decoding modes on the same traces in one run:
     ``cached`` (KV cache, finished rows dropped), ``uncached`` (re-encode the window every
-    token), ``static`` (fixed shapes, a CUDA graph per token on GPUs). ``modes`` picks them, a
-    comma list or a sequence (``speedup`` = first mode over second).
+    token), ``static`` (fixed shapes, a CUDA graph per token on GPUs, attention over the width
+    the windows need) and ``static-full`` (the same over the whole context). ``modes`` picks
+    them, a comma list or a sequence (``speedup`` = first mode over second). Static modes also
+    report their decode steps, restart forwards and steps per attention width.
 
     The model is the ``model`` preset with random weights, or the run in ``checkpoint``.
     Random-weight models rarely emit EOS, so every row generates exactly its target's length
@@ -58,12 +61,17 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     outs = {}
     for mode in modes:
         t0, toks, outs[mode] = time.perf_counter(), 0, []
+        steps = {"steps": 0, "restart_batches": 0, "width_steps": Counter()}
         for i in range(0, len(order), bsz):
             chunk = order[i: i + bsz]
             prompts = [r.prompt_ids for r in chunk]
             caps = [min(len(r.target_ids), max_new_tokens or 1 << 30) for r in chunk]
-            if mode == "static":
-                o, st = greedy_generate_static(net, prompts, caps, stop_at_eos=False)
+            if mode.startswith("static"):
+                o, st = greedy_generate_static(net, prompts, caps, stop_at_eos=False,
+                                               width_buckets=1 if mode == "static-full" else 4)
+                for k in ("steps", "restart_batches"):
+                    steps[k] += st[k]
+                steps["width_steps"].update(st["width_steps"])
             else:
                 o, st = greedy_generate(net, prompts, caps, use_cache=mode == "cached",
                                         stop_at_eos=False)
@@ -75,6 +83,8 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
         result[f"{mode}_tokens_per_s"] = round(toks / dt, 1)
         result[f"{mode}_traces_per_s"] = round(len(order) / dt, 3)
         result[f"{mode}_seconds"] = round(dt, 3)
+        if mode.startswith("static"):
+            result[f"{mode}_steps"] = dict(steps, width_steps=dict(sorted(steps["width_steps"].items())))
         result["generated_tokens"] = toks
     result["modes"] = modes
     if len(modes) > 1:

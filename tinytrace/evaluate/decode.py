@@ -185,50 +185,35 @@ class _StaticStep:
 
     Per row: ``tok`` is the next input, ``opos`` how many tokens it has generated (``out`` holds
     them), ``active`` whether it advances. An inactive row (waiting for a window restart, or
-    finished) still runs through the model but writes nothing and stays where it is. On CUDA
-    the step is captured once in a CUDA graph and replayed (one launch per token instead of
-    one per kernel); elsewhere it runs eagerly."""
+    finished) still runs through the model but writes nothing and stays where it is. Attention
+    spans ``width`` columns, which must exceed every active row's cached length. On CUDA the
+    step is captured in a CUDA graph per width on its first use and replayed (one launch per
+    token instead of one per kernel); elsewhere it runs eagerly."""
 
     def __init__(self, fwd, cache, max_new: list[int], device, amp: bool, graph: bool | None = None,
                  stop_at_eos: bool = True):
         n = len(max_new)
         self.fwd, self.cache, self.device, self.amp = fwd, cache, device, amp
         self.stop_at_eos = stop_at_eos
-        self.width = int(max(max_new))
+        self.spare = int(max(max_new))  # the column of `out` inactive rows write to
         self.tok = torch.zeros(n, 1, dtype=torch.long, device=device)
-        self.out = torch.full((n, self.width + 1), tk.PAD_ID, dtype=torch.long, device=device)
+        self.out = torch.full((n, self.spare + 1), tk.PAD_ID, dtype=torch.long, device=device)
         self.opos = torch.zeros(n, dtype=torch.long, device=device)
         self.max_new = torch.tensor(max_new, dtype=torch.long, device=device)
         self.active = torch.zeros(n, dtype=torch.bool, device=device)
         self.done = torch.zeros(n, dtype=torch.bool, device=device)
-        self.graph = None
-        if graph is None:
-            graph = device.type == "cuda"
-        if graph:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up (kernels, workspaces); the caller resets the state
-                    self._run()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            try:
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self._run()
-            except Exception as e:  # capture unsupported here: run the same step eagerly
-                warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding "
-                              "without a graph", RuntimeWarning)
-                self.graph = None
-                torch.cuda.synchronize(device)
+        self.use_graph = device.type == "cuda" if graph is None else graph
+        self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: capture failed
+        self.pool = None  # one memory pool for all widths' graphs (they never run at once)
 
-    def _run(self) -> None:
+    def _run(self, width: int) -> None:
         cache = self.cache
         cache.lens.clamp_(max=cache.block_size - 1)  # a waiting row's writes stay in bounds
         with _amp(self.device, self.amp, cache_enabled=False):
-            logits = self.fwd(self.tok, kv_cache=cache, static=True)[0][:, -1]
+            logits = self.fwd(self.tok, kv_cache=cache, static=True, width=width)[0][:, -1]
         nxt = logits.argmax(-1)
         act = self.active
-        col = torch.where(act, self.opos, self.width)  # inactive rows write the spare column
+        col = torch.where(act, self.opos, self.spare)  # inactive rows write the spare column
         self.out.scatter_(1, col[:, None], nxt[:, None])
         self.tok.copy_(torch.where(act[:, None], nxt[:, None], self.tok))
         if self.stop_at_eos:
@@ -237,25 +222,72 @@ class _StaticStep:
         cache.lens += act
         self.active &= ~(self.done | (self.opos >= self.max_new))
 
-    def __call__(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
+    @contextlib.contextmanager
+    def frozen(self):
+        """Every row inactive inside: steps run then (warm-up, capture) change no row's output,
+        input, length or state; a row's key/value written at its next column is the one its
+        next real step writes there."""
+        active = self.active.clone()
+        self.active.zero_()
+        try:
+            yield
+        finally:
+            self.active.copy_(active)
+
+    def _capture(self, width: int) -> None:
+        device = self.device
+        with self.frozen():
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up (kernels, workspaces)
+                    self._run(width)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                self.pool = self.pool or torch.cuda.graph_pool_handle()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    self._run(width)
+            except Exception as e:  # capture unsupported here: run the same step eagerly
+                warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding "
+                              "without a graph", RuntimeWarning)
+                graph = None
+                torch.cuda.synchronize(device)
+        self.graphs[width] = graph
+
+    def __call__(self, width: int) -> None:
+        if self.use_graph and width not in self.graphs:
+            self._capture(width)
+        graph = self.graphs.get(width)
+        if graph is not None:
+            graph.replay()
         else:
-            self._run()
+            self._run(width)
+
+
+def attention_widths(block_size: int, buckets: int) -> list[int]:
+    """The widths static decoding attends over: ``buckets`` steps up to ``block_size``, each a
+    multiple of 8 (1 bucket: always the whole window)."""
+    if buckets < 1:
+        raise ValueError(f"width_buckets must be >= 1, got {buckets}")
+    return sorted({min(block_size, -(-block_size * k // buckets // 8) * 8) for k in range(1, buckets + 1)})
 
 
 @torch.no_grad()
 def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], *,
                            stop_at_eos: bool = True, sync_every: int = 32, amp: bool = True,
-                           fwd=None, graph: bool | None = None,
-                           restart_wait: int = 32) -> tuple[list[list[int]], dict]:
+                           fwd=None, graph: bool | None = None, restart_wait: int = 32,
+                           width_buckets: int = 4) -> tuple[list[list[int]], dict]:
     """:func:`greedy_generate` with fixed shapes: every row runs every step (finished rows are
-    frozen), attention spans the whole window masked per row, and the step is a CUDA graph on
-    GPUs. A row whose window is full waits, frozen, until ``restart_wait`` steps have passed
-    since the first row started waiting (or a quarter of the rows wait, or nothing else can
-    run); then all waiting rows re-encode their step-aligned windows in one forward. Waiting
-    changes nothing a row sees: same windows, same tokens as :func:`greedy_generate` (up to
-    floating-point ties). The host syncs every ``sync_every`` steps and at restarts."""
+    frozen), attention spans a fixed width masked per row, and the step is a CUDA graph on
+    GPUs. The width is the smallest of ``width_buckets`` steps up to the context
+    (:func:`attention_widths`) that holds every advancing row's window: short windows read
+    less of the cache, at one graph per width. A row whose window is full waits, frozen, until
+    ``restart_wait`` steps have passed since the first row started waiting (or a quarter of the
+    rows wait, or nothing else can run); then all waiting rows re-encode their step-aligned
+    windows in one forward. Waiting changes nothing a row sees: same windows, same tokens as
+    :func:`greedy_generate` (up to floating-point ties). The host syncs every ``sync_every``
+    steps and at restarts."""
     fwd = fwd or model
     raw = unwrap(model)
     bs = raw.config.block_size
@@ -263,9 +295,9 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
     n = len(prompts)
     cache = raw.new_kv_cache(n, device=device, dtype=_amp_dtype(device, amp))
     step = _StaticStep(fwd, cache, list(max_new), device, amp, graph, stop_at_eos)
-    cache.lens.zero_()  # forget the warm-up
-    step.done.zero_()
-    stats = {"generated_tokens": 0, "restarts": 0, "restart_batches": 0, "steps": 0}
+    widths = attention_widths(bs, width_buckets)
+    stats = {"generated_tokens": 0, "restarts": 0, "restart_batches": 0, "steps": 0,
+             "width_steps": dict.fromkeys(widths, 0)}
     starts = [fit_window(list(p), 0, bs) for p in prompts]
     lens = [0] * n  # host copy of cache.lens (exact for rows that advance)
 
@@ -324,7 +356,10 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
                     step.active[torch.tensor(go, device=device)] = True
                 waiting = []
                 continue
-            step()
+            need = max(lens[r] for r in moving) + 1  # host lengths: exact or too long
+            width = next(w for w in widths if w >= need)
+            step(width)
+            stats["width_steps"][width] += 1
             ngen += 1
             if ngen > limit:
                 raise RuntimeError(f"static decoding did not finish in {limit} steps")

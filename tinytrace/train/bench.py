@@ -15,7 +15,7 @@ from .common import (
     make_optimizers,
     optimizer_step,
 )
-from .loop import get_train_config
+from .loop import compiled_forward, get_train_config
 
 
 def peak_flops(name: str) -> float | None:
@@ -32,9 +32,11 @@ def peak_flops(name: str) -> float | None:
 
 def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
                 micro_batch_size: int | None = None, compile: bool = False,
-                device: str | None = None, warmup: int = 2, seed: int = 0) -> dict:
-    """Tokens/s and MFU of the training step (the ``paper`` recipe's optimizer, micro-batches
-    and precision) on synthetic random tokens (no dataset), after ``warmup`` untimed steps."""
+                device: str | None = None, warmup: int = 2, seed: int = 0,
+                preset: str = "paper", compile_mode: str = "default") -> dict:
+    """Tokens/s and MFU of the training step of train preset ``preset`` (its optimizer, loss
+    and precision; the batch, micro-batch and compile settings given here) on synthetic random
+    tokens (no dataset), after ``warmup`` untimed steps."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if device not in (None, "cpu", "cuda"):
@@ -42,16 +44,17 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
     mc = get_model_config(model)
-    tc = get_train_config("paper", batch_size=batch_size, micro_batch_size=micro_batch_size,
-                          compile=compile, seed=seed)
+    tc = get_train_config(preset, batch_size=batch_size, micro_batch_size=micro_batch_size,
+                          compile=compile, compile_mode=compile_mode, seed=seed)
     acc = make_accelerator(tc, cpu=device == "cpu")
     per, micro, accum = batch_plan(batch_size, micro_batch_size, acc.num_processes)
     acc.gradient_accumulation_steps = accum
     torch.manual_seed(seed)
     net = GPT(mc)
-    opts = make_optimizers(net, acc.device, tc.lr_peak, tc.betas, tc.eps, tc.weight_decay)
+    opts = make_optimizers(net, acc.device, tc.lr_peak, tc.betas, tc.eps, tc.weight_decay,
+                           tc.optimizer, tc.muon_lr, tc.muon_momentum)
     net, *opts = acc.prepare(net, *opts)
-    fwd = torch.compile(net) if compile else net
+    fwd = compiled_forward(net, tc.compile_mode) if compile else net
     T = mc.block_size
     gen = torch.Generator(device=acc.device).manual_seed(seed)
     data = [torch.randint(0, mc.vocab_size, (micro, T + 1), device=acc.device, generator=gen)
@@ -59,7 +62,8 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
     batches = [(d[:, :-1], d[:, 1:]) for d in data]
 
     def step():
-        return optimizer_step(net, opts, acc, batches, lambda x, y: lm_loss(fwd, x, y), tc.grad_clip)
+        return optimizer_step(net, opts, acc, batches,
+                              lambda x, y: lm_loss(fwd, x, y, tc.state_loss_weight), tc.grad_clip)
 
     def sync():
         if acc.device.type == "cuda":
@@ -85,7 +89,9 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
             "tokens_per_s": round(tokens_per_s, 1), "achieved_tflops": round(flops / 1e12, 4),
             "peak_flops": peak, "mfu": None if peak is None else round(flops / peak, 4),
             "device": name, "device_type": acc.device.type, "mixed_precision": acc.mixed_precision,
-            "compile": compile, "steps": steps, "warmup_steps": warmup,
+            "preset": preset, "optimizer": tc.optimizer,
+            "state_loss_weight": tc.state_loss_weight, "compile": compile,
+            "compile_mode": tc.compile_mode if compile else None, "steps": steps, "warmup_steps": warmup,
             "warmup_s": round(t_warmup, 3), "seconds": round(dt, 3), "batch_size": batch_size,
             "micro_batch_size": micro, "accumulation_steps": accum, "block_size": T,
             "loss": float(loss.item()) / accum, "torch": torch.__version__,

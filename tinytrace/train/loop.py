@@ -67,6 +67,7 @@ from .common import (
 from .common import validation_loss as _validation_loss
 
 RUN_FILE = "run.json"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Fields that define the trajectory: a resumed run must use the same values.
 FIXED_FIELDS = ("epochs", "batch_size", "block_size", "lr_peak", "lr_min", "warmup_frac",
                 "phase1_frac", "phase2_scale", "weight_decay", "betas", "eps", "grad_clip", "seed",
@@ -103,6 +104,9 @@ class TrainConfig(ConfigDict):
     log_every: int = 10
     val_windows: int = 64  # validation windows at each epoch end (0: no validation loss)
     compile: bool = False  # skipped where it does not pay (tinytrace.provenance.compile_pays)
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
+    # "max-autotune-no-cudagraphs"; `tinytrace bench train --compile-mode` measures them
+    compile_mode: str = "default"
     mixed_precision: str = "auto"  # auto: tinytrace.provenance.mixed_precision (bf16/fp16/fp32)
     data_on_device: bool = True  # copy the whole token stream to the GPU (uint8)
     # "adamw" (the paper's, App. C.1) or "muon": torch.optim.Muon on the 2-D weights of the
@@ -139,6 +143,9 @@ class TrainConfig(ConfigDict):
             raise ValueError(f"muon_lr must be > 0, got {self.muon_lr}")
         if self.state_loss_weight <= 0:
             raise ValueError(f"state_loss_weight must be > 0, got {self.state_loss_weight}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+                             f"got {self.compile_mode!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -354,9 +361,15 @@ def _setup(tc: TrainConfig, mc: ModelConfig, acc: Accelerator, out: Path, stream
             "micro_batch_size": micro, "accumulation_steps": accum}
     compiled = tc.compile and compile_pays(acc.device)
     return _Run(tc=tc, out=out, acc=acc, model=model,
-                fwd=torch.compile(model) if compiled else model, optimizers=optimizers,
+                fwd=compiled_forward(model, tc.compile_mode) if compiled else model,
+                optimizers=optimizers,
                 schedulers=schedulers, sampler=sampler, val_sampler=val_sampler, plan=plan,
                 data={"config": config_name, "train_tokens": len(stream)}, compiled=compiled)
+
+
+def compiled_forward(model, mode: str = "default"):
+    """``torch.compile(model)`` in ``mode`` (:data:`COMPILE_MODES`)."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def _load_state(r: _Run, state_dir: Path) -> None:
