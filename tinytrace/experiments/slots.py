@@ -398,9 +398,13 @@ def perf_result(rec: dict, unit_dir: Path) -> dict | None:
                            "metrics": {"eval_1024_seconds": best[0]}, "runs": runs}
     if rec["unit"] == "learn-99" and lines("bench_learn.json"):
         r = lines("bench_learn.json")[-1]
-        return base | {"name": "time to 99% ID EM (slot unit learn-99)",
-                       "metrics": {"time_to_99_seconds": (r["to_99"] or {}).get("seconds"),
-                                   "train_seconds": r["train_seconds"]},
+        # the goal counts data generation too: the corpus build plus the training to 99%
+        to_99 = (r["to_99"] or {}).get("seconds")
+        return base | {"name": "time to 99% ID EM, data generation included (slot unit learn-99)",
+                       "metrics": {"time_to_99_seconds": None if to_99 is None else
+                                   round(to_99 + r.get("data_seconds", 0), 1),
+                                   "train_seconds": r["train_seconds"],
+                                   "data_seconds": r.get("data_seconds")},
                        "em_curve": r["curve"]}
     return None
 
