@@ -116,7 +116,8 @@ def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     # no unit fits the ~20 s left after the margins: nothing runs, nothing is recorded as done
     assert "slot: 0 done, 0 not done" in r.stdout and (tmp_path / "o" / "results.tgz").exists()
-    assert (tmp_path / "o" / "log.txt").read_text().count("bench-train") >= 1
+    log = (tmp_path / "o" / "log.txt").read_text()
+    assert log.count("bench-train") >= 1 and " more slots of 495 s" in log  # the status's last line
 
 
 def test_benchmark_units_become_performance_results(tmp_path):
@@ -179,3 +180,33 @@ def test_evaluate_trained_stops_at_the_first_run_not_trained(tmp_path):
     assert said.startswith("evaluated the trained runs of pair_coverage before run-")
     assert len(list(tmp_path.glob("eval-*.json"))) == 2  # allowed and excluded pairs of run 0
     assert not list(tmp_path.glob("run-*/model.safetensors"))[1:]  # nothing else trained
+
+
+def test_the_gpu_scale_page_follows_the_slot_records(tmp_path):
+    """book/gpu_scale.md: the plan with the done units, and the findings of a section notebook a
+    slot ran at gpu scale, read from its outputs under benchmarks/slots/section-<NN>/."""
+    from tinytrace.report import pages
+
+    page = pages.gpu_scale_page(tmp_path)
+    assert "0 of 34 units done" in page and "No section notebook has run at `gpu` scale yet" in page
+    assert f"{slots.slots_needed(slots.plan('gpu'), {})} slots" in page
+    doc = json.loads((ROOT / "book" / "sections" / "02_model_data_training.json").read_text())
+    doc.update(scale="gpu", hardware="GPU: NVIDIA H200")
+    (tmp_path / "section-02").mkdir()
+    (tmp_path / "section-02" / "02_model_data_training.json").write_text(json.dumps(doc))
+    (tmp_path / "section-02" / "02_model_data_training.ipynb").write_text("{}")
+    for unit in ("base", "section-02"):
+        (tmp_path / f"{unit}.json").write_text(json.dumps({"unit": unit, "date": "2026-12-05",
+                                                           "seconds": 100.0, "runs": []}))
+    page = pages.gpu_scale_page(tmp_path)
+    assert "2 of 34 units done" in page and "| `section-02` | 60 | done 2026-12-05 (100 s)" in page
+    assert "Of the paper's" in page and "Scale `gpu` on GPU: NVIDIA H200" in page
+    assert "section-02/02_model_data_training.ipynb" in page
+    assert "Waits for the GPU slots (unit `section-03`)" in page
+
+
+def test_slots_needed_counts_the_slots_left():
+    a, b, c = Unit("a", "true", 300), Unit("b", "true", 300, ("a",)), Unit("c", "true", 100)
+    assert slots.slots_needed([a, b, c], {}, 450) == 2  # a + c, then b
+    assert slots.slots_needed([a, b, c], {"a": {}, "b": {}, "c": {}}, 450) == 0
+    assert slots.slots_needed([Unit("big", "true", 500)], {}, 450) is None

@@ -207,6 +207,19 @@ def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int
     return chosen
 
 
+def slots_needed(units: list[Unit], done: dict, budget_s: float = UNIT_MAX_S) -> int | None:
+    """How many more slots of ``budget_s`` the pending units take, chosen as :func:`choose`
+    does (weights within the carry limit assumed); None if some unit would never fit."""
+    done, n = dict(done), 0
+    while pending(units, done):
+        chosen = choose(units, done, budget_s)
+        if not chosen:
+            return None
+        done.update({u.name: {} for u in chosen})
+        n += 1
+    return n
+
+
 def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) -> list[dict]:
     """One row per unit: name, estimated cost, needs, done (date and measured seconds), or why
     no slot can take it yet."""
