@@ -321,7 +321,7 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
         step.done |= first == tk.EOS_ID
     step.active.copy_(~step.done & (step.opos < step.max_new))
     live = [True] * n  # host view: not known to be finished (refreshed at syncs and restarts)
-    waiting: list[int] = []
+    waiting: dict[int, None] = {}  # rows frozen until the next restart, in order (O(1) `in`)
     wait_since = 0
 
     def wait_if_full(rows) -> None:
@@ -331,7 +331,7 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
                 step.active[r] = False
                 if not waiting:
                     wait_since = ngen
-                waiting.append(r)
+                waiting[r] = None
 
     ngen, limit = 1, 2 * max(max_new) + 4 * restart_wait * (1 + max(max_new) // 16) + 64
     wait_if_full(range(n))
@@ -354,7 +354,7 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
                     # the last generated token stays the next input: encode the window before it
                     prefill(go, [w[:-1] for w in wins])
                     step.active[torch.tensor(go, device=device)] = True
-                waiting = []
+                waiting = {}
                 continue
             need = max(lens[r] for r in moving) + 1  # host lengths: exact or too long
             width = next(w for w in widths if w >= need)
