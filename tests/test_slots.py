@@ -137,8 +137,10 @@ def test_benchmark_units_become_performance_results(tmp_path):
     perf = slots.perf_result(dict(rec, unit="learn-99"), tmp_path)
     assert perf["metrics"]["time_to_99_seconds"] == 429.5 and perf["em_curve"]  # data included
     # bench-train: the fastest lever of the paper's optimizer is the result, every lever named
-    levers = [dict(preset="paper", micro_batch_size=512, compile_mode="default", tokens_per_s=1.6e6, mfu=0.29),
-              dict(preset="paper", micro_batch_size=512, compile_mode="max-autotune", tokens_per_s=1.9e6, mfu=0.34),
+    levers = [dict(preset="paper", micro_batch_size=512, compile_mode="default",
+                   tokens_per_s=1.6e6, mfu=0.29),
+              dict(preset="paper", micro_batch_size=512, compile_mode="max-autotune",
+                   tokens_per_s=1.9e6, mfu=0.34),
               dict(preset="gpu-muon-state", micro_batch_size=128, compile_mode="default",
                    tokens_per_s=2.5e6, mfu=0.45)]
     (tmp_path / "bench_train.jsonl").write_text("\n".join(json.dumps(x) for x in levers) + "\n")

@@ -270,7 +270,8 @@ def attention_widths(block_size: int, buckets: int) -> list[int]:
     multiple of 8 (1 bucket: always the whole window)."""
     if buckets < 1:
         raise ValueError(f"width_buckets must be >= 1, got {buckets}")
-    return sorted({min(block_size, -(-block_size * k // buckets // 8) * 8) for k in range(1, buckets + 1)})
+    return sorted({min(block_size, -(-block_size * k // buckets // 8) * 8)
+                   for k in range(1, buckets + 1)})
 
 
 @torch.no_grad()

@@ -50,15 +50,14 @@ CARRY_LIMIT = 56 * 2**20  # weights one device call can carry beside the ~7 MB w
 UNIT_MAX_S = 530 - 15 - 20
 # The bench-train unit's levers, one `bench train` each on the scale's model (preset None: the
 # scale's recipe): (preset, batch = micro-batch, torch.compile mode, time limit in seconds).
-# The first is the baseline the earlier slots measured (1.60M tokens/s on the H200).
+# The first is the baseline an earlier slot measured, for a ratio within one run.
 TRAIN_LEVERS = (("paper", 512, "default", 60),
                 ("paper", 512, "max-autotune-no-cudagraphs", 120),
                 (None, 128, "default", 60))
 # The bench-eval unit's decoding levers on the same 1,024 traces, one `bench eval` each:
 # (modes, batch size); `static` vs `static-full` times the attention-width buckets in one run.
 EVAL_LEVERS = (("static,static-full", 256), ("static", 512), ("static", 1024))
-# learn-99's epochs of the scale's recipe: 2 x 185M tokens, within the predicted 0.4-0.8B tokens
-# to 99% and inside one slot (3 epochs would need ~580 s, over UNIT_MAX_S)
+# learn-99's epochs of the scale's recipe: as many as fit one slot (UNIT_MAX_S)
 LEARN_EPOCHS = 2
 # Sections whose notebook needs every training run of these experiments (the rest evaluate only).
 SECTION_EXPERIMENTS = {"02": ("base",), "03": ("id_robustness",), "04": ("pair_coverage",),
@@ -157,9 +156,9 @@ def _bench_train_command(model: str, recipe: str, device: str, preset: str | Non
     appending its JSON line: a lever that fails or runs past ``limit_s`` adds none and costs the
     others nothing."""
     return (f"timeout -k 5 {limit_s} {{python}} -m tinytrace bench train --model {model} "
-            f"--preset {preset or recipe} --steps {20 * 512 // batch} --batch-size {batch} --micro-batch-size "
-            f"{batch} --compile --compile-mode {compile_mode} --device {device} --json "
-            ">> {out}/bench_train.jsonl")
+            f"--preset {preset or recipe} --steps {20 * 512 // batch} --batch-size {batch} "
+            f"--micro-batch-size {batch} --compile --compile-mode {compile_mode} "
+            f"--device {device} --json >> {{out}}/bench_train.jsonl")
 
 
 def _section_cost(sec: str) -> int:

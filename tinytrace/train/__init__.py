@@ -23,7 +23,7 @@ from .loop import (
                      validation_loss,
 )
 
-__all__ = ["COMPILE_MODES", "FIXED_FIELDS", "OPTIMIZERS", "TRAIN_PRESETS", "TrainConfig", "WindowSampler",
-           "batch_plan", "bench_train", "check_resume", "get_train_config", "lr_at", "lr_lambda",
-           "lr_schedulers", "make_accelerator", "make_optimizers", "peak_flops", "read_run",
-           "steps_per_epoch", "train", "validation_loss"]
+__all__ = ["COMPILE_MODES", "FIXED_FIELDS", "OPTIMIZERS", "TRAIN_PRESETS", "TrainConfig",
+           "WindowSampler", "batch_plan", "bench_train", "check_resume", "get_train_config",
+           "lr_at", "lr_lambda", "lr_schedulers", "make_accelerator", "make_optimizers",
+           "peak_flops", "read_run", "steps_per_epoch", "train", "validation_loss"]
