@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_slot.sh     (device call: timeout_s=575, carry runs/gpu-slot-carry
 #                                    [and .whl for the section units]; DEADLINE defaults to 530)
 # Before the call, here: `tinytrace slot carry --budget 495` stages the weights the next units
-# need; after it: `tinytrace slot import <files_at>`, then commit benchmarks/slots/.
+# need; after it: `tinytrace slot import <files_at>` and `tinytrace notebooks pages`, then commit
+# benchmarks/ and book/.
 # What comes back in $OUT: log.txt, results.tgz (a record and the outputs of each unit) and the
 # bf16 weights of the runs trained, in parts of 15 MB. A unit cut short is not recorded as done.
 # Tested on the CPU: OUT=/tmp/o CACHE=/tmp/c SCALE=smoke NO_WHEELS=1 PY=.venv/bin/python

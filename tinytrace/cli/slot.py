@@ -89,7 +89,9 @@ def _import(args) -> int:
     commit = args.commit or (git_commit() or "?")[:7]
     units = slots.import_slot(args.files_at, args.done_dir, args.restore,
                               results_dir=args.results_dir, git_commit=commit)
-    print(f"imported {len(units)} done units into {args.done_dir}")
+    print(f"imported {len(units)} done units into {args.done_dir}; next: `tinytrace notebooks "
+          "pages` (the performance and gpu-scale pages read these records), then commit "
+          "benchmarks/ and book/")
     return 0
 
 
