@@ -204,7 +204,6 @@ class _StaticStep:
         self.done = torch.zeros(n, dtype=torch.bool, device=device)
         self.use_graph = device.type == "cuda" if graph is None else graph
         self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: capture failed
-        self.pool = None  # one memory pool for all widths' graphs (they never run at once)
 
     def _run(self, width: int) -> None:
         cache = self.cache
@@ -245,8 +244,7 @@ class _StaticStep:
             torch.cuda.current_stream(device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             try:
-                self.pool = self.pool or torch.cuda.graph_pool_handle()
-                with torch.cuda.graph(graph, pool=self.pool):
+                with torch.cuda.graph(graph):  # its own pool: widths replay in any order
                     self._run(width)
             except Exception as e:  # capture unsupported here: run the same step eagerly
                 warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding "
