@@ -538,14 +538,15 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_dir, config
     start_step, spe, stop = r.step, r.plan["steps_per_epoch"], r.plan["stop_step"]
     env = environment(acc)
     n_params = acc.unwrap_model(r.model).num_params()
-    _write_run_record(r, mc, saved, data_dir, n_params, env)
-
-    pbar = tqdm(total=stop, initial=r.step, disable=not (progress and acc.is_local_main_process),
-                desc="train", dynamic_ncols=True)
-    r.model.train()
-    r.t0 = r.t_log = time.perf_counter()
-    r.step_log, r.t_saved = r.step, time.monotonic()
+    # signals are the loop's from before the run record's "start" event on: a launcher or test
+    # that waits for that event to stop the run always reaches the loop's handler
     with stop_requests() as r.stop:
+        _write_run_record(r, mc, saved, data_dir, n_params, env)
+        pbar = tqdm(total=stop, initial=r.step, disable=not (progress and acc.is_local_main_process),
+                    desc="train", dynamic_ncols=True)
+        r.model.train()
+        r.t0 = r.t_log = time.perf_counter()
+        r.step_log, r.t_saved = r.step, time.monotonic()
         try:
             while r.step < stop:
                 lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
