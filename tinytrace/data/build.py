@@ -111,6 +111,15 @@ class _Window:
         self.pending.append(self.pool.apply_async(_make_chunk, (next(self.tasks),)))
         return result
 
+    def close(self) -> None:
+        """Let the submitted chunks finish, then end the workers: ``Pool.terminate`` while a
+        worker writes a chunk into the result pipe can leave the pool's result thread waiting
+        for the rest of it forever (seen in the tests)."""
+        for r in self.pending:
+            r.wait()
+        self.pool.close()
+        self.pool.join()
+
 
 def _next_chunk(results, stop, pooled: bool):
     """The next chunk's result; waits in short slices so that a stop request is seen within
@@ -309,10 +318,12 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
                     if idx:
                         writers[split].add(table.take(idx))
                         bar.update(len(idx))
+            if pool is not None:
+                results.close()
         finally:
             bar.close()
             if pool is not None:
-                pool.terminate()
+                pool.terminate()  # a no-op after close(); an interrupt or error ends the workers
     for w in writers.values():
         w.close()
     unique = len(seen)
