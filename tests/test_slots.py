@@ -48,6 +48,15 @@ def test_every_gpu_unit_fits_one_slot():
     assert train.count("-m tinytrace bench train") == len(slots.TRAIN_LEVERS)
     assert "--compile-mode max-autotune-no-cudagraphs" in train and "--preset gpu-muon-state" in train
     assert train.count(">> {out}/bench_train.jsonl") == len(slots.TRAIN_LEVERS)
+    # the second unit, after the base run: CUDA graphs and the compiled optimizer steps
+    more = next(u for u in units if u.name == "bench-train-2")
+    assert more.command.count(">> {out}/bench_train.jsonl") == len(slots.TRAIN_LEVERS_2)
+    assert "--compile-mode reduce-overhead --warmup 3" in more.command
+    assert "--preset paper --steps 20 --batch-size 512 --micro-batch-size 512 --compile " \
+           "--compile-mode default --compile-optimizer" in more.command
+    assert "--preset gpu-muon-state --steps 80 --batch-size 128 --micro-batch-size 128 " \
+           "--compile --compile-mode default --compile-optimizer" in more.command
+    assert "--compile-mode default --model-arg head_pad_multiple=0 --device" in more.command
 
 
 def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
@@ -147,6 +156,14 @@ def test_benchmark_units_become_performance_results(tmp_path):
     perf = slots.perf_result(dict(rec, unit="bench-train"), tmp_path)
     assert perf["metrics"] == {"tokens_per_s": 1_900_000, "mfu": 0.34} and len(perf["runs"]) == 3
     assert "paper mb 512 max-autotune: 1.90M" in perf["name"] and "gpu-muon-state mb 128" in perf["name"]
+    more = [dict(levers[0], compile_optimizer=True, tokens_per_s=1.7e6),
+            dict(levers[0], model_overrides={"head_pad_multiple": 0}, tokens_per_s=1.2e6)]
+    (tmp_path / "bench_train.jsonl").write_text("\n".join(json.dumps(x) for x in more) + "\n")
+    perf = slots.perf_result(dict(rec, unit="bench-train-2"), tmp_path)
+    assert "(slot unit bench-train-2)" in perf["name"]
+    assert perf["metrics"]["tokens_per_s"] == 1_700_000
+    assert "paper mb 512 default + compiled optimizer: 1.70M" in perf["name"]
+    assert "paper mb 512 default head_pad_multiple=0: 1.20M" in perf["name"]
     assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None
 
 
@@ -190,7 +207,8 @@ def test_the_gpu_scale_page_follows_the_slot_records(tmp_path):
     from tinytrace.report import pages
 
     page = pages.gpu_scale_page(tmp_path)
-    assert "0 of 34 units done" in page and "No section notebook has run at `gpu` scale yet" in page
+    n = len(slots.plan("gpu"))
+    assert f"0 of {n} units done" in page and "No section notebook has run at `gpu` scale yet" in page
     assert f"{slots.slots_needed(slots.plan('gpu'), {})} slots" in page
     doc = json.loads((ROOT / "book" / "sections" / "02_model_data_training.json").read_text())
     doc.update(scale="gpu", hardware="GPU: NVIDIA H200")
@@ -201,7 +219,7 @@ def test_the_gpu_scale_page_follows_the_slot_records(tmp_path):
         (tmp_path / f"{unit}.json").write_text(json.dumps({"unit": unit, "date": "2026-12-05",
                                                            "seconds": 100.0, "runs": []}))
     page = pages.gpu_scale_page(tmp_path)
-    assert "2 of 34 units done" in page and "| `section-02` | 60 | done 2026-12-05 (100 s)" in page
+    assert f"2 of {n} units done" in page and "| `section-02` | 60 | done 2026-12-05 (100 s)" in page
     assert "Of the paper's" in page and "Scale `gpu` on GPU: NVIDIA H200" in page
     assert "section-02/02_model_data_training.ipynb" in page
     assert "Waits for the GPU slots (unit `section-03`)" in page

@@ -216,6 +216,104 @@ def test_muon_takes_the_blocks_matrices():
         _cfg(optimizer="sgd")
 
 
+def _graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_compiled_optimizer_steps_follow_the_schedule_without_recompiling(optimizer):
+    """Compiled AdamW (and Muon) steps give the eager steps' weights while the schedule changes
+    the learning rate at every step, compiling once (the rates are tensors the scheduler fills
+    in place)."""
+    torch._dynamo.reset()
+    tc = _cfg(optimizer=optimizer, muon_lr=0.01)
+    x = torch.randint(0, 40, (4, 33))
+    models, scheds, opts = [], [], []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        models.append(GPT(_tiny()))
+        opts.append(T.make_optimizers(models[-1], "cpu", tc.lr_peak, tc.betas, tc.eps,
+                                      tc.weight_decay, optimizer, tc.muon_lr, compile=compiled))
+        scheds.append(T.lr_schedulers(opts[-1], 6, tc.lr_schedule))
+    assert isinstance(opts[1][-1].param_groups[0]["lr"], torch.Tensor)
+    assert opts[1][0].defaults["fused"] is None  # plain AdamW: Inductor fuses it
+    for step in range(6):
+        for model, os_, ss in zip(models, opts, scheds):
+            model(x[:, :-1], x[:, 1:])[1].backward()
+            for o in os_:
+                o.step()
+                o.zero_grad()
+            for s in ss:
+                s.step()
+        if step == 1:
+            graphs = _graphs()  # both optimizers compiled, their state created
+    assert graphs > 0 and _graphs() == graphs
+    assert [float(g["lr"]) for o in opts[1] for g in o.param_groups] == pytest.approx(
+        [g["lr"] for o in opts[0] for g in o.param_groups])
+    torch.manual_seed(0)
+    init = GPT(_tiny())
+    for a, b, p0 in zip(models[0].parameters(), models[1].parameters(), init.parameters()):
+        # the updates agree: AdamW's to float rounding, Muon's to its bf16 rounding (next test)
+        tol = 1e-4 if optimizer == "adamw" else 0.25
+        assert (b - a).norm() <= tol * (a - p0).norm() and (a - p0).norm() > 0
+
+
+def test_compiled_muon_step_is_as_close_to_fp32_as_the_eager_one(monkeypatch):
+    """torch's Muon runs Newton-Schulz in bf16, so compiled and eager steps differ by its
+    rounding (5-10% of an update here): each is measured against the same step with the
+    iterations in fp32, and the compiled one must be no farther from it."""
+    from torch.optim import _muon
+
+    def ns_fp32(grad, coefficients, steps, eps):
+        a, b, c = coefficients
+        x = grad.float().T if grad.size(0) > grad.size(1) else grad.float()
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        return x.T if grad.size(0) > grad.size(1) else x
+
+    torch._dynamo.reset()
+    x = torch.randint(0, 40, (4, 33))
+    updates = {}
+    for kind in ("eager", "compiled", "fp32"):
+        if kind == "fp32":
+            monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", ns_fp32)
+        torch.manual_seed(0)
+        model = GPT(_tiny())
+        muon = T.make_optimizers(model, "cpu", 3e-3, (0.9, 0.95), 1e-8, 0.1, "muon", 0.01,
+                                 compile=kind == "compiled")[1]
+        before = [p.detach().clone() for g in muon.param_groups for p in g["params"]]
+        model(x[:, :-1], x[:, 1:])[1].backward()
+        graphs = _graphs()
+        muon.step()
+        assert (_graphs() > graphs) == (kind == "compiled")  # compiled, not fallen back to eager
+        after = [p.detach() for g in muon.param_groups for p in g["params"]]
+        updates[kind] = [a - b for a, b in zip(after, before)]
+        monkeypatch.undo()
+    for e, c, f in zip(updates["eager"], updates["compiled"], updates["fp32"]):
+        assert (c - f).norm() <= 1.25 * (e - f).norm() and (e - f).norm() < 0.2 * f.norm()
+
+
+def test_compiled_optimizer_resumes_with_tensor_rates(data_dir, tmp_path):
+    """A resumed run's optimizers read the saved rates back as floats; the loop turns them into
+    tensors again, so the resumed steps compile once and end where the uninterrupted run does."""
+    torch._dynamo.reset()
+    mc, cfg = _tiny(), lambda **kw: _cfg(optimizer="muon", compile_optimizer=True, **kw)  # noqa: E731
+    full, half = tmp_path / "full", tmp_path / "half"
+    T.train(cfg(max_steps=8), mc, data_dir, "simple", full, progress=False)
+    T.train(cfg(max_steps=4), mc, data_dir, "simple", half, progress=False)
+    before = _graphs()
+    T.train(cfg(max_steps=8), mc, data_dir, "simple", half, resume=True, progress=False)
+    assert 1 <= _graphs() - before <= 2  # one graph per optimizer, not one per rate
+    wf, wh = _weights(full), _weights(half)
+    for k in wf:
+        torch.testing.assert_close(wh[k], wf[k], rtol=1e-5, atol=1e-6)
+    from tinytrace.experiments.cache import settings
+
+    assert "compile_optimizer" not in settings(_cfg())  # runs cached before the field keep keys
+
+
 def test_state_targets_and_the_state_weighted_loss():
     """The targets in a state list (after a ``$`` on the same line, the closing line break
     included) and nothing else are marked; weight 1 is the plain mean cross-entropy, a higher
@@ -480,6 +578,12 @@ def test_bench_train():
         assert k in out
     assert out["tokens_per_s"] > 0 and out["accumulation_steps"] == 2 and out["mfu"] is None
     assert out["optimizer"] == "adamw" and out["compile_mode"] is None
+    assert set(out["optimizer_ms"]) == {"AdamW"} and out["optimizer_ms"]["AdamW"] > 0
+    assert out["step_ms"] > 0 and out["model_overrides"] == {}
+    one = T.bench_train(model="tiny", steps=1, batch_size=1, device="cpu", optimizer_repeats=0,
+                        model_overrides={"n_layer": 1})  # a ModelConfig field over the preset
+    assert one["params"] < out["params"] and one["model_overrides"] == {"n_layer": 1}
+    assert one["optimizer_ms"] == {}
     assert T.peak_flops("NVIDIA H100 80GB HBM3") == 798e12 and T.peak_flops("cpu") is None
     with pytest.raises(ValueError):
         T.bench_train(steps=0)

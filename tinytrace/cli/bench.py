@@ -23,12 +23,17 @@ def add_cli(sub) -> None:
     g.set_defaults(func=_generate)
     t = bsub.add_parser("train", help="training throughput (tokens/s, MFU)")
     t.add_argument("--model", default="tiny", help="model preset")
+    t.add_argument("--model-arg", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="a ModelConfig field over the preset, e.g. head_pad_multiple=0 (repeatable)")
     t.add_argument("--steps", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
     t.add_argument("--micro-batch-size", type=int, default=None)
     t.add_argument("--compile", action="store_true")
     t.add_argument("--compile-mode", default="default", help="torch.compile mode: default, "
                    "reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
+    t.add_argument("--compile-optimizer", action="store_true",
+                   help="run the optimizer steps through torch.compile too")
+    t.add_argument("--warmup", type=at_least(1), default=2, help="untimed steps first")
     t.add_argument("--preset", default="paper", help="train preset whose optimizer, loss and "
                    "precision are measured (tinytrace.train.TRAIN_PRESETS)")
     t.add_argument("--device", default=None)
@@ -97,7 +102,9 @@ def _train(args) -> int:
     return _show(bench_train(model=args.model, steps=args.steps, batch_size=args.batch_size,
                              micro_batch_size=args.micro_batch_size, compile=args.compile,
                              device=args.device, preset=args.preset,
-                             compile_mode=args.compile_mode), args.json)
+                             compile_mode=args.compile_mode, warmup=args.warmup,
+                             compile_optimizer=args.compile_optimizer,
+                             model_overrides=dict(args.model_arg)), args.json)
 
 
 def _eval(args) -> int:

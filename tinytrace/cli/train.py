@@ -28,7 +28,8 @@ _ARG_FIELDS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
                "save_every": "save_every", "save_every_minutes": "save_every_minutes",
                "log_every": "log_every",
                "val_windows": "val_windows", "mixed_precision": "mixed_precision",
-               "compile": "compile", "compile_mode": "compile_mode"}
+               "compile": "compile", "compile_mode": "compile_mode",
+               "compile_optimizer": "compile_optimizer"}
 
 
 def add_cli(sub) -> None:
@@ -67,6 +68,8 @@ def add_cli(sub) -> None:
     p.add_argument("--compile", action="store_true", default=None)
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile mode with "
                    "--compile (default: default)")
+    p.add_argument("--compile-optimizer", action="store_true", default=None,
+                   help="run the optimizer steps through torch.compile too")
     p.add_argument("--resume", action="store_true", help="continue the run in --out if any "
                    "(after an interrupt: the same command with --resume added)")
     p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")

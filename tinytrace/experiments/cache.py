@@ -36,7 +36,8 @@ from .scales import Scale
 _NOT_IN_KEY = ("save_every_minutes", "keep_epoch_weights")
 # Fields added after runs were cached: at these values (the behaviour before the field) they
 # stay out of the key, so those runs keep their keys.
-_KEY_FROM_NON_DEFAULT = {"state_loss_weight": 1.0, "compile_mode": "default"}
+_KEY_FROM_NON_DEFAULT = {"state_loss_weight": 1.0, "compile_mode": "default",
+                         "compile_optimizer": False}
 
 
 def _key(obj) -> str:

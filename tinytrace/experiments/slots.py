@@ -49,11 +49,19 @@ CARRY_LIMIT = 56 * 2**20  # weights one device call can carry beside the ~7 MB w
 # would never be chosen.
 UNIT_MAX_S = 530 - 15 - 20
 # The bench-train unit's levers, one `bench train` each on the scale's model (preset None: the
-# scale's recipe): (preset, batch = micro-batch, torch.compile mode, time limit in seconds).
-# The first is the baseline an earlier slot measured, for a ratio within one run.
-TRAIN_LEVERS = (("paper", 512, "default", 60),
-                ("paper", 512, "max-autotune-no-cudagraphs", 120),
-                (None, 128, "default", 60))
+# scale's recipe): (preset, batch = micro-batch, torch.compile mode, more options, time limit
+# in seconds). The first is the baseline an earlier slot measured, for a ratio within one run.
+TRAIN_LEVERS = (("paper", 512, "default", "", 60),
+                ("paper", 512, "max-autotune-no-cudagraphs", "", 120),
+                (None, 128, "default", "", 60))
+# The bench-train-2 unit's levers, after the base run: CUDA graphs (a third warmup step: the
+# graphs are recorded on the second), the optimizer steps compiled, with the paper's AdamW
+# and with the scale's recipe (Muon), and the paper model's head size 23 left unpadded (what
+# padding it to 24 gains); each JSON line also times the optimizers alone.
+TRAIN_LEVERS_2 = (("paper", 512, "reduce-overhead", "--warmup 3", 90),
+                  ("paper", 512, "default", "--compile-optimizer", 75),
+                  (None, 128, "default", "--compile-optimizer", 75),
+                  ("paper", 512, "default", "--model-arg head_pad_multiple=0", 60))
 # The bench-eval unit's decoding levers on the same 1,024 traces, one `bench eval` each:
 # (modes, batch size); `static` vs `static-full` times the attention-width buckets in one run.
 EVAL_LEVERS = (("static,static-full", 256), ("static", 512), ("static", 1024))
@@ -100,11 +108,9 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
     s = get_scale(scale)
     cost = training_tokens(s.name)
     units = [
-        Unit("bench-train", " ; ".join(_bench_train_command(s.model, s.train.name, device, *lever)
-                                       for lever in TRAIN_LEVERS)
-             + " ; test -s {out}/bench_train.jsonl", 180,
-             description="training throughput levers of the scale's model (compile modes, "
-                         "the scale's recipe), a JSON line each"),
+        _bench_train_unit("bench-train", s, device, TRAIN_LEVERS, 180,
+                          "training throughput levers of the scale's model (compile modes, "
+                          "the scale's recipe), a JSON line each"),
         Unit("learn-99", f"{{python}} -m tinytrace bench learn --scale {s.name} --recipe scale "
              f"--train-arg epochs={LEARN_EPOCHS} --points 6 --eval-limit 512 --minutes 6 "
              "--cache-dir {cache} --out {cache}/learn-99 --no-progress --json "
@@ -138,6 +144,10 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
                 for modes, b in EVAL_LEVERS) + " ; test -s {out}/bench_eval.jsonl", 75, ("base",),
                 f"greedy decoding speed on {eval_limit:,} base traces: width buckets, batch sizes",
                 ("base",)))
+            units.append(_bench_train_unit(
+                "bench-train-2", s, device, TRAIN_LEVERS_2, 270,
+                "more training levers: CUDA graphs, compiled optimizer steps (AdamW, Muon), "
+                "head size 23 unpadded"))
     for sec, exps in SECTION_EXPERIMENTS.items():
         needs = tuple(u.name for u in units if any(u.name == e or u.name.startswith(e + "-")
                                                    for e in exps))
@@ -150,15 +160,23 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
     return units
 
 
+def _bench_train_unit(name: str, s, device: str, levers, cost_s: int, description: str) -> Unit:
+    """A unit of ``bench train`` levers, each appending its JSON line to ``bench_train.jsonl``
+    (done if at least one did)."""
+    return Unit(name, " ; ".join(_bench_train_command(s.model, s.train.name, device, *lever)
+                                 for lever in levers) + " ; test -s {out}/bench_train.jsonl",
+                cost_s, description=description)
+
+
 def _bench_train_command(model: str, recipe: str, device: str, preset: str | None, batch: int,
-                         compile_mode: str, limit_s: int) -> str:
-    """One ``bench train`` of :data:`TRAIN_LEVERS` (20 steps of 512 windows' worth of tokens)
-    appending its JSON line: a lever that fails or runs past ``limit_s`` adds none and costs the
-    others nothing."""
+                         compile_mode: str, options: str, limit_s: int) -> str:
+    """One ``bench train`` lever (20 steps of 512 windows' worth of tokens) appending its JSON
+    line: a lever that fails or runs past ``limit_s`` adds none and costs the others nothing."""
     return (f"timeout -k 5 {limit_s} {{python}} -m tinytrace bench train --model {model} "
             f"--preset {preset or recipe} --steps {20 * 512 // batch} --batch-size {batch} "
             f"--micro-batch-size {batch} --compile --compile-mode {compile_mode} "
-            f"--device {device} --json >> {{out}}/bench_train.jsonl")
+            + (f"{options} " if options else "")
+            + f"--device {device} --json >> {{out}}/bench_train.jsonl")
 
 
 def _section_cost(sec: str) -> int:
@@ -387,15 +405,13 @@ def perf_result(rec: dict, unit_dir: Path) -> dict | None:
 
     base = {"device": rec["device"], "date": rec["date"], "command": rec["command"],
             "git_commit": rec.get("git_commit", "?"), "notes": [f"slot unit `{rec['unit']}`"]}
-    if rec["unit"] == "bench-train" and lines("bench_train.jsonl"):
+    if rec["unit"].startswith("bench-train") and lines("bench_train.jsonl"):
         runs = lines("bench_train.jsonl")
         # the goal is the paper model's step with the paper's optimizer: its fastest lever
         paper = [t for t in runs if t.get("preset", "paper") == "paper"] or runs
         t = max(paper, key=lambda t: t["tokens_per_s"])
-        levers = "; ".join(f"{r.get('preset', 'paper')} mb {r['micro_batch_size']} "
-                           f"{r.get('compile_mode') or 'eager'}: {r['tokens_per_s'] / 1e6:.2f}M"
-                           for r in runs)
-        return base | {"name": f"training throughput levers (slot unit bench-train), tokens/s: "
+        levers = "; ".join(f"{_lever(r)}: {r['tokens_per_s'] / 1e6:.2f}M" for r in runs)
+        return base | {"name": f"training throughput levers (slot unit {rec['unit']}), tokens/s: "
                                f"{levers}",
                        "metrics": {"tokens_per_s": round(t["tokens_per_s"]), "mfu": t["mfu"]},
                        "runs": runs}
@@ -419,6 +435,14 @@ def perf_result(rec: dict, unit_dir: Path) -> dict | None:
                                    "data_seconds": r.get("data_seconds")},
                        "em_curve": r["curve"]}
     return None
+
+
+def _lever(r: dict) -> str:
+    """A ``bench train`` line's settings in a few words."""
+    extra = [" + compiled optimizer"] if r.get("compile_optimizer") else []
+    extra += [f" {k}={v}" for k, v in r.get("model_overrides", {}).items()]
+    return (f"{r.get('preset', 'paper')} mb {r['micro_batch_size']} "
+            f"{r.get('compile_mode') or 'eager'}{''.join(extra)}")
 
 
 def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,

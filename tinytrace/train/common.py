@@ -10,7 +10,8 @@ import math
 import os
 import shutil
 import time
-from functools import partial
+import types
+from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -97,11 +98,13 @@ def lr_schedulers(optimizers, total_steps: int, schedule: dict) -> list[torch.op
 # --- optimizers --------------------------------------------------------------------------------
 def make_optimizers(model, device, lr: float, betas, eps: float, weight_decay: float,
                     optimizer: str = "adamw", muon_lr: float | None = None,
-                    muon_momentum: float = 0.95) -> list[torch.optim.Optimizer]:
+                    muon_momentum: float = 0.95, compile: bool = False) -> list[torch.optim.Optimizer]:
     """AdamW over the trainable parameters, weight decay on matrices only; with
     ``optimizer="muon"``, the blocks' Linear weights go to ``torch.optim.Muon`` instead (it
     orthogonalises 2-D updates only, so embeddings, gains, position tables and the tied head
-    stay with AdamW)."""
+    stay with AdamW). ``compile``: each ``step`` runs through ``torch.compile``
+    (:func:`compile_steps`), AdamW then in its plain form, which Inductor fuses itself; call it
+    before creating the LR schedulers, which wrap ``step``."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -114,8 +117,8 @@ def make_optimizers(model, device, lr: float, betas, eps: float, weight_decay: f
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]  # LoRA without biases has no 1-D parameter
-    fused = torch.device(device).type == "cuda"
-    opts = [torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)]
+    fused = torch.device(device).type == "cuda" and not compile
+    opts = [torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)]
     if muon:
         if torch.device(device).type == "cpu" and not _native_bf16():
             logging.getLogger(__name__).warning(
@@ -124,7 +127,56 @@ def make_optimizers(model, device, lr: float, betas, eps: float, weight_decay: f
                 "which batches of a few thousand tokens amortise")
         opts.append(torch.optim.Muon(muon, lr=muon_lr or lr, weight_decay=weight_decay,
                                      momentum=muon_momentum, adjust_lr_fn="match_rms_adamw"))
+    if compile:
+        compile_steps(opts)
     return opts
+
+
+def tensor_lrs(optimizers) -> None:
+    """Every group's learning rate as a 0-d tensor (the schedulers ``fill_`` it in place): a
+    compiled step reads it as an input, one graph for every rate (a float compiles a second
+    graph when it first changes, which rounds Muon's bf16 differently). Needed again after
+    ``load_state_dict``, which restores the saved values as they were."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            if not isinstance(g["lr"], torch.Tensor):
+                # on the parameters' device, where accelerate's prepare moves it too
+                g["lr"] = torch.tensor(float(g["lr"]), device=g["params"][0].device)
+
+
+def compile_steps(optimizers) -> None:
+    """Run each optimizer's ``step`` through ``torch.compile`` (learning rates as tensors,
+    :func:`tensor_lrs`): the per-parameter loops of AdamW and of Muon's Newton-Schulz iterations
+    become a few fused kernels instead of hundreds of small launches. If compiling fails, the
+    step warns once and runs eagerly from then on. Dynamo guards on the optimizer object, so one
+    process compiles the steps of at most ``torch._dynamo.config.recompile_limit`` optimizers
+    (later ones step eagerly): enough for a run or a few per process."""
+    tensor_lrs(optimizers)
+    for opt in optimizers:
+        opt.step = types.MethodType(_CompiledStep(type(opt).step), opt)
+
+
+class _CompiledStep:
+    """``Optimizer.step`` through ``torch.compile``, eager after a compiler failure. A plain
+    function's ``__get__`` makes it a bound method, which LR schedulers expect to wrap."""
+
+    def __init__(self, step):
+        self.eager, self.compiled = step, torch.compile(step)
+        update_wrapper(self, step)
+
+    def __call__(self, opt, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(opt, *args, **kwargs)
+            except Exception as e:  # a compiler failure must not cost the run
+                logging.getLogger(__name__).warning(
+                    "torch.compile of %s.step failed (%s: %s); stepping eagerly",
+                    type(opt).__name__, type(e).__name__, e)
+                self.compiled = None
+        return self.eager(opt, *args, **kwargs)
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else types.MethodType(self, obj)
 
 
 def _native_bf16() -> bool:

@@ -63,6 +63,7 @@ from .common import (
     poll,
     quiet_tied_weights,
     save_state,
+    tensor_lrs,
 )
 from .common import validation_loss as _validation_loss
 
@@ -107,6 +108,9 @@ class TrainConfig(ConfigDict):
     # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
     # "max-autotune-no-cudagraphs"; `tinytrace bench train --compile-mode` measures them
     compile_mode: str = "default"
+    # run the optimizers' steps through torch.compile too (where `compile` pays); measured by
+    # `tinytrace bench train --compile-optimizer`
+    compile_optimizer: bool = False
     mixed_precision: str = "auto"  # auto: tinytrace.provenance.mixed_precision (bf16/fp16/fp32)
     data_on_device: bool = True  # copy the whole token stream to the GPU (uint8)
     # "adamw" (the paper's, App. C.1) or "muon": torch.optim.Muon on the 2-D weights of the
@@ -351,7 +355,8 @@ def _setup(tc: TrainConfig, mc: ModelConfig, acc: Accelerator, out: Path, stream
     set_seed(tc.seed)
     model = GPT(mc)
     optimizers = make_optimizers(model, acc.device, tc.lr_peak, tc.betas, tc.eps, tc.weight_decay,
-                                 tc.optimizer, tc.muon_lr, tc.muon_momentum)
+                                 tc.optimizer, tc.muon_lr, tc.muon_momentum,
+                                 compile=tc.compile_optimizer and compile_pays(acc.device))
     schedulers = lr_schedulers(optimizers, total, tc.lr_schedule)
     model, *optimizers = acc.prepare(model, *optimizers)
     for sch in schedulers:
@@ -374,6 +379,8 @@ def compiled_forward(model, mode: str = "default"):
 
 def _load_state(r: _Run, state_dir: Path) -> None:
     r.acc.load_state(str(state_dir))
+    if r.tc.compile_optimizer and compile_pays(r.acc.device):
+        tensor_lrs(r.optimizers)  # compiled steps read tensors; load_state restored floats
     trainer = json.loads((state_dir / TRAINER_FILE).read_text())
     r.step, r.tokens, r.elapsed0 = trainer["step"], trainer["tokens"], trainer["elapsed_s"]
 
@@ -549,7 +556,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_dir, config
         r.step_log, r.t_saved = r.step, time.monotonic()
         try:
             while r.step < stop:
-                lr = r.schedulers[0].get_last_lr()[0]  # the LR of this step
+                lr = float(r.schedulers[0].get_last_lr()[0])  # this step's (a tensor if compiled)
                 _optimization_step(r)
                 pbar.update(1)
                 if r.step % tc.log_every == 0 or r.step == stop or r.step % spe == 0:
