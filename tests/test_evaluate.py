@@ -314,6 +314,15 @@ def test_bench_eval(data_dir):
     # 2 batches, each row's first token from its prompt: every other step at one width
     assert st["steps"] == full["steps"] and sum(st["width_steps"].values()) == st["steps"] - 2
     assert list(full["width_steps"]) == [512] and st["width_steps"][128] > 0
+    # rows that run to their caps end the batch there, not at the next sync (every 32 steps)
+    assert st["steps"] == 2 * 24 and st["graphs"] == 0  # no CUDA graphs on the CPU
+    # the phases of one profiled batch: its prompts' prefill, a step per token after the first
+    prof = bench_eval(**kw, modes="static", profile_steps=8)["profile"]
+    assert (prof["rows"], prof["steps"], prof["device"], prof["graphs"]) == (2, 8, "cpu", 0)
+    assert prof["phases"]["static.prefill"]["calls"] == 1
+    assert prof["phases"]["static.step"]["calls"] == 7  # and one sync, where the caps end
+    assert prof["phases"]["static.sync"]["calls"] == 1
+    assert prof["top"] and prof["device_ms_total"] >= prof["top"][0]["ms"] > 0
     with pytest.raises(ValueError, match="modes"):
         bench_eval(**kw, modes="fast")
     with pytest.raises(ValueError):

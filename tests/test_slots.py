@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _plan():
-    units = {u.name: u for u in slots.plan("smoke", device="cpu", eval_limit=8)}
+    units = {u.name: u for u in slots.plan("smoke", device="cpu", eval_limit=8, profile_steps=8)}
     return [units["base"], units["bench-eval"]]
 
 
@@ -95,8 +95,10 @@ def test_two_slots_resume_from_carried_weights(tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache2").glob("run-*") if p.is_dir()) == [run]
     assert not list((tmp_path / "out2").glob("*.part*"))  # no new weights
     slots.import_slot(tmp_path / "out2", done_dir, restore, results_dir=tmp_path / "results")
-    bench = json.loads((done_dir / "bench-eval" / "bench_eval.jsonl").read_text().splitlines()[-1])
-    assert bench["traces"] == 8 and bench["model"].endswith(run)
+    lines = (done_dir / "bench-eval" / "bench_eval.jsonl").read_text().splitlines()
+    bench = [json.loads(x) for x in lines]
+    assert bench[-1]["traces"] == 8 and bench[-1]["model"].endswith(run)
+    assert bench[0]["profile"]["steps"] == 8 and "profile" not in bench[-1]  # the first lever only
     assert not list((tmp_path / "results").glob("*"))  # 8 traces: not the 1,024-trace benchmark
     assert set(slots.done_units(done_dir)) == {"base", "bench-eval"}
     assert slots.choose(units, slots.done_units(done_dir), 10_000) == []

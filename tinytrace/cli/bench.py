@@ -50,6 +50,8 @@ def add_cli(sub) -> None:
                    help="comma list of cached, uncached, static, static-full (speedup: first "
                    "over second)")
     e.add_argument("--max-new-tokens", type=int, default=None, help="cap per trace")
+    e.add_argument("--profile-steps", type=at_least(0), default=0, help="then profile static "
+                   "decoding of the first batch for this many tokens (torch.profiler)")
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
@@ -113,7 +115,7 @@ def _eval(args) -> int:
     return _show(bench_eval(model=args.model, checkpoint=args.checkpoint, limit=args.limit,
                             batch_size=args.batch_size, data=args.data, config=args.config,
                             modes=args.modes, max_new_tokens=args.max_new_tokens,
-                            device=args.device), args.json)
+                            device=args.device, profile_steps=args.profile_steps), args.json)
 
 
 def _learn(args) -> int:

@@ -11,26 +11,33 @@ from tinytrace.data import build_preset, load, read_split
 from tinytrace.model import GPT, get_model_config, load_checkpoint, unwrap
 
 from .core import make_records, resolve_device
-from .decode import greedy_generate, greedy_generate_static
+from .decode import PHASES, greedy_generate, greedy_generate_static
 
 MODES = ("cached", "uncached", "static", "static-full")
 
 
 def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size: int = 64,
                data=None, config: str = "base", modes="cached,uncached",
-               max_new_tokens: int | None = None, device: str | None = None) -> dict:
+               max_new_tokens: int | None = None, device: str | None = None,
+               profile_steps: int = 0) -> dict:
     """Generated tokens/s and traces/s of decoding modes on the same traces in one run:
     ``cached`` (KV cache, finished rows dropped), ``uncached`` (re-encode the window every
     token), ``static`` (fixed shapes, a CUDA graph per token on GPUs, attention over the width
     the windows need) and ``static-full`` (the same over the whole context). ``modes`` picks
     them, a comma list or a sequence (``speedup`` = first mode over second). Static modes also
-    report their decode steps, restart forwards and steps per attention width.
+    report their decode steps, restart forwards, steps per attention width and the CUDA graphs
+    captured (0: every step ran eagerly).
 
     The model is the ``model`` preset with random weights, or the run in ``checkpoint``.
     Random-weight models rarely emit EOS, so every row generates exactly its target's length
     (no EOS stop; at most ``max_new_tokens``); all modes must produce identical tokens
     (reported as ``outputs_equal``). ``data`` + ``config``: a Hub-layout test split read with
-    pyarrow (no ``datasets``); without ``data``, ``limit`` base traces are built."""
+    pyarrow (no ``datasets``); without ``data``, ``limit`` base traces are built.
+
+    ``profile_steps`` > 0: afterwards, static decoding of the first batch (the longest traces)
+    for that many tokens runs once more under ``torch.profiler`` (``profile``: the time in each
+    phase, prefill, graph capture, step, host sync, and the kernels that take the most device
+    time): where a decode step's time goes, apart from the timed runs."""
     limit, bsz = int(limit), int(batch_size)
     if limit < 1 or bsz < 1:
         raise ValueError("--limit and --batch-size must be >= 1")
@@ -61,7 +68,7 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     outs = {}
     for mode in modes:
         t0, toks, outs[mode] = time.perf_counter(), 0, []
-        steps = {"steps": 0, "restart_batches": 0, "width_steps": Counter()}
+        steps = {"steps": 0, "restart_batches": 0, "graphs": 0, "width_steps": Counter()}
         for i in range(0, len(order), bsz):
             chunk = order[i: i + bsz]
             prompts = [r.prompt_ids for r in chunk]
@@ -69,7 +76,7 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
             if mode.startswith("static"):
                 o, st = greedy_generate_static(net, prompts, caps, stop_at_eos=False,
                                                width_buckets=1 if mode == "static-full" else 4)
-                for k in ("steps", "restart_batches"):
+                for k in ("steps", "restart_batches", "graphs"):
                     steps[k] += st[k]
                 steps["width_steps"].update(st["width_steps"])
             else:
@@ -90,4 +97,36 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     if len(modes) > 1:
         result["speedup"] = round(result[f"{modes[0]}_tokens_per_s"] / result[f"{modes[1]}_tokens_per_s"], 2)
     result["outputs_equal"] = all(outs[m] == outs[modes[0]] for m in modes)
+    if profile_steps > 0:
+        chunk = order[:bsz]
+        result["profile"] = profile_static(net, [r.prompt_ids for r in chunk],
+                                           [min(len(r.target_ids), profile_steps) for r in chunk])
     return result
+
+
+def profile_static(net, prompts: list[list[int]], caps: list[int], top: int = 8) -> dict:
+    """Static decoding of one batch under ``torch.profiler``: its wall seconds and steps, each
+    phase's host milliseconds and calls (:data:`.decode.PHASES`), and the ``top`` operators and
+    kernels by self device time (on CUDA, the kernels inside graph replays too) with the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = next(net.parameters()).device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        _, st = greedy_generate_static(net, prompts, caps, stop_at_eos=False)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    phases = {e.key: {"host_ms": round(e.cpu_time_total / 1e3, 2), "calls": e.count}
+              for e in events if e.key in PHASES}
+    dev_time = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = sorted((e for e in events if e.key not in PHASES and getattr(e, dev_time, 0) > 0),
+                 key=lambda e: -getattr(e, dev_time))
+    return {"rows": len(prompts), "steps": st["steps"], "graphs": st["graphs"],
+            "wall_seconds": round(wall, 3),
+            "phases": phases, "device": "cuda" if cuda else "cpu",
+            "device_ms_total": round(sum(getattr(e, dev_time) for e in ops) / 1e3, 2),
+            "top": [{"name": e.key[:120], "ms": round(getattr(e, dev_time) / 1e3, 2),
+                     "calls": e.count} for e in ops[:top]]}

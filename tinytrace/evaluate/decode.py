@@ -22,6 +22,10 @@ from tinytrace.lang import tokenizer as tk
 from tinytrace.model import unwrap
 from tinytrace.provenance import autocast_dtype
 
+# torch.profiler ranges of static decoding's phases (`tinytrace bench eval --profile-steps`)
+PHASES = ("static.prefill", "static.capture", "static.step", "static.sync")
+_phase = torch.profiler.record_function
+
 
 # --- the sliding window ------------------------------------------------------------------------
 def restart_offset(window: list[int], block_size: int) -> int:
@@ -255,12 +259,14 @@ class _StaticStep:
 
     def __call__(self, width: int) -> None:
         if self.use_graph and width not in self.graphs:
-            self._capture(width)
-        graph = self.graphs.get(width)
-        if graph is not None:
-            graph.replay()
-        else:
-            self._run(width)
+            with _phase("static.capture"):
+                self._capture(width)
+        with _phase("static.step"):
+            graph = self.graphs.get(width)
+            if graph is not None:
+                graph.replay()
+            else:
+                self._run(width)
 
 
 def attention_widths(block_size: int, buckets: int) -> list[int]:
@@ -303,7 +309,7 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
     def prefill(rows: list[int], windows: list[list[int]]) -> torch.Tensor:
         """Encode ``windows`` into those cache rows; the logits after each window."""
         cache.set_lens(rows, [0] * len(rows))
-        with _amp(device, amp):
+        with _amp(device, amp), _phase("static.prefill"):
             logits = _last_logits(fwd, windows, device, kv_cache=cache,
                                   rows=None if len(rows) == n else rows)
         cache.set_lens(rows, [len(w) for w in windows])
@@ -332,13 +338,22 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
                     wait_since = ngen
                 waiting[r] = None
 
+    def capped_at(opos) -> int:
+        """The step by which every advancing row has reached its cap (each advances a token a
+        step; ``opos`` is current): a sync there ends a batch whose rows run to their caps
+        without stepping on to the next regular sync."""
+        return ngen + max((max_new[r] - opos[r] for r in range(n) if live[r] and r not in waiting),
+                          default=0)
+
     ngen, limit = 1, 2 * max(max_new) + 4 * restart_wait * (1 + max(max_new) // 16) + 64
     wait_if_full(range(n))
+    sync_at = capped_at([1] * n)
     with _amp(device, amp):
         while any(live):
             moving = [r for r in range(n) if live[r] and r not in waiting]
             if waiting and (ngen - wait_since >= restart_wait or 4 * len(waiting) >= n or not moving):
-                done, opos = step.done.tolist(), step.opos.tolist()
+                with _phase("static.sync"):
+                    done, opos = step.done.tolist(), step.opos.tolist()
                 go = [r for r in waiting if not done[r] and opos[r] < max_new[r]]
                 for r in waiting:
                     live[r] = r in go
@@ -354,6 +369,7 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
                     prefill(go, [w[:-1] for w in wins])
                     step.active[torch.tensor(go, device=device)] = True
                 waiting = {}
+                sync_at = capped_at(opos)
                 continue
             need = max(lens[r] for r in moving) + 1  # host lengths: exact or too long
             width = next(w for w in widths if w >= need)
@@ -365,10 +381,13 @@ def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], 
             for r in moving:
                 lens[r] += 1
             wait_if_full(moving)
-            if ngen % sync_every == 0:
-                done, opos = step.done.tolist(), step.opos.tolist()
+            if ngen % sync_every == 0 or ngen >= sync_at:
+                with _phase("static.sync"):
+                    done, opos = step.done.tolist(), step.opos.tolist()
                 live = [live[r] and not done[r] and opos[r] < max_new[r] for r in range(n)]
+                sync_at = capped_at(opos)
     stats["steps"] = ngen
+    stats["graphs"] = sum(g is not None for g in step.graphs.values())  # 0: eager steps only
     got, opos = step.out.tolist(), step.opos.tolist()
     outputs = []
     for r in range(n):

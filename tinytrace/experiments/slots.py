@@ -63,8 +63,9 @@ TRAIN_LEVERS_2 = (("paper", 512, "reduce-overhead", "--warmup 3", 90),
                   (None, 128, "default", "--compile-optimizer", 75),
                   ("paper", 512, "default", "--model-arg head_pad_multiple=0", 60))
 # The bench-eval unit's decoding levers on the same 1,024 traces, one `bench eval` each:
-# (modes, batch size); `static` vs `static-full` times the attention-width buckets in one run.
-EVAL_LEVERS = (("static,static-full", 256), ("static", 512), ("static", 1024))
+# (modes, batch size, profile); `static` vs `static-full` times the attention-width buckets in
+# one run, then profiles the first tokens of the longest batch (where a step's time goes).
+EVAL_LEVERS = (("static,static-full", 256, True), ("static", 512, False), ("static", 1024, False))
 # learn-99's epochs of the scale's recipe: as many as fit one slot (UNIT_MAX_S)
 LEARN_EPOCHS = 2
 # Sections whose notebook needs every training run of these experiments (the rest evaluate only).
@@ -99,12 +100,12 @@ def _run_cost(tokens: float, tokens_per_s: float, overhead_s: int = 45) -> int:
 
 
 def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
-         eval_limit: int = 1024, seed: int = 0) -> list[Unit]:
+         eval_limit: int = 1024, seed: int = 0, profile_steps: int = 256) -> list[Unit]:
     """Every unit of GPU work at ``scale``, in the order slots take them. ``tokens_per_s``: the
     training throughput the costs assume (the H200's 1.23M tokens/s with the gpu-muon recipe,
     rounded down); a run's cost is its experiment's training tokens shared evenly by its runs.
-    ``device``/``eval_limit``: where and on how many traces the benchmarks run (a CPU check
-    of the plan uses a few)."""
+    ``device``/``eval_limit``/``profile_steps``: where and on how many traces the benchmarks
+    run, and how many tokens of decoding are profiled (a CPU check of the plan uses a few)."""
     s = get_scale(scale)
     cost = training_tokens(s.name)
     units = [
@@ -140,10 +141,11 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
             units.append(Unit("bench-eval", " ; ".join(
                 "timeout -k 5 60 {python} -m tinytrace bench eval --checkpoint {run:base} "
                 f"--data data/tinytracing --config base --limit {eval_limit} --batch-size {b} "
-                f"--modes {modes} --device {device} --json >> {{out}}/bench_eval.jsonl"
-                for modes, b in EVAL_LEVERS) + " ; test -s {out}/bench_eval.jsonl", 75, ("base",),
-                f"greedy decoding speed on {eval_limit:,} base traces: width buckets, batch sizes",
-                ("base",)))
+                f"--modes {modes} " + (f"--profile-steps {profile_steps} " if prof else "")
+                + f"--device {device} --json >> {{out}}/bench_eval.jsonl"
+                for modes, b, prof in EVAL_LEVERS) + " ; test -s {out}/bench_eval.jsonl", 85,
+                ("base",), f"greedy decoding speed on {eval_limit:,} base traces: width buckets, "
+                "batch sizes, a profile of the steps", ("base",)))
             units.append(_bench_train_unit(
                 "bench-train-2", s, device, TRAIN_LEVERS_2, 270,
                 "more training levers: CUDA graphs, compiled optimizer steps (AdamW, Muon), "
