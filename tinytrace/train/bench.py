@@ -89,6 +89,8 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
         loss = step()
     sync()
     dt = time.perf_counter() - t0
+    # the loss before another forward: under CUDA graphs that forward overwrites it
+    loss = float(loss.item()) / accum
     if graphs:
         torch.compiler.cudagraph_mark_step_begin()
     opt_ms = _optimizer_ms(opts, batches[0], fwd, sync, optimizer_repeats)
@@ -108,7 +110,7 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
             "warmup_s": round(t_warmup, 3), "seconds": round(dt, 3), "batch_size": batch_size,
             "micro_batch_size": micro, "accumulation_steps": accum, "block_size": T,
             "step_ms": round(1e3 * dt / steps, 2), "optimizer_ms": opt_ms,
-            "compile_optimizer": compile_optimizer, "loss": float(loss.item()) / accum,
+            "compile_optimizer": compile_optimizer, "loss": loss,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 

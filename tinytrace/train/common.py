@@ -204,7 +204,9 @@ def optimizer_step(model, optimizers, accelerator, batches: Iterable, loss_fn: C
             for opt in optimizers:
                 opt.step()  # a no-op until the last micro-batch (accelerate's accumulate)
                 opt.zero_grad(set_to_none=True)
-        total = report if total is None else total + report
+        # a copy: under CUDA graphs (compile mode reduce-overhead) the next micro-batch's
+        # replay overwrites the graph's outputs
+        total = report.clone() if total is None else total + report
     return total
 
 
