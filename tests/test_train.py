@@ -604,10 +604,16 @@ def test_bench_train_measures_a_preset_and_a_compile_mode(monkeypatch):
     """The gpu scale's recipe is measured with its own optimizer and loss, compiled in the mode
     asked for."""
     modes = _record_compile(monkeypatch)
+    calls = []  # the compiled model's call signatures: a new one would compile again on a GPU
+    monkeypatch.setattr(GPT, "__call__", lambda self, *a, **kw: calls.append(
+        (len(a), tuple(kw))) or torch.nn.Module.__call__(self, *a, **kw))
     out = T.bench_train(model="tiny", steps=1, batch_size=2, device="cpu", preset="gpu-muon-state",
                         compile=True, compile_mode="max-autotune-no-cudagraphs")
     assert (out["preset"], out["optimizer"], out["state_loss_weight"]) == ("gpu-muon-state", "muon", 3.0)
     assert out["compile_mode"] == modes[0] == "max-autotune-no-cudagraphs" and len(modes) == 1
+    # warm-up, timed step and the optimizers' timing all call it one way (the weighted loss's)
+    assert len(calls) == 2 + 1 + 1 and set(calls) == {(1, ())}
+    assert set(out["optimizer_ms"]) == {"AdamW", "Muon"}
     with pytest.raises(ValueError, match="compile_mode"):
         T.bench_train(model="tiny", steps=1, device="cpu", compile=True, compile_mode="fast")
 

@@ -69,11 +69,13 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
 
     graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")  # CUDA graphs
 
+    def loss_fn(x, y):
+        return lm_loss(fwd, x, y, tc.state_loss_weight)
+
     def step():
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier outputs go
-        return optimizer_step(net, opts, acc, batches,
-                              lambda x, y: lm_loss(fwd, x, y, tc.state_loss_weight), tc.grad_clip)
+        return optimizer_step(net, opts, acc, batches, loss_fn, tc.grad_clip)
 
     def sync():
         if acc.device.type == "cuda":
@@ -93,7 +95,7 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
     loss = float(loss.item()) / accum
     if graphs:
         torch.compiler.cudagraph_mark_step_begin()
-    opt_ms = _optimizer_ms(opts, batches[0], fwd, sync, optimizer_repeats)
+    opt_ms = _optimizer_ms(opts, lambda: loss_fn(*batches[0])[0], sync, optimizer_repeats)
     raw = acc.unwrap_model(net)
     tokens_per_s = steps * batch_size * T / dt
     fpt = raw.flops_per_token()
@@ -114,14 +116,14 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def _optimizer_ms(opts, batch, fwd, sync, repeats: int) -> dict[str, float]:
-    """Milliseconds of each optimizer's step alone, by class name: one backward for gradients,
-    then ``repeats`` timed steps of each after an untimed one (a compiled step compiles on its
-    first call with gradients present)."""
+def _optimizer_ms(opts, loss, sync, repeats: int) -> dict[str, float]:
+    """Milliseconds of each optimizer's step alone, by class name: one backward of ``loss()``
+    (the timed step's loss, so a compiled model runs the graph it has) for gradients, then
+    ``repeats`` timed steps of each after an untimed one (a compiled step compiles on its first
+    call with gradients present)."""
     if repeats < 1:
         return {}
-    _, loss = fwd(*batch)
-    loss.backward()
+    loss().backward()
     times = {}
     for opt in opts:
         inner = getattr(opt, "optimizer", opt)  # accelerate's wrapper steps only on sync steps
