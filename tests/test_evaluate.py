@@ -302,7 +302,7 @@ def test_cli_eval_json(tmp_path, data_dir, capsys):
     assert "vocab" in capsys.readouterr().err
 
 
-def test_bench_eval(data_dir):
+def test_bench_eval(data_dir, monkeypatch):
     kw = dict(model="tiny", checkpoint=None, limit=3, batch_size=2, device="cpu", data=str(data_dir),
               config="base", max_new_tokens=24)
     res = bench_eval(**kw)
@@ -323,6 +323,9 @@ def test_bench_eval(data_dir):
     assert prof["phases"]["static.step"]["calls"] == 7  # and one sync, where the caps end
     assert prof["phases"]["static.sync"]["calls"] == 1
     assert prof["top"] and prof["device_ms_total"] >= prof["top"][0]["ms"] > 0
+    monkeypatch.setattr(torch.profiler, "profile", None)  # a profiler that fails
+    res = bench_eval(**kw, modes="static", profile_steps=8)
+    assert res["profile"]["error"].startswith("TypeError") and res["static_seconds"] > 0
     with pytest.raises(ValueError, match="modes"):
         bench_eval(**kw, modes="fast")
     with pytest.raises(ValueError):
