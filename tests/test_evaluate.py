@@ -309,7 +309,16 @@ def test_bench_eval(data_dir, monkeypatch):
     assert res["outputs_equal"] and res["generated_tokens"] == 72 and res["speedup"] > 0
     res = bench_eval(**kw, modes="static,cached,static-full")
     assert res["modes"] == ["static", "cached", "static-full"] and res["outputs_equal"]
-    assert res["static_seconds"] > 0
+    assert res["static_seconds"] > 0 and res["warmup_seconds"] > 0
+    # each mode first decodes 8 tokens of the first batch, untimed (the process's start-up)
+    import tinytrace.evaluate.bench as B
+
+    caps = []
+    real = B.greedy_generate_static
+    monkeypatch.setattr(B, "greedy_generate_static", lambda m, p, c, **kw: caps.append(max(c))
+                        or real(m, p, c, **kw))
+    bench_eval(**kw, modes="static,static-full")
+    assert caps == [8, 8, 24, 24, 24, 24]  # warm-ups, then 2 batches a mode
     st, full = res["static_steps"], res["static-full_steps"]
     # 2 batches, each row's first token from its prompt: every other step at one width
     assert st["steps"] == full["steps"] and sum(st["width_steps"].values()) == st["steps"] - 2
