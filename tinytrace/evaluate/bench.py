@@ -111,26 +111,25 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
         result["speedup"] = round(result[f"{modes[0]}_tokens_per_s"] / result[f"{modes[1]}_tokens_per_s"], 2)
     result["outputs_equal"] = all(outs[m] == outs[modes[0]] for m in modes)
     if profile_steps > 0:
-        chunk = order[:bsz]
         try:  # a diagnostic: if the profiler fails, the timings above still count
-            result["profile"] = profile_static(net, [r.prompt_ids for r in chunk],
-                                               [min(len(r.target_ids), profile_steps) for r in chunk])
+            result["profile"] = profile_static(lambda: decode("static", order[:bsz], profile_steps),
+                                               cuda=dev.type == "cuda")
         except Exception as e:
             result["profile"] = {"error": f"{type(e).__name__}: {e}"[:500]}
     return result
 
 
-def profile_static(net, prompts: list[list[int]], caps: list[int], top: int = 8) -> dict:
-    """Static decoding of one batch under ``torch.profiler``: its wall seconds and steps, each
-    phase's host milliseconds and calls (:data:`.decode.PHASES`), and the ``top`` operators and
-    kernels by self device time (on CUDA, the kernels inside graph replays too) with the total."""
+def profile_static(decode_batch, cuda: bool, top: int = 8) -> dict:
+    """``decode_batch()`` (static decoding of one batch: outputs and stats) under
+    ``torch.profiler``: its wall seconds and steps, each phase's host milliseconds and calls
+    (:data:`.decode.PHASES`), and the ``top`` operators and kernels by self device time (on
+    CUDA, the kernels inside graph replays too) with the total."""
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = next(net.parameters()).device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         t0 = time.perf_counter()
-        _, st = greedy_generate_static(net, prompts, caps, stop_at_eos=False)
+        outs, st = decode_batch()
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -140,7 +139,7 @@ def profile_static(net, prompts: list[list[int]], caps: list[int], top: int = 8)
     dev_time = "self_device_time_total" if cuda else "self_cpu_time_total"
     ops = sorted((e for e in events if e.key not in PHASES and getattr(e, dev_time, 0) > 0),
                  key=lambda e: -getattr(e, dev_time))
-    return {"rows": len(prompts), "steps": st["steps"], "graphs": st["graphs"],
+    return {"rows": len(outs), "steps": st["steps"], "graphs": st["graphs"],
             "wall_seconds": round(wall, 3),
             "phases": phases, "device": "cuda" if cuda else "cpu",
             "device_ms_total": round(sum(getattr(e, dev_time) for e in ops) / 1e3, 2),

@@ -102,7 +102,8 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
     name = device_name(acc.device)
     peak = peak_flops(name) if acc.device.type == "cuda" else None
     flops = fpt * tokens_per_s
-    return {"model": model, "model_overrides": model_overrides or {}, "params": raw.num_params(), "flops_per_token": fpt,
+    return {"model": model, "model_overrides": model_overrides or {}, "params": raw.num_params(),
+            "flops_per_token": fpt,
             "tokens_per_s": round(tokens_per_s, 1), "achieved_tflops": round(flops / 1e12, 4),
             "peak_flops": peak, "mfu": None if peak is None else round(flops / peak, 4),
             "device": name, "device_type": acc.device.type, "mixed_precision": acc.mixed_precision,

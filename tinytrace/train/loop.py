@@ -378,9 +378,10 @@ def compiled_forward(model, mode: str = "default"):
 
 
 def _load_state(r: _Run, state_dir: Path) -> None:
+    tensors = isinstance(r.optimizers[0].param_groups[0]["lr"], torch.Tensor)  # compiled steps
     r.acc.load_state(str(state_dir))
-    if r.tc.compile_optimizer and compile_pays(r.acc.device):
-        tensor_lrs(r.optimizers)  # compiled steps read tensors; load_state restored floats
+    if tensors:
+        tensor_lrs(r.optimizers)  # load_state restored the rates as saved: floats
     trainer = json.loads((state_dir / TRAINER_FILE).read_text())
     r.step, r.tokens, r.elapsed0 = trainer["step"], trainer["tokens"], trainer["elapsed_s"]
 
