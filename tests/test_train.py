@@ -295,20 +295,33 @@ def test_compiled_muon_step_is_as_close_to_fp32_as_the_eager_one(monkeypatch):
         assert (c - f).norm() <= 1.25 * (e - f).norm() and (e - f).norm() < 0.2 * f.norm()
 
 
-def test_compiled_optimizer_resumes_with_tensor_rates(data_dir, tmp_path):
-    """A resumed run's optimizers read the saved rates back as floats; the loop turns them into
-    tensors again, so the resumed steps compile once and end where the uninterrupted run does."""
+def test_compiled_optimizer_resumes_with_tensor_rates(data_dir, tmp_path, monkeypatch):
+    """A resumed run ends where the uninterrupted run does, compiling once; a run saved with
+    eager steps (float rates, which loading restores as saved) resumes with compiled steps that
+    read tensor rates all the same."""
+    from tinytrace.train import loop
+
     torch._dynamo.reset()
-    mc, cfg = _tiny(), lambda **kw: _cfg(optimizer="muon", compile_optimizer=True, **kw)  # noqa: E731
+    mc = _tiny()
+    cfg = lambda **kw: _cfg(**{"optimizer": "muon", "compile_optimizer": True, **kw})  # noqa: E731
     full, half = tmp_path / "full", tmp_path / "half"
     T.train(cfg(max_steps=8), mc, data_dir, "simple", full, progress=False)
     T.train(cfg(max_steps=4), mc, data_dir, "simple", half, progress=False)
-    before = _graphs()
+    before, rates = _graphs(), []
+    step = loop._optimization_step
+    monkeypatch.setattr(loop, "_optimization_step", lambda r: rates.extend(
+        type(g["lr"]) for o in r.optimizers for g in o.param_groups) or step(r))
     T.train(cfg(max_steps=8), mc, data_dir, "simple", half, resume=True, progress=False)
+    assert rates and set(rates) == {torch.Tensor}  # every resumed step reads tensor rates
     assert 1 <= _graphs() - before <= 2  # one graph per optimizer, not one per rate
     wf, wh = _weights(full), _weights(half)
     for k in wf:
         torch.testing.assert_close(wh[k], wf[k], rtol=1e-5, atol=1e-6)
+    T.train(cfg(max_steps=4, compile_optimizer=False), mc, data_dir, "simple", tmp_path / "eager",
+            progress=False)
+    rates.clear()
+    T.train(cfg(max_steps=8), mc, data_dir, "simple", tmp_path / "eager", resume=True, progress=False)
+    assert rates and set(rates) == {torch.Tensor}
     from tinytrace.experiments.cache import settings
 
     assert "compile_optimizer" not in settings(_cfg())  # runs cached before the field keep keys
