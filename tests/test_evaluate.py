@@ -10,6 +10,7 @@ import torch
 from tinytrace.cli import main
 from tinytrace.data import build_preset, load
 from tinytrace.evaluate import (
+    StaticDecoder,
     Record,
     bench_eval,
     evaluate,
@@ -225,6 +226,62 @@ def test_eos_stops_rows():
     assert ss["steps"] <= 30 + 4  # stops at the first sync after every row ended
 
 
+def test_static_decoder_serves_batch_after_batch():
+    """One StaticDecoder decodes a full batch, then a shorter one (its spare row idle), with and
+    without the EOS stop, on the same buffers; each batch's tokens are greedy_generate's. A
+    batch with more rows or a longer cap than the buffers rebuilds them, keeping the larger of
+    each size."""
+    torch.manual_seed(1)
+    m = EOSAfter7(get_model_config("tiny", block_size=32)).eval()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 30, (n,), generator=g).tolist() for n in (9, 20, 14, 25, 5, 7)]
+    prompts[4][-1] = 7  # emits EOS first
+    caps = [40, 25, 30, 35, 20, 30]
+    dec = StaticDecoder(m, amp=False, batch=3, capacity=40)
+    step, runs, restarts = None, [], 0
+    for rows, eos in ((slice(0, 3), False), (slice(3, 5), True), (slice(3, 5), False)):
+        want, ws = greedy_generate(m, prompts[rows], caps[rows], stop_at_eos=eos)
+        got, st = dec(prompts[rows], caps[rows], stop_at_eos=eos)
+        assert got == want and st["restarts"] == ws["restarts"]
+        assert step is None or dec.step is step  # the same buffers
+        step, restarts = dec.step, restarts + st["restarts"]
+        runs.append(got)
+    assert runs[1][1] == [tk.EOS_ID] and len(runs[2][1]) == 20 and restarts > 0
+    assert dec.step.max_new.tolist() == [35, 20, 0]  # the spare row never runs
+    want, _ = greedy_generate(m, prompts, [45] * 6)
+    assert dec(prompts, [45] * 6)[0] == want and dec.step is not step
+    assert (dec.step.max_new.numel(), dec.step.capacity) == (6, 45)
+    got, _ = dec(prompts[:2], caps[:2])  # smaller again: the grown buffers serve it
+    assert got == greedy_generate(m, prompts[:2], caps[:2])[0] and dec.size == (6, 45)
+
+
+def test_static_decoder_compiled_step():
+    """``compile``: the step's forward through torch.compile with fixed shapes, one compiled
+    graph per attention width made by ``prepare`` and none after (a shorter batch keeps its
+    shapes), the same tokens as the eager decoder. The compiled step writes the KV cache in
+    place: no kernel copies a cache back (with the layers as views of one tensor, Inductor
+    copied the whole cache every step, 6x slower than eager on this CPU)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    m = tiny(block_size=64).eval()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 30, (n,), generator=g).tolist() for n in (20, 35, 50, 12, 40)]
+    caps = [60, 90, 40, 70, 30]
+    want, ws = greedy_generate(m, prompts, caps, stop_at_eos=False)
+    torch._dynamo.reset()
+    counters.clear()
+    dec = StaticDecoder(m, compile=True, batch=3, capacity=90, width_buckets=2)
+    _, code = run_and_get_code(dec.prepare)
+    assert counters["stats"]["unique_graphs"] == len(dec.widths) == 2 and len(code) == 2
+    assert not any("copy_" in c for c in code)
+    out = [dec(prompts[i: i + 3], caps[i: i + 3], stop_at_eos=False) for i in (0, 3)]
+    assert counters["stats"]["unique_graphs"] == 2  # no recompiles while decoding
+    assert out[0][0] + out[1][0] == want and ws["restarts"] > 0
+    assert all(sum(st["width_steps"][w] for _, st in out) > 0 for w in (32, 64))  # both ran
+
+
 def test_static_step_frozen_changes_no_row(rows):
     """The warm-up and capture of a width's CUDA graph run the step with every row frozen:
     afterwards every row decodes on exactly as without them."""
@@ -239,7 +296,8 @@ def test_static_step_frozen_changes_no_row(rows):
     runs = []
     for warm in (False, True):
         cache = m.new_kv_cache(3)
-        step = _StaticStep(m, cache, [40] * 3, torch.device("cpu"), amp=False, graph=False)
+        step = _StaticStep(m, cache, 40, torch.device("cpu"), amp=False, graph=False)
+        step.reset([40] * 3, stop_at_eos=True)
         logits = _last_logits_for(m, prompts, cache)
         step.tok[:, 0] = step.out[:, 0] = logits.argmax(-1)
         step.opos.fill_(1)
@@ -313,12 +371,23 @@ def test_bench_eval(data_dir, monkeypatch):
     # each mode first decodes 8 tokens of the first batch, untimed (the process's start-up)
     import tinytrace.evaluate.bench as B
 
-    caps = []
-    real = B.greedy_generate_static
-    monkeypatch.setattr(B, "greedy_generate_static", lambda m, p, c, **kw: caps.append(max(c))
-                        or real(m, p, c, **kw))
-    bench_eval(**kw, modes="static,static-full")
+    caps, prepared = [], []
+    real, real_prepare = B.StaticDecoder.__call__, B.StaticDecoder.prepare
+    monkeypatch.setattr(B.StaticDecoder, "__call__", lambda d, p, c, **kw: caps.append(max(c))
+                        or real(d, p, c, **kw))
+    monkeypatch.setattr(B.StaticDecoder, "prepare", lambda d: prepared.append(caps[:])
+                        or real_prepare(d))
+    res2 = bench_eval(**kw, modes="static,static-full")
     assert caps == [8, 8, 24, 24, 24, 24]  # warm-ups, then 2 batches a mode
+    assert prepared == [[], [8]]  # each mode's decoder prepares its widths before its warm-up
+    assert res2["static_prepare_seconds"] > 0 and res2["static-full_prepare_seconds"] > 0
+    # static-compiled: the step's forward through torch.compile (a recording stand-in here;
+    # test_static_decoder_compiled_step compiles for real), prompts encoded eagerly
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(kw) or m)
+    res3 = bench_eval(**kw, modes="static,static-compiled")
+    assert compiled == [{"dynamic": False, "mode": None}] and res3["outputs_equal"]
+    assert res3["static-compiled_steps"]["steps"] == res3["static_steps"]["steps"]
     st, full = res["static_steps"], res["static-full_steps"]
     # 2 batches, each row's first token from its prompt: every other step at one width
     assert st["steps"] == full["steps"] and sum(st["width_steps"].values()) == st["steps"] - 2

@@ -118,7 +118,7 @@ def test_padded_heads_equal_unpadded(kw):
     x = torch.randint(0, 77, (2, 33))
     assert torch.allclose(padded(x)[0], plain(x)[0], atol=1e-5)
     cache = padded.new_kv_cache(2)
-    assert cache.k.shape[-1] == 24
+    assert cache.k[0].shape[-1] == 24 and len(cache.k) == padded.config.n_layer
     assert torch.allclose(padded(x, kv_cache=cache)[0], plain(x)[0], atol=1e-5)
 
 

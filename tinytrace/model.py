@@ -146,24 +146,27 @@ class KVCache:
 
     Row b holds ``lens[b]`` tokens at columns 0..lens[b]-1; a forward of T tokens writes them at
     columns lens[b]..lens[b]+T-1 and advances ``lens``. ``rows`` restricts a forward to some rows.
-    A host copy of ``lens`` gives the attended width without a device sync."""
+    A host copy of ``lens`` gives the attended width without a device sync. Each layer's keys
+    and values are a tensor of their own, not views of one: ``torch.compile`` then writes them
+    in place, where a write into a view made it copy the whole cache every step."""
 
     def __init__(self, config: ModelConfig, batch: int, device=None, dtype=torch.float32):
-        shape = (config.n_layer, batch, config.n_head, config.block_size, config.padded_head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, config.n_head, config.block_size, config.padded_head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lens = torch.zeros(batch, dtype=torch.long, device=device)
         self.lens_host = [0] * batch
         self.block_size = config.block_size
 
     @property
     def batch(self) -> int:
-        return self.k.size(1)
+        return self.k[0].size(0)
 
     def keep(self, rows: list[int]) -> None:
         """Drop every row not in ``rows`` (finished rows stop costing compute)."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.k.device)
-        self.k, self.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.lens.device)
+        self.k = [t.index_select(0, idx) for t in self.k]
+        self.v = [t.index_select(0, idx) for t in self.v]
         self.lens = self.lens.index_select(0, idx)
         self.lens_host = [self.lens_host[r] for r in rows]
 

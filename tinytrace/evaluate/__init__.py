@@ -3,6 +3,7 @@ metrics (:mod:`.metrics`)."""
 from .bench import bench_eval
 from .core import Record, evaluate, make_records, resolve_device, save_results
 from .decode import (
+                     StaticDecoder,
                      fit_window,
                      greedy_generate,
                      greedy_generate_static,
@@ -12,7 +13,7 @@ from .decode import (
 )
 from .metrics import METRICS, SCORES, exact_match, final_state, first_wrong, tf_metrics
 
-__all__ = ["METRICS", "SCORES", "Record", "bench_eval", "evaluate", "exact_match", "final_state", "first_wrong",
+__all__ = ["METRICS", "SCORES", "Record", "StaticDecoder", "bench_eval", "evaluate", "exact_match", "final_state", "first_wrong",
            "fit_window", "greedy_generate", "greedy_generate_static", "make_records",
            "resolve_device", "restart_offset", "save_results", "teacher_forced", "tf_metrics",
            "tf_segments"]

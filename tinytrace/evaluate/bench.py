@@ -11,9 +11,9 @@ from tinytrace.data import build_preset, load, read_split
 from tinytrace.model import GPT, get_model_config, load_checkpoint, unwrap
 
 from .core import make_records, resolve_device
-from .decode import PHASES, greedy_generate, greedy_generate_static
+from .decode import PHASES, StaticDecoder, greedy_generate
 
-MODES = ("cached", "uncached", "static", "static-full")
+MODES = ("cached", "uncached", "static", "static-full", "static-compiled")
 
 
 def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size: int = 64,
@@ -23,17 +23,20 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     """Generated tokens/s and traces/s of decoding modes on the same traces in one run:
     ``cached`` (KV cache, finished rows dropped), ``uncached`` (re-encode the window every
     token), ``static`` (fixed shapes, a CUDA graph per token on GPUs, attention over the width
-    the windows need) and ``static-full`` (the same over the whole context). ``modes`` picks
-    them, a comma list or a sequence (``speedup`` = first mode over second). Static modes also
-    report their decode steps, restart forwards, steps per attention width and the CUDA graphs
-    captured (0: every step ran eagerly).
+    the windows need), ``static-full`` (the same over the whole context) and
+    ``static-compiled`` (``static`` with the step's forward through ``torch.compile``).
+    ``modes`` picks them, a comma list or a sequence (``speedup`` = first mode over second).
+    Static modes also report their decode steps, restart forwards, steps per attention width
+    and the CUDA graphs captured (0: every step ran eagerly).
 
     The model is the ``model`` preset with random weights, or the run in ``checkpoint``.
     Random-weight models rarely emit EOS, so every row generates exactly its target's length
     (no EOS stop; at most ``max_new_tokens``); all modes must produce identical tokens
     (reported as ``outputs_equal``). ``data`` + ``config``: a Hub-layout test split read with
     pyarrow (no ``datasets``); without ``data``, ``limit`` base traces are built. Before the
-    timed runs, each mode decodes 8 tokens of the first batch untimed (``warmup_seconds``).
+    timed runs, untimed (``warmup_seconds``, and per static mode ``<mode>_prepare_seconds``):
+    each static mode's decoder (one per mode, for all its batches) captures, and compiles, its
+    step at every attention width, then each mode decodes 8 tokens of the first batch.
 
     ``profile_steps`` > 0: afterwards, static decoding of the first batch (the longest traces)
     for that many tokens runs once more under ``torch.profiler`` (``profile``: the time in each
@@ -67,34 +70,49 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
               "traces": len(order), "batch_size": bsz,
               "threads": torch.get_num_threads() if dev.type == "cpu" else None}
 
-    def decode(mode, chunk, cap):
+    cap_all = min(max(len(r.target_ids) for r in order), max_new_tokens or 1 << 30)
+
+    def decoder(mode):
+        return StaticDecoder(net, width_buckets=1 if mode == "static-full" else 4,
+                             compile=mode == "static-compiled", batch=min(bsz, len(order)),
+                             capacity=cap_all)
+
+    decoders = {m: decoder(m) for m in modes if m.startswith("static")}
+
+    def decode(mode, chunk, cap, dec=None):
         prompts = [r.prompt_ids for r in chunk]
         caps = [min(len(r.target_ids), cap) for r in chunk]
         if mode.startswith("static"):
-            return greedy_generate_static(net, prompts, caps, stop_at_eos=False,
-                                          width_buckets=1 if mode == "static-full" else 4)
+            return (dec or decoders[mode])(prompts, caps, stop_at_eos=False)
         return greedy_generate(net, prompts, caps, use_cache=mode == "cached", stop_at_eos=False)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    # untimed, so no mode pays for the process's first kernels (CUDA and cuBLAS start-up,
-    # kernel choices, first allocations): each mode decodes 8 tokens of the first batch
+    # untimed, so no mode pays for one-off work: the process's first kernels (CUDA and cuBLAS
+    # start-up, kernel choices, first allocations), graph captures and compiles
     t0 = time.perf_counter()
     for mode in modes:
+        if mode in decoders:
+            t1 = time.perf_counter()
+            decoders[mode].prepare()
+            sync()
+            result[f"{mode}_prepare_seconds"] = round(time.perf_counter() - t1, 3)
         decode(mode, order[:bsz], 8)
     sync()
     result["warmup_seconds"] = round(time.perf_counter() - t0, 3)
     outs = {}
     for mode in modes:
         t0, toks, outs[mode] = time.perf_counter(), 0, []
-        steps = {"steps": 0, "restart_batches": 0, "graphs": 0, "width_steps": Counter()}
+        steps = {"steps": 0, "restart_batches": 0, "graphs": 0, "captures": 0,
+                 "width_steps": Counter()}
         for i in range(0, len(order), bsz):
             o, st = decode(mode, order[i: i + bsz], max_new_tokens or 1 << 30)
             if mode.startswith("static"):
-                for k in ("steps", "restart_batches", "graphs"):
+                for k in ("steps", "restart_batches", "captures"):
                     steps[k] += st[k]
+                steps["graphs"] = st["graphs"]  # held by the mode's decoder
                 steps["width_steps"].update(st["width_steps"])
             outs[mode] += o
             toks += st["generated_tokens"]
@@ -112,8 +130,10 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     result["outputs_equal"] = all(outs[m] == outs[modes[0]] for m in modes)
     if profile_steps > 0:
         try:  # a diagnostic: if the profiler fails, the timings above still count
-            result["profile"] = profile_static(lambda: decode("static", order[:bsz], profile_steps),
-                                               cuda=dev.type == "cuda")
+            # a decoder of its own: the profile shows the captures too
+            result["profile"] = profile_static(
+                lambda: decode("static", order[:bsz], profile_steps, decoder("static")),
+                cuda=dev.type == "cuda")
         except Exception as e:
             result["profile"] = {"error": f"{type(e).__name__}: {e}"[:500]}
     return result

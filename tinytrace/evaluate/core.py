@@ -22,8 +22,8 @@ from tinytrace.lang import tokenizer as tk
 from tinytrace.provenance import hardware, versions
 
 from .decode import (
+    StaticDecoder,
     greedy_generate,
-    greedy_generate_static,
     model_device,
     teacher_forced,
 )
@@ -84,7 +84,7 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
     is wrong anyway, and the margin leaves room to read a late final state. ``eos_prefix``
     starts every prompt with the end-of-example token, as every example in the training stream
     is preceded by one (off by default; the `cpu` scale turns it on).
-    ``decode``: ``"static"`` (:func:`greedy_generate_static`, a CUDA graph per token),
+    ``decode``: ``"static"`` (:class:`.decode.StaticDecoder`, a CUDA graph per token),
     ``"dynamic"`` (:func:`greedy_generate`, drops finished rows: best on CPUs) or ``"auto"``
     (static on CUDA with the KV cache, else dynamic).
     Returns ``(records DataFrame, summary dict)``; the summary has ``exact_match``, ``n``,
@@ -106,6 +106,10 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
         raise ValueError(f"decode must be auto, static or dynamic, got {decode!r}")
     static = use_cache and (decode == "static" or (decode == "auto" and dev.type == "cuda"))
     order = sorted(range(len(records)), key=lambda i: -(len(records[i].prompt_ids) + len(records[i].target_ids)))
+    caps_all = [math.ceil(max_len_factor * len(r.target_ids)) + 16 for r in records]
+    # one static decoder for every batch: its buffers and CUDA graphs are made once
+    decoder = StaticDecoder(model, fwd=fwd, amp=amp, batch=min(batch_size, len(records)),
+                            capacity=max(caps_all)) if static else None
     preds: list[list[int] | None] = [None] * len(records)
     stats = {"generated_tokens": 0, "restarts": 0}
     t0 = time.perf_counter()
@@ -113,10 +117,9 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
     for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
         prompts = [records[j].prompt_ids for j in idx]
-        caps = [math.ceil(max_len_factor * len(records[j].target_ids)) + 16 for j in idx]
+        caps = [caps_all[j] for j in idx]
         if static:
-            outs, st = greedy_generate_static(model, prompts, caps, amp=amp, fwd=fwd,
-                                              sync_every=max(sync_every, 32))
+            outs, st = decoder(prompts, caps, sync_every=max(sync_every, 32))
         else:
             outs, st = greedy_generate(model, prompts, caps, use_cache=use_cache,
                                        sync_every=sync_every, amp=amp, fwd=fwd)

@@ -188,26 +188,37 @@ class _StaticStep:
     """One greedy decode step of every row with fixed shapes (``GPT.forward(static=True)``).
 
     Per row: ``tok`` is the next input, ``opos`` how many tokens it has generated (``out`` holds
-    them), ``active`` whether it advances. An inactive row (waiting for a window restart, or
-    finished) still runs through the model but writes nothing and stays where it is. Attention
-    spans ``width`` columns, which must exceed every active row's cached length. On CUDA the
-    step is captured in a CUDA graph per width on its first use and replayed (one launch per
-    token instead of one per kernel); elsewhere it runs eagerly."""
+    up to ``capacity`` of them), ``active`` whether it advances. An inactive row (waiting for a
+    window restart, finished, or a spare row of a short batch) still runs through the model but
+    writes nothing and stays where it is. Attention spans ``width`` columns, which must exceed
+    every active row's cached length. On CUDA the step is captured in a CUDA graph per width on
+    its first use and replayed (one launch per token instead of one per kernel); elsewhere it
+    runs eagerly. :meth:`reset` readies the same buffers (and graphs) for the next batch."""
 
-    def __init__(self, fwd, cache, max_new: list[int], device, amp: bool, graph: bool | None = None,
-                 stop_at_eos: bool = True):
-        n = len(max_new)
+    def __init__(self, fwd, cache, capacity: int, device, amp: bool, graph: bool | None = None):
+        n = cache.batch
         self.fwd, self.cache, self.device, self.amp = fwd, cache, device, amp
-        self.stop_at_eos = stop_at_eos
-        self.spare = int(max(max_new))  # the column of `out` inactive rows write to
+        self.capacity = self.spare = int(capacity)  # `spare`: the column inactive rows write to
         self.tok = torch.zeros(n, 1, dtype=torch.long, device=device)
         self.out = torch.full((n, self.spare + 1), tk.PAD_ID, dtype=torch.long, device=device)
         self.opos = torch.zeros(n, dtype=torch.long, device=device)
-        self.max_new = torch.tensor(max_new, dtype=torch.long, device=device)
+        self.max_new = torch.zeros(n, dtype=torch.long, device=device)
         self.active = torch.zeros(n, dtype=torch.bool, device=device)
         self.done = torch.zeros(n, dtype=torch.bool, device=device)
-        self.use_graph = device.type == "cuda" if graph is None else graph
+        self.eos = torch.ones((), dtype=torch.bool, device=device)  # stop at EOS: a tensor, so
+        self.use_graph = device.type == "cuda" if graph is None else graph  # one graph serves both
         self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: capture failed
+
+    def reset(self, max_new: list[int], stop_at_eos: bool) -> None:
+        """Every row idle, ``max_new[i]`` the cap of row i (rows past ``max_new`` never run)."""
+        if len(max_new) > self.max_new.numel() or max(max_new, default=0) > self.capacity:
+            raise ValueError(f"{len(max_new)} rows with caps up to {max(max_new)} do not fit "
+                             f"{self.max_new.numel()} rows of {self.capacity} tokens")
+        caps = list(max_new) + [0] * (self.max_new.numel() - len(max_new))
+        self.max_new.copy_(torch.tensor(caps, dtype=torch.long))
+        for t in (self.tok, self.opos, self.active, self.done):
+            t.zero_()
+        self.eos.fill_(stop_at_eos)
 
     def _run(self, width: int) -> None:
         cache = self.cache
@@ -219,8 +230,7 @@ class _StaticStep:
         col = torch.where(act, self.opos, self.spare)  # inactive rows write the spare column
         self.out.scatter_(1, col[:, None], nxt[:, None])
         self.tok.copy_(torch.where(act[:, None], nxt[:, None], self.tok))
-        if self.stop_at_eos:
-            self.done |= act & (nxt == tk.EOS_ID)
+        self.done |= act & (nxt == tk.EOS_ID) & self.eos
         self.opos += act
         cache.lens += act
         self.active &= ~(self.done | (self.opos >= self.max_new))
@@ -237,13 +247,26 @@ class _StaticStep:
         finally:
             self.active.copy_(active)
 
+    def prepare(self, width: int) -> None:
+        """Make the step at ``width`` ready without changing any row: its CUDA graph captured
+        (on CUDA), a compiled forward compiled (first call)."""
+        if width in self.graphs:
+            return
+        if not self.use_graph:
+            with self.frozen():
+                self._run(width)
+            self.graphs[width] = None
+            return
+        with _phase("static.capture"):
+            self._capture(width)
+
     def _capture(self, width: int) -> None:
         device = self.device
         with self.frozen():
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up (kernels, workspaces)
+                for _ in range(2):  # warm-up (kernels, workspaces, a compiled forward's compile)
                     self._run(width)
             torch.cuda.current_stream(device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
@@ -259,8 +282,7 @@ class _StaticStep:
 
     def __call__(self, width: int) -> None:
         if self.use_graph and width not in self.graphs:
-            with _phase("static.capture"):
-                self._capture(width)
+            self.prepare(width)
         with _phase("static.step"):
             graph = self.graphs.get(width)
             if graph is not None:
@@ -278,126 +300,187 @@ def attention_widths(block_size: int, buckets: int) -> list[int]:
                    for k in range(1, buckets + 1)})
 
 
-@torch.no_grad()
+class StaticDecoder:
+    """:func:`greedy_generate` with fixed shapes, for batch after batch: every row runs every
+    step (finished rows are frozen), attention spans a fixed width masked per row, and the step
+    is a CUDA graph on GPUs. One KV cache, one set of step buffers and one graph per attention
+    width serve every call (a shorter batch leaves its spare rows idle), so a whole evaluation
+    captures each width once; a call with more rows or a longer cap than the buffers have
+    rebuilds them (``batch``/``capacity``: their size up front, else the first call's).
+
+    The width is the smallest of ``width_buckets`` steps up to the context
+    (:func:`attention_widths`) that holds every advancing row's window: short windows read
+    less of the cache, at one graph per width. ``compile``: the step's forward goes through
+    ``torch.compile`` with fixed shapes (one compiled graph per width, inside the CUDA graph;
+    True or a compile mode); prompts are encoded by ``fwd`` (default: the model) either way.
+    A labelled alternative, not the paper's: it changes the kernels, not the decoding."""
+
+    def __init__(self, model, *, fwd=None, amp: bool = True, graph: bool | None = None,
+                 width_buckets: int = 4, compile: bool | str = False, batch: int | None = None,
+                 capacity: int | None = None):
+        self.model, self.fwd, self.amp, self.graph = model, fwd or model, amp, graph
+        raw = unwrap(model)
+        self.block_size = raw.config.block_size
+        self.device = model_device(model)
+        self.widths = attention_widths(self.block_size, width_buckets)
+        self.step_fwd = self.fwd
+        if compile:
+            mode = None if compile is True else compile
+            self.step_fwd = torch.compile(raw, dynamic=False, mode=mode)
+        self.size = (batch, capacity)
+        self.step: _StaticStep | None = None
+
+    def _buffers(self, n: int, capacity: int) -> _StaticStep:
+        step = self.step
+        if step is None or n > step.max_new.numel() or capacity > step.capacity:
+            if step is not None:  # grow: the graphs hold the old buffers, so they go too
+                self.size = (step.max_new.numel(), step.capacity)
+            b, c = self.size
+            self.size = (max(n, b or 0), max(capacity, c or 0))
+            cache = unwrap(self.model).new_kv_cache(self.size[0], device=self.device,
+                                                    dtype=_amp_dtype(self.device, self.amp))
+            self.step = step = _StaticStep(self.step_fwd, cache, self.size[1], self.device,
+                                           self.amp, self.graph)
+        return step
+
+    @torch.no_grad()
+    def prepare(self, batch: int | None = None, capacity: int | None = None) -> None:
+        """Capture (and compile) the step at every width now, so no later call pays for it."""
+        b, c = self.size
+        step = self._buffers(batch or b or 1, capacity or c or 1)
+        with _amp(self.device, self.amp):
+            for w in self.widths:
+                step.prepare(w)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[list[int]], max_new: list[int], *, stop_at_eos: bool = True,
+                 sync_every: int = 32, restart_wait: int = 32) -> tuple[list[list[int]], dict]:
+        """Greedy continuations of ``prompts``, as :func:`greedy_generate`. A row whose window
+        is full waits, frozen, until ``restart_wait`` steps have passed since the first row
+        started waiting (or a quarter of the rows wait, or nothing else can run); then all
+        waiting rows re-encode their step-aligned windows in one forward. Waiting changes
+        nothing a row sees: same windows, same tokens as :func:`greedy_generate` (up to
+        floating-point ties). The host syncs every ``sync_every`` steps, at restarts and at
+        the step by which every advancing row reaches its cap."""
+        n, bs, device, widths = len(prompts), self.block_size, self.device, self.widths
+        if n == 0:
+            raise ValueError("no prompts to decode")
+        step = self._buffers(n, max(max_new))
+        cache = step.cache
+        graphs_before = len(step.graphs)
+        step.reset(list(max_new), stop_at_eos)
+        stats = {"generated_tokens": 0, "restarts": 0, "restart_batches": 0, "steps": 0,
+                 "width_steps": dict.fromkeys(widths, 0)}
+        starts = [fit_window(list(p), 0, bs) for p in prompts]
+        lens = [0] * n  # host copy of cache.lens (exact for rows that advance)
+        if cache.batch > n:  # spare rows: write column 0, advance never
+            cache.set_lens(list(range(n, cache.batch)), [0] * (cache.batch - n))
+
+        def prefill(rows: list[int], windows: list[list[int]]) -> torch.Tensor:
+            """Encode ``windows`` into those cache rows; the logits after each window."""
+            cache.set_lens(rows, [0] * len(rows))
+            with _amp(device, self.amp), _phase("static.prefill"):
+                logits = _last_logits(self.fwd, windows, device, kv_cache=cache,
+                                      rows=None if len(rows) == cache.batch else rows)
+            cache.set_lens(rows, [len(w) for w in windows])
+            for r, w in zip(rows, windows):
+                lens[r] = len(w)
+            return logits
+
+        # token 0 of every row comes from encoding its prompt; the step writes tokens 1..
+        first = prefill(list(range(n)), [p[s:] for p, s in zip(prompts, starts)]).argmax(-1)
+        step.tok[:n, 0] = first
+        step.out[:n, 0] = first
+        step.opos[:n] = 1
+        if stop_at_eos:
+            step.done[:n] |= first == tk.EOS_ID
+        step.active.copy_(~step.done & (step.opos < step.max_new))
+        live = [True] * n  # host view: not known to be finished (refreshed at syncs and restarts)
+        waiting: dict[int, None] = {}  # rows frozen until the next restart, in order (O(1) `in`)
+        wait_since = 0
+
+        def wait_if_full(rows) -> None:
+            nonlocal wait_since
+            for r in rows:
+                if lens[r] >= bs and r not in waiting:  # full window: freeze before the next step
+                    step.active[r] = False
+                    if not waiting:
+                        wait_since = ngen
+                    waiting[r] = None
+
+        def capped_at(opos) -> int:
+            """The step by which every advancing row has reached its cap (each advances a token
+            a step; ``opos`` is current): a sync there ends a batch whose rows run to their caps
+            without stepping on to the next regular sync."""
+            return ngen + max((max_new[r] - opos[r] for r in range(n) if live[r] and r not in waiting),
+                              default=0)
+
+        ngen, limit = 1, 2 * max(max_new) + 4 * restart_wait * (1 + max(max_new) // 16) + 64
+        wait_if_full(range(n))
+        sync_at = capped_at([1] * n)
+        with _amp(device, self.amp):
+            while any(live):
+                moving = [r for r in range(n) if live[r] and r not in waiting]
+                if waiting and (ngen - wait_since >= restart_wait or 4 * len(waiting) >= n or not moving):
+                    with _phase("static.sync"):
+                        done, opos = step.done.tolist(), step.opos.tolist()
+                    go = [r for r in waiting if not done[r] and opos[r] < max_new[r]]
+                    for r in waiting:
+                        live[r] = r in go
+                    if go:
+                        wins = []
+                        for r, g in zip(go, step.out[go].tolist()):
+                            h = list(prompts[r]) + g[: opos[r]]
+                            starts[r] = fit_window(h, starts[r], bs)
+                            wins.append(h[starts[r]:])
+                        stats["restarts"] += len(go)
+                        stats["restart_batches"] += 1
+                        # the last generated token stays the next input: encode the window before it
+                        prefill(go, [w[:-1] for w in wins])
+                        step.active[torch.tensor(go, device=device)] = True
+                    waiting = {}
+                    sync_at = capped_at(opos)
+                    continue
+                need = max(lens[r] for r in moving) + 1  # host lengths: exact or too long
+                width = next(w for w in widths if w >= need)
+                step(width)
+                stats["width_steps"][width] += 1
+                ngen += 1
+                if ngen > limit:
+                    raise RuntimeError(f"static decoding did not finish in {limit} steps")
+                for r in moving:
+                    lens[r] += 1
+                wait_if_full(moving)
+                if ngen % sync_every == 0 or ngen >= sync_at:
+                    with _phase("static.sync"):
+                        done, opos = step.done.tolist(), step.opos.tolist()
+                    live = [live[r] and not done[r] and opos[r] < max_new[r] for r in range(n)]
+                    sync_at = capped_at(opos)
+        stats["steps"] = ngen
+        # the CUDA graphs this decoder holds (0: eager steps only) and how many this call captured
+        held = [g for g in step.graphs.values() if g is not None]
+        stats["graphs"] = len(held)
+        stats["captures"] = len(step.graphs) - graphs_before
+        got, opos = step.out[:n].tolist(), step.opos[:n].tolist()
+        outputs = []
+        for r in range(n):
+            o = got[r][: min(opos[r], max_new[r])]
+            if stop_at_eos and tk.EOS_ID in o:
+                o = o[: o.index(tk.EOS_ID) + 1]
+            outputs.append(o)
+            stats["generated_tokens"] += len(o)
+        return outputs, stats
+
+
 def greedy_generate_static(model, prompts: list[list[int]], max_new: list[int], *,
                            stop_at_eos: bool = True, sync_every: int = 32, amp: bool = True,
                            fwd=None, graph: bool | None = None, restart_wait: int = 32,
                            width_buckets: int = 4) -> tuple[list[list[int]], dict]:
-    """:func:`greedy_generate` with fixed shapes: every row runs every step (finished rows are
-    frozen), attention spans a fixed width masked per row, and the step is a CUDA graph on
-    GPUs. The width is the smallest of ``width_buckets`` steps up to the context
-    (:func:`attention_widths`) that holds every advancing row's window: short windows read
-    less of the cache, at one graph per width. A row whose window is full waits, frozen, until
-    ``restart_wait`` steps have passed since the first row started waiting (or a quarter of the
-    rows wait, or nothing else can run); then all waiting rows re-encode their step-aligned
-    windows in one forward. Waiting changes nothing a row sees: same windows, same tokens as
-    :func:`greedy_generate` (up to floating-point ties). The host syncs every ``sync_every``
-    steps and at restarts."""
-    fwd = fwd or model
-    raw = unwrap(model)
-    bs = raw.config.block_size
-    device = model_device(model)
-    n = len(prompts)
-    cache = raw.new_kv_cache(n, device=device, dtype=_amp_dtype(device, amp))
-    step = _StaticStep(fwd, cache, list(max_new), device, amp, graph, stop_at_eos)
-    widths = attention_widths(bs, width_buckets)
-    stats = {"generated_tokens": 0, "restarts": 0, "restart_batches": 0, "steps": 0,
-             "width_steps": dict.fromkeys(widths, 0)}
-    starts = [fit_window(list(p), 0, bs) for p in prompts]
-    lens = [0] * n  # host copy of cache.lens (exact for rows that advance)
-
-    def prefill(rows: list[int], windows: list[list[int]]) -> torch.Tensor:
-        """Encode ``windows`` into those cache rows; the logits after each window."""
-        cache.set_lens(rows, [0] * len(rows))
-        with _amp(device, amp), _phase("static.prefill"):
-            logits = _last_logits(fwd, windows, device, kv_cache=cache,
-                                  rows=None if len(rows) == n else rows)
-        cache.set_lens(rows, [len(w) for w in windows])
-        for r, w in zip(rows, windows):
-            lens[r] = len(w)
-        return logits
-
-    # token 0 of every row comes from encoding its prompt; the step writes tokens 1..
-    first = prefill(list(range(n)), [p[s:] for p, s in zip(prompts, starts)]).argmax(-1)
-    step.tok[:, 0] = first
-    step.out[:, 0] = first
-    step.opos.fill_(1)
-    if stop_at_eos:
-        step.done |= first == tk.EOS_ID
-    step.active.copy_(~step.done & (step.opos < step.max_new))
-    live = [True] * n  # host view: not known to be finished (refreshed at syncs and restarts)
-    waiting: dict[int, None] = {}  # rows frozen until the next restart, in order (O(1) `in`)
-    wait_since = 0
-
-    def wait_if_full(rows) -> None:
-        nonlocal wait_since
-        for r in rows:
-            if lens[r] >= bs and r not in waiting:  # full window: freeze before the next step
-                step.active[r] = False
-                if not waiting:
-                    wait_since = ngen
-                waiting[r] = None
-
-    def capped_at(opos) -> int:
-        """The step by which every advancing row has reached its cap (each advances a token a
-        step; ``opos`` is current): a sync there ends a batch whose rows run to their caps
-        without stepping on to the next regular sync."""
-        return ngen + max((max_new[r] - opos[r] for r in range(n) if live[r] and r not in waiting),
-                          default=0)
-
-    ngen, limit = 1, 2 * max(max_new) + 4 * restart_wait * (1 + max(max_new) // 16) + 64
-    wait_if_full(range(n))
-    sync_at = capped_at([1] * n)
-    with _amp(device, amp):
-        while any(live):
-            moving = [r for r in range(n) if live[r] and r not in waiting]
-            if waiting and (ngen - wait_since >= restart_wait or 4 * len(waiting) >= n or not moving):
-                with _phase("static.sync"):
-                    done, opos = step.done.tolist(), step.opos.tolist()
-                go = [r for r in waiting if not done[r] and opos[r] < max_new[r]]
-                for r in waiting:
-                    live[r] = r in go
-                if go:
-                    wins = []
-                    for r, g in zip(go, step.out[go].tolist()):
-                        h = list(prompts[r]) + g[: opos[r]]
-                        starts[r] = fit_window(h, starts[r], bs)
-                        wins.append(h[starts[r]:])
-                    stats["restarts"] += len(go)
-                    stats["restart_batches"] += 1
-                    # the last generated token stays the next input: encode the window before it
-                    prefill(go, [w[:-1] for w in wins])
-                    step.active[torch.tensor(go, device=device)] = True
-                waiting = {}
-                sync_at = capped_at(opos)
-                continue
-            need = max(lens[r] for r in moving) + 1  # host lengths: exact or too long
-            width = next(w for w in widths if w >= need)
-            step(width)
-            stats["width_steps"][width] += 1
-            ngen += 1
-            if ngen > limit:
-                raise RuntimeError(f"static decoding did not finish in {limit} steps")
-            for r in moving:
-                lens[r] += 1
-            wait_if_full(moving)
-            if ngen % sync_every == 0 or ngen >= sync_at:
-                with _phase("static.sync"):
-                    done, opos = step.done.tolist(), step.opos.tolist()
-                live = [live[r] and not done[r] and opos[r] < max_new[r] for r in range(n)]
-                sync_at = capped_at(opos)
-    stats["steps"] = ngen
-    stats["graphs"] = sum(g is not None for g in step.graphs.values())  # 0: eager steps only
-    got, opos = step.out.tolist(), step.opos.tolist()
-    outputs = []
-    for r in range(n):
-        o = got[r][: min(opos[r], max_new[r])]
-        if stop_at_eos and tk.EOS_ID in o:
-            o = o[: o.index(tk.EOS_ID) + 1]
-        outputs.append(o)
-        stats["generated_tokens"] += len(o)
-    return outputs, stats
-
+    """One batch through a :class:`StaticDecoder` of its own (its arguments and
+    :meth:`StaticDecoder.__call__`'s)."""
+    dec = StaticDecoder(model, fwd=fwd, amp=amp, graph=graph, width_buckets=width_buckets)
+    return dec(prompts, max_new, stop_at_eos=stop_at_eos, sync_every=sync_every,
+               restart_wait=restart_wait)
 
 
 # --- teacher forcing ---------------------------------------------------------------------------
