@@ -142,6 +142,15 @@ def test_benchmark_units_become_performance_results(tmp_path):
     perf = slots.perf_result(rec, tmp_path)
     assert perf["metrics"] == {"eval_1024_seconds": 4.5} and perf["git_commit"] == "abc1234"
     assert "static-full batch 256: 7.00 s" in perf["name"] and len(perf["runs"]) == 2
+    # bench-eval-2: the one-off preparation (captures, compiles) is reported beside the time
+    evals = [{"traces": 1024, "batch_size": 256, "modes": ["static", "static-compiled"],
+              "static_seconds": 5.5, "static-compiled_seconds": 3.0,
+              "static_prepare_seconds": 0.4, "static-compiled_prepare_seconds": 61.0}]
+    (tmp_path / "bench_eval.jsonl").write_text(json.dumps(evals[0]) + "\n")
+    perf = slots.perf_result(dict(rec, unit="bench-eval-2"), tmp_path)
+    assert perf["metrics"] == {"eval_1024_seconds": 3.0, "eval_1024_prepare_seconds": 61.0}
+    assert "static-compiled batch 256: 3.00 s (+61.0 s prepare)" in perf["name"]
+    assert "(slot unit bench-eval-2)" in perf["name"]
     (tmp_path / "bench_learn.json").write_text(json.dumps(
         {"to_99": {"seconds": 420.0}, "train_seconds": 500.0, "data_seconds": 9.5,
          "curve": [{"exact_match": 0.99}]}))

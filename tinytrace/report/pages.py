@@ -388,7 +388,8 @@ def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/per
         return pick(vals, key=lambda t: t[0]) if vals else (None, None)
 
     tps, tps_r = best("tokens_per_s", max)
-    ev, _ = best("eval_1024_seconds", min)
+    ev, ev_r = best("eval_1024_seconds", min)
+    prep = ev_r["metrics"].get("eval_1024_prepare_seconds") if ev_r else None
     t99, _ = best("time_to_99_seconds", min)
     mfu = tps_r["metrics"].get("mfu") if tps_r else None
     gpu = _short_device(tps_r.get("device", "GPU")) if tps_r else "GPU"
@@ -403,7 +404,9 @@ def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/per
          "measured": f"{tps / 1e6:.2f}M tokens/s, {mfu:.1%} MFU" if tps else "-",
          "status": status(None if tps is None else tps >= 2.0e6)},
         {"goal": "greedy evaluation of 1,024 `base` traces", "target": "<= 5 s",
-         "measured": f"{ev:.1f} s" if ev is not None else "-", "status": status(None if ev is None else ev <= 5)},
+         "measured": ("-" if ev is None else f"{ev:.1f} s" + (
+             f" (+{prep:.1f} s before: graph captures and compiles, once a run)" if prep else "")),
+         "status": status(None if ev is None else ev <= 5)},
         {"goal": ">= 99% ID exact match from scratch", "target": "<= 10 min",
          "measured": f"{t99:.0f} s" if t99 is not None else (
              "not reached" + (f" (best: {best_em[0]['exact_match']:.1%} after "
@@ -430,7 +433,8 @@ def performance_page(results_dir=PERF_RESULTS, figure: str | None = "figures/per
     rows = []
     for r in res:
         m = r.get("metrics", {})
-        keys = [k for k in ("tokens_per_s", "mfu", "eval_1024_seconds", "time_to_99_seconds",
+        keys = [k for k in ("tokens_per_s", "mfu", "eval_1024_seconds",
+                            "eval_1024_prepare_seconds", "time_to_99_seconds",
                             "train_seconds", "final_loss", "val_loss", "corpus_build_seconds")
                 if m.get(k) is not None]
         rows.append({"date": r.get("date", ""), "what": r.get("name", r["file"]),
