@@ -280,6 +280,8 @@ def test_static_decoder_compiled_step():
     assert counters["stats"]["unique_graphs"] == 2  # no recompiles while decoding
     assert out[0][0] + out[1][0] == want and ws["restarts"] > 0
     assert all(sum(st["width_steps"][w] for _, st in out) > 0 for w in (32, 64))  # both ran
+    with pytest.raises(ValueError, match="CUDA graphs of its own"):
+        StaticDecoder(m, compile="reduce-overhead")
 
 
 def test_static_step_frozen_changes_no_row(rows):

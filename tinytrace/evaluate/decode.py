@@ -312,8 +312,10 @@ class StaticDecoder:
     (:func:`attention_widths`) that holds every advancing row's window: short windows read
     less of the cache, at one graph per width. ``compile``: the step's forward goes through
     ``torch.compile`` with fixed shapes (one compiled graph per width, inside the CUDA graph;
-    True or a compile mode); prompts are encoded by ``fwd`` (default: the model) either way.
-    A labelled alternative, not the paper's: it changes the kernels, not the decoding."""
+    True, or a mode that makes no CUDA graphs of its own: ``default`` or
+    ``max-autotune-no-cudagraphs``); prompts are encoded by ``fwd`` (default: the model)
+    either way. It changes the kernels, not the decoding (same tokens up to floating-point
+    ties)."""
 
     def __init__(self, model, *, fwd=None, amp: bool = True, graph: bool | None = None,
                  width_buckets: int = 4, compile: bool | str = False, batch: int | None = None,
@@ -326,6 +328,9 @@ class StaticDecoder:
         self.step_fwd = self.fwd
         if compile:
             mode = None if compile is True else compile
+            if mode not in (None, "default", "max-autotune-no-cudagraphs"):
+                raise ValueError(f"compile mode {mode!r} makes CUDA graphs of its own; use "
+                                 "default or max-autotune-no-cudagraphs")
             self.step_fwd = torch.compile(raw, dynamic=False, mode=mode)
         self.size = (batch, capacity)
         self.step: _StaticStep | None = None
