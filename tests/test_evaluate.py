@@ -278,6 +278,9 @@ def test_static_decoder_compiled_step():
     assert not any("copy_" in c for c in code)
     out = [dec(prompts[i: i + 3], caps[i: i + 3], stop_at_eos=False) for i in (0, 3)]
     assert counters["stats"]["unique_graphs"] == 2  # no recompiles while decoding
+    # nor for another compiled decoder of the model with the same sizes (bench eval's profile)
+    StaticDecoder(m, compile=True, batch=3, capacity=90, width_buckets=2).prepare()
+    assert counters["stats"]["unique_graphs"] == 2
     assert out[0][0] + out[1][0] == want and ws["restarts"] > 0
     assert all(sum(st["width_steps"][w] for _, st in out) > 0 for w in (32, 64))  # both ran
     with pytest.raises(ValueError, match="CUDA graphs of its own"):
@@ -390,6 +393,8 @@ def test_bench_eval(data_dir, monkeypatch):
     res3 = bench_eval(**kw, modes="static,static-compiled")
     assert compiled == [{"dynamic": False, "mode": None}] and res3["outputs_equal"]
     assert res3["static-compiled_steps"]["steps"] == res3["static_steps"]["steps"]
+    prof = bench_eval(**kw, modes="cached,static-compiled", profile_steps=8)["profile"]
+    assert prof["mode"] == "static-compiled" and prof["steps"] == 8  # the first static mode
     st, full = res["static_steps"], res["static-full_steps"]
     # 2 batches, each row's first token from its prompt: every other step at one width
     assert st["steps"] == full["steps"] and sum(st["width_steps"].values()) == st["steps"] - 2
@@ -403,6 +408,7 @@ def test_bench_eval(data_dir, monkeypatch):
     assert prof["phases"]["static.step"]["calls"] == 7  # and one sync, where the caps end
     assert prof["phases"]["static.sync"]["calls"] == 1
     assert prof["top"] and prof["device_ms_total"] >= prof["top"][0]["ms"] > 0
+    assert prof["mode"] == "static"
     monkeypatch.setattr(torch.profiler, "profile", None)  # a profiler that fails
     res = bench_eval(**kw, modes="static", profile_steps=8)
     assert res["profile"]["error"].startswith("TypeError") and res["static_seconds"] > 0

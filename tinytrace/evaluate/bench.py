@@ -38,10 +38,11 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     each static mode's decoder (one per mode, for all its batches) captures, and compiles, its
     step at every attention width, then each mode decodes 8 tokens of the first batch.
 
-    ``profile_steps`` > 0: afterwards, static decoding of the first batch (the longest traces)
-    for that many tokens runs once more under ``torch.profiler`` (``profile``: the time in each
-    phase, prefill, graph capture, step, host sync, and the kernels that take the most device
-    time): where a decode step's time goes, apart from the timed runs."""
+    ``profile_steps`` > 0: afterwards, static decoding of the first batch (the longest traces),
+    in the first static mode of ``modes`` (else ``static``), for that many tokens runs once
+    more under ``torch.profiler`` (``profile``: the mode, the time in each phase, prefill,
+    graph capture, step, host sync, and the kernels that take the most device time): where a
+    decode step's time goes, apart from the timed runs."""
     limit, bsz = int(limit), int(batch_size)
     if limit < 1 or bsz < 1:
         raise ValueError("--limit and --batch-size must be >= 1")
@@ -130,9 +131,11 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     result["outputs_equal"] = all(outs[m] == outs[modes[0]] for m in modes)
     if profile_steps > 0:
         try:  # a diagnostic: if the profiler fails, the timings above still count
-            # a decoder of its own: the profile shows the captures too
-            result["profile"] = profile_static(
-                lambda: decode("static", order[:bsz], profile_steps, decoder("static")),
+            # a decoder of its own: the profile shows the captures too (a compiled step's
+            # forward was compiled for these shapes already: the profile does not recompile)
+            mode = next((m for m in modes if m.startswith("static")), "static")
+            result["profile"] = {"mode": mode} | profile_static(
+                lambda: decode(mode, order[:bsz], profile_steps, decoder(mode)),
                 cuda=dev.type == "cuda")
         except Exception as e:
             result["profile"] = {"error": f"{type(e).__name__}: {e}"[:500]}

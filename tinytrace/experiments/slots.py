@@ -69,9 +69,10 @@ TRAIN_LEVERS_2 = (("paper", 512, "reduce-overhead", "--warmup 3", 90),
 EVAL_LEVERS = (("static,static-full", 256, True, 60), ("static", 512, False, 60),
                ("static", 1024, False, 60))
 # The bench-eval-2 unit's: the decode step compiled (one graph per attention width, compiled
-# before the timed run) against the eager step in one run, then compiled at batch 1024.
+# before the timed run) against the eager step in one run, then compiled at batch 1024 with a
+# profile of its steps.
 EVAL_LEVERS_2 = (("static,static-compiled", 256, False, 150),
-                 ("static-compiled", 1024, False, 120))
+                 ("static-compiled", 1024, True, 120))
 # learn-99's epochs of the scale's recipe: as many as fit one slot (UNIT_MAX_S)
 LEARN_EPOCHS = 2
 # Sections whose notebook needs every training run of these experiments (the rest evaluate only).
