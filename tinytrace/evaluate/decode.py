@@ -198,23 +198,22 @@ class _StaticStep:
     def __init__(self, fwd, cache, capacity: int, device, amp: bool, graph: bool | None = None):
         n = cache.batch
         self.fwd, self.cache, self.device, self.amp = fwd, cache, device, amp
-        self.capacity = self.spare = int(capacity)  # `spare`: the column inactive rows write to
+        self.capacity = int(capacity)  # column `capacity` of `out`: where inactive rows write
         self.tok = torch.zeros(n, 1, dtype=torch.long, device=device)
-        self.out = torch.full((n, self.spare + 1), tk.PAD_ID, dtype=torch.long, device=device)
+        self.out = torch.full((n, self.capacity + 1), tk.PAD_ID, dtype=torch.long, device=device)
         self.opos = torch.zeros(n, dtype=torch.long, device=device)
         self.max_new = torch.zeros(n, dtype=torch.long, device=device)
         self.active = torch.zeros(n, dtype=torch.bool, device=device)
         self.done = torch.zeros(n, dtype=torch.bool, device=device)
-        self.eos = torch.ones((), dtype=torch.bool, device=device)  # stop at EOS: a tensor, so
-        self.use_graph = device.type == "cuda" if graph is None else graph  # one graph serves both
+        # stop at EOS or not: a tensor, so one graph serves both
+        self.eos = torch.ones((), dtype=torch.bool, device=device)
+        self.use_graph = device.type == "cuda" if graph is None else graph
         self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: capture failed
 
     def reset(self, max_new: list[int], stop_at_eos: bool) -> None:
-        """Every row idle, ``max_new[i]`` the cap of row i (rows past ``max_new`` never run)."""
-        if len(max_new) > self.max_new.numel() or max(max_new, default=0) > self.capacity:
-            raise ValueError(f"{len(max_new)} rows with caps up to {max(max_new)} do not fit "
-                             f"{self.max_new.numel()} rows of {self.capacity} tokens")
-        caps = list(max_new) + [0] * (self.max_new.numel() - len(max_new))
+        """Every row idle, ``max_new[i]`` the cap of row i (rows past ``max_new`` never run;
+        the caller sized the buffers: :meth:`StaticDecoder._buffers`)."""
+        caps = list(max_new) + [0] * (self.cache.batch - len(max_new))
         self.max_new.copy_(torch.tensor(caps, dtype=torch.long))
         for t in (self.tok, self.opos, self.active, self.done):
             t.zero_()
@@ -227,7 +226,7 @@ class _StaticStep:
             logits = self.fwd(self.tok, kv_cache=cache, static=True, width=width)[0][:, -1]
         nxt = logits.argmax(-1)
         act = self.active
-        col = torch.where(act, self.opos, self.spare)  # inactive rows write the spare column
+        col = torch.where(act, self.opos, self.capacity)  # inactive rows write the spare column
         self.out.scatter_(1, col[:, None], nxt[:, None])
         self.tok.copy_(torch.where(act[:, None], nxt[:, None], self.tok))
         self.done |= act & (nxt == tk.EOS_ID) & self.eos
@@ -337,9 +336,8 @@ class StaticDecoder:
 
     def _buffers(self, n: int, capacity: int) -> _StaticStep:
         step = self.step
-        if step is None or n > step.max_new.numel() or capacity > step.capacity:
-            if step is not None:  # grow: the graphs hold the old buffers, so they go too
-                self.size = (step.max_new.numel(), step.capacity)
+        if step is None or n > step.cache.batch or capacity > step.capacity:
+            # grow (the graphs hold the old buffers, so they go too), never shrink
             b, c = self.size
             self.size = (max(n, b or 0), max(capacity, c or 0))
             cache = unwrap(self.model).new_kv_cache(self.size[0], device=self.device,
@@ -463,8 +461,7 @@ class StaticDecoder:
                     sync_at = capped_at(opos)
         stats["steps"] = ngen
         # the CUDA graphs this decoder holds (0: eager steps only) and how many this call captured
-        held = [g for g in step.graphs.values() if g is not None]
-        stats["graphs"] = len(held)
+        stats["graphs"] = sum(g is not None for g in step.graphs.values())
         stats["captures"] = len(step.graphs) - graphs_before
         got, opos = step.out[:n].tolist(), step.opos[:n].tolist()
         outputs = []
