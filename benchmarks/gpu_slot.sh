@@ -8,7 +8,8 @@
 # need; after it: `tinytrace slot import <files_at>` and `tinytrace notebooks pages`, then commit
 # benchmarks/ and book/.
 # What comes back in $OUT: log.txt, results.tgz (a record and the outputs of each unit) and the
-# bf16 weights of the runs trained, in parts of 15 MB. A unit cut short is not recorded as done.
+# bf16 weights of the runs trained, packed (about 28 MB a paper-model run) in parts of 15 MB,
+# 64 MiB in all. A unit cut short is not recorded as done.
 # Tested on the CPU: OUT=/tmp/o CACHE=/tmp/c SCALE=smoke NO_WHEELS=1 PY=.venv/bin/python
 #   BENCH_DEVICE=cpu bash benchmarks/gpu_slot.sh (tests/test_slots.py runs the same steps).
 set -u

@@ -73,6 +73,72 @@ def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
     assert [u.name for u in slots.choose([light], done, 100)] == ["l"]
 
 
+def test_packed_weights_come_back_exactly_and_two_paper_runs_fit_one_return():
+    """A call returns 64 MiB in all: two paper-model runs fit it packed (2 x 40 MB in plain
+    bf16 would not), and the gpu plan never asks one slot to return more than fits."""
+    import torch
+
+    from tinytrace.model import GPT, count_params, get_model_config
+
+    torch.manual_seed(0)
+    weights = {k: v.to(torch.bfloat16) for k, v in GPT(get_model_config("tiny")).state_dict().items()}
+    packed = slots.pack_weights(weights)
+    back = slots.unpack_weights(packed)
+    assert back.keys() == weights.keys() and all(torch.equal(back[k], weights[k]) for k in weights)
+    bf16 = sum(v.numel() * 2 for v in weights.values())
+    assert len(packed) <= slots.PACKED_ESTIMATE * bf16  # the plan's estimate holds at init
+    paper = count_params(get_model_config("paper")) * 2
+    room = slots.RETURN_LIMIT - slots.RETURN_RESERVE
+    assert 2 * paper > room >= 2 * paper * slots.PACKED_ESTIMATE
+    units, done = slots.plan("gpu"), {}
+    while slots.pending(units, done):
+        chosen = slots.choose(units, done, slots.UNIT_MAX_S)
+        assert sum(u.returns for u in chosen) <= room
+        assert sum(-(-u.returns // slots.PART_BYTES) for u in chosen) <= slots.MAX_WEIGHT_FILES
+        done.update({u.name: {} for u in chosen})
+    pair = [u for u in units if u.name in ("pair_coverage-0", "pair_coverage-1")]
+    assert slots.choose(pair, {}, slots.UNIT_MAX_S) == pair
+
+
+def _trains(run: str) -> str:
+    """A unit command that "trains" ``run``: writes its weights into the cache, as training does."""
+    return ("{python} -c \"import pathlib, torch; from safetensors.torch import save_file; "
+            f"d = pathlib.Path('{{cache}}', '{run}'); d.mkdir(); "
+            "save_file({'w': torch.randn(64, 64)}, d / 'model.safetensors')\"")
+
+
+def test_weights_over_the_return_stay_behind_unless_a_later_unit_needs_them(tmp_path):
+    """A slot whose trained weights would not fit what a call returns: a run no later unit loads
+    is done without them (its evaluations are cached), the base run is not done, and a unit
+    that needs a unit failed in this slot is not started."""
+    other, base = Unit("other", _trains("run-o"), 1), Unit("base", _trains("run-b"), 1)
+    uses = Unit("uses", "true", 1, ("base",), weights=("base",))
+    rep = slots.run_slot([other, base, uses], {}, 600, tmp_path / "out", tmp_path / "cache",
+                         python=sys.executable, device="cpu", return_limit=1)
+    assert [r["unit"] for r in rep.done] == ["other"]
+    assert "weights_left_out" in rep.done[0] and rep.done[0]["run_parts"] == {}
+    assert [r["unit"] for r in rep.failed] == ["base"] and "a later unit needs" in rep.failed[0]["why"]
+    assert rep.skipped == ["uses"] and not list((tmp_path / "out").glob("*.part*"))
+    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == ["other"]
+
+
+def test_a_part_that_did_not_come_back_leaves_a_needed_unit_undone(tmp_path):
+    """The call leaves out files over its limits: import then sees the missing part."""
+    other, base = Unit("other", _trains("run-o"), 1), Unit("base", _trains("run-b"), 1)
+    later = Unit("later", "true", 10_000, ("base",), weights=("base",))  # never fits: not run
+    rep = slots.run_slot([base, other, later], {}, 600, tmp_path / "out", tmp_path / "cache",
+                         python=sys.executable, device="cpu")
+    assert [(r["unit"], r["weights_needed"]) for r in rep.done] == [("base", True), ("other", False)]
+    for rec in rep.done:
+        (tmp_path / "out" / next(iter(rec["run_parts"][rec["runs"][0]]))).unlink()
+    said = []
+    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore",
+                             report=said.append) == ["other"]
+    assert "not done: base (the weights of run-b did not all come back)" in said
+    rec = slots.done_units(tmp_path / "slots")["other"]
+    assert rec["run_bytes"] == {} and rec["weights_left_out"]
+
+
 def test_two_slots_resume_from_carried_weights(tmp_path):
     units, done_dir = _plan(), tmp_path / "slots"
     restore, carry = tmp_path / "restore", tmp_path / "carry"
@@ -81,7 +147,7 @@ def test_two_slots_resume_from_carried_weights(tmp_path):
                          restore=carry, python=sys.executable, device="cpu")
     assert [r["unit"] for r in rep.done] == ["base"] and rep.skipped == ["bench-eval"]
     run = rep.done[0]["runs"][0]
-    parts = sorted((tmp_path / "out1").glob(f"{run}.bf16.safetensors.part*"))
+    parts = sorted((tmp_path / "out1").glob(f"{run}.{slots.WEIGHTS_FILE}.part*"))
     assert parts and (tmp_path / "out1" / "results.tgz").exists()
     assert slots.import_slot(tmp_path / "out1", done_dir, restore) == ["base"]
     done = slots.done_units(done_dir)

@@ -12,15 +12,20 @@ Back on the developer's machine, :func:`import_slot` (``tinytrace slot import``)
 record per finished unit to ``benchmarks/slots/`` (committed: that is what says a unit is done)
 and keeps the weights under ``runs/gpu-slot-restore/`` for the next slot to carry.
 
-A call carries at most 64 MiB: one paper-model run in bf16 (40 MB). So each training unit
+A call carries at most 64 MiB and returns at most 64 MiB: one paper-model run is 40 MB in bf16,
+about 28 MB packed (:func:`pack_weights`), so two trained runs come back from one slot. Each
+training unit
 evaluates its own run into the cache (``tinytrace experiment NAME --evaluate-trained``; the
 robustness runs evaluate while they train), and every done unit's small cache records (run
 metadata, evaluations, the robustness rows) travel with every slot: the section notebooks then
 read cached evaluations and need no weights (models load lazily, only on a cache miss).
 
-A unit is done only when its command exited 0 inside its time and, if it trained runs, their
-weights came back: a unit cut short leaves no record, so the next slot runs it again (its cached
-corpora and checkpoints, if any came back, let it resume).
+A unit is done only when its command exited 0 inside its time and, if a later unit needs the
+weights of the runs it trained (the base run), those weights came back: a unit cut short leaves
+no record, so the next slot runs it again (its cached corpora and checkpoints, if any came back,
+let it resume). The weights no unit needs come back when they fit what a call returns; where
+they do not, the unit is done without them (its evaluations are what the sections read) and its
+record says so.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +47,14 @@ DONE_DIR = Path("benchmarks/slots")
 RESTORE_DIR = Path("runs/gpu-slot-restore")
 PART_BYTES = 15_000_000  # each weights part (a slot returns files of <= 16 MiB)
 MAX_WEIGHT_FILES = 6  # of the 8 files a slot returns: the log and results.tgz come too
+# A call returns at most 64 MiB in all; the log and results.tgz (records, executed notebooks:
+# under 1 MB each so far) keep RETURN_RESERVE of it, the weights parts share the rest.
+RETURN_LIMIT = 64 * 2**20
+RETURN_RESERVE = 3 * 2**20
+WEIGHTS_FILE = "bf16.safetensors.zlib"  # a run's packed weights: <run>.<WEIGHTS_FILE>.part<i>
+# Packed bytes per bf16 byte that the plan assumes for a run's weights: 0.70-0.71 measured on
+# bf16 tensors drawn from normal, Student-t (3) and uniform distributions, rounded up.
+PACKED_ESTIMATE = 0.75
 CARRY_DIR = Path("runs/gpu-slot-carry")
 RECORDS = "cache-records"  # beside the carried runs: every done unit's small cache files
 CARRY_LIMIT = 56 * 2**20  # weights one device call can carry beside the ~7 MB working tree
@@ -86,7 +100,8 @@ class Unit:
     cache), ``{out}`` (this unit's output folder) and ``{python}`` filled in; ``needs``: units
     that must be done first (their cached records are restored before this one starts);
     ``weights``: those of them whose trained weights it needs too; ``cost_s``: the estimated
-    seconds, setup included, on one H200."""
+    seconds, setup included, on one H200; ``returns``: the estimated bytes of the packed
+    weights it returns (the runs it trains)."""
 
     name: str
     command: str
@@ -94,6 +109,7 @@ class Unit:
     needs: tuple[str, ...] = ()
     description: str = ""
     weights: tuple[str, ...] = ()
+    returns: int = 0
 
     @property
     def trains(self) -> bool:
@@ -113,8 +129,11 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
     rounded down); a run's cost is its experiment's training tokens shared evenly by its runs.
     ``device``/``eval_limit``/``profile_steps``: where and on how many traces the benchmarks
     run, and how many tokens of decoding are profiled (a CPU check of the plan uses a few)."""
+    from tinytrace.model import count_params
+
     s = get_scale(scale)
     cost = training_tokens(s.name)
+    run_bytes = int(count_params(s.model_config()) * 2 * PACKED_ESTIMATE)  # one run, packed
     units = [
         _bench_train_unit("bench-train", s, device, TRAIN_LEVERS, 180,
                           "training throughput levers of the scale's model (compile modes, "
@@ -143,7 +162,7 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
             if name != "id_robustness":
                 cmd += f" && {exp} --evaluate-trained --seed {seed}"
             units.append(Unit(unit, cmd, _run_cost(cost[name] / len(runs), tokens_per_s, 75),
-                              needs, f"{name}: {r.label}", weights=weights))
+                              needs, f"{name}: {r.label}", weights=weights, returns=run_bytes))
         if name == "base":
             units.append(_bench_eval_unit(
                 "bench-eval", device, EVAL_LEVERS, eval_limit, profile_steps, 85,
@@ -225,24 +244,27 @@ def carried_bytes(unit: Unit, done: dict) -> int:
     return sum(weight_runs(unit, done).values())
 
 
-def choose(units: list[Unit], done: dict, budget_s: float, max_weight_units: int = 2,
-           carry_limit: int = CARRY_LIMIT) -> list[Unit]:
+def choose(units: list[Unit], done: dict, budget_s: float,
+           max_weight_files: int = MAX_WEIGHT_FILES, carry_limit: int = CARRY_LIMIT,
+           return_limit: int = RETURN_LIMIT - RETURN_RESERVE) -> list[Unit]:
     """The pending units, in plan order, that fit ``budget_s`` together, whose needs are done
-    (or chosen before them) and whose needed weights fit ``carry_limit`` together; at most
-    ``max_weight_units`` that train (each paper-model run returns 3 weight parts)."""
-    chosen, left, trains, carried = [], budget_s, 0, {}
+    (or chosen before them), whose needed weights fit ``carry_limit`` together and whose
+    returned weights (estimated) fit ``return_limit`` bytes in ``max_weight_files`` parts."""
+    chosen, left, files, returned, carried = [], budget_s, 0, 0, {}
     ready = set(done)
     for u in pending(units, done):
         runs = weight_runs(u, done)
+        parts = -(-u.returns // PART_BYTES)
         if (u.cost_s > left or not set(u.needs) <= ready
                 or sum({**carried, **runs}.values()) > carry_limit
-                or (u.trains and trains >= max_weight_units)):
+                or files + parts > max_weight_files or returned + u.returns > return_limit):
             continue
         chosen.append(u)
         ready.add(u.name)
         carried.update(runs)
         left -= u.cost_s
-        trains += u.trains
+        files += parts
+        returned += u.returns
     return chosen
 
 
@@ -281,33 +303,55 @@ def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) 
 
 
 # --- weights ------------------------------------------------------------------------------------
-def export_weights(run_dir: Path, out: Path) -> list[Path]:
-    """``run_dir``'s model as bf16 safetensors split in :data:`PART_BYTES` parts in ``out``."""
+def pack_weights(tensors: dict) -> bytes:
+    """``tensors`` as bf16 safetensors, packed losslessly for the trip back: the even bytes of
+    the file, then the odd ones (a bf16 value's sign and exponent byte apart from its mantissa
+    byte), deflated. A trained paper model's 40 MB become about 28."""
     import torch
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
-    blob = save({k: v.to(torch.bfloat16) for k, v in load_file(run_dir / "model.safetensors").items()})
+    blob = save({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()})
+    return zlib.compress(blob[0::2] + blob[1::2], 6)
+
+
+def unpack_weights(data: bytes) -> dict:
+    """The bf16 tensors :func:`pack_weights` packed."""
+    from safetensors.torch import load
+
+    planes = zlib.decompress(data)
+    half = (len(planes) + 1) // 2
+    blob = bytearray(len(planes))
+    blob[0::2], blob[1::2] = planes[:half], planes[half:]
+    return load(bytes(blob))
+
+
+def export_weights(run_dir: Path, out: Path) -> list[Path]:
+    """``run_dir``'s model packed (:func:`pack_weights`) in :data:`PART_BYTES` parts in ``out``."""
+    from safetensors.torch import load_file
+
+    blob = pack_weights(load_file(run_dir / "model.safetensors"))
     parts = []
     for i in range(0, len(blob), PART_BYTES):
-        parts.append(out / f"{run_dir.name}.bf16.safetensors.part{i // PART_BYTES}")
+        parts.append(out / f"{run_dir.name}.{WEIGHTS_FILE}.part{i // PART_BYTES}")
         parts[-1].write_bytes(blob[i:i + PART_BYTES])
     return parts
 
 
 def restore_run(src: Path, cache: Path) -> Path:
-    """A carried run (``src``: its run files and bf16 parts) as a finished run in ``cache``
+    """A carried run (``src``: its run files and packed weights parts) as a finished run in ``cache``
     (fp32 weights, as training writes them), so the experiment reuses it."""
     import torch
-    from safetensors.torch import load, save_file
+    from safetensors.torch import save_file
 
     dst = Path(cache) / src.name
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and ".part" not in f.name:
             shutil.copy2(f, dst / f.name)
-    parts = sorted(src.glob("*.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+    parts = sorted(src.glob(f"*.{WEIGHTS_FILE}.part*"),
+                   key=lambda p: int(p.name.rsplit("part", 1)[1]))
     if parts:
-        weights = load(b"".join(p.read_bytes() for p in parts))
+        weights = unpack_weights(b"".join(p.read_bytes() for p in parts))
         save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()},
                   dst / "model.safetensors")
     return dst
@@ -344,9 +388,11 @@ class SlotReport:
 
 def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore=RESTORE_DIR,
              python: str = "python3", margin_s: float = 20, report=print,
-             max_weight_files: int = MAX_WEIGHT_FILES, device: str = "cuda") -> SlotReport:
+             max_weight_files: int = MAX_WEIGHT_FILES, device: str = "cuda",
+             return_limit: int = RETURN_LIMIT - RETURN_RESERVE) -> SlotReport:
     """Restore the runs the chosen units need, run them in order while time is left, then pack
-    ``out/results.tgz`` (records and outputs) and the new runs' weights into ``out``."""
+    ``out/results.tgz`` (records and outputs) and the new runs' weights into ``out`` (at most
+    ``max_weight_files`` parts of ``return_limit`` bytes in all)."""
     from tinytrace.provenance import device_name
 
     t0 = time.monotonic()
@@ -354,7 +400,8 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix="slot-"))
-    chosen = choose(units, done, budget_s - margin_s, max_weight_files // 3)
+    chosen = choose(units, done, budget_s - margin_s, max_weight_files, return_limit=return_limit)
+    needed = {n for u in units for n in u.weights}  # units whose weights later units load
     rep = SlotReport(device=device_name(device),
                      skipped=[u.name for u in pending(units, done) if u not in chosen])
     records = Path(restore) / RECORDS
@@ -368,10 +415,11 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
         restore_run(src, cache)
         report(f"restored {name}")
     run_of = {n: d["runs"][0] for n, d in done.items() if d.get("runs")}
-    weight_files = 0
+    weight_files = weight_bytes = 0
+    finished = set(done)
     for u in chosen:
         left = budget_s - (time.monotonic() - t0) - margin_s
-        if u.cost_s > left:
+        if u.cost_s > left or not set(u.needs) <= finished:  # too long, or a need failed here
             rep.skipped.append(u.name)
             continue
         unit_out = stage / u.name
@@ -390,31 +438,49 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
         new = _trained_since(cache, wall)
         record = {"unit": u.name, "command": u.command, "seconds": secs, "rc": rc,
                   "estimated_s": u.cost_s, "date": time.strftime("%Y-%m-%d"),
-                  "device": rep.device, "runs": new}
-        files = sum(-(-(cache / r / "model.safetensors").stat().st_size // 2 // PART_BYTES)
-                    for r in new)
-        if rc != 0 or weight_files + files > max_weight_files:
+                  "device": rep.device, "runs": new, "weights_needed": u.name in needed}
+        parts = {r: export_weights(cache / r, out) for r in new} if rc == 0 else {}
+        files = sum(len(p) for p in parts.values())
+        size = sum(f.stat().st_size for p in parts.values() for f in p)
+        fits = weight_files + files <= max_weight_files and weight_bytes + size <= return_limit
+        if not fits:  # no room left in what the call returns
+            for f in (f for p in parts.values() for f in p):
+                f.unlink()
+        if rc != 0 or not (fits or u.name not in needed):
             record["why"] = (f"exit {rc}" if rc != 0 else
-                             "its weights would not fit the files a slot returns")
+                             f"its weights ({files} parts, {size / 2**20:.1f} MiB) would not fit "
+                             "what a slot returns, and a later unit needs them")
             rep.failed.append(record)
             report(f"-- {u.name}: not done ({record['why']}) after {secs} s")
             continue
         _copy_records(cache, wall, unit_out / RECORDS)
-        record["run_bytes"] = {}
+        record["run_bytes"], record["run_parts"] = {}, {}
+        if fits:
+            weight_files, weight_bytes = weight_files + files, weight_bytes + size
+            for r, ps in parts.items():
+                record["run_bytes"][r] = sum(f.stat().st_size for f in ps)
+                record["run_parts"][r] = {f.name: f.stat().st_size for f in ps}
+        else:  # nothing later loads them: done without them, as the record says
+            record["weights_left_out"] = (f"{files} parts, {size / 2**20:.1f} MiB: over what "
+                                          "a slot returns")
+            report(f"-- {u.name}: its weights stay behind ({record['weights_left_out']})")
         for r in new:
-            parts = export_weights(cache / r, out)
-            weight_files += len(parts)
-            record["run_bytes"][r] = sum(p.stat().st_size for p in parts)
             shutil.copytree(cache / r, unit_out / r, ignore=shutil.ignore_patterns(
                 "state*", "*.safetensors", "epoch-*", "*.lock"))
         (unit_out / "done.json").write_text(json.dumps(record, indent=1) + "\n")
         rep.done.append(record)
+        finished.add(u.name)
         run_of.update({u.name: new[0]} if new else {})
         report(f"-- {u.name}: done in {secs} s" + (f", runs {', '.join(new)}" if new else ""))
     (stage / "slot.json").write_text(json.dumps(asdict(rep), indent=1) + "\n")
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
         tar.add(stage, arcname="results")
     shutil.rmtree(stage, ignore_errors=True)
+    sizes = [f.stat().st_size for f in out.iterdir() if f.is_file()]
+    report(f"returns {len(sizes)} files, {sum(sizes) / 2**20:.1f} MiB (a call returns "
+           f"{RETURN_LIMIT / 2**20:.0f} MiB; results.tgz "
+           f"{(out / 'results.tgz').stat().st_size / 2**20:.2f} MiB of the "
+           f"{RETURN_RESERVE / 2**20:.0f} MiB kept for it and the log)")
     return rep
 
 
@@ -476,8 +542,10 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
                 results_dir=Path("benchmarks/results"), git_commit: str = "?") -> list[str]:
     """After a slot (``files_at``: the files it returned): a done record per finished unit in
     ``done_dir`` with the unit's small outputs beside it (``<unit>/``), a benchmark unit's result
-    in ``results_dir`` (:func:`perf_result`), the run files and bf16 weights of its runs in
-    ``restore``. ``git_commit``: the commit whose tree the call sent. Returns the finished units."""
+    in ``results_dir`` (:func:`perf_result`), the run files and packed weights of its runs in
+    ``restore``. A run's weights count only if every part came back whole (a call leaves out
+    files over its limits): a unit whose weights a later unit needs is not done without them.
+    ``git_commit``: the commit whose tree the call sent. Returns the finished units."""
     files_at, done_dir, restore = Path(files_at), Path(done_dir), Path(restore)
     units = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -487,6 +555,16 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
         for rec_file in sorted(res.glob("*/done.json")):
             rec, unit_dir = json.loads(rec_file.read_text()), rec_file.parent
             rec["git_commit"] = git_commit
+            lost = [r for r, ps in rec.get("run_parts", {}).items()
+                    if any(not (files_at / f).is_file() or (files_at / f).stat().st_size != n
+                           for f, n in ps.items())]
+            if lost and rec.get("weights_needed"):
+                report(f"not done: {rec['unit']} (the weights of {', '.join(lost)} did not "
+                       "all come back)")
+                continue
+            for r in lost:  # nothing later loads them: done without them, as the record says
+                del rec["run_parts"][r], rec["run_bytes"][r]
+                rec["weights_left_out"] = "parts that did not come back"
             perf = perf_result(rec, unit_dir)
             if perf:
                 Path(results_dir).mkdir(parents=True, exist_ok=True)
@@ -496,8 +574,8 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
                 dst = restore / r
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(unit_dir / r, dst)
-                for part in files_at.glob(f"{r}.bf16.safetensors.part*"):
-                    shutil.copy2(part, dst / part.name)
+                for part in rec.get("run_parts", {}).get(r, {}):
+                    shutil.copy2(files_at / part, dst / part)
                 shutil.rmtree(unit_dir / r)
             rec_file.unlink()
             if (unit_dir / RECORDS).is_dir():
