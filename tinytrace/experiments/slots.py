@@ -111,11 +111,6 @@ class Unit:
     weights: tuple[str, ...] = ()
     returns: int = 0
 
-    @property
-    def trains(self) -> bool:
-        """The unit trains runs of an experiment (whose weights must come back)."""
-        return " -m tinytrace experiment " in self.command
-
 
 def _run_cost(tokens: float, tokens_per_s: float, overhead_s: int = 45) -> int:
     """Training seconds at the measured throughput, plus compile, data and checkpoint time."""
@@ -305,8 +300,8 @@ def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) 
 # --- weights ------------------------------------------------------------------------------------
 def pack_weights(tensors: dict) -> bytes:
     """``tensors`` as bf16 safetensors, packed losslessly for the trip back: the even bytes of
-    the file, then the odd ones (a bf16 value's sign and exponent byte apart from its mantissa
-    byte), deflated. A trained paper model's 40 MB become about 28."""
+    the file, then the odd ones, deflated. Apart, a bf16 value's sign-and-exponent bytes (few
+    distinct values in trained weights) compress well; its mantissa bytes hardly."""
     import torch
     from safetensors.torch import save
 
