@@ -153,7 +153,11 @@ def test_results_page_shows_verdicts(tmp_path):
     doc = {"notebook": "02_model_data_training", "scale": "cpu", "hardware": "CPU: x", "seed": 0,
            "date": "2026-12-04T00:00:00", "paper_vs_ours": [
                {"experiment": "base", "key": "epochs", "what": "base training epochs", "paper": 4,
-                "this run": 1, "kind": "setup", "scale": "cpu"}],
+                "this run": 1, "kind": "setup", "scale": "cpu"},
+               # stored under an earlier label, with an empty evidence
+               {"experiment": "base", "key": "train_hours", "paper": 1.5, "this run": 0.25,
+                "what": "base training time on 4x A100 80GB, hours", "kind": "setup",
+                "scale": "cpu", "evidence": None}],
            "results": {"base": _base(0.45, 0.0, 0.0, 0.0).to_dict("records")}}
     (tmp_path / "02_model_data_training.json").write_text(json.dumps(doc))
     page = pages.results_page(tmp_path)
@@ -161,6 +165,8 @@ def test_results_page_shows_verdicts(tmp_path):
     assert f"of the paper's {n} findings measured, 0 reproduced, 1 not reproduced, {n - 1} not comparable" in page
     assert "| verdict | evidence |" in page and "(setup)" in page
     assert "base ID EM 45.0% < 90.0%" in page
+    hours = next(x for x in page.splitlines() if "| 0.25 |" in x)  # labelled as the paper module says
+    assert hours.startswith(f"| {paper.reported('base', 'train_hours').what} |") and "None" not in hours
 
 
 def test_brittleness_needs_two_corpora_and_shrinks_with_size():

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from tinytrace.data import card_order
 from tinytrace.experiments import EXPERIMENTS, SCALES, get_scale, scale_table, training_tokens
 
+from . import paper
 from .sections import DEFAULT_OUT, NOTEBOOKS
 from .tables import comparison, fmt
 from .verdicts import VERDICTS
@@ -44,7 +45,7 @@ def load_results(sections_dir=DEFAULT_OUT) -> dict[str, dict]:
 
 
 def _md_cell(v) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
 
 
 def md_table(rows: list[dict], columns: list[str]) -> str:
@@ -54,17 +55,27 @@ def md_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def section_findings(doc: dict) -> list[dict]:
-    """The paper-vs-ours rows of one executed section: its setup rows as stored, and each
-    finding recomputed from the section's stored results with its verdict
-    (:func:`tinytrace.report.verdicts.verdicts`), so that the page follows the current rules."""
+    """The paper-vs-ours rows of one executed section: its setup rows as stored (described as
+    :mod:`.paper` now describes them), and each finding recomputed from the section's stored
+    results with its verdict (:func:`tinytrace.report.verdicts.verdicts`), so that the page
+    follows the current rules."""
     results = doc.get("results") or {}
     redone = [exp for exp in EXPERIMENTS if exp in results]
-    rows = [dict(c, verdict=c.get("verdict", "")) for c in doc.get("paper_vs_ours", [])
+    rows = [dict(c, verdict=c.get("verdict", ""), what=_described(c))
+            for c in doc.get("paper_vs_ours", [])
             if c.get("kind") == "setup" or c.get("experiment") not in redone]
     for exp in redone:
         table = comparison(exp, pd.DataFrame(results[exp]), doc["scale"], doc.get("hardware", ""))
         rows += table.to_dict("records")
     return rows
+
+
+def _described(row: dict) -> str:
+    """A stored row's "what", as the paper module words it now (where it still lists it)."""
+    try:
+        return paper.reported(row.get("experiment"), row.get("key")).what
+    except KeyError:
+        return row.get("what", "")
 
 
 def verdict_counts(rows: list[dict]) -> dict[str, int]:

@@ -27,7 +27,8 @@ REPORTED: list[Reported] = [
     Reported("base", "corpus_tokens", "base corpus tokens", 933_000_000, "3.4", "setup"),
     Reported("base", "model_params", "model parameters (approx.)", 20_000_000, "3.1, C.3", "setup"),
     Reported("base", "epochs", "base training epochs", 4, "3.4", "setup"),
-    Reported("base", "train_hours", "base training time on 4x A100 80GB, hours", 1.5, "3.4", "setup"),
+    Reported("base", "train_hours", "base training time, hours (the paper: 4x A100 80GB; "
+             "this run: the hardware the section ran on)", 1.5, "3.4", "setup"),
     Reported("base", "test_size", "examples per test set", 1024, "3.4, 4.3", "setup"),
     # base model and OOD (Sec. 3.4, 4.3)
     Reported("base", "id", "base model, ID test", 1.0, "3.4, 4.3"),
