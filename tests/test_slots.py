@@ -180,6 +180,19 @@ def test_a_unit_cut_short_is_not_done(tmp_path):
     assert slots.done_units(tmp_path / "slots") == {}
 
 
+def test_a_slot_cut_short_returns_the_units_done_before(tmp_path):
+    """The device call is killed at its limit: the units finished before come back whole."""
+    out = tmp_path / "out"
+    code = ("import sys; from tinytrace.experiments import slots; from tinytrace.experiments.slots "
+            "import Unit; slots.run_slot([Unit('a', 'echo a > {out}/a.txt', 1), Unit('killed', "
+            f"'kill -9 $PPID', 1)], {{}}, 600, {str(out)!r}, {str(tmp_path / 'cache')!r}, "
+            "device='cpu')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr
+    assert slots.import_slot(out, tmp_path / "slots", tmp_path / "restore") == ["a"]
+    assert (tmp_path / "slots" / "a" / "a.txt").read_text() == "a\n"
+
+
 def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tinytrace", "slot", "status", "--done-dir",
                         str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT)

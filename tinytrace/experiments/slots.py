@@ -413,6 +413,7 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     weight_files = weight_bytes = 0
     finished = set(done)
     for u in chosen:
+        _pack_results(stage, rep, out)  # what is done so far comes back even if the call is cut
         left = budget_s - (time.monotonic() - t0) - margin_s
         if u.cost_s > left or not set(u.needs) <= finished:  # too long, or a need failed here
             rep.skipped.append(u.name)
@@ -467,9 +468,7 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
         finished.add(u.name)
         run_of.update({u.name: new[0]} if new else {})
         report(f"-- {u.name}: done in {secs} s" + (f", runs {', '.join(new)}" if new else ""))
-    (stage / "slot.json").write_text(json.dumps(asdict(rep), indent=1) + "\n")
-    with tarfile.open(out / "results.tgz", "w:gz") as tar:
-        tar.add(stage, arcname="results")
+    _pack_results(stage, rep, out)
     shutil.rmtree(stage, ignore_errors=True)
     sizes = [f.stat().st_size for f in out.iterdir() if f.is_file()]
     report(f"returns {len(sizes)} files, {sum(sizes) / 2**20:.1f} MiB (a call returns "
@@ -477,6 +476,16 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
            f"{(out / 'results.tgz').stat().st_size / 2**20:.2f} MiB of the "
            f"{RETURN_RESERVE / 2**20:.0f} MiB kept for it and the log)")
     return rep
+
+
+def _pack_results(stage: Path, rep: SlotReport, out: Path) -> None:
+    """``out/results.tgz``: the report and every unit's folder so far, replaced whole (a call
+    cut short returns the last complete one)."""
+    (stage / "slot.json").write_text(json.dumps(asdict(rep), indent=1) + "\n")
+    tmp = out / ".results.tgz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(stage, arcname="results")
+    tmp.replace(out / "results.tgz")
 
 
 def perf_result(rec: dict, unit_dir: Path) -> dict | None:
