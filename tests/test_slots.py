@@ -66,9 +66,9 @@ def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
     done = {"a": {"runs": ["run-x"], "run_bytes": {"run-x": 40 * 2**20}}}
     big = Unit("d", "true", 10, ("a", "e"), weights=("a", "e"))
     done["e"] = {"runs": ["run-y"], "run_bytes": {"run-y": 40 * 2**20}}
-    assert [u.name for u in slots.choose([b, big], done, 100)] == ["b"]  # 80 MiB > 56 MiB
+    assert [u.name for u in slots.choose([b, big], done, 100)] == ["b"]  # 80 MiB > 38 MiB
     state = {r["unit"]: r["state"] for r in slots.status_table([b, big], done)}
-    assert state["b"] == "ready" and "over the 56 MiB" in state["d"]
+    assert state["b"] == "ready" and "over the 38 MiB" in state["d"]
     light = Unit("l", "true", 10, ("a", "e"))  # needs their records only, not their weights
     assert [u.name for u in slots.choose([light], done, 100)] == ["l"]
 
@@ -137,6 +137,18 @@ def test_a_part_that_did_not_come_back_leaves_a_needed_unit_undone(tmp_path):
     assert "not done: base (the weights of run-b did not all come back)" in said
     rec = slots.done_units(tmp_path / "slots")["other"]
     assert rec["run_bytes"] == {} and rec["weights_left_out"]
+
+
+def test_what_a_call_carries_fits_its_64_mib():
+    """The tree, the wheels and the carried weights share what a call carries: the tree must
+    stay within its share, and the base run (packed, estimated) within the weights' share."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    assert sum((ROOT / f).stat().st_size for f in tracked if (ROOT / f).is_file()) \
+        <= slots.TREE_ESTIMATE
+    base = next(u for u in slots.plan("gpu") if u.name == "base")
+    assert base.returns <= slots.CARRY_LIMIT
+    assert slots.CARRY_LIMIT + slots.TREE_ESTIMATE + slots.WHEELS_ESTIMATE == 64 * 2**20
 
 
 def test_two_slots_resume_from_carried_weights(tmp_path):

@@ -57,7 +57,11 @@ WEIGHTS_FILE = "bf16.safetensors.zlib"  # a run's packed weights: <run>.<WEIGHTS
 PACKED_ESTIMATE = 0.75
 CARRY_DIR = Path("runs/gpu-slot-carry")
 RECORDS = "cache-records"  # beside the carried runs: every done unit's small cache files
-CARRY_LIMIT = 56 * 2**20  # weights one device call can carry beside the ~7 MB working tree
+# A device call carries at most 64 MiB: the working tree, the papermill wheels (`.whl`, for the
+# section units) and the weights the units need; the rest of the limit is theirs.
+TREE_ESTIMATE = 10 * 2**20  # the files git tracks (a test keeps them under it)
+WHEELS_ESTIMATE = 16 * 2**20  # papermill, ipykernel and what they need that the GPU image lacks
+CARRY_LIMIT = 64 * 2**20 - TREE_ESTIMATE - WHEELS_ESTIMATE
 # The longest a unit may take: what a device call (at most 600 s) leaves after the machine's
 # start, `gpu_slot.sh`'s 15 s and run_slot's 20 s margin, i.e. DEADLINE=530; a longer unit
 # would never be chosen.
