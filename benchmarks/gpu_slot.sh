@@ -30,9 +30,12 @@ exec > >(tee "$OUT/log.txt") 2>&1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 $PY -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 DEV=${BENCH_DEVICE:-cuda}
+# a fresh cache each call: on a warm machine a rerun would find the last call's runs trained and
+# return no weights for them
+CACHE=${CACHE:-$(mktemp -d /tmp/slot-cache-XXXXXX)}
 $PY -m tinytrace slot status --scale "${SCALE:-gpu}" --device "$DEV" --eval-limit "${EVAL_LIMIT:-1024}"
 $PY -m tinytrace slot run --scale "${SCALE:-gpu}" --device "$DEV" --eval-limit "${EVAL_LIMIT:-1024}" \
-  --budget "$(( $(left) - 15 ))" --out "$OUT" --cache-dir "${CACHE:-/tmp/cache}" \
+  --budget "$(( $(left) - 15 ))" --out "$OUT" --cache-dir "$CACHE" \
   --restore "${RESTORE:-runs/gpu-slot-carry}" --python "$PY"
 rc=$?
 ls -la "$OUT"

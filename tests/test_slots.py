@@ -23,7 +23,7 @@ def _plan():
 def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
     units = slots.plan("gpu")
     names = [u.name for u in units]
-    assert names[:3] == ["bench-train", "learn-99", "base"]
+    assert names[:4] == ["base", "bench-train", "bench-eval", "learn-99"]  # base before benchmarks
     assert {f"pair_coverage-{i}" for i in range(12)} <= set(names)  # both scopes x 6 exclusions
     assert [n for n in names if n.startswith("section-")] == [f"section-0{i}" for i in range(2, 7)]
     by = {u.name: u for u in units}
@@ -33,18 +33,21 @@ def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
     assert by["section-04"].weights == () and by["section-02"].weights == ()
     assert set(by["section-03"].needs) == {f"id_robustness-{i}" for i in range(4)}
     assert all(u.cost_s > 0 for u in units) and by["base"].returns > 0 and by["bench-eval"].returns == 0
+    # the fine-tuning's `base` entry and the PE ablation's APE run are the base run: nothing new
+    assert by["sft_lora-0"].returns == by["pe_ablation-0"].returns == 0 < by["pe_ablation-1"].returns
 
 
 def test_every_gpu_unit_fits_one_slot():
-    """A unit longer than one device call leaves (UNIT_MAX_S) would be skipped by every slot."""
+    """A unit longer than one device call leaves (UNIT_MAX_S) would be skipped by every slot:
+    the largest robustness run (the whole corpus twice, 22 evaluations) is one, as planned."""
     units = slots.plan("gpu")
-    assert max(u.cost_s for u in units) <= slots.UNIT_MAX_S
+    assert [u.name for u in units if u.cost_s > slots.UNIT_MAX_S] == ["id_robustness-0"]
     learn = next(u for u in units if u.name == "learn-99")
     assert f"epochs={slots.LEARN_EPOCHS}" in learn.command
     rows = slots.status_table([Unit("long", "true", slots.UNIT_MAX_S + 1)], {})
     assert rows[0]["state"].startswith("longer than a slot")
     # the throughput levers: one bench train each, each appending its line under its own limit
-    train = units[0].command
+    train = next(u for u in units if u.name == "bench-train").command
     assert train.count("-m tinytrace bench train") == len(slots.TRAIN_LEVERS)
     assert "--compile-mode max-autotune-no-cudagraphs" in train and "--preset gpu-muon-state" in train
     assert train.count(">> {out}/bench_train.jsonl") == len(slots.TRAIN_LEVERS)
@@ -91,8 +94,7 @@ def test_packed_weights_come_back_exactly_and_two_paper_runs_fit_one_return():
     room = slots.RETURN_LIMIT - slots.RETURN_RESERVE
     assert 2 * paper > room >= 2 * paper * slots.PACKED_ESTIMATE
     units, done = slots.plan("gpu"), {}
-    while slots.pending(units, done):
-        chosen = slots.choose(units, done, slots.UNIT_MAX_S)
+    while chosen := slots.choose(units, done, slots.UNIT_MAX_S):
         assert sum(u.returns for u in chosen) <= room
         assert sum(-(-u.returns // slots.PART_BYTES) for u in chosen) <= slots.MAX_WEIGHT_FILES
         done.update({u.name: {} for u in chosen})
@@ -151,6 +153,40 @@ def test_what_a_call_carries_fits_its_64_mib():
     assert slots.CARRY_LIMIT + slots.TREE_ESTIMATE + slots.WHEELS_ESTIMATE == 64 * 2**20
 
 
+def test_only_evaluations_and_run_metadata_travel_as_records(tmp_path):
+    """results.tgz and every later carry hold the cache's small records, never its data: the
+    fine-tuning data (``sft-data-*``) alone would be ~30 MB at gpu scale."""
+    cache, to = tmp_path / "cache", tmp_path / "to"
+    for f in ("eval-1.json", "run-a-e1.rows.json", "run-a/run.json", "run-a/model.safetensors",
+              "run-a/state/optim.pt", "run-a/epoch-1/model.safetensors", "sft-b/log.jsonl",
+              "sft-data-c/train.parquet", "corpus-d/build.json", "mix-e/x.arrow", "run-a.lock"):
+        (cache / f).parent.mkdir(parents=True, exist_ok=True)
+        (cache / f).write_text("x")
+    slots._copy_records(cache, 0, to)
+    got = sorted(str(f.relative_to(to)) for f in to.rglob("*") if f.is_file())
+    assert got == ["eval-1.json", "run-a-e1.rows.json", "run-a/run.json", "sft-b/log.jsonl"]
+
+
+def test_a_run_not_carried_makes_its_units_wait_and_the_base_must_train(tmp_path):
+    """The device may choose for a smaller budget than `slot carry` did: the units whose run
+    was not carried wait, the others run. `slot carry` stages what any budget down to
+    SETUP_RANGE_S less needs. A unit whose weights a later unit loads must train a run."""
+    done = {"base": {"runs": ["run-b"], "run_bytes": {"run-b": 100}}}
+    uses, other = Unit("uses", "true", 20, ("base",), weights=("base",)), Unit("other", "true", 1)
+    rep = slots.run_slot([uses, other], done, 600, tmp_path / "out", tmp_path / "cache",
+                         restore=tmp_path / "empty", device="cpu")
+    assert [r["unit"] for r in rep.done] == ["other"] and "uses" in rep.skipped
+    (tmp_path / "restore" / "run-b").mkdir(parents=True)
+    long = Unit("long", "true", 480)  # chosen at 495 s; at 470 s `uses` is chosen instead
+    assert slots.choose([long, uses], done, 495) == [long]
+    assert slots.carry([long, uses], done, 495, tmp_path / "restore", tmp_path / "c") == ["run-b"]
+    base = Unit("base", "true", 1)  # finds its run in the cache: trains none, returns none
+    later = Unit("later", "true", 10_000, ("base",), weights=("base",))
+    rep = slots.run_slot([base, later], {}, 600, tmp_path / "out2", tmp_path / "cache2",
+                         device="cpu")
+    assert [r["unit"] for r in rep.failed] == ["base"] and "trained no run" in rep.failed[0]["why"]
+
+
 def test_two_slots_resume_from_carried_weights(tmp_path):
     units, done_dir = _plan(), tmp_path / "slots"
     restore, carry = tmp_path / "restore", tmp_path / "carry"
@@ -182,12 +218,18 @@ def test_two_slots_resume_from_carried_weights(tmp_path):
     assert slots.choose(units, slots.done_units(done_dir), 10_000) == []
 
 
+def _running(cmdline: str) -> bool:
+    return any(cmdline.encode() in p.read_bytes().replace(b"\0", b" ")
+               for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists())
+
+
 def test_a_unit_cut_short_is_not_done(tmp_path):
-    slow = Unit("slow", "sleep 30", 1)
+    slow = Unit("slow", "sleep 37.25 && true", 1)  # the shell forks: its child must go too
     fails = Unit("fails", "exit 3", 1)
     rep = slots.run_slot([fails, slow], {}, 23, tmp_path / "out", tmp_path / "cache",
                          margin_s=20, device="cpu")
     assert {r["unit"]: r["why"] for r in rep.failed} == {"fails": "exit 3", "slow": "exit timeout"}
+    assert not _running("sleep 37.25")
     assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == []
     assert slots.done_units(tmp_path / "slots") == {}
 
@@ -209,7 +251,7 @@ def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tinytrace", "slot", "status", "--done-dir",
                         str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT)
     rows = json.loads(r.stdout)
-    assert r.returncode == 0 and rows[0]["unit"] == "bench-train" and rows[0]["state"] == "ready"
+    assert r.returncode == 0 and rows[0]["unit"] == "base" and rows[0]["state"] == "ready"
     env = {"OUT": str(tmp_path / "o"), "CACHE": str(tmp_path / "c"), "SCALE": "smoke",
            "NO_WHEELS": "1", "PY": sys.executable, "BENCH_DEVICE": "cpu", "EVAL_LIMIT": "8",
            "DEADLINE": "60", "RESTORE": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
@@ -311,7 +353,8 @@ def test_the_gpu_scale_page_follows_the_slot_records(tmp_path):
     page = pages.gpu_scale_page(tmp_path)
     n = len(slots.plan("gpu"))
     assert f"0 of {n} units done" in page and "No section notebook has run at `gpu` scale yet" in page
-    assert f"{slots.slots_needed(slots.plan('gpu'), {})} slots" in page
+    n_slots, stuck = slots.slots_needed(slots.plan("gpu"), {})
+    assert f"{n_slots} slots" in page and f"no slot can take {len(stuck)} units (`id_robustness-0`" in page
     doc = json.loads((ROOT / "book" / "sections" / "02_model_data_training.json").read_text())
     doc.update(scale="gpu", hardware="GPU: NVIDIA H200")
     (tmp_path / "section-02").mkdir()
@@ -329,6 +372,7 @@ def test_the_gpu_scale_page_follows_the_slot_records(tmp_path):
 
 def test_slots_needed_counts_the_slots_left():
     a, b, c = Unit("a", "true", 300), Unit("b", "true", 300, ("a",)), Unit("c", "true", 100)
-    assert slots.slots_needed([a, b, c], {}, 450) == 2  # a + c, then b
-    assert slots.slots_needed([a, b, c], {"a": {}, "b": {}, "c": {}}, 450) == 0
-    assert slots.slots_needed([Unit("big", "true", 500)], {}, 450) is None
+    assert slots.slots_needed([a, b, c], {}, 450) == (2, [])  # a + c, then b
+    assert slots.slots_needed([a, b, c], {"a": {}, "b": {}, "c": {}}, 450) == (0, [])
+    after = Unit("after", "true", 10, ("big",))
+    assert slots.slots_needed([Unit("big", "true", 500), after, c], {}, 450) == (1, ["big", "after"])

@@ -65,10 +65,10 @@ def _status(args) -> int:
         return 0
     for r in rows:
         print(f"{r['unit']:<20} {r['cost_s']:>5} s  {r['state']:<40} {r['description']}")
-    n = slots.slots_needed(units, done)
-    print(f"{sum(u.name in done for u in units)} of {len(units)} done; "
-          + (f"{n} more slots of {slots.UNIT_MAX_S} s" if n is not None
-             else "some unit is longer than a slot"))
+    n, stuck = slots.slots_needed(units, done)
+    print(f"{sum(u.name in done for u in units)} of {len(units)} done; {n} more slots of "
+          f"{slots.UNIT_MAX_S} s" + (f"; no slot can take {len(stuck)}: {', '.join(stuck)}"
+                                    if stuck else ""))
     return 0
 
 

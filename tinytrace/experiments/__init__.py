@@ -22,9 +22,11 @@ from .runners import (
     generator_stats,
     mix_corpus,
     run_experiment,
+    run_tokens,
     run_training,
     train_log,
     training_runs,
+    training_tokens,
 )
 from .scales import (
     SCALES,
@@ -34,7 +36,6 @@ from .scales import (
     scale_table,
     scaled_task,
     tokens_per_example,
-    training_tokens,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "paper_task",
     "run_commands",
     "run_experiment",
+    "run_tokens",
     "run_training",
     "scale_table",
     "scaled_task",

@@ -38,7 +38,7 @@ from tinytrace.train.sft import finetune
 
 from .analysis import FAILURE_CLASSES
 from .cache import LazyModel, NotTrained, _Context, _key, settings
-from .scales import get_scale
+from .scales import SHIPPED, get_scale, tokens_per_example
 
 
 def _device():
@@ -418,11 +418,16 @@ def _pe_config(s, pe: str):
     return ref if pe == "ape" else match_params(s.model_config(pe=pe), count_params(ref))
 
 
+def _pe_is_base(s, pe: str) -> bool:
+    """The PE run of ``pe`` is the base run: its model and the whole base corpus."""
+    return _pe_config(s, pe) == s.model_config() and s.pe_corpus >= 1
+
+
 def _pe_run(ctx: _Context, pe: str) -> Path:
     """The base run where it is this variant's model and the PE runs use the whole base
     corpus, else a run on ``pe_corpus`` of the base corpus."""
     s = ctx.scale
-    if _pe_config(s, pe) == s.model_config() and s.pe_corpus >= 1:
+    if _pe_is_base(s, pe):
         return ctx.base_run()
     return ctx.cache.run(s, ctx.base_corpus(s.pe_corpus), _pe_config(s, pe), tag=f"pe-{pe}")
 
@@ -562,3 +567,28 @@ def generator_stats(preset="base", n: int = 2000, seed: int = 0):
     cols = Pipeline(cfg).records(random.Random(seed), n, stats)
     keys = ("n_statements", "max_depth", "n_steps", "n_tokens")
     return pd.DataFrame({k: cols[k] for k in keys}), dict(stats)
+
+
+def run_tokens(scale: str, data_dir=SHIPPED) -> dict[str, list[float]]:
+    """Training tokens of each training run of each experiment of a paper-task scale, in the
+    order its runner trains them (:func:`tinytrace.experiments.training_runs`): corpus size x
+    epochs x tokens per example; 0 for a run that is the base run (the fine-tuning's `base`
+    entry, and the PE ablation's run of the scale's own encoding on the whole corpus)."""
+    s = get_scale(scale)
+    n, e, tok = s.corpus_snippets, s.train.epochs, tokens_per_example(data_dir)
+    return {
+        "base": [n * e * tok["id"]],
+        "id_robustness": [f * n * s.robustness_epochs * tok["id"] for f in s.robustness_corpora],
+        "pair_coverage": [s.coverage_corpus * n * e * tok["id"]] * (len(s.exclusion_pcts)
+                                                                     * len(s.scopes)),
+        "depth_curriculum": [s.curriculum_corpus * n * e * tok["curriculum"]] * len(s.curriculum_ps),
+        "sft_lora": [0.0] + [size * epochs * tok["id"] for size in s.sft_sizes
+                             for epochs in s.sft_epochs],
+        "pe_ablation": [0.0 if _pe_is_base(s, pe) else s.pe_corpus * n * e * tok["id"]
+                        for pe in s.pe_variants],
+    }
+
+
+def training_tokens(scale: str, data_dir=SHIPPED) -> dict[str, float]:
+    """Training tokens each experiment of a paper-task scale costs (:func:`run_tokens`, summed)."""
+    return {exp: sum(runs) for exp, runs in run_tokens(scale, data_dir).items()}

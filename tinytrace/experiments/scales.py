@@ -256,17 +256,3 @@ def tokens_per_example(data_dir=SHIPPED) -> dict[str, float]:
 
     return {"id": mean("base"), "curriculum": mean("depth-0-5")}
 
-
-def training_tokens(scale: str, data_dir=SHIPPED) -> dict[str, float]:
-    """Training tokens each experiment of a paper-task scale costs (its grids x corpus sizes x
-    epochs; with the whole corpus for the PE ablation, its `ape` run is the base model)."""
-    s = get_scale(scale)
-    n, e, tok = s.corpus_snippets, s.train.epochs, tokens_per_example(data_dir)
-    return {
-        "base": n * e * tok["id"],
-        "id_robustness": sum(f * n for f in s.robustness_corpora) * s.robustness_epochs * tok["id"],
-        "pair_coverage": len(s.exclusion_pcts) * len(s.scopes) * s.coverage_corpus * n * e * tok["id"],
-        "depth_curriculum": len(s.curriculum_ps) * s.curriculum_corpus * n * e * tok["curriculum"],
-        "sft_lora": sum(s.sft_sizes) * sum(s.sft_epochs) * tok["id"],
-        "pe_ablation": (len(s.pe_variants) - (s.pe_corpus >= 1)) * s.pe_corpus * n * e * tok["id"],
-    }

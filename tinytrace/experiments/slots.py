@@ -30,7 +30,9 @@ record says so.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import shutil
 import subprocess
 import tarfile
@@ -40,8 +42,10 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .runners import EXPERIMENTS, training_runs
-from .scales import get_scale, training_tokens
+from tinytrace.lang.edits import EDIT_NAMES
+
+from .runners import EXPERIMENTS, run_tokens, training_runs
+from .scales import get_scale
 
 DONE_DIR = Path("benchmarks/slots")
 RESTORE_DIR = Path("runs/gpu-slot-restore")
@@ -66,6 +70,9 @@ CARRY_LIMIT = 64 * 2**20 - TREE_ESTIMATE - WHEELS_ESTIMATE
 # start, `gpu_slot.sh`'s 15 s and run_slot's 20 s margin, i.e. DEADLINE=530; a longer unit
 # would never be chosen.
 UNIT_MAX_S = 530 - 15 - 20
+# What `gpu_slot.sh` may spend before `slot run` chooses (wheels, the torch check, `slot
+# status`): `slot carry` stages the weights the units chosen at any budget this much lower need.
+SETUP_RANGE_S = 90
 # The bench-train unit's levers, one `bench train` each on the scale's model (preset None: the
 # scale's recipe): (preset, batch = micro-batch, torch.compile mode, more options, time limit
 # in seconds). The first is the baseline an earlier slot measured, for a ratio within one run.
@@ -116,35 +123,32 @@ class Unit:
     returns: int = 0
 
 
-def _run_cost(tokens: float, tokens_per_s: float, overhead_s: int = 45) -> int:
-    """Training seconds at the measured throughput, plus compile, data and checkpoint time."""
-    return int(round(tokens / tokens_per_s)) + overhead_s
+# Seconds to evaluate one test set of 1,024 traces on the H200 (7.2 s measured for the base
+# set at batch 256, plus the teacher-forced pass), and how many a run's overhead already covers.
+EVAL_SET_S, EVALS_IN_OVERHEAD = 8, 3
+
+
+def _run_cost(tokens: float, tokens_per_s: float, overhead_s: int = 45, evals: int = 0) -> int:
+    """Training seconds at the measured throughput, plus compile, data and checkpoint time, plus
+    the evaluations beyond the few the overhead covers."""
+    extra = max(0, evals - EVALS_IN_OVERHEAD) * EVAL_SET_S
+    return int(round(tokens / tokens_per_s)) + overhead_s + extra
 
 
 def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
          eval_limit: int = 1024, seed: int = 0, profile_steps: int = 256) -> list[Unit]:
     """Every unit of GPU work at ``scale``, in the order slots take them. ``tokens_per_s``: the
     training throughput the costs assume (the H200's 1.23M tokens/s with the gpu-muon recipe,
-    rounded down); a run's cost is its experiment's training tokens shared evenly by its runs.
+    rounded down); a run's cost is its own training tokens (:func:`run_tokens`) at that rate,
+    plus compile, data, checkpoint and evaluation time.
     ``device``/``eval_limit``/``profile_steps``: where and on how many traces the benchmarks
     run, and how many tokens of decoding are profiled (a CPU check of the plan uses a few)."""
     from tinytrace.model import count_params
 
     s = get_scale(scale)
-    cost = training_tokens(s.name)
+    tokens = run_tokens(s.name)
     run_bytes = int(count_params(s.model_config()) * 2 * PACKED_ESTIMATE)  # one run, packed
-    units = [
-        _bench_train_unit("bench-train", s, device, TRAIN_LEVERS, 180,
-                          "training throughput levers of the scale's model (compile modes, "
-                          "the scale's recipe), a JSON line each"),
-        Unit("learn-99", f"{{python}} -m tinytrace bench learn --scale {s.name} --recipe scale "
-             f"--train-arg epochs={LEARN_EPOCHS} --points 6 --eval-limit 512 --minutes 6 "
-             "--cache-dir {cache} --out {cache}/learn-99 --no-progress --json "
-             "> {out}/bench_learn.json",
-             _run_cost(LEARN_EPOCHS * cost["base"], tokens_per_s, 120),
-             description=f"time to 95/99% ID EM: the scale's base recipe for {LEARN_EPOCHS} "
-                         "epochs, 6 evaluations of 512 traces"),
-    ]
+    units = []
     # A run needs a unit's weights only where it starts from the base run (SFT) or may be it (the
     # PE ablation's APE run); the corpora other runs share are rebuilt, seeded, where missing.
     for name in EXPERIMENTS:
@@ -160,13 +164,29 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
             cmd = f"{exp} --run {i} --seed {seed}"
             if name != "id_robustness":
                 cmd += f" && {exp} --evaluate-trained --seed {seed}"
-            units.append(Unit(unit, cmd, _run_cost(cost[name] / len(runs), tokens_per_s, 75),
-                              needs, f"{name}: {r.label}", weights=weights, returns=run_bytes))
-        if name == "base":
+            # a robustness run evaluates while it trains: each epoch the base test and every
+            # edit on the full set and on the correctly traced snippets
+            evals = s.robustness_epochs * (1 + 2 * len(EDIT_NAMES)) if name == "id_robustness" else 0
+            units.append(Unit(unit, cmd, _run_cost(tokens[name][i], tokens_per_s, 75, evals), needs,
+                              f"{name}: {r.label}", weights=weights,
+                              returns=run_bytes if tokens[name][i] else 0))
+        if name == "base":  # the benchmarks after the base run: an overrun costs them, not it
+            units.append(_bench_train_unit(
+                "bench-train", s, device, TRAIN_LEVERS, 180,
+                "training throughput levers of the scale's model (compile modes, the scale's "
+                "recipe), a JSON line each"))
             units.append(_bench_eval_unit(
                 "bench-eval", device, EVAL_LEVERS, eval_limit, profile_steps, 85,
                 f"greedy decoding speed on {eval_limit:,} base traces: width buckets, "
                 "batch sizes, a profile of the steps"))
+            units.append(Unit(
+                "learn-99", f"{{python}} -m tinytrace bench learn --scale {s.name} --recipe scale "
+                f"--train-arg epochs={LEARN_EPOCHS} --points 6 --eval-limit 512 --minutes 6 "
+                "--cache-dir {cache} --out {cache}/learn-99 --no-progress --json "
+                "> {out}/bench_learn.json",
+                _run_cost(LEARN_EPOCHS * tokens["base"][0], tokens_per_s, 120),
+                description=f"time to 95/99% ID EM: the scale's base recipe for {LEARN_EPOCHS} "
+                            "epochs, 6 evaluations of 512 traces"))
             units.append(_bench_train_unit(
                 "bench-train-2", s, device, TRAIN_LEVERS_2, 270,
                 "more training levers: CUDA graphs, compiled optimizer steps (AdamW, Muon), "
@@ -267,17 +287,16 @@ def choose(units: list[Unit], done: dict, budget_s: float,
     return chosen
 
 
-def slots_needed(units: list[Unit], done: dict, budget_s: float = UNIT_MAX_S) -> int | None:
+def slots_needed(units: list[Unit], done: dict, budget_s: float = UNIT_MAX_S
+                 ) -> tuple[int, list[str]]:
     """How many more slots of ``budget_s`` the pending units take, chosen as :func:`choose`
-    does (weights within the carry limit assumed); None if some unit would never fit."""
+    does (weights within the carry limit assumed), and the pending units no slot can take
+    (longer than a slot, or waiting for one that is)."""
     done, n = dict(done), 0
-    while pending(units, done):
-        chosen = choose(units, done, budget_s)
-        if not chosen:
-            return None
+    while chosen := choose(units, done, budget_s):
         done.update({u.name: {} for u in chosen})
         n += 1
-    return n
+    return n, [u.name for u in pending(units, done)]
 
 
 def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) -> list[dict]:
@@ -357,13 +376,15 @@ def restore_run(src: Path, cache: Path) -> Path:
 
 
 def _copy_records(cache: Path, t: float, to: Path) -> None:
-    """The small files of ``cache`` written at or after ``t``: evaluation records, the
-    robustness runs' rows and the run folders' metadata (no weights, states or corpora)."""
+    """The small files of ``cache`` written at or after ``t``: evaluation records and the
+    robustness runs' rows (files at its top), and the files directly in the run folders
+    (``run-*``, ``sft-*``: their metadata, no weights). Nothing else: corpora, mixes and the
+    fine-tuning data (``sft-data-*``) are rebuilt, seeded, where a later unit needs them."""
     for f in Path(cache).rglob("*"):
         rel = f.relative_to(cache)
+        run = rel.parts[0].startswith(("run-", "sft-")) and not rel.parts[0].startswith("sft-data-")
         if (not f.is_file() or f.stat().st_mtime < t or f.suffix in (".lock", ".safetensors")
-                or rel.parts[0].startswith(("corpus-", "mix-", "learn-"))
-                or any(p.startswith(("state", "epoch-")) for p in rel.parts[1:-1])):
+                or len(rel.parts) > 2 or (len(rel.parts) == 2 and not run)):
             continue
         (to / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, to / rel)
@@ -406,20 +427,23 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     records = Path(restore) / RECORDS
     if records.is_dir():  # every finished unit's cached records (runs' metadata, evaluations)
         shutil.copytree(records, cache, dirs_exist_ok=True)
+    missing = set()
     for name in sorted({r for u in chosen for r in weight_runs(u, done)}):
         src = Path(restore) / name
-        if not src.is_dir():
-            raise FileNotFoundError(f"{src}: the run {name} that a chosen unit needs was not "
-                                    "carried (`tinytrace slot carry` puts it there)")
-        restore_run(src, cache)
-        report(f"restored {name}")
+        if src.is_dir():
+            restore_run(src, cache)
+            report(f"restored {name}")
+        else:  # `slot carry` chose for another budget: the units that need it wait
+            missing.add(name)
+            report(f"not carried: {name} (`tinytrace slot carry` stages it); its units wait")
     run_of = {n: d["runs"][0] for n, d in done.items() if d.get("runs")}
     weight_files = weight_bytes = 0
     finished = set(done)
     for u in chosen:
         _pack_results(stage, rep, out)  # what is done so far comes back even if the call is cut
         left = budget_s - (time.monotonic() - t0) - margin_s
-        if u.cost_s > left or not set(u.needs) <= finished:  # too long, or a need failed here
+        if (u.cost_s > left or not set(u.needs) <= finished  # too long, or a need failed here
+                or set(weight_runs(u, done)) & missing):
             rep.skipped.append(u.name)
             continue
         unit_out = stage / u.name
@@ -430,10 +454,7 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
             cmd = cmd.replace(f"{{run:{n}}}", shlex.quote(str(cache / r)))
         report(f"== {u.name} (estimated {u.cost_s} s, {left:.0f} s left): {cmd}")
         wall, t1 = time.time(), time.monotonic()
-        try:  # the unit's own limit: the time left, so a slow unit cannot eat the slot's end
-            rc = subprocess.run(cmd, shell=True, timeout=left).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
+        rc = _run_unit(cmd, left)  # its limit: the time left, so it cannot eat the slot's end
         secs = round(time.monotonic() - t1, 1)
         new = _trained_since(cache, wall)
         record = {"unit": u.name, "command": u.command, "seconds": secs, "rc": rc,
@@ -446,8 +467,10 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
         if not fits:  # no room left in what the call returns
             for f in (f for p in parts.values() for f in p):
                 f.unlink()
-        if rc != 0 or not (fits or u.name not in needed):
+        if rc != 0 or u.name in needed and not (new and fits):
             record["why"] = (f"exit {rc}" if rc != 0 else
+                             "it trained no run (found one in the cache?), and a later unit "
+                             "needs its weights" if not new else
                              f"its weights ({files} parts, {size / 2**20:.1f} MiB) would not fit "
                              "what a slot returns, and a later unit needs them")
             rep.failed.append(record)
@@ -480,6 +503,27 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
            f"{(out / 'results.tgz').stat().st_size / 2**20:.2f} MiB of the "
            f"{RETURN_RESERVE / 2**20:.0f} MiB kept for it and the log)")
     return rep
+
+
+def _run_unit(cmd: str, limit_s: float) -> int | str:
+    """Run ``cmd`` in a shell of its own process group; past ``limit_s`` the whole group is
+    stopped (SIGTERM, then SIGKILL), not only the shell, so no training is left holding the
+    GPU. The exit code, or ``"timeout"``."""
+    proc = subprocess.Popen(cmd, shell=True, start_new_session=True)
+    try:
+        return proc.wait(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    finally:
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _pack_results(stage: Path, rep: SlotReport, out: Path) -> None:
@@ -605,11 +649,19 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
 def carry(units: list[Unit], done: dict, budget_s: float, restore=RESTORE_DIR,
           to=CARRY_DIR) -> list[str]:
     """Copy into ``to`` (the folder a device call names in ``carry``) only the restored runs
-    the next slot's units need: the whole restore folder would not fit what a call takes."""
+    the next slot's units need: the whole restore folder would not fit what a call takes. The
+    device chooses with what is left after its set-up (``budget_s`` less some seconds), so the
+    runs needed at any budget down to ``budget_s - SETUP_RANGE_S`` go, where they fit."""
     to = Path(to)
     shutil.rmtree(to, ignore_errors=True)
     to.mkdir(parents=True)
-    needed = sorted({r for u in choose(units, done, budget_s) for r in weight_runs(u, done)})
+    needed = {r for u in choose(units, done, budget_s) for r in weight_runs(u, done)}
+    sizes = {r: b for d in done.values() for r, b in d.get("run_bytes", {}).items()}
+    for b in range(int(budget_s) - SETUP_RANGE_S, int(budget_s), 5):
+        more = needed | {r for u in choose(units, done, b) for r in weight_runs(u, done)}
+        if sum(sizes.get(r, 0) for r in more) <= CARRY_LIMIT:
+            needed = more
+    needed = sorted(needed)
     for r in needed:
         shutil.copytree(Path(restore) / r, to / r)
     if (Path(restore) / RECORDS).is_dir():

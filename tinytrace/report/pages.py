@@ -183,6 +183,7 @@ def gpu_scale_page(done_dir=None) -> str:
     done_dir = Path(done_dir) if done_dir is not None else slots.DONE_DIR
     units, done = slots.plan("gpu"), slots.done_units(done_dir)
     status = slots.status_table(units, done)
+    n_slots, stuck = slots.slots_needed(units, done)
     left = [u for u in units if u.name not in done]
     res = {}
     for stem in NOTEBOOKS:
@@ -202,8 +203,11 @@ def gpu_scale_page(done_dir=None) -> str:
         "(`benchmarks/slots/`); `tinytrace slot status` prints the same plan.",
         "",
         f"**{len(done)} of {len(units)} units done; about {sum(u.cost_s for u in left) / 60:.0f} "
-        f"minutes of estimated H200 work left, {slots.slots_needed(units, done)} slots at "
-        f"{slots.UNIT_MAX_S} s of units each.**",
+        f"minutes of estimated H200 work left, {n_slots} slots at "
+        f"{slots.UNIT_MAX_S} s of units each.**"
+        + (f" As planned, no slot can take {len(stuck)} units ({', '.join(f'`{u}`' for u in stuck)}): "
+           "a unit longer than a slot, or one that waits for it. That part of the plan "
+           "must change before it can run." if stuck else ""),
         "",
         md_table([{"unit": f"`{r['unit']}`", "estimated s": r["cost_s"], "state": r["state"],
                    "what": r["description"]} for r in status],
