@@ -22,10 +22,10 @@ read cached evaluations and need no weights (models load lazily, only on a cache
 
 A unit is done only when its command exited 0 inside its time and, if a later unit needs the
 weights of the runs it trained (the base run), those weights came back: a unit cut short leaves
-no record, so the next slot runs it again (its cached corpora and checkpoints, if any came back,
-let it resume). The weights no unit needs come back when they fit what a call returns; where
-they do not, the unit is done without them (its evaluations are what the sections read) and its
-record says so.
+no record, so the next slot runs it again from the start (each call begins on a fresh cache;
+only done units' records and the weights later units need travel). The weights no unit needs
+come back when they fit what a call returns; where they do not, the unit is done without them
+(its evaluations are what the sections read) and its record says so.
 """
 from __future__ import annotations
 
