@@ -1,6 +1,7 @@
 """tinytrace.evaluate: sliding window, cached == uncached == one-at-a-time greedy, metrics, CLI."""
 import json
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from tinytrace.cli import main
 from tinytrace.data import build_preset, load
 from tinytrace.evaluate import (
+    METRICS,
     StaticDecoder,
     Record,
     bench_eval,
@@ -147,6 +149,39 @@ def test_exact_match_counts_a_single_wrong_token(rows):
     line = t[t.index(S, t.index(S) + 1) + 1: k].count(tk.NEWLINE_ID)
     assert (row.first_wrong_token, row.first_wrong_step, row.first_wrong_line) == (k, 3, line)
     assert 0 < summary["step_em_tf"] < 1 and row.finished
+
+
+def _wrong_digit(seq, start, nth):
+    """``seq`` with its ``nth`` digit from ``start`` on replaced by the next digit."""
+    k = [i for i in range(start, len(seq)) if tk.VOCAB[seq[i]].isdigit()][nth]
+    return seq[:k] + [tk.STOI[str((int(tk.VOCAB[seq[k]]) + 1) % 10)]] + seq[k + 1:]
+
+
+def test_a_subset_of_a_cached_evaluation_equals_evaluating_it(rows, tmp_path, monkeypatch):
+    """The robustness experiment reads the correctly traced snippets' scores off the full set's
+    cached evaluation (``subset``): every score and per-example field equals a fresh evaluation
+    of those snippets alone. A replaying model gets some traces wrong (a digit early or late),
+    so no score is trivially 0 or 1."""
+    from tinytrace.experiments import cache as C
+
+    monkeypatch.setattr(C, "evaluate", partial(evaluate, use_cache=False))  # Teacher: no KV cache
+    recs = make_records(rows[:6])
+    seqs = [r.prompt_ids + r.target_ids for r in recs]
+    for i, nth in ((1, 0), (2, -1), (4, 3)):
+        seqs[i] = _wrong_digit(seqs[i], len(recs[i].prompt_ids), nth)
+    teacher = Teacher(seqs, 512)
+    full = C.Cache(tmp_path, progress=False).evaluate(teacher, "run", recs, "all", batch_size=4)
+    assert full["correct"] == [True, False, False, True, False, True]
+    for pos in ([0, 2, 4], [1, 2, 5], [3], []):
+        got = C.subset(full, pos)
+        if not pos:
+            assert got == {"n": 0, "correct": [], "clip_candidates": [], "failure": []}
+            continue
+        df, want = evaluate(teacher, [recs[i] for i in pos], batch_size=4, use_cache=False)
+        assert {k: got[k] for k in METRICS} == pytest.approx({k: want[k] for k in METRICS})
+        assert got["correct"] == df["correct"].tolist() == [full["correct"][i] for i in pos]
+        assert got["failure"] == [full["failure"][i] for i in pos]
+    assert 0 < C.subset(full, [0, 2, 4])["step_em_tf"] < 1
 
 
 @pytest.mark.parametrize("pe", ["ape", "rpe", "rpb"])

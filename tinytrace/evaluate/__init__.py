@@ -11,9 +11,9 @@ from .decode import (
                      teacher_forced,
                      tf_segments,
 )
-from .metrics import METRICS, SCORES, exact_match, final_state, first_wrong, tf_metrics
+from .metrics import COUNTS, METRICS, SCORES, exact_match, final_state, first_wrong, scores, tf_metrics
 
-__all__ = ["METRICS", "SCORES", "Record", "StaticDecoder", "bench_eval", "evaluate", "exact_match", "final_state", "first_wrong",
+__all__ = ["COUNTS", "METRICS", "SCORES", "Record", "StaticDecoder", "bench_eval", "evaluate", "exact_match", "final_state", "first_wrong",
            "fit_window", "greedy_generate", "greedy_generate_static", "make_records",
-           "resolve_device", "restart_offset", "save_results", "teacher_forced", "tf_metrics",
+           "resolve_device", "restart_offset", "save_results", "scores", "teacher_forced", "tf_metrics",
            "tf_segments"]

@@ -27,7 +27,7 @@ from .decode import (
     model_device,
     teacher_forced,
 )
-from .metrics import exact_match, final_state, first_wrong, tf_metrics
+from .metrics import exact_match, final_state, first_wrong, scores, tf_metrics
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
     t1 = time.perf_counter()
     tf = teacher_forced(model, records, batch_size, amp=amp, fwd=fwd) if teacher_forcing else None
     t_tf = time.perf_counter() - t1
-    rows, tot = [], {"blocks": 0, "blocks_ok": 0, "state_tokens": 0, "state_ok": 0}
+    rows = []
     for i, (r, p) in enumerate(zip(records, preds)):
         text = tk.decode(p)
         fw = first_wrong(p, r.target_ids)
@@ -151,19 +151,14 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
         }
         if tf is not None:
             m = tf_metrics(r.target_ids, tf[i])
-            for k in tot:
-                tot[k] += m[k]
+            row.update(m)
             row["step_em_tf"] = m["blocks_ok"] / m["blocks"]
             row["state_token_acc"] = m["state_ok"] / m["state_tokens"] if m["state_tokens"] else float("nan")
         rows.append(row)
     df = pd.DataFrame(rows)
     n = len(df)
     summary = {
-        "exact_match": float(df["correct"].mean()),
-        "n": n,
-        "step_em_tf": tot["blocks_ok"] / tot["blocks"] if tf is not None else None,
-        "final_state_match": float(df["final_state_match"].mean()),
-        "state_token_acc": tot["state_ok"] / tot["state_tokens"] if tf is not None and tot["state_tokens"] else None,
+        **scores(df),
         "generated_tokens": stats["generated_tokens"],
         "window_restarts": stats["restarts"],
         "seconds_generate": round(t_gen, 3),

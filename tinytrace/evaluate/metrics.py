@@ -71,3 +71,24 @@ def tf_metrics(target: list[int], pred: np.ndarray) -> dict:
             "state_ok": int((ok & in_state).sum())}
 
 
+# per-example counts behind the scores: a subset's scores are these summed over its examples
+COUNTS = ("correct", "final_state_match", "blocks", "blocks_ok", "state_tokens", "state_ok")
+
+
+def scores(counts) -> dict:
+    """The scores (and ``n``) of a set of examples from their per-example :data:`COUNTS` (a
+    DataFrame or a dict of columns; the teacher-forced columns may be absent). Pooled, not
+    averaged per example: per-step EM is blocks right over all blocks, state-token accuracy
+    state tokens right over all state tokens."""
+    col = {k: np.asarray(counts[k]) for k in COUNTS if k in counts}
+    n = len(col["correct"])
+    if not n:
+        return {"n": 0}
+
+    def ratio(num, den):
+        return float(col[num].sum() / col[den].sum()) if den in col and col[den].sum() else None
+
+    return {"exact_match": float(col["correct"].mean()), "n": n,
+            "step_em_tf": ratio("blocks_ok", "blocks"),
+            "final_state_match": float(col["final_state_match"].mean()),
+            "state_token_acc": ratio("state_ok", "state_tokens")}

@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 
 import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture what gets built
 from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
-from tinytrace.evaluate import METRICS, evaluate
+from tinytrace.evaluate import COUNTS, METRICS, evaluate, scores
 from tinytrace.lang.config import GeneratorConfig
 from tinytrace.model import load_checkpoint
 from tinytrace.train import TrainConfig
@@ -160,10 +160,26 @@ class Cache:
                 "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
                 "traces_per_s", "batch_size", "device")}
             result["correct"] = [bool(c) for c in df["correct"]]
+            # the other per-example counts, so a subset's scores need no new evaluation (subset)
+            result["counts"] = {k: [int(v) for v in df[k]] for k in COUNTS
+                                if k != "correct" and k in df}
             result["clip_candidates"] = _clip_flags(df)
             result["failure"] = [classify_failure(p, t) for p, t in zip(df["prediction"], df["target"])]
             path.write_text(json.dumps(result) + "\n")
             return result
+
+
+def subset(result: dict, positions: list[int]) -> dict:
+    """The cached evaluation ``result`` restricted to the examples at ``positions``: scores
+    pooled over them (:func:`~tinytrace.evaluate.metrics.scores`) and their per-example fields.
+    Greedy decoding is per example, so this is the evaluation of those examples alone, without
+    decoding them again. Needs a result that keeps its counts (``require=("counts",)``)."""
+    per = {"correct": result["correct"], **result["counts"]}
+    out = scores({k: [v[i] for i in positions] for k, v in per.items()})
+    for k in ("correct", "clip_candidates", "failure"):
+        if k in result:
+            out[k] = [result[k][i] for i in positions]
+    return out
 
 
 def _clip_flags(df) -> list:

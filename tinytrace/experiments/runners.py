@@ -37,7 +37,7 @@ from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
 from .analysis import FAILURE_CLASSES
-from .cache import LazyModel, NotTrained, _Context, _key, settings
+from .cache import LazyModel, NotTrained, _Context, _key, settings, subset
 from .scales import SHIPPED, get_scale, tokens_per_example
 
 
@@ -107,11 +107,11 @@ def _robustness_run(ctx: _Context, frac: float) -> Path:
                     **common)]
         correct = {i for i, ok in enumerate(base["correct"]) if ok}
         for name, recs in edited.items():
-            full = ctx.eval(model, tag, recs, f"full-{name}")
+            full = ctx.eval(model, tag, recs, f"full-{name}", require=("counts",))
             out.append(_row("id_robustness", "base", "id", name, full, edit=name,
                             subset="full", **common))
-            sub = [r for r in recs if r["index"] in correct]
-            res = ctx.eval(model, tag, sub, f"correct-{name}") if sub else {"n": 0}
+            # the correctly traced snippets' scores, read off the full set's evaluation
+            res = subset(full, [k for k, r in enumerate(recs) if r["index"] in correct])
             out.append(_row("id_robustness", "base", "id", name, res, edit=name,
                             subset="correct", **common))
         _robustness_rows(ctx, run_dir, epoch).write_text(json.dumps(out) + "\n")

@@ -165,8 +165,8 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
             if name != "id_robustness":
                 cmd += f" && {exp} --evaluate-trained --seed {seed}"
             # a robustness run evaluates while it trains: each epoch the base test and every
-            # edit on the full set and on the correctly traced snippets
-            evals = s.robustness_epochs * (1 + 2 * len(EDIT_NAMES)) if name == "id_robustness" else 0
+            # edit's full set (the correctly traced snippets are read off the full sets)
+            evals = s.robustness_epochs * (1 + len(EDIT_NAMES)) if name == "id_robustness" else 0
             units.append(Unit(unit, cmd, _run_cost(tokens[name][i], tokens_per_s, 75, evals), needs,
                               f"{name}: {r.label}", weights=weights,
                               returns=run_bytes if tokens[name][i] else 0))
