@@ -174,12 +174,10 @@ def subset(result: dict, positions: list[int]) -> dict:
     pooled over them (:func:`~tinytrace.evaluate.metrics.scores`) and their per-example fields.
     Greedy decoding is per example, so this is the evaluation of those examples alone, without
     decoding them again. Needs a result that keeps its counts (``require=("counts",)``)."""
-    per = {"correct": result["correct"], **result["counts"]}
-    out = scores({k: [v[i] for i in positions] for k, v in per.items()})
-    for k in ("correct", "clip_candidates", "failure"):
-        if k in result:
-            out[k] = [result[k][i] for i in positions]
-    return out
+    per = {"correct": result["correct"], **result["counts"],
+           "clip_candidates": result["clip_candidates"], "failure": result["failure"]}
+    picked = {k: [v[i] for i in positions] for k, v in per.items()}
+    return {**scores(picked), **{k: picked[k] for k in ("correct", "clip_candidates", "failure")}}
 
 
 def _clip_flags(df) -> list:
