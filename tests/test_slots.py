@@ -235,8 +235,44 @@ def test_a_unit_cut_short_is_not_done(tmp_path):
                          margin_s=20, device="cpu")
     assert {r["unit"]: r["why"] for r in rep.failed} == {"fails": "exit 3", "slow": "exit timeout"}
     assert not _running("sleep 37.25")
-    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == []
+    for _ in range(2):  # imported twice: each try is recorded once
+        assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == []
     assert slots.done_units(tmp_path / "slots") == {}
+    tried = slots.attempts(tmp_path / "slots")  # what the plan's estimates learn from
+    assert {n: [(t["rc"], t["why"]) for t in ts] for n, ts in tried.items()} == {
+        "fails": [(3, "exit 3")], "slow": [("timeout", "exit timeout")]}
+    assert 2 < tried["slow"][0]["seconds"] < 5 and tried["slow"][0]["estimated_s"] == 1
+
+
+def test_estimates_learn_from_what_slots_measured():
+    """After a slot, pending runs and notebooks are scaled by what their kind measured (not
+    below the floor); the bounded units (benchmarks, learn-99) stay as planned; a unit stopped
+    at its limit is next estimated above what it had, and a crash teaches nothing."""
+    units = [Unit("base", "true", 200), Unit("x-0", "true", 100), Unit("x-1", "true", 400),
+             Unit("bench-eval", "true", 80), Unit("learn-99", "true", 400),
+             Unit("section-02", "true", 60)]
+
+    def costs(done, tried=None):
+        got, factors = slots.calibrate(units, done, tried)
+        return {u.name: u.cost_s for u in got}, factors
+
+    assert costs({}) == ({u.name: u.cost_s for u in units}, {})
+    done = {"base": {"seconds": 300.0, "rc": 0}, "bench-eval": {"seconds": 20.0, "rc": 0}}
+    assert costs(done) == ({"base": 200, "x-0": 150, "x-1": 600, "bench-eval": 80,
+                            "learn-99": 400, "section-02": 60}, {"training": 1.5})
+    assert costs({"base": {"seconds": 20.0}})[0]["x-0"] == 75  # shrinks to the floor at most
+    stopped = {"rc": "timeout", "seconds": 460.0, "date": "2026-12-06", "why": "exit timeout"}
+    crash = {"rc": 1, "seconds": 3.0, "date": "2026-12-06", "why": "exit 1"}
+    got, factors = costs({"base": {"seconds": 200.0}}, {"x-1": [stopped], "x-0": [crash]})
+    assert factors == {"training": pytest.approx(660 / 600)}  # the stopped try: a lower bound
+    assert got["x-0"] == 110 and got["x-1"] == 506  # 460 x 1.1 > 400 x 1.1
+    calibrated = slots.calibrate(units, {"base": {"seconds": 200.0}}, {"x-1": [stopped]})[0]
+    assert slots.slots_needed(calibrated, {"base": {}})[1] == ["x-1"]  # now longer than a slot
+    rows = {r["unit"]: r["state"] for r in slots.status_table(
+        calibrated, {"base": {"date": "d", "seconds": 200.0}}, tried={"x-1": [stopped]})}
+    assert rows["x-1"] == ("longer than a slot takes (495 s); tried 1x, last 2026-12-06: "
+                           "stopped at its limit after 460 s")
+    assert "x 1.10" in slots.calibration_text(factors)
 
 
 def test_a_slot_cut_short_returns_the_units_done_before(tmp_path):
@@ -375,9 +411,13 @@ def test_the_gpu_scale_page_follows_the_slot_records(tmp_path, monkeypatch):
                                                            "seconds": 100.0, "runs": []}))
     page = pages.gpu_scale_page(tmp_path)
     assert f"2 of {n} units done" in page and "| `section-02` | 60 | done 2026-12-05 (100 s)" in page
+    # measured 100 s each: the notebooks scaled up (60 s planned), the runs down to the floor
+    assert "measured: sections x 1.67, training runs x 0.75." in page
+    assert "| `section-03` | 200 | waits for" in page  # 120 s planned
     assert "Of the paper's" in page and "Scale `gpu` on GPU: NVIDIA H200" in page
     assert "section-02/02_model_data_training.ipynb" in page
     assert "Waits for the GPU slots (unit `section-03`)" in page
+    assert "unit `section-01`" not in page and "--scale gpu --only 01` runs it on a CPU" in page
 
 
 def test_slots_needed_counts_the_slots_left():

@@ -51,15 +51,17 @@ def add_cli(sub) -> None:
 
 
 def _plan(args):
+    """The plan calibrated by the committed records: both sides of a device call choose alike."""
     from tinytrace.experiments import slots
 
-    return slots, slots.plan(args.scale, device=args.device, eval_limit=args.eval_limit), \
-        slots.done_units(args.done_dir)
+    units, done, tried, factors = slots.calibrated_plan(
+        args.scale, args.done_dir, device=args.device, eval_limit=args.eval_limit)
+    return slots, units, done, tried, factors
 
 
 def _status(args) -> int:
-    slots, units, done = _plan(args)
-    rows = slots.status_table(units, done)
+    slots, units, done, tried, factors = _plan(args)
+    rows = slots.status_table(units, done, tried=tried)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -69,11 +71,12 @@ def _status(args) -> int:
     print(f"{sum(u.name in done for u in units)} of {len(units)} done; {n} more slots of "
           f"{slots.UNIT_MAX_S} s" + (f"; no slot can take {len(stuck)}: {', '.join(stuck)}"
                                     if stuck else ""))
+    print(slots.calibration_text(factors))
     return 0
 
 
 def _run(args) -> int:
-    slots, units, done = _plan(args)
+    slots, units, done, _, _ = _plan(args)
     rep = slots.run_slot(units, done, args.budget, args.out, args.cache_dir, args.restore,
                          python=args.python, device=args.device)
     print(f"slot: {len(rep.done)} done, {len(rep.failed)} not done, "
@@ -96,7 +99,7 @@ def _import(args) -> int:
 
 
 def _carry(args) -> int:
-    slots, units, done = _plan(args)
+    slots, units, done, _, _ = _plan(args)
     runs = slots.carry(units, done, args.budget, args.restore, args.to)
     print(f"{args.to}: {', '.join(runs) or 'nothing to carry'}")
     return 0

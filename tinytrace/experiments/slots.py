@@ -30,6 +30,7 @@ come back when they fit what a call returns; where they do not, the unit is done
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -39,7 +40,8 @@ import tarfile
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tinytrace.lang.edits import EDIT_NAMES
@@ -245,9 +247,87 @@ def _section_cost(sec: str) -> int:
 
 
 # --- records ------------------------------------------------------------------------------------
+ATTEMPTS = "attempts"  # under the done records: each unit a slot ran that did not finish
+# Units bounded by their own time limits (each benchmark lever's `timeout`, learn-99's
+# `--minutes`): their seconds say little about other units', and their estimates stay as planned.
+BOUNDED = ("bench-", "learn-")
+CALIBRATION_FLOOR = 0.75  # what slots measured shrinks an estimate by at most a quarter
+TIMEOUT_MARGIN = 1.1  # a unit stopped at its limit after T s is next estimated at T x this
+
+
 def done_units(done_dir=DONE_DIR) -> dict[str, dict]:
     """The committed done records, by unit name."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(done_dir).glob("*.json"))}
+
+
+def attempts(done_dir=DONE_DIR) -> dict[str, list[dict]]:
+    """The committed records of units a slot ran that did not finish (``attempts/<unit>.json``,
+    written by :func:`import_slot`), by unit name, oldest first."""
+    return {p.stem: json.loads(p.read_text())
+            for p in sorted((Path(done_dir) / ATTEMPTS).glob("*.json"))}
+
+
+def unit_kind(u: Unit) -> str | None:
+    """``"training"`` (a run of an experiment), ``"section"`` (a notebook), or None for the
+    units bounded by their own time limits (:data:`BOUNDED`), whose estimates stay as planned."""
+    if u.name.startswith(BOUNDED):
+        return None
+    return "section" if u.name.startswith("section-") else "training"
+
+
+def calibrate(units: list[Unit], done: dict, tried: dict | None = None
+              ) -> tuple[list[Unit], dict[str, float]]:
+    """The pending ``units`` (as :func:`plan` estimates them) with their costs corrected by what
+    slots measured, and the factor applied to each kind of unit (:func:`unit_kind`).
+
+    The plan's estimates rest on one assumed throughput and fixed overheads. Once a slot has
+    run units of a kind, every pending unit of that kind is scaled by the ratio of measured to
+    estimated seconds over them (done units, and tries that exited 0 or were stopped at their
+    limit, a lower bound), never below :data:`CALIBRATION_FLOOR`. A unit once stopped at its
+    limit after T s is estimated at no less than T x :data:`TIMEOUT_MARGIN`: a slot will not
+    choose it again with no more time, only to stop it again. Both sides of a device call (here
+    ``slot carry``, there ``slot run``) read the same committed records, so they choose alike."""
+    tried = tried or {}
+    by = {u.name: u for u in units}
+    spent, planned = defaultdict(float), defaultdict(float)
+    evidence = [(n, [d]) for n, d in done.items()]
+    evidence += [(n, recs) for n, recs in tried.items() if n not in done]  # done: measured whole
+    for name, recs in evidence:
+        u = by.get(name)
+        kind = unit_kind(u) if u else None
+        for r in recs if kind else ():
+            if r.get("rc", 0) in (0, "timeout") and r.get("seconds"):
+                spent[kind] += r["seconds"]
+                planned[kind] += u.cost_s
+    factors = {k: max(CALIBRATION_FLOOR, spent[k] / planned[k]) for k in planned}
+    out = []
+    for u in units:
+        cost = u.cost_s
+        if u.name not in done:
+            cost = math.ceil(round(cost * factors.get(unit_kind(u), 1.0), 6))
+            stopped = [r["seconds"] for r in tried.get(u.name, []) if r.get("rc") == "timeout"]
+            if stopped:
+                cost = max(cost, math.ceil(round(max(stopped) * TIMEOUT_MARGIN, 6)))
+        out.append(replace(u, cost_s=cost) if cost != u.cost_s else u)
+    return out, factors
+
+
+def calibrated_plan(scale: str = "gpu", done_dir=DONE_DIR, **plan_args
+                    ) -> tuple[list[Unit], dict, dict, dict[str, float]]:
+    """The plan at ``scale`` (:func:`plan`) calibrated by the committed records in ``done_dir``
+    (:func:`calibrate`): units, done records, tries not done, factors."""
+    done, tried = done_units(done_dir), attempts(done_dir)
+    units, factors = calibrate(plan(scale, **plan_args), done, tried)
+    return units, done, tried, factors
+
+
+def calibration_text(factors: dict[str, float]) -> str:
+    """The factors in words, for ``slot status`` and the gpu-scale page."""
+    if not factors:
+        return "no slot has measured a run or a section yet: the estimates are as planned"
+    return "estimates scaled by what slots measured: " + ", ".join(
+        f"{k} runs x {f:.2f}" if k == "training" else f"{k}s x {f:.2f}"
+        for k, f in sorted(factors.items()))
 
 
 def pending(units: list[Unit], done: dict) -> list[Unit]:
@@ -299,9 +379,11 @@ def slots_needed(units: list[Unit], done: dict, budget_s: float = UNIT_MAX_S
     return n, [u.name for u in pending(units, done)]
 
 
-def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) -> list[dict]:
+def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT,
+                 tried: dict | None = None) -> list[dict]:
     """One row per unit: name, estimated cost, needs, done (date and measured seconds), or why
-    no slot can take it yet."""
+    no slot can take it yet, and how its last try ended where a slot ran it without finishing
+    (``tried``: :func:`attempts`)."""
     rows = []
     for u in units:
         if u.name in done:
@@ -315,6 +397,11 @@ def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT) 
                      f"the {carry_limit / 2**20:.0f} MiB a call takes")
         else:
             state = "ready"
+        last = (tried or {}).get(u.name, [None])[-1]
+        if last and u.name not in done:
+            state += (f"; tried {len(tried[u.name])}x, last {last['date']}: "
+                      + ("stopped at its limit" if last.get("rc") == "timeout" else last["why"])
+                      + f" after {last['seconds']:.0f} s")
         rows.append({"unit": u.name, "cost_s": u.cost_s, "state": state,
                      "description": u.description})
     return rows
@@ -611,8 +698,9 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
                     if any(not (files_at / f).is_file() or (files_at / f).stat().st_size != n
                            for f, n in ps.items())]
             if lost and rec.get("weights_needed"):
-                report(f"not done: {rec['unit']} (the weights of {', '.join(lost)} did not "
-                       "all come back)")
+                rec["why"] = f"the weights of {', '.join(lost)} did not all come back"
+                _record_attempt(done_dir, rec)
+                report(f"not done: {rec['unit']} ({rec['why']})")
                 continue
             for r in lost:  # nothing later loads them: done without them, as the record says
                 del rec["run_parts"][r], rec["run_bytes"][r]
@@ -642,8 +730,20 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
             units.append(rec["unit"])
             report(f"done: {rec['unit']} ({rec['seconds']} s)")
         for rec in json.loads((res / "slot.json").read_text())["failed"]:
+            _record_attempt(done_dir, rec | {"git_commit": git_commit})
             report(f"not done: {rec['unit']} ({rec['why']})")
     return units
+
+
+def _record_attempt(done_dir: Path, rec: dict) -> None:
+    """Append a try that did not finish to ``done_dir/attempts/<unit>.json`` (committed: the
+    plan's estimates learn from it, :func:`calibrate`)."""
+    f = Path(done_dir) / ATTEMPTS / f"{rec['unit']}.json"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("unit", "date", "device", "git_commit", "rc", "seconds", "estimated_s", "why")
+    tries, this = json.loads(f.read_text()) if f.exists() else [], {k: rec[k] for k in keep if k in rec}
+    if this not in tries:  # the same slot imported twice counts once
+        f.write_text(json.dumps(tries + [this], indent=1) + "\n")
 
 
 def carry(units: list[Unit], done: dict, budget_s: float, restore=RESTORE_DIR,

@@ -181,8 +181,8 @@ def gpu_scale_page(done_dir=None) -> str:
     from tinytrace.experiments import slots
 
     done_dir = Path(done_dir) if done_dir is not None else slots.DONE_DIR
-    units, done = slots.plan("gpu"), slots.done_units(done_dir)
-    status = slots.status_table(units, done)
+    units, done, tried, factors = slots.calibrated_plan("gpu", done_dir)
+    status = slots.status_table(units, done, tried=tried)
     n_slots, stuck = slots.slots_needed(units, done)
     left = [u for u in units if u.name not in done]
     res = {}
@@ -209,6 +209,10 @@ def gpu_scale_page(done_dir=None) -> str:
            "a unit longer than a slot, or one that waits for it. That part of the plan "
            "must change before it can run." if stuck else ""),
         "",
+        f"The estimates assume the H200's measured training throughput; after each slot, "
+        f"the pending runs and notebooks are scaled by what the slots measured for their kind "
+        f"(`tinytrace.experiments.slots.calibrate`). Now: {slots.calibration_text(factors)}.",
+        "",
         md_table([{"unit": f"`{r['unit']}`", "estimated s": r["cost_s"], "state": r["state"],
                    "what": r["description"]} for r in status],
                  ["unit", "estimated s", "state", "what"]),
@@ -223,8 +227,18 @@ def gpu_scale_page(done_dir=None) -> str:
     blob = f"{REPO_URL}/blob/main/{done_dir.as_posix()}"
     parts += _sections_markdown(
         res, findings, lambda stem: f"{blob}/section-{stem.split('_', 1)[0]}/{stem}.ipynb",
-        lambda stem: f"Waits for the GPU slots (unit `section-{stem.split('_', 1)[0]}`).")
+        lambda stem: _gpu_not_run(stem, {u.name for u in units}))
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _gpu_not_run(stem: str, unit_names: set) -> str:
+    """What the gpu-scale page says of a section no slot has run: the unit it waits for, or,
+    for a section that trains and evaluates nothing (no unit), how to run it without a GPU."""
+    unit = f"section-{stem.split('_', 1)[0]}"
+    if unit in unit_names:
+        return f"Waits for the GPU slots (unit `{unit}`)."
+    return ("Trains and evaluates no model, so no GPU slot runs it: `tinytrace notebooks run "
+            f"--scale gpu --only {stem.split('_', 1)[0]}` runs it on a CPU.")
 
 
 def write_results_page(sections_dir=DEFAULT_OUT, path=RESULTS_PAGE) -> Path:
