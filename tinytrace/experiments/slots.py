@@ -295,7 +295,9 @@ def calibrate(units: list[Unit], done: dict, tried: dict | None = None
     for name, recs in evidence:
         u = by.get(name)
         kind = unit_kind(u) if u else None
-        for r in recs if kind else ():
+        if kind is None:  # not in this plan, or bounded by its own limits
+            continue
+        for r in recs:
             if r.get("rc", 0) in (0, "timeout") and r.get("seconds"):
                 spent[kind] += r["seconds"]
                 planned[kind] += u.cost_s
