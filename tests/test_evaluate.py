@@ -322,6 +322,43 @@ def test_static_decoder_compiled_step():
         StaticDecoder(m, compile="reduce-overhead")
 
 
+@pytest.mark.parametrize("pe", ["ape", "rpe", "rpb"])
+def test_amp_weights_same_logits_without_weight_casts(pe, monkeypatch):
+    """Under bf16 autocast, the copy holding its Linear weights and biases (the tied head too)
+    in bf16 gives the model's logits bit for bit with one cast fewer per such tensor; the model
+    stays fp32 with its head tied. A StaticDecoder steps on that copy where autocast is on
+    (forced on the CPU here) and decodes the tokens of a decoder that casts as autocast does."""
+    from tinytrace.evaluate import decode as D
+
+    m = tiny(block_size=64, pe=pe, bias=True, rpe_clip=16, rpb_max_distance=32, rpb_buckets=8)
+    twin = D.amp_weights(m, torch.bfloat16)
+    x = torch.randint(3, 30, (2, 40), generator=torch.Generator().manual_seed(0))
+
+    def run(net):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), \
+                torch.profiler.profile() as prof:
+            logits = net(x)[0]
+        return logits, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    (want, casts), (got, twin_casts) = run(m), run(twin)
+    linear = [t for mod in m.modules() if isinstance(mod, torch.nn.Linear)
+              for t in (mod.weight, mod.bias) if t is not None]
+    assert torch.equal(got, want) and casts - twin_casts == len(linear) > 10
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert m.lm_head.weight is m.transformer.wte.weight
+    assert twin.lm_head.weight.dtype == torch.bfloat16 == twin.transformer.h[0].mlp.c_fc.bias.dtype
+    assert twin.transformer.wte.weight.dtype == torch.float32  # embeddings looked up as before
+
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 30, (n,), generator=g).tolist() for n in (20, 35)]
+    assert StaticDecoder(m, batch=2, capacity=30).step_fwd is m  # no autocast on a CPU
+    monkeypatch.setattr(D, "autocast_dtype", lambda device: torch.bfloat16)
+    dec, plain = StaticDecoder(m, batch=2, capacity=30), StaticDecoder(m, cast_weights=False)
+    assert dec.step_fwd.lm_head.weight.dtype == torch.bfloat16 and plain.step_fwd is m
+    out = dec(prompts, [30, 30], stop_at_eos=False)[0]
+    assert out == plain(prompts, [30, 30], stop_at_eos=False)[0] and len(out[1]) == 30
+
+
 def test_static_step_frozen_changes_no_row(rows):
     """The warm-up and capture of a width's CUDA graph run the step with every row frozen:
     afterwards every row decodes on exactly as without them."""
@@ -428,6 +465,10 @@ def test_bench_eval(data_dir, monkeypatch):
     res3 = bench_eval(**kw, modes="static,static-compiled")
     assert compiled == [{"dynamic": False, "mode": None}] and res3["outputs_equal"]
     assert res3["static-compiled_steps"]["steps"] == res3["static_steps"]["steps"]
+    # static-autocast: the step on the fp32 model, casting under autocast (forced on here)
+    with monkeypatch.context() as mp:
+        mp.setattr("tinytrace.evaluate.decode.autocast_dtype", lambda device: torch.bfloat16)
+        assert bench_eval(**kw, modes="static,static-autocast")["outputs_equal"]
     prof = bench_eval(**kw, modes="cached,static-compiled", profile_steps=8)["profile"]
     assert prof["mode"] == "static-compiled" and prof["steps"] == 8  # the first static mode
     st, full = res["static_steps"], res["static-full_steps"]

@@ -48,7 +48,7 @@ def add_cli(sub) -> None:
     e.add_argument("--config", default="base", help="config of --data")
     e.add_argument("--modes", default="cached,uncached",
                    help="comma list of cached, uncached, static, static-full, "
-                   "static-compiled (speedup: first over second)")
+                   "static-compiled, static-autocast (speedup: first over second)")
     e.add_argument("--max-new-tokens", type=int, default=None, help="cap per trace")
     e.add_argument("--profile-steps", type=at_least(0), default=0, help="then profile static "
                    "decoding of the first batch for this many tokens (torch.profiler)")

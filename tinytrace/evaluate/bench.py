@@ -13,7 +13,7 @@ from tinytrace.model import GPT, get_model_config, load_checkpoint, unwrap
 from .core import make_records, resolve_device
 from .decode import PHASES, StaticDecoder, greedy_generate
 
-MODES = ("cached", "uncached", "static", "static-full", "static-compiled")
+MODES = ("cached", "uncached", "static", "static-full", "static-compiled", "static-autocast")
 
 
 def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size: int = 64,
@@ -24,7 +24,9 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     ``cached`` (KV cache, finished rows dropped), ``uncached`` (re-encode the window every
     token), ``static`` (fixed shapes, a CUDA graph per token on GPUs, attention over the width
     the windows need), ``static-full`` (the same over the whole context) and
-    ``static-compiled`` (``static`` with the step's forward through ``torch.compile``).
+    ``static-compiled`` (``static`` with the step's forward through ``torch.compile``) and
+    ``static-autocast`` (``static`` with the fp32 weights cast by autocast at every step, where
+    ``static`` steps on a copy holding them in the autocast dtype; the same on a CPU).
     ``modes`` picks them, a comma list or a sequence (``speedup`` = first mode over second).
     Static modes also report their decode steps, restart forwards, steps per attention width
     and the CUDA graphs captured (0: every step ran eagerly).
@@ -76,7 +78,7 @@ def bench_eval(model: str = "tiny", checkpoint=None, limit: int = 64, batch_size
     def decoder(mode):
         return StaticDecoder(net, width_buckets=1 if mode == "static-full" else 4,
                              compile=mode == "static-compiled", batch=min(bsz, len(order)),
-                             capacity=cap_all)
+                             capacity=cap_all, cast_weights=mode != "static-autocast")
 
     decoders = {m: decoder(m) for m in modes if m.startswith("static")}
 

@@ -13,10 +13,12 @@ windows the decoder would have used.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 
 import numpy as np
 import torch
+from torch import nn
 
 from tinytrace.lang import tokenizer as tk
 from tinytrace.model import unwrap
@@ -60,6 +62,23 @@ def _amp(device: torch.device, enabled: bool, **kw):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype, **kw)
+
+
+def amp_weights(model, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` for inference under ``dtype`` autocast with its Linear weights and
+    biases (the tied head included) stored in ``dtype``: the same logits bit for bit, since
+    autocast casts exactly those tensors to ``dtype`` before each matmul, without the casts.
+    A decode step in a CUDA graph runs with autocast's weight cache off, so it would otherwise
+    cast every weight matrix again at every token. Embeddings, norms and position tables stay
+    as they are (the head's copy unties it from the embedding)."""
+    twin = copy.deepcopy(unwrap(model)).eval()
+    for m in twin.modules():
+        if isinstance(m, nn.Linear):
+            for name in ("weight", "bias"):
+                t = getattr(m, name)
+                if t is not None:
+                    setattr(m, name, nn.Parameter(t.detach().to(dtype), requires_grad=False))
+    return twin
 
 
 def model_device(model) -> torch.device:
@@ -314,17 +333,24 @@ class StaticDecoder:
     True, or a mode that makes no CUDA graphs of its own: ``default`` or
     ``max-autotune-no-cudagraphs``); prompts are encoded by ``fwd`` (default: the model)
     either way. It changes the kernels, not the decoding (same tokens up to floating-point
-    ties)."""
+    ties). ``cast_weights``: under autocast (GPUs), the step runs on a copy of the model with
+    its matmul weights stored in the autocast dtype (:func:`amp_weights`: the same logits,
+    without casting every weight at every token), in place of ``fwd``; False: on ``fwd``,
+    casting as autocast does. Made at construction: a model trained on afterwards needs a
+    new decoder."""
 
     def __init__(self, model, *, fwd=None, amp: bool = True, graph: bool | None = None,
                  width_buckets: int = 4, compile: bool | str = False, batch: int | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, cast_weights: bool = True):
         self.model, self.fwd, self.amp, self.graph = model, fwd or model, amp, graph
         raw = unwrap(model)
         self.block_size = raw.config.block_size
         self.device = model_device(model)
         self.widths = attention_widths(self.block_size, width_buckets)
         self.step_fwd = self.fwd
+        dtype = _amp_dtype(self.device, amp)
+        if cast_weights and dtype is not None:
+            self.step_fwd = raw = amp_weights(raw, dtype)
         if compile:
             mode = None if compile is True else compile
             if mode not in (None, "default", "max-autotune-no-cudagraphs"):

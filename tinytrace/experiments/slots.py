@@ -96,9 +96,10 @@ TRAIN_LEVERS_2 = (("paper", 512, "reduce-overhead", "--warmup 3", 90),
 EVAL_LEVERS = (("static,static-full", 256, True, 60), ("static", 512, False, 60),
                ("static", 1024, False, 60))
 # The bench-eval-2 unit's: the decode step compiled (one graph per attention width, compiled
-# before the timed run) against the eager step in one run, then compiled at batch 1024 with a
-# profile of its steps.
-EVAL_LEVERS_2 = (("static,static-compiled", 256, False, 150),
+# before the timed run) and the step casting its fp32 weights at every token (what the bf16
+# copy of the weights saves) against the eager step in one run, then compiled at batch 1024
+# with a profile of its steps.
+EVAL_LEVERS_2 = (("static,static-compiled,static-autocast", 256, False, 180),
                  ("static-compiled", 1024, True, 120))
 # learn-99's epochs of the scale's recipe: as many as fit one slot (UNIT_MAX_S)
 LEARN_EPOCHS = 2
@@ -194,9 +195,9 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
                 "more training levers: CUDA graphs, compiled optimizer steps (AdamW, Muon), "
                 "head size 23 unpadded"))
             units.append(_bench_eval_unit(
-                "bench-eval-2", device, EVAL_LEVERS_2, eval_limit, profile_steps, 180,
+                "bench-eval-2", device, EVAL_LEVERS_2, eval_limit, profile_steps, 210,
                 f"greedy decoding speed on {eval_limit:,} base traces: the decode step "
-                "compiled"))
+                "compiled, and with per-step weight casts"))
     for sec, exps in SECTION_EXPERIMENTS.items():
         needs = tuple(u.name for u in units if any(u.name == e or u.name.startswith(e + "-")
                                                    for e in exps))
