@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import threading
 import time
@@ -292,7 +293,8 @@ def test_pe_ablation_reference_and_corpus_fraction():
     from tinytrace.model import count_params
 
     cpu, paper_scale = get_scale("cpu"), get_scale("paper")
-    assert cpu.model_config().pe == "rpb" and cpu.pe_corpus < 1
+    assert cpu.model_config().pe == "rpb" and cpu.pe_corpus == 1
+    part = dataclasses.replace(cpu, pe_corpus=0.25)
     ref = _pe_config(cpu, "ape")
     assert ref.pe == "ape" and ref.n_embd == cpu.model_config().n_embd
     for pe in ("rpe", "rpb"):
@@ -307,7 +309,7 @@ def test_pe_ablation_reference_and_corpus_fraction():
             return tag
 
     class Ctx:
-        scale, cache = cpu, Cache()
+        scale, cache = part, Cache()
 
         def base_corpus(self, fraction=1.0):
             return fraction
@@ -316,7 +318,13 @@ def test_pe_ablation_reference_and_corpus_fraction():
             raise AssertionError("the PE runs of a pe_corpus < 1 scale must not reuse the base run")
 
     assert [_pe_run(Ctx(), pe) for pe in cpu.pe_variants] == ["pe-ape", "pe-rpe", "pe-rpb"]
-    assert calls == [(cpu.pe_corpus, pe, f"pe-{pe}") for pe in cpu.pe_variants]
+    assert calls == [(0.25, pe, f"pe-{pe}") for pe in cpu.pe_variants]
+    # on the whole corpus the scale's own encoding (RPB, within the parameter match) is the base run
+    calls.clear()
+    Ctx.scale = cpu
+    Ctx.base_run = lambda self: "base"
+    assert [_pe_run(Ctx(), pe) for pe in cpu.pe_variants] == ["pe-ape", "pe-rpe", "base"]
+    assert calls == [(1.0, "ape", "pe-ape"), (1.0, "rpe", "pe-rpe")]
     Ctx.scale = paper_scale
     Ctx.base_run = lambda self: "base"
     assert _pe_run(Ctx(), "ape") == "base"
