@@ -344,6 +344,14 @@ def test_amp_weights_same_logits_without_weight_casts(pe, monkeypatch):
     linear = [t for mod in m.modules() if isinstance(mod, torch.nn.Linear)
               for t in (mod.weight, mod.bias) if t is not None]
     assert torch.equal(got, want) and casts - twin_casts == len(linear) > 10
+    # and a decode step's: prefill a KV cache, then one token at a fixed width, as the step runs
+    logits = []
+    for net in (m, twin):
+        cache = m.new_kv_cache(2, dtype=torch.bfloat16)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            net(x, kv_cache=cache)
+            logits.append(net(x[:, -1:], kv_cache=cache, static=True, width=48)[0])
+    assert torch.equal(*logits)
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert m.lm_head.weight is m.transformer.wte.weight
     assert twin.lm_head.weight.dtype == torch.bfloat16 == twin.transformer.h[0].mlp.c_fc.bias.dtype
@@ -356,7 +364,11 @@ def test_amp_weights_same_logits_without_weight_casts(pe, monkeypatch):
     dec, plain = StaticDecoder(m, batch=2, capacity=30), StaticDecoder(m, cast_weights=False)
     assert dec.step_fwd.lm_head.weight.dtype == torch.bfloat16 and plain.step_fwd is m
     out = dec(prompts, [30, 30], stop_at_eos=False)[0]
+    assert dec.step.fwd is dec.step_fwd  # what the steps ran
     assert out == plain(prompts, [30, 30], stop_at_eos=False)[0] and len(out[1]) == 30
+    # a forward of the caller's is kept (e.g. evaluate's compiled one): no copy
+    fwd = partial(m.forward)
+    assert StaticDecoder(m, fwd=fwd).step_fwd is fwd
 
 
 def test_static_step_frozen_changes_no_row(rows):

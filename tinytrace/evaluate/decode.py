@@ -69,7 +69,7 @@ def amp_weights(model, dtype: torch.dtype) -> nn.Module:
     biases (the tied head included) stored in ``dtype``: the same logits bit for bit, since
     autocast casts exactly those tensors to ``dtype`` before each matmul, without the casts.
     A decode step in a CUDA graph runs with autocast's weight cache off, so it would otherwise
-    cast every weight matrix again at every token. Embeddings, norms and position tables stay
+    cast every Linear weight again at every token. Embeddings, norms and position tables stay
     as they are (the head's copy unties it from the embedding)."""
     twin = copy.deepcopy(unwrap(model)).eval()
     for m in twin.modules():
@@ -333,11 +333,11 @@ class StaticDecoder:
     True, or a mode that makes no CUDA graphs of its own: ``default`` or
     ``max-autotune-no-cudagraphs``); prompts are encoded by ``fwd`` (default: the model)
     either way. It changes the kernels, not the decoding (same tokens up to floating-point
-    ties). ``cast_weights``: under autocast (GPUs), the step runs on a copy of the model with
-    its matmul weights stored in the autocast dtype (:func:`amp_weights`: the same logits,
-    without casting every weight at every token), in place of ``fwd``; False: on ``fwd``,
-    casting as autocast does. Made at construction: a model trained on afterwards needs a
-    new decoder."""
+    ties). ``cast_weights``: under autocast (GPUs), a step that would run on the model itself
+    (no ``fwd`` of the caller's) runs on a copy holding its Linear weights in the autocast
+    dtype (:func:`amp_weights`: the same logits, without casting every Linear weight at every
+    token); False: on ``fwd``, casting as autocast does. The copy is made at construction: a
+    model trained on afterwards needs a new decoder."""
 
     def __init__(self, model, *, fwd=None, amp: bool = True, graph: bool | None = None,
                  width_buckets: int = 4, compile: bool | str = False, batch: int | None = None,
@@ -349,8 +349,9 @@ class StaticDecoder:
         self.widths = attention_widths(self.block_size, width_buckets)
         self.step_fwd = self.fwd
         dtype = _amp_dtype(self.device, amp)
-        if cast_weights and dtype is not None:
-            self.step_fwd = raw = amp_weights(raw, dtype)
+        if cast_weights and dtype is not None and self.fwd is model:
+            raw = amp_weights(raw, dtype)  # what the step runs, compiled or not
+            self.step_fwd = raw
         if compile:
             mode = None if compile is True else compile
             if mode not in (None, "default", "max-autotune-no-cudagraphs"):
