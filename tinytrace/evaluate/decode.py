@@ -347,17 +347,16 @@ class StaticDecoder:
         self.block_size = raw.config.block_size
         self.device = model_device(model)
         self.widths = attention_widths(self.block_size, width_buckets)
-        self.step_fwd = self.fwd
         dtype = _amp_dtype(self.device, amp)
-        if cast_weights and dtype is not None and self.fwd is model:
-            raw = amp_weights(raw, dtype)  # what the step runs, compiled or not
-            self.step_fwd = raw
+        cast = cast_weights and dtype is not None and self.fwd is model
+        stepper = amp_weights(raw, dtype) if cast else raw  # what the step runs, compiled or not
+        self.step_fwd = self.fwd if stepper is raw else stepper
         if compile:
             mode = None if compile is True else compile
             if mode not in (None, "default", "max-autotune-no-cudagraphs"):
                 raise ValueError(f"compile mode {mode!r} makes CUDA graphs of its own; use "
                                  "default or max-autotune-no-cudagraphs")
-            self.step_fwd = torch.compile(raw, dynamic=False, mode=mode)
+            self.step_fwd = torch.compile(stepper, dynamic=False, mode=mode)
         self.size = (batch, capacity)
         self.step: _StaticStep | None = None
 
