@@ -180,3 +180,26 @@ def test_brittleness_needs_two_corpora_and_shrinks_with_size():
     assert verdicts("id_robustness", shrinks, "cpu")["larger_corpora_less_brittle"]["verdict"] == REPRODUCED
     grows = pd.DataFrame(rows("10K", 10_000, 0.7) + rows("2K", 2_000, 0.95))
     assert verdicts("id_robustness", grows, "cpu")["larger_corpora_less_brittle"]["verdict"] == NOT_REPRODUCED
+
+
+def _pe(ems):
+    return pd.DataFrame([{"model": pe, "test_set": ts, "exact_match": e}
+                         for pe, row in ems.items() for ts, e in zip(("id", "longer", "deeper"), row)])
+
+
+def test_pe_ablation_reads_the_order_and_says_what_rpe_was_compared_to():
+    # the cpu book's Table 4: RPE is not the weakest ID, APE leads on longer
+    v = verdicts("pe_ablation", _pe({"ape": (0.949, 0.062, 0.0), "rpe": (0.957, 0.023, 0.0),
+                                     "rpb": (0.941, 0.014, 0.0)}), "cpu")
+    assert v["rpe_id"]["verdict"] == NOT_REPRODUCED
+    assert v["rpe_id"]["evidence"].startswith("RPE 95.7% vs APE 94.9% and RPB 94.1%")
+    assert v["ape_longer"]["verdict"] == REPRODUCED and v["rpb_longer"]["verdict"] == NOT_REPRODUCED
+    assert all(v[f"{pe}_deeper"]["verdict"] == REPRODUCED for pe in ("ape", "rpe", "rpb"))
+    # the paper's order: RPE weakest ID and on longer
+    v = verdicts("pe_ablation", _pe({"ape": (1.0, 0.44, 0.0), "rpe": (0.83, 0.13, 0.0),
+                                     "rpb": (1.0, 0.25, 0.0)}), "cpu")
+    assert {k: x["verdict"] for k, x in v.items()} == dict.fromkeys(v, REPRODUCED)
+    # an untrained reference model makes every row not comparable
+    v = verdicts("pe_ablation", _pe({"ape": (0.5, 0.0, 0.0), "rpe": (0.6, 0.0, 0.0),
+                                     "rpb": (0.7, 0.0, 0.0)}), "cpu")
+    assert {x["verdict"] for x in v.values()} == {NOT_COMPARABLE}

@@ -178,8 +178,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             if pe == "rpe":
                 out["rpe_id"] = gate or _verdict(
                     em[("rpe", "id")] < min(em[("ape", "id")], em[("rpb", "id")]) - 0.02,
-                    f"RPE {_pc(em[('rpe', 'id')])} below APE {_pc(em[('ape', 'id')])} and RPB "
-                    f"{_pc(em[('rpb', 'id')])}")
+                    f"RPE {_pc(em[('rpe', 'id')])} vs APE {_pc(em[('ape', 'id')])} and RPB "
+                    f"{_pc(em[('rpb', 'id')])} (reproduced when RPE is 2 points below both)")
             else:
                 out[f"{pe}_id"] = gate or _verdict(em[(pe, "id")] >= 1 - NEAR,
                                                    f"ID {_pc(em[(pe, 'id')])}")
