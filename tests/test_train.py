@@ -385,6 +385,29 @@ def test_compile_failure_falls_back_to_eager(data_dir, tmp_path, monkeypatch):
     assert len(failed) == 1 and "inductor exploded" in failed[0]["error"]
 
 
+def test_compiled_cpu_runs_are_bit_identical_and_the_flag_is_restored(data_dir, tmp_path):
+    """On a CPU a run uses deterministic algorithms by default: two compiled runs on 2 threads
+    give the same weights bit for bit (without it the compiled backward's scatter-adds race and
+    the weights differ in their last bits). The flag is the run's only: restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = lambda **kw: _cfg(epochs=1, max_steps=30, batch_size=32, micro_batch_size=None,  # noqa: E731
+                                compile=True, **kw)
+        for name in ("a", "b"):
+            T.train(cfg(), _tiny(), data_dir, "simple", tmp_path / name, progress=False)
+        a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        T.train(cfg(deterministic=False), _tiny(), data_dir, "simple", tmp_path / "c", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    env = lambda run: json.loads((tmp_path / run / "run.json").read_text())["env"]  # noqa: E731
+    assert env("a")["deterministic_algorithms"] and not env("c")["deterministic_algorithms"]
+    assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(ValueError, match="deterministic"):
+        _cfg(deterministic="yes")
+
+
 def test_epochs_callbacks_validation(data_dir, tmp_path):
     n_tokens = len(token_stream(data_dir, "simple", "train"))
     tc = _cfg(epochs=2, batch_size=32, micro_batch_size=None, val_windows=8, log_every=5)

@@ -116,6 +116,7 @@ def environment(accelerator=None) -> dict:
         "hardware": hardware(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cuda": torch.version.cuda,
     }
     if accelerator is not None:

@@ -31,9 +31,10 @@ from .analysis import classify_failure
 from .scales import Scale
 
 
-# When and what a run checkpoints does not change its result: left out of its key (which also
-# keeps the keys of the runs cached before these fields existed).
-_NOT_IN_KEY = ("save_every_minutes", "keep_epoch_weights")
+# When and what a run checkpoints, and whether its kernels sum in a fixed order, do not change
+# what it computes: left out of its key (which also keeps the keys of the runs cached before
+# these fields existed).
+_NOT_IN_KEY = ("save_every_minutes", "keep_epoch_weights", "deterministic")
 # Fields added after runs were cached: at these values (the behaviour before the field) they
 # stay out of the key, so those runs keep their keys.
 _KEY_FROM_NON_DEFAULT = {"state_loss_weight": 1.0, "compile_mode": "default",

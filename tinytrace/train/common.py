@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import types
+from contextlib import contextmanager
 from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Callable, Iterable
@@ -42,6 +43,19 @@ def make_accelerator(cfg, log_with=None, project_dir=None, cpu: bool = False) ->
         mp = "no" if cpu else mixed_precision("cuda")
     proj = ProjectConfiguration(project_dir=str(project_dir)) if project_dir else None
     return Accelerator(mixed_precision=mp, log_with=log_with, project_config=proj, cpu=cpu)
+
+
+@contextmanager
+def deterministic_algorithms(setting: bool | None, device):
+    """``torch.use_deterministic_algorithms`` for the block, restored after it. ``None``: on for
+    a CPU, off for GPUs (see ``TrainConfig.deterministic``)."""
+    on = torch.device(device).type == "cpu" if setting is None else setting
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield on
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def batch_plan(batch_size: int, micro_batch_size: int | None, num_processes: int) -> tuple[int, int, int]:

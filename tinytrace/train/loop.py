@@ -54,6 +54,7 @@ from .common import (
     TRAINER_FILE,
     append_jsonl,
     batch_plan,
+    deterministic_algorithms,
     find_state,
     lm_loss,
     lr_schedulers,
@@ -123,6 +124,10 @@ class TrainConfig(ConfigDict):
     # the execution produces, :func:`.common.state_targets`) weigh that much more; a
     # faster-learning alternative for small compute, not in the paper.
     state_loss_weight: float = 1.0
+    # torch.use_deterministic_algorithms during the run: bit-identical reruns. None = on a CPU
+    # (the compiled backward's scatter-adds otherwise race between threads; measured at no cost)
+    # and off on GPUs, where it slows kernels and needs CUBLAS_WORKSPACE_CONFIG=:4096:8.
+    deterministic: bool | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -150,6 +155,8 @@ class TrainConfig(ConfigDict):
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, "
                              f"got {self.compile_mode!r}")
+        if self.deterministic not in (None, True, False):
+            raise ValueError(f"deterministic must be None, true or false, got {self.deterministic!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -540,40 +547,41 @@ def train(train_config: TrainConfig, model_config: ModelConfig, data_dir, config
     stream = token_stream(data_dir, config_name, "train")
     state_dir, saved = check_resume(out, tc, mc, len(stream), resume)
     acc = accelerator or make_accelerator(tc, log_with, out)
-    r = _setup(tc, mc, acc, out, stream, block, data_dir, config_name)
-    if state_dir is not None:
-        _load_state(r, state_dir)
-    start_step, spe, stop = r.step, r.plan["steps_per_epoch"], r.plan["stop_step"]
-    env = environment(acc)
-    n_params = acc.unwrap_model(r.model).num_params()
-    # signals are the loop's from before the run record's "start" event on: a launcher or test
-    # that waits for that event to stop the run always reaches the loop's handler
-    with stop_requests() as r.stop:
-        _write_run_record(r, mc, saved, data_dir, n_params, env)
-        pbar = tqdm(total=stop, initial=r.step, disable=not (progress and acc.is_local_main_process),
-                    desc="train", dynamic_ncols=True)
-        r.model.train()
-        r.t0 = r.t_log = time.perf_counter()
-        r.step_log, r.t_saved = r.step, time.monotonic()
-        try:
-            while r.step < stop:
-                lr = float(r.schedulers[0].get_last_lr()[0])  # this step's (a tensor if compiled)
-                _optimization_step(r)
-                pbar.update(1)
-                if r.step % tc.log_every == 0 or r.step == stop or r.step % spe == 0:
-                    _log_step(r, lr, pbar)
-                if r.step % spe == 0:
-                    _end_epoch(r, callbacks)
-                elif (tc.save_every and r.step % tc.save_every == 0) or r.step == stop:
-                    _save(r, r.step / spe)
-                signum, due = poll(acc, r.stop, r.t_saved, tc.save_every_minutes,
-                                   agree=r.step % tc.log_every == 0)
-                if signum:
-                    _interrupt(r, signum)
-                if due and r.saved_step != r.step:
-                    _save(r, r.step / spe)
-        finally:
-            pbar.close()
+    with deterministic_algorithms(tc.deterministic, acc.device):
+        r = _setup(tc, mc, acc, out, stream, block, data_dir, config_name)
+        if state_dir is not None:
+            _load_state(r, state_dir)
+        start_step, spe, stop = r.step, r.plan["steps_per_epoch"], r.plan["stop_step"]
+        env = environment(acc)
+        n_params = acc.unwrap_model(r.model).num_params()
+        # signals are the loop's from before the run record's "start" event on: a launcher or test
+        # that waits for that event to stop the run always reaches the loop's handler
+        with stop_requests() as r.stop:
+            _write_run_record(r, mc, saved, data_dir, n_params, env)
+            pbar = tqdm(total=stop, initial=r.step, disable=not (progress and acc.is_local_main_process),
+                        desc="train", dynamic_ncols=True)
+            r.model.train()
+            r.t0 = r.t_log = time.perf_counter()
+            r.step_log, r.t_saved = r.step, time.monotonic()
+            try:
+                while r.step < stop:
+                    lr = float(r.schedulers[0].get_last_lr()[0])  # this step's (a tensor if compiled)
+                    _optimization_step(r)
+                    pbar.update(1)
+                    if r.step % tc.log_every == 0 or r.step == stop or r.step % spe == 0:
+                        _log_step(r, lr, pbar)
+                    if r.step % spe == 0:
+                        _end_epoch(r, callbacks)
+                    elif (tc.save_every and r.step % tc.save_every == 0) or r.step == stop:
+                        _save(r, r.step / spe)
+                    signum, due = poll(acc, r.stop, r.t_saved, tc.save_every_minutes,
+                                       agree=r.step % tc.log_every == 0)
+                    if signum:
+                        _interrupt(r, signum)
+                    if due and r.saved_step != r.step:
+                        _save(r, r.step / spe)
+            finally:
+                pbar.close()
     seconds = time.perf_counter() - r.t0
     if r.step == start_step and not (out / "model.safetensors").exists():
         _save(r, r.step / spe)  # nothing trained (e.g. --max-steps 0): still leave loadable weights
