@@ -398,14 +398,18 @@ def test_compiled_cpu_runs_are_bit_identical_and_the_flag_is_restored(data_dir, 
             T.train(cfg(), _tiny(), data_dir, "simple", tmp_path / name, progress=False)
         a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
         assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not [r for r in _log(tmp_path / "a") if r["event"] == "compile_failed"]
         T.train(cfg(deterministic=False), _tiny(), data_dir, "simple", tmp_path / "c", progress=False)
     finally:
         torch.set_num_threads(threads)
     env = lambda run: json.loads((tmp_path / run / "run.json").read_text())["env"]  # noqa: E731
     assert env("a")["deterministic_algorithms"] and not env("c")["deterministic_algorithms"]
     assert not torch.are_deterministic_algorithms_enabled()
-    with pytest.raises(ValueError, match="deterministic"):
-        _cfg(deterministic="yes")
+    for bad in ("yes", 1):
+        with pytest.raises(ValueError, match="deterministic"):
+            _cfg(deterministic=bad)
+    from tinytrace.experiments.cache import settings
+    assert settings(cfg()) == settings(cfg(deterministic=True))  # not in the cache key
 
 
 def test_epochs_callbacks_validation(data_dir, tmp_path):

@@ -155,7 +155,7 @@ class TrainConfig(ConfigDict):
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, "
                              f"got {self.compile_mode!r}")
-        if self.deterministic not in (None, True, False):
+        if self.deterministic is not None and not isinstance(self.deterministic, bool):
             raise ValueError(f"deterministic must be None, true or false, got {self.deterministic!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
