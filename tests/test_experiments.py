@@ -116,7 +116,7 @@ def test_cached_rerun_is_identical(smoke_cache, tmp_path):
 
 def test_scales_table():
     t = scale_table()
-    assert list(t["scale"]) == ["smoke", "cpu", "gpu", "paper"]
+    assert list(t["scale"]) == ["smoke", "cpu", "cpu-long", "gpu", "paper"]
     p = get_scale("paper")
     assert p.corpus_snippets == 3_000_000 and p.model == "paper" and p.train.epochs == 4
     assert p.robustness_corpora == (1.0, 0.5, 0.25, 0.125) and p.robustness_epochs == 8
@@ -124,7 +124,7 @@ def test_scales_table():
     assert p.curriculum_ps == (0, 1, 5, 10, 20, 40, 60, 80, 100)
     with pytest.raises(ValueError, match="unknown scale"):
         get_scale("huge")
-    assert set(SCALES) == {"smoke", "cpu", "gpu", "paper"}
+    assert set(SCALES) == {"smoke", "cpu", "cpu-long", "gpu", "paper"}
 
 
 @pytest.mark.parametrize("p", [0, 1, 5, 10, 20, 40, 60, 80, 100])

@@ -72,7 +72,7 @@ def test_one_parameters_cell_of_plain_literals(path):
         assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.unparse(stmt)
         names[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # raises unless a literal
     assert REQUIRED_PARAMS <= set(names)
-    assert names["scale"] in ("smoke", "cpu", "gpu", "paper") and names["device"] is None
+    assert names["scale"] in ("smoke", "cpu", "cpu-long", "gpu", "paper") and names["device"] is None
     # the next code cell installs the package in Colab only, then shows scale and hardware
     idx = nb.cells.index(cells[0])
     setup = nb.cells[idx + 1].source

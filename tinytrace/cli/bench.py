@@ -59,7 +59,7 @@ def add_cli(sub) -> None:
                          description="Train a scale's base model with a named recipe, evaluate "
                                      "ID exact match at fixed fractions of its steps, print the "
                                      "curve and the tokens/seconds to 50/90/95/99%% EM.")
-    le.add_argument("--scale", default="cpu", help="smoke, cpu, gpu or paper")
+    le.add_argument("--scale", default="cpu", help="smoke, cpu, cpu-long, gpu or paper")
     le.add_argument("--recipe", default="scale", help="a name in tinytrace.experiments.learn.RECIPES")
     le.add_argument("--minutes", type=at_least(0.01, float), default=None,
                     help="cap on training time (the curve stops at the first point past it)")

@@ -13,7 +13,7 @@ def add_cli(sub) -> None:
     p = sub.add_parser("notebooks", help="execute the section notebooks with papermill")
     nsub = p.add_subparsers(dest="notebooks_command", required=True, metavar="{run,pages}")
     r = nsub.add_parser("run", help="execute notebooks into a folder (default book/sections)")
-    r.add_argument("--scale", required=True, help="smoke | cpu | gpu | paper")
+    r.add_argument("--scale", required=True, help="smoke | cpu | cpu-long | gpu | paper")
     r.add_argument("--only", action="append", metavar="NAME",
                    help="a notebook (stem, 03-style prefix or name part); repeat or comma-separate")
     r.add_argument("--jobs", type=at_least(1), default=1,
