@@ -9,6 +9,8 @@ DATA   := data/tinytracing
 # scale of the notebook runs: gpu when a CUDA device is visible, else cpu; JOBS notebooks at once
 SCALE  ?= $(shell $(BIN)/python -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 JOBS   ?= 1
+# a subset of the sections for `make notebooks` (e.g. ONLY=04,05); empty: all six
+ONLY   ?=
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install test book html lab clean notebooks
@@ -37,7 +39,7 @@ book: install
 	@echo "open _build/html/index.html"
 
 notebooks: install
-	$(BIN)/tinytrace notebooks run --scale $(SCALE) --jobs $(JOBS)
+	$(BIN)/tinytrace notebooks run --scale $(SCALE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY))
 
 # Only rebuild the HTML from what is committed.
 html: install
