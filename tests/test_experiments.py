@@ -16,6 +16,7 @@ from tinytrace.experiments import (
     scale_table,
 )
 from tinytrace.data import read_split
+from tinytrace.experiments.cache import Cache
 from tinytrace.lang.config import sample_pairs
 from tinytrace.lang.edits import EDIT_NAMES
 from tinytrace.report import paper
@@ -25,7 +26,8 @@ COLUMNS = {"experiment", "model", "test_set", "condition", "exact_match", "n", "
 EXPECTED_ROWS = {
     "base": 3,
     "id_robustness": 2 * 2 * 11,  # corpora x epochs x (base + 5 edits x {full, correct})
-    "pair_coverage": 2 * 2 * 2,  # scopes x exclusion % x {allowed, excluded}
+    # scopes x exclusion % x {allowed, excluded, the base model on excluded}
+    "pair_coverage": 2 * 2 * 3,
     "depth_curriculum": 2 * 5,  # p values x test sets
     "sft_lora": 3 + 3,  # pre-trained + one fine-tuned model, 3 test sets each
     "pe_ablation": 3 * 3,
@@ -58,10 +60,15 @@ def _check_contents(name, df, smoke_cache):
     elif name == "pair_coverage":
         alphabet = s.generator("id").variables
         assert set(df["scope"]) == set(s.scopes) and set(df["exclusion_pct"]) == {50, 100}
-        assert set(df["test_set"]) == {"allowed", "excluded"} and (df["n"] == n).all()
+        assert set(df["test_set"]) == {"allowed", "excluded", "excluded-base"} and (df["n"] == n).all()
         for pct, g in df.groupby("exclusion_pct"):
             assert (g["n_forbidden"] == len(sample_pairs(pct, seed=0, alphabet=alphabet))).all()
             assert (g["condition"] == f"{pct}%").all()
+        # the reference rows come last and are the base model's, on each run's excluded set
+        ref = df[df["test_set"] == "excluded-base"]
+        assert (ref["model"] == "base").all() and ref.index.min() > df[df["test_set"] != "excluded-base"].index.max()
+        assert list(zip(ref["scope"], ref["exclusion_pct"])) == list(
+            zip(*[df[df["test_set"] == "excluded"][c] for c in ("scope", "exclusion_pct")]))
     elif name == "depth_curriculum":
         tests = [s.generator(r).name for r in ("curriculum", "depth-3", "depth-4", "depth-5", "depth-6")]
         assert list(df["test_set"]) == tests * 2 and list(df["p"]) == [0] * 5 + [50] * 5
@@ -125,6 +132,20 @@ def test_scales_table():
     with pytest.raises(ValueError, match="unknown scale"):
         get_scale("huge")
     assert set(SCALES) == {"smoke", "cpu", "cpu-long", "gpu", "paper"}
+
+
+def test_cpu_long_is_cpu_with_whole_corpus_coverage_and_curriculum_runs(tmp_path):
+    """`cpu-long` changes only the corpus of the exclusion and curriculum runs (to the base
+    model's, as Sec. 4.2 and 4.3.1), and a run's cache key does not contain the scale's name,
+    so every other run of the two scales is the same folder in a shared cache."""
+    cpu, long = get_scale("cpu"), get_scale("cpu-long")
+    changed = {f.name for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(long, f.name)}
+    assert changed == {"name", "description", "coverage_corpus", "curriculum_corpus"}
+    assert long.coverage_corpus == long.curriculum_corpus == 1.0
+    assert cpu.coverage_corpus < 1 and cpu.curriculum_corpus < 1
+    cache = Cache(tmp_path)
+    corpus = (tmp_path / "corpus-0123", "data")
+    assert cache.run_dir(cpu, corpus, cpu.model_config()) == cache.run_dir(long, corpus, long.model_config())
 
 
 @pytest.mark.parametrize("p", [0, 1, 5, 10, 20, 40, 60, 80, 100])

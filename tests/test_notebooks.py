@@ -22,7 +22,7 @@ import nbformat
 import pytest
 
 from tinytrace.cli import main
-from tinytrace.experiments import measured, training_tokens
+from tinytrace.experiments import measured, run_experiment, training_tokens
 from tinytrace.report import nbkit, pages, paper, runner
 from tinytrace.report.sections import NOTEBOOKS
 
@@ -164,6 +164,35 @@ def test_measured_time_comes_from_results():
                                                    "cached is not counted)")
     assert pages.measured_time("smoke", results) == "not measured"
     assert pages.measured_time("paper", {}) == "not measured"
+    # with each section's compute, a run two sections share (the base run) counts once
+    base = {"run-base": ["train", 600.0], "corpus-base": ["data", 30.0]}
+    results["02"]["compute"] = {"artifacts": {**base, "eval-a.json": ["evaluate", 30.0]}}
+    results["03"]["compute"] = {"artifacts": {**base, "run-rob": ["train", 540.0],
+                                              "corpus-old": ["data", None]}}
+    assert pages.measured_time("cpu", results) == (
+        "2 of 6 sections: 20 min of training, evaluation and data on CPU: x (19 / 0 / 0 min; "
+        "what each run, evaluation and corpus cost when it was made, each once, cached or not; "
+        "1 artifacts made before costs were recorded are not counted); 15 min of notebook "
+        "time in their last executions")
+
+
+def test_a_section_reports_the_same_compute_cold_and_warm(tmp_path):
+    """What the artifacts an experiment used cost is recorded with them: a rerun that finds
+    them cached reports the same seconds, and the evaluations a robustness run makes while it
+    trains are counted once (in its training seconds), cold or warm."""
+    from tinytrace.experiments import cache as C
+
+    C.USED.clear()
+    run_experiment("id_robustness", "smoke", cache_dir=tmp_path, progress=False)
+    cold = C.compute_used()
+    C.USED.clear()
+    run_experiment("id_robustness", "smoke", cache_dir=tmp_path, progress=False)
+    warm = C.compute_used()
+    C.USED.clear()
+    assert cold == warm and cold["unrecorded"] == 0
+    assert cold["train"] > 0 and cold["data"] > 0 and cold["evaluate"] == 0
+    kinds = {k.split("-")[0]: kind for k, (kind, _) in cold["artifacts"].items()}
+    assert kinds == {"corpus": "data", "run": "train"}
 
 
 # --- failures ------------------------------------------------------------------------------------

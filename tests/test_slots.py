@@ -30,7 +30,9 @@ def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
     assert by["bench-eval"].weights == ("base",) and by["sft_lora-1"].weights == ("base",)
     assert by["sft_lora-1"].needs == ("base", "sft_lora-0")
     assert "--evaluate-trained" in by["pair_coverage-3"].command  # evaluated where it trains
-    assert by["section-04"].weights == () and by["section-02"].weights == ()
+    # 04 evaluates the base model on the excluded-pairs sets (its reference): it carries it
+    assert by["section-04"].weights == ("base",) and by["section-02"].weights == ()
+    assert "base" in by["section-04"].needs
     assert set(by["section-03"].needs) == {f"id_robustness-{i}" for i in range(4)}
     assert all(u.cost_s > 0 for u in units) and by["base"].returns > 0 and by["bench-eval"].returns == 0
     # the fine-tuning's `base` entry and the PE ablation's APE run are the base run: nothing new

@@ -203,3 +203,30 @@ def test_pe_ablation_reads_the_order_and_says_what_rpe_was_compared_to():
     v = verdicts("pe_ablation", _pe({"ape": (0.5, 0.0, 0.0), "rpe": (0.6, 0.0, 0.0),
                                      "rpb": (0.7, 0.0, 0.0)}), "cpu")
     assert {x["verdict"] for x in v.values()} == {NOT_COMPARABLE}
+
+
+def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
+    """With the base model's EM on the excluded-pairs sets (rows ``excluded-base``), the 80% and
+    20% lines are read as shares of it below the paper's scale, and as numbers at its scale."""
+    pcts = [60, 90, 100]
+    df = _coverage(pcts, [0.78, 0.70, 0.05], [0.6, 0.3, 0.0])
+    ref = [{"scope": s, "exclusion_pct": p, "test_set": "excluded-base", "exact_match": 0.84}
+           for s in ("assignment", "global") for p in pcts]
+    absolute = verdicts("pair_coverage", df, "cpu")
+    assert absolute["assignment_excluded_above_80_until"]["verdict"] == NOT_REPRODUCED
+    assert "at or below 80% from the first point" in absolute["assignment_excluded_above_80_until"]["evidence"]
+    with_ref = pd.concat([df, pd.DataFrame(ref)], ignore_index=True)
+    v = verdicts("pair_coverage", with_ref, "cpu")
+    # 0.78 / 0.84 = 93%, 0.70 / 0.84 = 83%, 0.05 / 0.84 = 6%: above the line up to 90%
+    assert v["assignment_excluded_above_80_until"]["verdict"] == REPRODUCED
+    assert v["assignment_decline_from"]["verdict"] == REPRODUCED
+    assert v["assignment_collapse_at"]["verdict"] == REPRODUCED
+    ev = v["assignment_excluded_above_80_until"]["evidence"]
+    assert "share of the base model's" in ev and "90%: 83.3% (70.0% of 84.0%)" in ev
+    assert measured("pair_coverage", with_ref, relative=True)["assignment_excluded_above_80_until"] == 90
+    assert measured("pair_coverage", with_ref)["assignment_decline_from"] == 60  # as numbers
+    # global: 0.6 / 0.84 = 71% is already below the line at the first point
+    assert v["global_below_80_from"]["verdict"] == NOT_COMPARABLE
+    # at the paper's scale the paper's numbers are the lines, reference or not
+    p = verdicts("pair_coverage", with_ref, "paper")
+    assert p["assignment_excluded_above_80_until"] == absolute["assignment_excluded_above_80_until"]

@@ -46,10 +46,26 @@ def depth_tests(df) -> list[str]:
     return sorted(names, key=lambda t: int(t.split("-")[1]))
 
 
-def measured(experiment: str, df) -> dict:
+def excluded_curve(df, scope: str, relative: bool = False) -> tuple[list, list, list | None]:
+    """The excluded-pairs test of ``scope``'s exclusion runs, by exclusion %: ``(pcts, ems,
+    refs)``, ``refs`` the base model's EM on the same test sets (rows ``excluded-base``) or None
+    where the results have none. ``relative`` (and refs): ``ems`` divided by ``refs``, the share
+    of what a model that saw every pair traces of those snippets."""
+    d = df[df["scope"] == scope]
+    ex = d[d["test_set"] == "excluded"].sort_values("exclusion_pct")
+    pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
+    base = d[d["test_set"] == "excluded-base"].set_index("exclusion_pct")["exact_match"]
+    refs = [float(base[p]) for p in pcts] if len(base) and all(p in base.index for p in pcts) else None
+    if relative and refs:
+        ems = [e / r if r > 0 else math.nan for e, r in zip(ems, refs)]
+    return pcts, ems, refs
+
+
+def measured(experiment: str, df, relative: bool = False) -> dict:
     """Our value for each key the paper reports about ``experiment``
     (:mod:`tinytrace.report.paper`), computed from the tidy results; keys we cannot measure at
-    this scale are left out."""
+    this scale are left out. ``relative``: the pair-coverage thresholds are read off
+    :func:`excluded_curve`'s relative curve (below the paper's scale)."""
     out: dict = {}
     if experiment == "base":
         for ts in ("id", "longer", "deeper"):
@@ -87,10 +103,9 @@ def measured(experiment: str, df) -> dict:
             out["allowed_stays_high"] = f"lowest allowed-pairs EM {float(allowed.min()):.3f}"
         for scope, key in (("assignment", "assignment_excluded_above_80_until"),
                            ("global", None)):
-            ex = df[(df["scope"] == scope) & (df["test_set"] == "excluded")].sort_values("exclusion_pct")
-            if ex.empty:
+            pcts, ems, _ = excluded_curve(df, scope, relative)
+            if not pcts:
                 continue
-            pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
             if key:
                 high = [p for p, e in zip(pcts, ems) if e > HIGH_EM]
                 below = [p for p, e in zip(pcts, ems) if e <= HIGH_EM]

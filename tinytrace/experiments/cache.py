@@ -51,6 +51,50 @@ def settings(cfg) -> dict:
             if k not in _NOT_IN_KEY and not (k in _KEY_FROM_NON_DEFAULT and v == _KEY_FROM_NON_DEFAULT[k])}
 
 
+# Every artifact this process's experiments used, with the seconds it took to make, recorded
+# with the artifact (None where it was made before costs were recorded): a cached artifact counts
+# what it once cost, so a section reports the same compute whether it found it cached or not.
+USED: dict[str, tuple[str, float | None]] = {}
+
+
+def _use(kind: str, path: Path, seconds: float | None) -> None:
+    USED[str(path)] = (kind, seconds)
+
+
+def _run_seconds(run: Path) -> float | None:
+    """Seconds of a training or fine-tuning run: the sum over its segments' ``end`` events
+    (a resumed run has one per segment; a segment stopped without one is not counted)."""
+    log = run / "log.jsonl"
+    if not log.exists():
+        return None
+    ends = [json.loads(x) for x in log.read_text().splitlines() if '"event": "end"' in x]
+    return sum(float(e.get("seconds") or 0.0) for e in ends) if ends else None
+
+
+def compute_used() -> dict:
+    """What the artifacts this process used cost when they were made: seconds by kind
+    (``train``, ``evaluate``, ``data``), their total, how many have no recorded cost, and
+    ``artifacts`` (name -> [kind, seconds]), so that totals over several sections count an
+    artifact they share once (:func:`compute_total`)."""
+    arts = {Path(p).name: [kind, None if sec is None else round(sec, 2)]
+            for p, (kind, sec) in USED.items()}
+    return {**compute_total([{"artifacts": arts}]), "artifacts": arts}
+
+
+def compute_total(records: list[dict]) -> dict:
+    """Seconds by kind, total and unrecorded count over the ``artifacts`` of several
+    :func:`compute_used` records, each artifact once."""
+    arts = {}
+    for r in records:
+        arts.update(r.get("artifacts", {}))
+    out = {"train": 0.0, "evaluate": 0.0, "data": 0.0}
+    for kind, sec in arts.values():
+        out[kind] += sec or 0.0
+    out = {k: round(v, 1) for k, v in out.items()}
+    return {**out, "seconds": round(sum(out.values()), 1),
+            "unrecorded": sum(sec is None for _, sec in arts.values())}
+
+
 class NotTrained(Exception):
     """A run asked of a cache that only evaluates (``train_missing=False``) is not trained."""
 
@@ -107,10 +151,14 @@ class Cache:
         cfg = BuildConfig(gen, num_snippets=n, seed=seed, test_size=test_size,
                           validation_size=validation_size, context=context, config_name="data")
         folder = self.root / f"corpus-{_key(cfg.to_dict())}"
+        cost = folder / "cost.json"
         with self.locked(folder):
             if not (folder / "data" / "build.json").exists():
                 workers = 1 if n < 20_000 else os.cpu_count()  # a pool costs more than it saves on small sets
+                t0 = time.perf_counter()
                 tdata.build(cfg, folder, progress=self.progress, workers=workers)
+                cost.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}) + "\n")
+        _use("data", folder, json.loads(cost.read_text())["seconds"] if cost.exists() else None)
         return folder, "data"
 
     def test_set(self, gen: GeneratorConfig, n: int, seed: int, context: int) -> tuple[Path, str]:
@@ -136,6 +184,7 @@ class Cache:
                 train_run(tc, model_cfg, corpus[0], corpus[1], out, resume=True,
                           callbacks=callbacks, progress=self.progress)
                 (out / "done.json").write_text(json.dumps({"finished": time.time()}) + "\n")
+        _use("train", out, _run_seconds(out))
         return out
 
     # evaluations
@@ -151,6 +200,7 @@ class Cache:
             if path.exists():
                 cached = json.loads(path.read_text())
                 if all(k in cached for k in require):
+                    _use("evaluate", path, _eval_seconds(cached))
                     return cached
             if isinstance(model, LazyModel):
                 model = model.get()
@@ -167,7 +217,14 @@ class Cache:
             result["clip_candidates"] = _clip_flags(df)
             result["failure"] = [classify_failure(p, t) for p, t in zip(df["prediction"], df["target"])]
             path.write_text(json.dumps(result) + "\n")
+            _use("evaluate", path, _eval_seconds(result))
             return result
+
+
+def _eval_seconds(result: dict) -> float | None:
+    t = result.get("timing") or {}
+    parts = [t.get("seconds_generate"), t.get("seconds_teacher_forced")]
+    return None if all(v is None for v in parts) else sum(v or 0.0 for v in parts)
 
 
 def subset(result: dict, positions: list[int]) -> dict:

@@ -104,7 +104,7 @@ EVAL_LEVERS_2 = (("static,static-compiled,static-autocast", 256, False, 180),
 # learn-99's epochs of the scale's recipe: as many as fit one slot (UNIT_MAX_S)
 LEARN_EPOCHS = 2
 # Sections whose notebook needs every training run of these experiments (the rest evaluate only).
-SECTION_EXPERIMENTS = {"02": ("base",), "03": ("id_robustness",), "04": ("pair_coverage",),
+SECTION_EXPERIMENTS = {"02": ("base",), "03": ("id_robustness",), "04": ("base", "pair_coverage"),
                        "05": ("base", "depth_curriculum"), "06": ("sft_lora", "pe_ablation")}
 
 
@@ -201,12 +201,13 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
     for sec, exps in SECTION_EXPERIMENTS.items():
         needs = tuple(u.name for u in units if any(u.name == e or u.name.startswith(e + "-")
                                                    for e in exps))
-        # every run's evaluations are cached by its own unit: a section needs no weights (06
-        # carries the base run, which the fine-tuning runs were made from, to be safe)
+        # every run's evaluations are cached by its own unit: a section needs no weights, but
+        # 04 evaluates the base model on the excluded-pairs sets (its reference) and 06 carries
+        # the base run, which the fine-tuning runs were made from, to be safe
         units.append(Unit(f"section-{sec}", f"{{python}} -m tinytrace notebooks run --scale "
                           f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed}",
                           _section_cost(sec), needs, f"section {sec}: notebook from cached runs",
-                          weights=("base",) if sec == "06" else ()))
+                          weights=("base",) if sec in ("04", "06") else ()))
     return units
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from tinytrace.data import Pipeline
 from tinytrace.experiments import get_scale
+from tinytrace.experiments.cache import compute_used
 from tinytrace.lang import generator as G
 from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.lang.edits import EDIT_NAMES, apply_edit
@@ -343,6 +344,8 @@ def write_results_json(stem: str, *, scale: str, seed: int, hardware: str, compa
         "git_commit": git_commit(),
         "python": versions()["python"],
         "scale_config": _scale_config(scale),
+        # what the artifacts this notebook used cost when they were made, cached or not
+        "compute": compute_used(),
         "paper_vs_ours": _records(comparison),
         "results": {k: _records(v) if isinstance(v, pd.DataFrame) else v for k, v in results.items()},
     }

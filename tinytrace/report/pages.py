@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from tinytrace.data import card_order
 from tinytrace.experiments import EXPERIMENTS, SCALES, get_scale, scale_table, training_tokens
+from tinytrace.experiments.cache import compute_total
 
 from . import paper
 from .sections import DEFAULT_OUT, NOTEBOOKS
@@ -333,6 +334,15 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
         return "not measured"
     minutes = sum(r["seconds"] for r in done) / 60
     where = ", ".join(sorted({r.get("hardware", "?") for r in done}))
+    if all("compute" in r for r in done):
+        c = compute_total([r["compute"] for r in done])
+        missing = (f"; {c['unrecorded']} artifacts made before costs were recorded are not "
+                   "counted" if c["unrecorded"] else "")
+        return (f"{len(done)} of {len(NOTEBOOKS)} sections: {c['seconds'] / 60:.0f} min of "
+                f"training, evaluation and data on {where} ({c['train'] / 60:.0f} / "
+                f"{c['evaluate'] / 60:.0f} / {c['data'] / 60:.0f} min; what each run, "
+                f"evaluation and corpus cost when it was made, each once, cached or not"
+                f"{missing}); {minutes:.0f} min of notebook time in their last executions")
     return (f"{len(done)} of {len(NOTEBOOKS)} sections: {minutes:.0f} min of notebook time on "
             f"{where} (last executions; work they found cached is not counted)")
 

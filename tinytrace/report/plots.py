@@ -142,17 +142,21 @@ def id_robustness(df: pd.DataFrame, subset: str = "correct", title: str = "") ->
 # --- Sec. 4.2, 4.2.1: pair coverage (Fig. 4a, 4b) ----------------------------------------------
 def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") -> plt.Figure:
     """Fig. 4a (``scope="assignment"``) or 4b (``"global"``): EM on the allowed-pairs and
-    excluded-pairs test sets against the percentage of the 351 pairs excluded from training."""
+    excluded-pairs test sets against the percentage of the 351 pairs excluded from training,
+    and (not in the paper) the base model, which saw every pair, on the excluded-pairs sets."""
     _theme()
     d = pct(df[df["scope"] == scope]).sort_values("exclusion_pct")
-    names = {"allowed": "Allowed Pairs Test", "excluded": "Excluded Pairs Test"}
+    names = {"allowed": "Allowed Pairs Test", "excluded": "Excluded Pairs Test",
+             "excluded-base": "Excluded Pairs Test, base model (saw every pair)"}
     d["test set"] = d["test_set"].map(names).fillna(d["test_set"])
+    hues = [n for k, n in names.items() if k in set(d["test_set"])]
     pcts = sorted(d["exclusion_pct"].unique())
     # categorical x like the paper: 10..90 then 95..100 would crowd on a linear axis
     d["exclusion (%)"] = d["exclusion_pct"].map(lambda v: f"{v:g}")
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(pcts) + 2), 3.8))
-    sns.pointplot(d, x="exclusion (%)", y="EM (%)", hue="test set",
-                  order=[f"{v:g}" for v in pcts], ax=ax, errorbar=None, markers=["o", "s"])
+    sns.pointplot(d, x="exclusion (%)", y="EM (%)", hue="test set", hue_order=hues,
+                  order=[f"{v:g}" for v in pcts], ax=ax, errorbar=None,
+                  markers=["o", "s", "^"][:len(hues)], linestyles=["-", "-", ":"][:len(hues)])
     ax.axhline(80, ls="--", lw=1, color="grey")
     ax.set_ylim(-3, 103)
     fig_no = "4a" if scope == "assignment" else "4b"

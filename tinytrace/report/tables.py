@@ -33,8 +33,10 @@ def pct(df: pd.DataFrame, col: str = "exact_match") -> pd.DataFrame:
 
 
 def comparison(experiment: str, df, scale: str, hardware: str = ""):
-    """:func:`.paper.compare` of our measured values, with the experiment of each row."""
-    table = paper.compare(experiment, measured(experiment, df), scale, hardware,
+    """:func:`.paper.compare` of our measured values, with the experiment of each row (read
+    as :func:`.verdicts.verdicts` reads them: below the paper's scale, relative where a
+    reference exists)."""
+    table = paper.compare(experiment, measured(experiment, df, relative=scale != "paper"), scale, hardware,
                           verdicts(experiment, df, scale))
     table.insert(0, "experiment", experiment)
     return table

@@ -10,6 +10,7 @@ from tinytrace.experiments.analysis import (
     HIGH_EM,
     brittleness,
     depth_tests,
+    excluded_curve,
     mean_em,
     measured,
     same_subset_gap,
@@ -68,7 +69,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     it."""
     exact = scale == "paper"
     out: dict[str, dict] = {}
-    m = measured(experiment, df)
+    m = measured(experiment, df, relative=not exact)
     value = {r.key: r.value for r in paper.REPORTED if r.experiment == experiment}
 
     def near(key, ours, tol=NEAR):
@@ -144,7 +145,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             _verdict(gap <= NEAR, f"max |EM(edit) - EM(unaltered, same snippets)| = {100 * gap:.1f} "
                      f"points over corpora and epochs (reproduced up to {100 * NEAR:.0f})"))
     elif experiment == "pair_coverage":
-        out.update(_coverage_verdicts(df, value))
+        out.update(_coverage_verdicts(df, value, relative=not exact))
     elif experiment == "depth_curriculum":
         tests = depth_tests(df)
         ids = [t for t in df["test_set"].unique() if t.startswith("depth-0-")]
@@ -192,20 +193,26 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     return {k: v for k, v in out.items() if k in value}
 
 
-def _coverage_verdicts(df, value: dict) -> dict[str, dict]:
+def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dict]:
+    """``relative`` (below the paper's scale): the 80% and 20% lines are read as shares of the
+    base model's EM on the same excluded-pairs snippets (:func:`excluded_curve`), where the
+    results have it. The paper's base model traces all of its ID test, so its lines are also
+    shares of what a model that saw every pair reaches; a smaller model reaches less on these
+    snippets, every one of which executes an `x = u op v`."""
     allowed = df[df["test_set"] == "allowed"]["exact_match"].dropna().astype(float)
     out = {"allowed_stays_high": _nc("not run") if allowed.empty else _verdict(
         allowed.min() >= HIGH_EM, f"lowest allowed-pairs EM {_pc(allowed.min())} over both scopes "
         f"and {df['exclusion_pct'].nunique()} exclusion points (high from {_pc(HIGH_EM)})")}
     for scope in ("assignment", "global"):
         d = df[df["scope"] == scope]
-        ex = d[d["test_set"] == "excluded"].sort_values("exclusion_pct")
         keys = (["assignment_excluded_above_80_until", "assignment_decline_from",
                  "assignment_collapse_at"] if scope == "assignment" else ["global_below_80_from"])
-        if ex.empty:
+        pcts, absolute, refs = excluded_curve(df, scope)
+        if not pcts:
             out.update({k: _nc(f"{scope} scope not run") for k in keys})
             continue
-        pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
+        shares = relative and refs is not None
+        ems = excluded_curve(df, scope, relative=True)[1] if shares else absolute
         allowed = d[(d["test_set"] == "allowed") & (d["exclusion_pct"] == pcts[0])]["exact_match"]
         gate = _untrained(f"{scope} scope at {pcts[0]}% (allowed pairs)",
                           float(allowed.iloc[0]) if len(allowed) else math.nan)
@@ -214,7 +221,12 @@ def _coverage_verdicts(df, value: dict) -> dict[str, dict]:
         if gate:
             out.update({k: gate for k in keys})
             continue
-        curve = ", ".join(f"{p}%: {_pc(e)}" for p, e in zip(pcts, ems))
+        if shares:
+            curve = ("excluded-pairs EM as a share of the base model's on the same snippets: "
+                     + ", ".join(f"{p}%: {_pc(e)} ({_pc(a)} of {_pc(r)})"
+                                 for p, e, a, r in zip(pcts, ems, absolute, refs)))
+        else:
+            curve = ", ".join(f"{p}%: {_pc(e)}" for p, e in zip(pcts, ems))
         lo, hi = bracket(pcts, ems, HIGH_EM)
         if scope == "assignment":
             paper_until = value["assignment_excluded_above_80_until"]
