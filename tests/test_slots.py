@@ -388,6 +388,22 @@ def test_evaluate_trained_stops_at_the_first_run_not_trained(tmp_path):
     assert not list(tmp_path.glob("run-*/model.safetensors"))[1:]  # nothing else trained
 
 
+def test_evaluate_trained_leaves_the_coverage_reference_to_the_section(tmp_path):
+    """A slot's coverage units evaluate without the base run's weights: with every exclusion
+    run trained, the evaluate-only pass finishes without asking for the base run (the section,
+    which carries its weights, traces it on the excluded-pairs sets)."""
+    from tinytrace.experiments import evaluate_trained, run_training, training_runs
+
+    n = len(training_runs("pair_coverage", "smoke"))
+    for i in range(n):
+        run_training("pair_coverage", i, "smoke", tmp_path, progress=False)
+    runs = sorted(p.name for p in tmp_path.glob("run-*") if p.is_dir())
+    said = evaluate_trained("pair_coverage", "smoke", tmp_path, progress=False)
+    assert said == "evaluated every run of pair_coverage"
+    assert sorted(p.name for p in tmp_path.glob("run-*") if p.is_dir()) == runs  # no base run
+    assert len(list(tmp_path.glob("eval-*.json"))) == 2 * n  # allowed and excluded, no reference
+
+
 def test_the_gpu_scale_page_follows_the_slot_records(tmp_path, monkeypatch):
     """book/gpu_scale.md: the plan with the done units, and the findings of a section notebook a
     slot ran at gpu scale, read from its outputs under benchmarks/slots/section-<NN>/; units

@@ -54,10 +54,13 @@ def excluded_curve(df, scope: str, relative: bool = False) -> tuple[list, list, 
     d = df[df["scope"] == scope]
     ex = d[d["test_set"] == "excluded"].sort_values("exclusion_pct")
     pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
-    base = d[d["test_set"] == "excluded-base"].set_index("exclusion_pct")["exact_match"]
-    refs = [float(base[p]) for p in pcts] if len(base) and all(p in base.index for p in pcts) else None
+    base = (d[d["test_set"] == "excluded-base"].drop_duplicates("exclusion_pct")
+            .set_index("exclusion_pct")["exact_match"].astype(float))
+    refs = [float(base[p]) for p in pcts] if all(p in base.index for p in pcts) else None
+    if refs is not None and not all(r > 0 for r in refs):  # NaN or 0: nothing to divide by
+        refs = None
     if relative and refs:
-        ems = [e / r if r > 0 else math.nan for e, r in zip(ems, refs)]
+        ems = [e / r for e, r in zip(ems, refs)]
     return pcts, ems, refs
 
 

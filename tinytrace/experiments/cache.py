@@ -6,6 +6,10 @@ resumes where it stopped. The keys are part of the cache's contract: the same co
 the same key, or every cached run is retrained. Each artifact is made under its own lock
 (``<artifact>.lock``, a ``filelock`` file), so two processes that need the same corpus or run
 at once never build it twice: the second waits for the first, then reuses its result.
+
+Each artifact keeps what it cost to make (a corpus its ``cost.json``, a run its log, an
+evaluation its timing), and :data:`USED` collects the artifacts this process used: a section
+reports their sum (:func:`compute_used`), the same whether it found them cached or not.
 """
 from __future__ import annotations
 
@@ -62,13 +66,16 @@ def _use(kind: str, path: Path, seconds: float | None) -> None:
 
 
 def _run_seconds(run: Path) -> float | None:
-    """Seconds of a training or fine-tuning run: the sum over its segments' ``end`` events
-    (a resumed run has one per segment; a segment stopped without one is not counted)."""
+    """Seconds of a finished training or fine-tuning run, over all its segments: the largest
+    ``elapsed_s`` its log records (cumulative across resumes) or its ``end`` event's
+    ``seconds`` (a fine-tuning run's total), whichever is larger."""
     log = run / "log.jsonl"
     if not log.exists():
         return None
-    ends = [json.loads(x) for x in log.read_text().splitlines() if '"event": "end"' in x]
-    return sum(float(e.get("seconds") or 0.0) for e in ends) if ends else None
+    events = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    times = [float(e["elapsed_s"]) for e in events if e.get("elapsed_s") is not None]
+    times += [float(e["seconds"]) for e in events if e.get("event") == "end" and e.get("seconds") is not None]
+    return max(times) if times else None
 
 
 def compute_used() -> dict:
@@ -84,9 +91,11 @@ def compute_used() -> dict:
 def compute_total(records: list[dict]) -> dict:
     """Seconds by kind, total and unrecorded count over the ``artifacts`` of several
     :func:`compute_used` records, each artifact once."""
-    arts = {}
+    arts: dict = {}
     for r in records:
-        arts.update(r.get("artifacts", {}))
+        for name, (kind, sec) in r.get("artifacts", {}).items():
+            if arts.get(name, (kind, None))[1] is None:  # a recorded cost wins over none
+                arts[name] = (kind, sec)
     out = {"train": 0.0, "evaluate": 0.0, "data": 0.0}
     for kind, sec in arts.values():
         out[kind] += sec or 0.0

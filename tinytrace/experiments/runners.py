@@ -7,7 +7,9 @@ final-state match, state-value token accuracy). Every artifact comes from the ca
 
 Each experiment also lists its training runs (:func:`training_runs`), the same functions its
 runner trains them with, so each run can be trained on its own (another machine, a cluster
-job) into a shared cache that the experiment then reuses.
+job) into a shared cache that the experiment then reuses. The base run is listed by ``base``
+(and by ``sft_lora``, which starts from it); the other experiments that use it (the pair
+coverage's reference, the depth curriculum's section) expect it trained first.
 """
 from __future__ import annotations
 
@@ -193,9 +195,10 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
     then, not in the paper, the base model (trained with every pair) on each excluded-pairs
     test set (test_set ``excluded-base``): what a model that saw the pairs traces of the same
     snippets, every one of which executes an `x = u op v`. The paper's base model traces 100%
-    of its ID test, so its 80% line needs no such reference; a smaller model's does. These
-    rows come last: a runner that may not train (a GPU slot) evaluates the exclusion runs
-    first."""
+    of its ID test, so its 80% line needs no such reference; a smaller model's does. The base
+    run is a prerequisite (trained here if missing, not one of :func:`training_runs`); an
+    evaluate-only pass (:func:`evaluate_trained`, a GPU slot's training unit, which does not
+    carry the base weights) leaves these rows to the section."""
     s = ctx.scale
     rows, tests = [], []
     for cov in _coverages(s, ctx.seed):
@@ -211,7 +214,7 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
             rows.append(_row("pair_coverage", condition, "excluded", value,
                              ctx.eval_set(model, run, test), **common))
             tests.append((test, common, value))
-    if tests:
+    if tests and ctx.cache.train_missing:
         base = ctx.base_run()
         model = _load(base)
         rows += [_row("pair_coverage", "base", "excluded-base", value,

@@ -153,7 +153,7 @@ def _scales() -> Presets[Scale]:
                     "model learns with the `cpu-muon-state` recipe (Muon on the hidden matrices, "
                     "the state-list targets weighted 3x in the loss, one epoch of 250k fresh "
                     "snippets, about 13 minutes); the PE ablation's runs on that corpus too, "
-                    "the other runs on a sixth to a quarter of it",
+                    "the other runs on a sixteenth to a quarter of it",
         model="tiny",
         model_overrides=dict(pe="rpb", block_size=128, n_layer=4),
         # not the paper's recipe: what learns fastest on 2 CPU cores (notes/issue15-learning.md)
@@ -254,6 +254,8 @@ def scale_table():
             "robustness corpora": len(s.robustness_corpora),
             "exclusion %": ", ".join(map(str, s.exclusion_pcts)),
             "curriculum p": ", ".join(map(str, s.curriculum_ps)),
+            # each exclusion / curriculum run's corpus, as a fraction of the base corpus
+            "exclusion / curriculum corpus": f"{s.coverage_corpus:g} / {s.curriculum_corpus:g}",
             "description": s.description,
         })
     return pd.DataFrame(rows)

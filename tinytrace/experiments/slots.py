@@ -18,7 +18,8 @@ training unit
 evaluates its own run into the cache (``tinytrace experiment NAME --evaluate-trained``; the
 robustness runs evaluate while they train), and every done unit's small cache records (run
 metadata, evaluations, the robustness rows) travel with every slot: the section notebooks then
-read cached evaluations and need no weights (models load lazily, only on a cache miss).
+read cached evaluations and need no weights (models load lazily, only on a cache miss), except
+the base run's in section 04, which traces it on the excluded-pairs sets as a reference.
 
 A unit is done only when its command exited 0 inside its time and, if a later unit needs the
 weights of the runs it trained (the base run), those weights came back: a unit cut short leaves
@@ -245,7 +246,7 @@ def _bench_train_command(model: str, recipe: str, device: str, preset: str | Non
 
 def _section_cost(sec: str) -> int:
     """Corpora rebuilt (seeded), cached evaluations read, papermill start and plots."""
-    return {"02": 60, "03": 120, "04": 120, "05": 120, "06": 90}.get(sec, 90)
+    return {"02": 60, "03": 120, "04": 180, "05": 120, "06": 90}.get(sec, 90)
 
 
 # --- records ------------------------------------------------------------------------------------

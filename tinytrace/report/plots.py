@@ -149,15 +149,22 @@ def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") 
     names = {"allowed": "Allowed Pairs Test", "excluded": "Excluded Pairs Test",
              "excluded-base": "Excluded Pairs Test, base model (saw every pair)"}
     d["test set"] = d["test_set"].map(names).fillna(d["test_set"])
-    hues = [n for k, n in names.items() if k in set(d["test_set"])]
+    present = [k for k in names if k in set(d["test_set"])]
+    hues = [names[k] for k in present]
     pcts = sorted(d["exclusion_pct"].unique())
     # categorical x like the paper: 10..90 then 95..100 would crowd on a linear axis
     d["exclusion (%)"] = d["exclusion_pct"].map(lambda v: f"{v:g}")
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(pcts) + 2), 3.8))
     sns.pointplot(d, x="exclusion (%)", y="EM (%)", hue="test set", hue_order=hues,
                   order=[f"{v:g}" for v in pcts], ax=ax, errorbar=None,
-                  markers=["o", "s", "^"][:len(hues)], linestyles=["-", "-", ":"][:len(hues)])
+                  markers=[{"allowed": "o", "excluded": "s"}.get(k, "^") for k in present],
+                  linestyles=[":" if k == "excluded-base" else "-" for k in present])
     ax.axhline(80, ls="--", lw=1, color="grey")
+    ref = d[d["test_set"] == "excluded-base"]["EM (%)"]
+    if len(ref):  # the line the verdicts read below the paper's scale: 80% of the reference
+        ax.axhline(0.8 * ref.mean(), ls=":", lw=1, color="grey")
+        ax.annotate("80% of the base model", (len(pcts) - 0.5, 0.8 * ref.mean()), fontsize=7,
+                    color="grey", ha="right", va="bottom")
     ax.set_ylim(-3, 103)
     fig_no = "4a" if scope == "assignment" else "4b"
     ax.set_title(title or f"Fig. {fig_no}: {scope} exclusion ({_scale_note(df)})")

@@ -16,15 +16,16 @@ class Section:
     after: tuple = ()  # notebooks that must finish first when both run (shared cached artifacts)
 
 
-# The base run (02) builds the base corpus, the OOD test sets and the base model that 03, 05 and
-# 06 reuse from the cache; two processes building the same cached artifact would collide.
+# The base run (02) builds the base corpus, the OOD test sets and the base model that 03, 04
+# (its reference), 05 and 06 reuse from the cache; a second process asking for an artifact
+# another is building waits for it.
 NOTEBOOKS: dict[str, Section] = {
     "01_task_and_generator": Section("The task and the generator", "Sec. 2, App. B"),
     "02_model_data_training": Section("Model, data and training", "Sec. 3", ("base",)),
     "03_id_robustness": Section("Robustness to in-distribution edits", "Sec. 4.1, App. E",
                                 ("id_robustness",), ("02_model_data_training",)),
     "04_coverage": Section("Generalization under controlled data coverage", "Sec. 4.2, 4.2.1",
-                           ("pair_coverage",)),
+                           ("pair_coverage",), ("02_model_data_training",)),
     "05_ood": Section("Out-of-distribution generalization", "Sec. 4.3, 4.3.1, App. F",
                       ("base", "depth_curriculum"), ("02_model_data_training",)),
     "06_ablations": Section("Ablations: SFT with LoRA and positional encodings",

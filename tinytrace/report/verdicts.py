@@ -65,8 +65,9 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     Rules: a finding about a trained model needs that model's own ID EM >= :data:`TRAINED_EM`,
     else it is not comparable; numbers that depend on the task's sizes (e.g. EM on the paper's
     11-17-statement longer set) are compared as numbers only at the ``paper`` scale and as the
-    direction of the finding elsewhere; a threshold needs a grid of >= 3 points that brackets
-    it."""
+    direction of the finding elsewhere (the pair coverage's 80% and 20% lines then as shares of
+    the base model's EM on the same excluded-pairs snippets, where the results have it); a
+    threshold needs a grid of >= 3 points that brackets it."""
     exact = scale == "paper"
     out: dict[str, dict] = {}
     m = measured(experiment, df, relative=not exact)
