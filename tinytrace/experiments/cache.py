@@ -166,7 +166,8 @@ class Cache:
                 workers = 1 if n < 20_000 else os.cpu_count()  # a pool costs more than it saves on small sets
                 t0 = time.perf_counter()
                 tdata.build(cfg, folder, progress=self.progress, workers=workers)
-                cost.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}) + "\n")
+                if folder.is_dir():  # a build that made no folder (stubbed out) has no cost
+                    cost.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 2)}) + "\n")
         _use("data", folder, json.loads(cost.read_text())["seconds"] if cost.exists() else None)
         return folder, "data"
 
