@@ -46,11 +46,12 @@ def depth_tests(df) -> list[str]:
     return sorted(names, key=lambda t: int(t.split("-")[1]))
 
 
-def excluded_curve(df, scope: str, relative: bool = False) -> tuple[list, list, list | None]:
+def excluded_curve(df, scope: str) -> tuple[list, list, list | None, list | None]:
     """The excluded-pairs test of ``scope``'s exclusion runs, by exclusion %: ``(pcts, ems,
-    refs)``, ``refs`` the base model's EM on the same test sets (rows ``excluded-base``) or None
-    where the results have none. ``relative`` (and refs): ``ems`` divided by ``refs``, the share
-    of what a model that saw every pair traces of those snippets."""
+    refs, shares)``, ``refs`` the base model's EM on the same test sets (rows
+    ``excluded-base``) and ``shares`` = ``ems / refs``, what the runs trace of what a model
+    that saw every pair traces of those snippets; both None where the results have no
+    reference."""
     d = df[df["scope"] == scope]
     ex = d[d["test_set"] == "excluded"].sort_values("exclusion_pct")
     pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
@@ -59,16 +60,15 @@ def excluded_curve(df, scope: str, relative: bool = False) -> tuple[list, list, 
     refs = [float(base[p]) for p in pcts] if all(p in base.index for p in pcts) else None
     if refs is not None and not all(r > 0 for r in refs):  # NaN or 0: nothing to divide by
         refs = None
-    if relative and refs:
-        ems = [e / r for e, r in zip(ems, refs)]
-    return pcts, ems, refs
+    shares = None if refs is None else [e / r for e, r in zip(ems, refs)]
+    return pcts, ems, refs, shares
 
 
 def measured(experiment: str, df, relative: bool = False) -> dict:
     """Our value for each key the paper reports about ``experiment``
     (:mod:`tinytrace.report.paper`), computed from the tidy results; keys we cannot measure at
     this scale are left out. ``relative``: the pair-coverage thresholds are read off
-    :func:`excluded_curve`'s relative curve (below the paper's scale)."""
+    :func:`excluded_curve`'s shares (below the paper's scale)."""
     out: dict = {}
     if experiment == "base":
         for ts in ("id", "longer", "deeper"):
@@ -106,9 +106,11 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
             out["allowed_stays_high"] = f"lowest allowed-pairs EM {float(allowed.min()):.3f}"
         for scope, key in (("assignment", "assignment_excluded_above_80_until"),
                            ("global", None)):
-            pcts, ems, _ = excluded_curve(df, scope, relative)
+            pcts, ems, _, shares = excluded_curve(df, scope)
             if not pcts:
                 continue
+            if relative and shares is not None:
+                ems = shares
             if key:
                 high = [p for p, e in zip(pcts, ems) if e > HIGH_EM]
                 below = [p for p, e in zip(pcts, ems) if e <= HIGH_EM]

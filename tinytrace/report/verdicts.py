@@ -208,12 +208,12 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         d = df[df["scope"] == scope]
         keys = (["assignment_excluded_above_80_until", "assignment_decline_from",
                  "assignment_collapse_at"] if scope == "assignment" else ["global_below_80_from"])
-        pcts, absolute, refs = excluded_curve(df, scope)
+        pcts, absolute, refs, share_curve = excluded_curve(df, scope)
         if not pcts:
             out.update({k: _nc(f"{scope} scope not run") for k in keys})
             continue
-        shares = relative and refs is not None
-        ems = excluded_curve(df, scope, relative=True)[1] if shares else absolute
+        shares = relative and share_curve is not None
+        ems = share_curve if shares else absolute
         allowed = d[(d["test_set"] == "allowed") & (d["exclusion_pct"] == pcts[0])]["exact_match"]
         gate = _untrained(f"{scope} scope at {pcts[0]}% (allowed pairs)",
                           float(allowed.iloc[0]) if len(allowed) else math.nan)
