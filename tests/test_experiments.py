@@ -134,15 +134,23 @@ def test_scales_table():
     assert set(SCALES) == {"smoke", "cpu", "cpu-long", "gpu", "paper"}
 
 
-def test_cpu_long_is_cpu_with_whole_corpus_coverage_and_curriculum_runs(tmp_path):
-    """`cpu-long` changes only the corpus of the exclusion and curriculum runs (to the base
-    model's, as Sec. 4.2 and 4.3.1), and a run's cache key does not contain the scale's name,
-    so every other run of the two scales is the same folder in a shared cache."""
+def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
+    """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
+    of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
+    Sec. 4.2 and 4.3.1) and adds a 30% exclusion point; a run's cache key does not contain the
+    scale's name, so every other run of the two scales is the same folder in a shared cache."""
     cpu, long = get_scale("cpu"), get_scale("cpu-long")
     changed = {f.name for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(long, f.name)}
-    assert changed == {"name", "description", "coverage_corpus", "curriculum_corpus"}
+    assert changed == {"name", "description", "coverage_corpus", "curriculum_corpus",
+                       "robustness_corpora", "exclusion_pcts"}
     assert long.coverage_corpus == long.curriculum_corpus == 1.0
     assert cpu.coverage_corpus < 1 and cpu.curriculum_corpus < 1
+    assert long.robustness_corpora == get_scale("paper").robustness_corpora
+    assert long.robustness_epochs == cpu.robustness_epochs == 2
+    assert long.exclusion_pcts == (30,) + cpu.exclusion_pcts
+    row = scale_table().set_index("scale").loc["cpu-long"]
+    assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
+    assert row["exclusion %"] == "30, 60, 90, 100"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")
     assert cache.run_dir(cpu, corpus, cpu.model_config()) == cache.run_dir(long, corpus, long.model_config())
