@@ -225,8 +225,16 @@ def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
     assert "share of the base model's" in ev and "90%: 83.3% (70.0% of 84.0%)" in ev
     assert measured("pair_coverage", with_ref, relative=True)["assignment_excluded_above_80_until"] == 90
     assert measured("pair_coverage", with_ref)["assignment_decline_from"] == 60  # as numbers
-    # global: 0.6 / 0.84 = 71% is already below the line at the first point
+    # global: 0.6 / 0.84 = 71% is already below the line at the first point, the paper's 60%:
+    # the decline is at or before it, which the grid cannot place
     assert v["global_below_80_from"]["verdict"] == NOT_COMPARABLE
+    assert "does not bracket" in v["global_below_80_from"]["evidence"]
+    # a first point before the paper's threshold that is already below the line contradicts it
+    early = pd.concat([df, pd.DataFrame(ref)], ignore_index=True).replace({"exclusion_pct": {60: 30}})
+    g = verdicts("pair_coverage", early, "cpu")["global_below_80_from"]
+    assert g["verdict"] == NOT_REPRODUCED and "already at or below 80% at 30%" in g["evidence"]
+    # numbers: assignment at 78% from the first point (60%), before the paper's 98% decline
+    assert absolute["assignment_decline_from"]["verdict"] == NOT_REPRODUCED
     # at the paper's scale the paper's numbers are the lines, reference or not
     p = verdicts("pair_coverage", with_ref, "paper")
     assert p["assignment_excluded_above_80_until"] == absolute["assignment_excluded_above_80_until"]

@@ -67,7 +67,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     11-17-statement longer set) are compared as numbers only at the ``paper`` scale and as the
     direction of the finding elsewhere (the pair coverage's 80% and 20% lines then as shares of
     the base model's EM on the same excluded-pairs snippets, where the results have it); a
-    threshold needs a grid of >= 3 points that brackets it."""
+    threshold needs a grid of >= 3 points that brackets it, unless the curve is already past
+    the line at a grid point before the paper's threshold, which contradicts it."""
     exact = scale == "paper"
     out: dict[str, dict] = {}
     m = measured(experiment, df, relative=not exact)
@@ -194,6 +195,17 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     return {k: v for k, v in out.items() if k in value}
 
 
+def _below_from_the_start(pcts, paper_from, curve: str) -> dict:
+    """A curve at or below 80% from its first grid point: the decline lies at or before that
+    point. Before the paper's threshold, that contradicts it; at or after it, the grid cannot
+    say where the decline is."""
+    if pcts[0] < paper_from:
+        return _verdict(False, f"already at or below 80% at {pcts[0]}%, where the paper is still "
+                        f"above it (below from {paper_from}%) ({curve})")
+    return _nc(f"already at or below 80% at the first grid point ({curve}): the grid does not "
+               "bracket the decline")
+
+
 def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dict]:
     """``relative`` (below the paper's scale): the 80% and 20% lines are read as shares of the
     base model's EM on the same excluded-pairs snippets (:func:`excluded_curve`), where the
@@ -243,9 +255,9 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
                     f"above 80% up to {lo}%, at or below from {hi}% ({curve})")
             out["assignment_decline_from"] = (
                 _verdict(False, f"above 80% at every point ({curve})") if hi is None else
-                _nc(f"at or below 80% from the first point ({curve})") if lo is None else
-                _verdict(lo < value["assignment_decline_from"] <= hi,
-                         f"declines between {lo}% and {hi}% ({curve})"))
+                _below_from_the_start(pcts, value["assignment_decline_from"], curve) if lo is None
+                else _verdict(lo < value["assignment_decline_from"] <= hi,
+                              f"declines between {lo}% and {hi}% ({curve})"))
             clo, chi = bracket(pcts, ems, COLLAPSE_EM)
             out["assignment_collapse_at"] = (
                 _verdict(False, f"no collapse below {_pc(COLLAPSE_EM)} on the grid ({curve})")
@@ -254,8 +266,7 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         else:
             paper_from = value["global_below_80_from"]
             if lo is None:
-                out["global_below_80_from"] = _nc(f"already at or below 80% at the first grid point "
-                                                  f"({curve}): the grid does not bracket the decline")
+                out["global_below_80_from"] = _below_from_the_start(pcts, paper_from, curve)
             elif hi is None:
                 out["global_below_80_from"] = _verdict(False, f"above 80% at every point ({curve})")
             else:
