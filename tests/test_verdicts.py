@@ -233,8 +233,14 @@ def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
     early = pd.concat([df, pd.DataFrame(ref)], ignore_index=True).replace({"exclusion_pct": {60: 30}})
     g = verdicts("pair_coverage", early, "cpu")["global_below_80_from"]
     assert g["verdict"] == NOT_REPRODUCED and "already at or below 80% at 30%" in g["evidence"]
-    # numbers: assignment at 78% from the first point (60%), before the paper's 98% decline
-    assert absolute["assignment_decline_from"]["verdict"] == NOT_REPRODUCED
+    # below the paper's scale without the reference, the 80% line is not the paper's: no verdict
+    assert absolute["assignment_decline_from"]["verdict"] == NOT_COMPARABLE
+    assert "no base-model reference" in absolute["assignment_decline_from"]["evidence"]
+    g = verdicts("pair_coverage", early[early["test_set"] != "excluded-base"], "cpu")
+    assert g["global_below_80_from"]["verdict"] == NOT_COMPARABLE
+    # at the paper's scale the numbers are the lines: 78% at 60%, before the paper's 98% decline
+    p = verdicts("pair_coverage", df, "paper")["assignment_decline_from"]
+    assert p["verdict"] == NOT_REPRODUCED and "before the paper's threshold" in p["evidence"]
     # at the paper's scale the paper's numbers are the lines, reference or not
     p = verdicts("pair_coverage", with_ref, "paper")
     assert p["assignment_excluded_above_80_until"] == absolute["assignment_excluded_above_80_until"]

@@ -1,4 +1,4 @@
-"""The four scales of the experiments: what each fixes (corpus and test sizes, recipes, model,
+"""The scales of the experiments: what each fixes (corpus and test sizes, recipes, model,
 grids) and the generator config of every train/test role."""
 from __future__ import annotations
 

@@ -128,8 +128,9 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
         "Each finding gets a verdict from the section's own results: **reproduced**, **not "
         "reproduced**, or **not comparable at this scale**, with the evidence and the reason "
         "(`tinytrace.report.verdicts`: a finding about a trained model needs that model's own "
-        "ID exact match >= 90%; a threshold needs a grid of at least 3 points that brackets it, "
-        "unless the curve is past it already at a grid point before the paper's threshold; "
+        "ID exact match >= 90%; a threshold needs a grid of at least 3 points that brackets it; "
+        "a curve already past the line at its first grid point, before the paper's threshold, "
+        "contradicts it; "
         "numbers that depend on the task's sizes are compared as numbers only at `paper` scale; "
         "below it, the pair-coverage curves' 80% and 20% lines are read as shares of what the "
         "base model, which saw every pair, traces of the same excluded-pairs snippets).",

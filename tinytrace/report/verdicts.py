@@ -67,8 +67,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     11-17-statement longer set) are compared as numbers only at the ``paper`` scale and as the
     direction of the finding elsewhere (the pair coverage's 80% and 20% lines then as shares of
     the base model's EM on the same excluded-pairs snippets, where the results have it); a
-    threshold needs a grid of >= 3 points that brackets it, unless the curve is already past
-    the line at a grid point before the paper's threshold, which contradicts it."""
+    threshold needs a grid of >= 3 points that brackets it; a curve already past the line at
+    its first grid point, before the paper's threshold, contradicts it."""
     exact = scale == "paper"
     out: dict[str, dict] = {}
     m = measured(experiment, df, relative=not exact)
@@ -195,15 +195,18 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     return {k: v for k, v in out.items() if k in value}
 
 
-def _below_from_the_start(pcts, paper_from, curve: str) -> dict:
+def _below_from_the_start(pcts, paper_from, curve: str, readable: bool, paper: str) -> dict:
     """A curve at or below 80% from its first grid point: the decline lies at or before that
-    point. Before the paper's threshold, that contradicts it; at or after it, the grid cannot
-    say where the decline is."""
-    if pcts[0] < paper_from:
-        return _verdict(False, f"already at or below 80% at {pcts[0]}%, where the paper is still "
-                        f"above it (below from {paper_from}%) ({curve})")
-    return _nc(f"already at or below 80% at the first grid point ({curve}): the grid does not "
-               "bracket the decline")
+    point. Before the paper's threshold, that contradicts the paper (``paper`` says what it
+    reports there), if the curve can be read against the 80% line at all (``readable``: the
+    paper's scale, or shares of the base model's reference below it); otherwise, or at or past
+    the paper's threshold, the grid cannot say where the decline is."""
+    if readable and pcts[0] < paper_from:
+        return _verdict(False, f"already at or below 80% at {pcts[0]}%, before the paper's "
+                        f"threshold ({paper}) ({curve})")
+    why = ("the grid does not bracket the decline" if readable else "no base-model reference "
+           "on the excluded-pairs sets to read the 80% line against below the paper's scale")
+    return _nc(f"already at or below 80% at the first grid point ({curve}): {why}")
 
 
 def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dict]:
@@ -226,6 +229,7 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
             continue
         shares = relative and share_curve is not None
         ems = share_curve if shares else absolute
+        readable = shares or not relative  # the 80% line means what the paper's means
         allowed = d[(d["test_set"] == "allowed") & (d["exclusion_pct"] == pcts[0])]["exact_match"]
         gate = _untrained(f"{scope} scope at {pcts[0]}% (allowed pairs)",
                           float(allowed.iloc[0]) if len(allowed) else math.nan)
@@ -255,7 +259,8 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
                     f"above 80% up to {lo}%, at or below from {hi}% ({curve})")
             out["assignment_decline_from"] = (
                 _verdict(False, f"above 80% at every point ({curve})") if hi is None else
-                _below_from_the_start(pcts, value["assignment_decline_from"], curve) if lo is None
+                _below_from_the_start(pcts, value["assignment_decline_from"], curve, readable,
+                                      "above 80% up to 95%, declining from 98%") if lo is None
                 else _verdict(lo < value["assignment_decline_from"] <= hi,
                               f"declines between {lo}% and {hi}% ({curve})"))
             clo, chi = bracket(pcts, ems, COLLAPSE_EM)
@@ -266,7 +271,8 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         else:
             paper_from = value["global_below_80_from"]
             if lo is None:
-                out["global_below_80_from"] = _below_from_the_start(pcts, paper_from, curve)
+                out["global_below_80_from"] = _below_from_the_start(
+                    pcts, paper_from, curve, readable, f"below 80% from {paper_from}%")
             elif hi is None:
                 out["global_below_80_from"] = _verdict(False, f"above 80% at every point ({curve})")
             else:
