@@ -194,10 +194,10 @@ def _scales() -> Presets[Scale]:
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid "
-                    "and 30%) and curriculum run (Sec. 4.3.1) on all of it (at `cpu` they train on a fifth "
-                    "and a seventh of it and stop near 50% ID EM); every other run is `cpu`'s, "
-                    "shared through the cache",
-        robustness_corpora=(1.0, 0.5, 0.25, 0.125),
+                    "and 30%) and curriculum run (Sec. 4.3.1) on all of it (at `cpu` they train "
+                    "on a fifth and a seventh of it and stop near 50% ID EM); every other run is "
+                    "`cpu`'s, shared through the cache",
+        robustness_corpora=Scale.robustness_corpora,  # the default: the paper's fractions
         exclusion_pcts=(30, 60, 90, 100),
         coverage_corpus=1.0,
         curriculum_corpus=1.0,

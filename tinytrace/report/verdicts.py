@@ -259,8 +259,10 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
                     f"above 80% up to {lo}%, at or below from {hi}% ({curve})")
             out["assignment_decline_from"] = (
                 _verdict(False, f"above 80% at every point ({curve})") if hi is None else
-                _below_from_the_start(pcts, value["assignment_decline_from"], curve, readable,
-                                      "above 80% up to 95%, declining from 98%") if lo is None
+                _below_from_the_start(
+                    pcts, value["assignment_decline_from"], curve, readable,
+                    f"above 80% up to {paper_until}%, declining from "
+                    f"{value['assignment_decline_from']}%") if lo is None
                 else _verdict(lo < value["assignment_decline_from"] <= hi,
                               f"declines between {lo}% and {hi}% ({curve})"))
             clo, chi = bracket(pcts, ems, COLLAPSE_EM)
