@@ -26,7 +26,7 @@ COLUMNS = {"experiment", "model", "test_set", "condition", "exact_match", "n", "
 EXPECTED_ROWS = {
     "base": 3,
     "id_robustness": 2 * 2 * 11,  # corpora x epochs x (base + 5 edits x {full, correct})
-    # scopes x exclusion % x {allowed, excluded, the base model on excluded}
+    # scopes x exclusion % x {allowed, excluded, the reference model on excluded}
     "pair_coverage": 2 * 2 * 3,
     "depth_curriculum": 2 * 5,  # p values x test sets
     "sft_lora": 3 + 3,  # pre-trained + one fine-tuned model, 3 test sets each
@@ -64,9 +64,9 @@ def _check_contents(name, df, smoke_cache):
         for pct, g in df.groupby("exclusion_pct"):
             assert (g["n_forbidden"] == len(sample_pairs(pct, seed=0, alphabet=alphabet))).all()
             assert (g["condition"] == f"{pct}%").all()
-        # the reference rows come last and are the base model's, on each run's excluded set
+        # the reference rows come last and are the reference model's, on each run's excluded set
         ref = df[df["test_set"] == "excluded-base"]
-        assert (ref["model"] == "base").all() and ref.index.min() > df[df["test_set"] != "excluded-base"].index.max()
+        assert (ref["model"] == "reference").all() and ref.index.min() > df[df["test_set"] != "excluded-base"].index.max()
         assert list(zip(ref["scope"], ref["exclusion_pct"])) == list(
             zip(*[df[df["test_set"] == "excluded"][c] for c in ("scope", "exclusion_pct")]))
     elif name == "depth_curriculum":
@@ -115,6 +115,35 @@ def test_experiment_at_smoke_scale(name, smoke_cache, tmp_path):
     assert config["scale"]["train"] == get_scale("smoke").train.to_dict()
 
 
+def test_coverage_reference_is_trained_as_long_as_the_exclusion_runs(smoke_cache):
+    """Where the exclusion runs get other epochs than the base run, their reference (rows
+    ``excluded-base``) is the base recipe on the base corpus at those epochs, not the base
+    model: a share of a model trained longer would understate coverage."""
+    s = dataclasses.replace(get_scale("smoke"), coverage_epochs=2, exclusion_pcts=(100,),
+                            scopes=("global",))
+    df = run_experiment("pair_coverage", s, cache_dir=smoke_cache, progress=False)
+    assert list(df["test_set"]) == ["allowed", "excluded", "excluded-base"]
+    from tinytrace.experiments.cache import _Context
+    from tinytrace.experiments.runners import _coverage_corpus, _coverage_reference, _coverages
+
+    ctx = _Context(s, smoke_cache, 0, False, train_missing=False)
+    ref, recipe = ctx.cache.run_dir(s, ctx.base_corpus(), s.model_config(), s.recipe(2))
+    assert recipe.epochs == 2 and (ref / "done.json").exists()  # trained by the experiment
+    assert json.loads((ref / "config.json").read_text())["train"]["epochs"] == 2
+    # its evaluation on the excluded set is cached under its own run (no model needed) and is
+    # what the rows report
+    (cov,) = _coverages(s, 0)
+    test = ctx.cache.test_set(cov.excluded, s.test_size, 0, s.context)
+    assert df.iloc[2]["exact_match"] == ctx.eval_set(None, ref, test)["exact_match"]
+    # the exclusion run trained for those epochs too
+    run, _ = ctx.cache.run_dir(s, _coverage_corpus(ctx, cov), s.model_config(), s.recipe(2),
+                               tag="coverage-global-100")
+    assert (run / "done.json").exists()
+    # without coverage epochs of its own, the reference is the base run
+    plain = _Context(get_scale("smoke"), smoke_cache, 0, False)
+    assert _coverage_reference(plain) == plain.base_run()
+
+
 def test_cached_rerun_is_identical(smoke_cache, tmp_path):
     a = run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False)
     b = run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False)
@@ -137,23 +166,62 @@ def test_scales_table():
 def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
     """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
     of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
-    Sec. 4.2 and 4.3.1) and adds a 30% exclusion point; a run's cache key does not contain the
-    scale's name, so every other run of the two scales is the same folder in a shared cache."""
+    Sec. 4.2 and 4.3.1), adds a 30% exclusion point and trains the base run for 2 epochs while
+    the exclusion and curriculum runs keep `cpu`'s 1; a run's cache key does not contain the
+    scale's name, so every run of the same recipe is the same folder in a shared cache."""
     cpu, long = get_scale("cpu"), get_scale("cpu-long")
     changed = {f.name for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(long, f.name)}
-    assert changed == {"name", "description", "coverage_corpus", "curriculum_corpus",
-                       "robustness_corpora", "exclusion_pcts"}
+    assert changed == {"name", "description", "train", "coverage_corpus", "coverage_epochs",
+                       "curriculum_corpus", "curriculum_epochs", "robustness_corpora",
+                       "exclusion_pcts"}
+    assert long.train == dataclasses.replace(cpu.train, epochs=2) and cpu.train.epochs == 1
     assert long.coverage_corpus == long.curriculum_corpus == 1.0
     assert cpu.coverage_corpus < 1 and cpu.curriculum_corpus < 1
     assert long.robustness_corpora == get_scale("paper").robustness_corpora
     assert long.robustness_epochs == cpu.robustness_epochs == 2
     assert long.exclusion_pcts == (30,) + cpu.exclusion_pcts
     row = scale_table().set_index("scale").loc["cpu-long"]
+    assert row["epochs"] == 2
     assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
     assert row["exclusion %"] == "30, 60, 90, 100"
+    assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 1"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")
-    assert cache.run_dir(cpu, corpus, cpu.model_config()) == cache.run_dir(long, corpus, long.model_config())
+
+    def key(s, epochs=None, tag=""):
+        return cache.run_dir(s, corpus, s.model_config(), s.recipe(epochs), tag)
+
+    assert key(cpu) != key(long)  # the base runs: 1 and 2 epochs
+    assert key(long) == key(cpu, 2)
+    assert key(long, long.coverage_epochs, "coverage-global-60") == key(cpu, None, "coverage-global-60")
+    assert key(long, long.curriculum_epochs, "curriculum-0") == key(cpu, None, "curriculum-0")
+    assert key(long, long.robustness_epochs, "id_robustness") == key(cpu, cpu.robustness_epochs,
+                                                                     "id_robustness")
+
+
+@pytest.mark.parametrize("name", [n for n in SCALES if n != "cpu-long"])
+def test_the_exclusion_and_curriculum_runs_keep_the_base_recipe_where_the_scale_says_nothing(name):
+    """Only `cpu-long` gives its exclusion and curriculum runs other epochs: every other scale's
+    runs keep the very recipe (and so the cache keys) they had before the fields existed."""
+    from tinytrace.experiments.cache import settings
+
+    s = get_scale(name)
+    assert s.recipe(s.coverage_epochs) is s.train and s.recipe(s.curriculum_epochs) is s.train
+    assert settings(s.recipe(s.train.epochs)) == settings(s.train)
+    assert s.recipe(s.train.epochs + 1).epochs == s.train.epochs + 1
+
+
+def test_curriculum_runs_train_for_the_curriculum_epochs(smoke_cache, monkeypatch):
+    from tinytrace.experiments.cache import _Context
+    from tinytrace.experiments.runners import _curriculum_run
+
+    s = dataclasses.replace(get_scale("smoke"), curriculum_epochs=3)
+    ctx = _Context(s, smoke_cache, 0, False)
+    asked = {}
+    monkeypatch.setattr(ctx.cache, "run", lambda *a, train=None, tag="", **k: asked.update(
+        train=train, tag=tag) or smoke_cache)
+    _curriculum_run(ctx, 0)
+    assert asked["train"] == dataclasses.replace(s.train, epochs=3) and asked["tag"] == "curriculum-0"
 
 
 @pytest.mark.parametrize("p", [0, 1, 5, 10, 20, 40, 60, 80, 100])

@@ -307,7 +307,7 @@ def test_jobs_spread_over_gpus_and_wait_for_the_base_model(tmp_path, monkeypatch
     ends = {n: t for kind, n, g, t in events if kind == "end"}
     assert starts["03_id_robustness"] >= ends["05_ood"]
     assert starts["06_ablations"] >= ends["05_ood"]
-    assert starts["04_coverage"] >= ends["05_ood"]  # its reference is the base model too
+    assert starts["04_coverage"] >= ends["05_ood"]  # its reference: the base model at most scales
 
 
 def test_signal_stops_the_batch_and_says_how_to_continue(tmp_path, monkeypatch, capsys):

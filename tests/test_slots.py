@@ -2,6 +2,7 @@
 base run and stops before the unit that does not fit; its files are imported (done record,
 weights); the next slot, on a fresh cache, restores the carried weights and runs the unit that
 needs them without training again; a unit cut short leaves no done record."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tinytrace.experiments import slots
+from tinytrace.experiments import get_scale, slots
 from tinytrace.experiments.slots import Unit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _plan():
     units = {u.name: u for u in slots.plan("smoke", device="cpu", eval_limit=8, profile_steps=8)}
     return [units["base"], units["bench-eval"]]
+
+
+def test_the_plan_refuses_a_scale_whose_coverage_reference_is_not_the_base_run():
+    """Section 04's unit carries the base run's weights as the exclusion runs' reference; a
+    scale that trains the exclusion runs for other epochs needs a reference run no unit makes."""
+    s = dataclasses.replace(get_scale("gpu"), coverage_epochs=2)
+    with pytest.raises(ValueError, match="reference"):
+        slots.plan(s)
 
 
 def test_the_plan_lists_every_run_and_section_with_costs_and_needs():

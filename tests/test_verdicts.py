@@ -169,6 +169,25 @@ def test_results_page_shows_verdicts(tmp_path):
     assert hours.startswith(f"| {paper.reported('base', 'train_hours').what} |") and "None" not in hours
 
 
+def test_a_finding_two_sections_share_counts_once_per_scale(tmp_path):
+    """The base model's findings appear in 02 and 05: at one scale they are one model and count
+    once; at two scales they are two models, and each scale's summary counts its own."""
+    def doc(stem, scale, em):
+        return {"notebook": stem, "scale": scale, "hardware": "CPU: x", "seed": 0,
+                "date": "2026-12-04T00:00:00", "paper_vs_ours": [],
+                "results": {"base": _base(em, 0.1, 0.0, 0.0).to_dict("records")}}
+
+    n = sum(1 for r in paper.REPORTED if r.experiment == "base" and r.kind != "setup")
+    for stem, scale in (("02_model_data_training", "cpu"), ("05_ood", "cpu")):
+        (tmp_path / f"{stem}.json").write_text(json.dumps(doc(stem, scale, 0.45)))
+    page = pages.results_page(tmp_path)
+    assert page.count(f"of the paper's {n} findings measured") == 1
+    (tmp_path / "05_ood.json").write_text(json.dumps(doc("05_ood", "cpu-long", 0.99)))
+    page = pages.results_page(tmp_path)
+    assert f"At `cpu` scale on CPU: x: of the paper's {n} findings measured, 0 reproduced" in page
+    assert f"At `cpu-long` scale on CPU: x: of the paper's {n} findings measured" in page
+
+
 def test_brittleness_needs_two_corpora_and_shrinks_with_size():
     def rows(corpus, size, em):
         return [{"corpus": corpus, "corpus_snippets": size, "epoch": 2, "subset": "correct",
@@ -206,7 +225,7 @@ def test_pe_ablation_reads_the_order_and_says_what_rpe_was_compared_to():
 
 
 def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
-    """With the base model's EM on the excluded-pairs sets (rows ``excluded-base``), the 80% and
+    """With the reference model's EM on the excluded-pairs sets (rows ``excluded-base``), the 80% and
     20% lines are read as shares of it below the paper's scale, and as numbers at its scale."""
     pcts = [60, 90, 100]
     df = _coverage(pcts, [0.78, 0.70, 0.05], [0.6, 0.3, 0.0])
@@ -222,7 +241,7 @@ def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
     assert v["assignment_decline_from"]["verdict"] == REPRODUCED
     assert v["assignment_collapse_at"]["verdict"] == REPRODUCED
     ev = v["assignment_excluded_above_80_until"]["evidence"]
-    assert "share of the base model's" in ev and "90%: 83.3% (70.0% of 84.0%)" in ev
+    assert "share of the reference model's" in ev and "90%: 83.3% (70.0% of 84.0%)" in ev
     assert measured("pair_coverage", with_ref, relative=True)["assignment_excluded_above_80_until"] == 90
     assert measured("pair_coverage", with_ref)["assignment_decline_from"] == 60  # as numbers
     # global: 0.6 / 0.84 = 71% is already below the line at the first point, the paper's 60%:
@@ -235,7 +254,7 @@ def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
     assert g["verdict"] == NOT_REPRODUCED and "already at or below 80% at 30%" in g["evidence"]
     # below the paper's scale without the reference, the 80% line is not the paper's: no verdict
     assert absolute["assignment_decline_from"]["verdict"] == NOT_COMPARABLE
-    assert "no base-model reference" in absolute["assignment_decline_from"]["evidence"]
+    assert "no reference model's EM" in absolute["assignment_decline_from"]["evidence"]
     g = verdicts("pair_coverage", early[early["test_set"] != "excluded-base"], "cpu")
     assert g["global_below_80_from"]["verdict"] == NOT_COMPARABLE
     # at the paper's scale the numbers are the lines: 78% at 60%, before the paper's 98% decline

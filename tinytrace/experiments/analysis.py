@@ -48,7 +48,7 @@ def depth_tests(df) -> list[str]:
 
 def excluded_curve(df, scope: str) -> tuple[list, list, list | None, list | None]:
     """The excluded-pairs test of ``scope``'s exclusion runs, by exclusion %: ``(pcts, ems,
-    refs, shares)``, ``refs`` the base model's EM on the same test sets (rows
+    refs, shares)``, ``refs`` the reference model's EM on the same test sets (rows
     ``excluded-base``) and ``shares`` = ``ems / refs``, what the runs trace of what a model
     that saw every pair traces of those snippets; both None where the results have no
     reference."""

@@ -9,7 +9,9 @@ Each experiment also lists its training runs (:func:`training_runs`), the same f
 runner trains them with, so each run can be trained on its own (another machine, a cluster
 job) into a shared cache that the experiment then reuses. The base run is listed by ``base``
 (and by ``sft_lora``, which starts from it); the other experiments that use it (the pair
-coverage's reference, the depth curriculum's section) expect it trained first.
+coverage's reference, the depth curriculum's section) expect it trained first. Where a scale
+trains the exclusion runs for other epochs than the base run (``cpu-long``), their reference
+is its own run, which the experiment trains when it is missing.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def _robustness_run(ctx: _Context, frac: float) -> Path:
     label = _count_label(int(s.corpus_snippets * frac))
     test = read_split(*corpus)
     edited = _edited(ctx, test)
-    train = replace(s.train, epochs=s.robustness_epochs)
+    train = s.recipe(s.robustness_epochs)
     run_dir, _ = ctx.cache.run_dir(s, corpus, s.model_config(), train, tag="id_robustness")
 
     def per_epoch(epoch, model, accelerator, record):
@@ -187,18 +189,28 @@ def _coverage_corpus(ctx: _Context, cov) -> tuple[Path, str]:
 def _coverage_run(ctx: _Context, cov) -> Path:
     s = ctx.scale
     return ctx.cache.run(s, _coverage_corpus(ctx, cov), s.model_config(),
-                         tag=f"coverage-{cov.scope}-{cov.pct}")
+                         train=s.recipe(s.coverage_epochs), tag=f"coverage-{cov.scope}-{cov.pct}")
+
+
+def _coverage_reference(ctx: _Context) -> Path:
+    """The base recipe on the whole base corpus (every pair) for as many epochs as the
+    exclusion runs: the base run itself unless the scale gives them other epochs."""
+    s = ctx.scale
+    return ctx.cache.run(s, ctx.base_corpus(), s.model_config(), train=s.recipe(s.coverage_epochs))
 
 
 def exp_pair_coverage(ctx: _Context) -> list[dict]:
     """Each exclusion run on its allowed-pairs and excluded-pairs test sets (Sec. 4.2, 4.2.1);
-    then, not in the paper, the base model (trained with every pair) on each excluded-pairs
-    test set (test_set ``excluded-base``): what a model that saw the pairs traces of the same
-    snippets, every one of which executes an `x = u op v`. The paper's base model traces 100%
-    of its ID test, so its 80% line needs no such reference; a smaller model's does. The base
-    run is a prerequisite (trained here if missing, not one of :func:`training_runs`); an
-    evaluate-only pass (:func:`evaluate_trained`, a GPU slot's training unit, which does not
-    carry the base weights) leaves these rows to the section."""
+    then, not in the paper, the reference model (:func:`_coverage_reference`: the base recipe
+    on the whole base corpus, every pair included, for as many epochs as the exclusion runs;
+    the base model unless the scale gives the exclusion runs other epochs) on each
+    excluded-pairs test set (test_set ``excluded-base``): what a
+    model that saw the pairs traces of the same snippets, every one of which executes an
+    `x = u op v`. The paper's base model traces 100% of its ID test, so its 80% line needs no
+    such reference; a smaller model's does. The reference run is a prerequisite (trained here
+    if missing, not one of :func:`training_runs`); an evaluate-only pass
+    (:func:`evaluate_trained`, a GPU slot's training unit, which does not carry the base
+    weights) leaves these rows to the section."""
     s = ctx.scale
     rows, tests = [], []
     for cov in _coverages(s, ctx.seed):
@@ -215,10 +227,10 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
                              ctx.eval_set(model, run, test), **common))
             tests.append((test, common, value))
     if tests and ctx.cache.train_missing:
-        base = ctx.base_run()
-        model = _load(base)
-        rows += [_row("pair_coverage", "base", "excluded-base", value,
-                      ctx.eval_set(model, base, test), **common) for test, common, value in tests]
+        ref = _coverage_reference(ctx)
+        model = _load(ref)
+        rows += [_row("pair_coverage", "reference", "excluded-base", value,
+                      ctx.eval_set(model, ref, test), **common) for test, common, value in tests]
     return rows
 
 
@@ -321,7 +333,8 @@ def _curriculum_run(ctx: _Context, p) -> Path:
     parts = [(base[0], base[1], counts["curriculum"])]
     parts += [(extra[r][0], extra[r][1], counts[r]) for r in inject if counts.get(r)]
     mixed = mix_corpus(parts, ctx.cache.root / f"mix-{mix_key(parts)}", seed=ctx.seed)
-    return ctx.cache.run(s, mixed, s.model_config(), tag=f"curriculum-{p}")
+    return ctx.cache.run(s, mixed, s.model_config(), train=s.recipe(s.curriculum_epochs),
+                         tag=f"curriculum-{p}")
 
 
 def mix_key(parts) -> str:
@@ -601,9 +614,10 @@ def run_tokens(scale: str, data_dir=SHIPPED) -> dict[str, list[float]]:
     return {
         "base": [n * e * tok["id"]],
         "id_robustness": [f * n * s.robustness_epochs * tok["id"] for f in s.robustness_corpora],
-        "pair_coverage": [s.coverage_corpus * n * e * tok["id"]] * (len(s.exclusion_pcts)
-                                                                     * len(s.scopes)),
-        "depth_curriculum": [s.curriculum_corpus * n * e * tok["curriculum"]] * len(s.curriculum_ps),
+        "pair_coverage": [s.coverage_corpus * n * s.recipe(s.coverage_epochs).epochs * tok["id"]]
+                         * (len(s.exclusion_pcts) * len(s.scopes)),
+        "depth_curriculum": [s.curriculum_corpus * n * s.recipe(s.curriculum_epochs).epochs
+                             * tok["curriculum"]] * len(s.curriculum_ps),
         "sft_lora": [0.0] + [size * epochs * tok["id"] for size in s.sft_sizes
                              for epochs in s.sft_epochs],
         "pe_ablation": [0.0 if _pe_is_base(s, pe) else s.pe_corpus * n * e * tok["id"]

@@ -34,8 +34,10 @@ class Scale:
     exclusion_pcts: tuple = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 96, 97, 98, 99, 100)
     scopes: tuple = ("assignment", "global")
     coverage_corpus: float = 1.0  # fraction of corpus_snippets for each exclusion run
+    coverage_epochs: int | None = None  # each exclusion run's epochs; None: the base run's
     curriculum_ps: tuple = (0, 1, 5, 10, 20, 40, 60, 80, 100)
     curriculum_corpus: float = 1.0  # fraction of corpus_snippets for each curriculum run
+    curriculum_epochs: int | None = None  # each curriculum run's epochs; None: the base run's
     sft_sizes: tuple = (65_536, 131_072, 262_144, 524_288, 1_048_576, 2_097_152)
     sft_epochs: tuple = (1, 2, 4, 8)
     sft: SFTConfig = field(default_factory=SFTConfig)  # the fine-tuning recipe (Sec. 4.4)
@@ -54,6 +56,12 @@ class Scale:
             return self.task[role]
         except KeyError:
             raise ValueError(f"scale {self.name!r} has no task role {role!r}") from None
+
+    def recipe(self, epochs: int | None = None) -> TrainConfig:
+        """The base run's recipe for ``epochs`` (None: the base run's own). The paper gives the
+        epochs of the base, robustness and PE runs (Sec. 3.4, 4.1, G.2), not of the exclusion
+        and curriculum runs (Sec. 3.4: epochs vary "depending on the experiment")."""
+        return self.train if epochs is None else dataclasses.replace(self.train, epochs=epochs)
 
     def model_config(self, **overrides) -> ModelConfig:
         """The model preset with the scale's overrides, then ``overrides``."""
@@ -188,19 +196,29 @@ def _scales() -> Presets[Scale]:
     # too low for their findings; here each experiment's runs get the paper's fractions (the
     # robustness runs keep `cpu`'s 2 epochs, not the paper's 8). The exclusion grid gains 30% so
     # that it can bracket the global scope's decline (the paper: below 80% from 60%).
-    # Everything else is `cpu`'s, so the two scales share every other run in the cache.
+    # The base run, and with it the PE runs (the paper trains both alike, G.2), gets 2 epochs
+    # (the paper: 4; `cpu`: 1); the exclusion and curriculum runs, whose epochs the paper does
+    # not give, keep `cpu`'s 1 (they are many), and the exclusion runs' reference is then the
+    # base recipe at 1 epoch: `cpu`'s base model.
+    # Everything else is `cpu`'s (but the LoRA runs start from the 2-epoch base model), so the
+    # two scales share every run of the same recipe and corpus in the cache.
     cpu_long = dataclasses.replace(
         cpu, name="cpu-long",
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid "
-                    "and 30%) and curriculum run (Sec. 4.3.1) on all of it (at `cpu` they train "
-                    "on a fifth and a seventh of it and stop near 50% ID EM); every other run is "
-                    "`cpu`'s, shared through the cache",
+                    "and 30%) and curriculum run (Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
+                    "they train on a fifth and a seventh of it and stop near 50% ID EM); the base "
+                    "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
+                    "and the LoRA runs start from that base model; every other run is `cpu`'s, "
+                    "shared through the cache",
+        train=dataclasses.replace(cpu.train, epochs=2),
         robustness_corpora=Scale.robustness_corpora,  # the default: the paper's fractions
         exclusion_pcts=(30, 60, 90, 100),
         coverage_corpus=1.0,
+        coverage_epochs=1,
         curriculum_corpus=1.0,
+        curriculum_epochs=1,
     )
     gpu = Scale(
         name="gpu",
@@ -263,8 +281,10 @@ def scale_table():
                                            + f" x {s.robustness_epochs}",
             "exclusion %": ", ".join(map(str, s.exclusion_pcts)),
             "curriculum p": ", ".join(map(str, s.curriculum_ps)),
-            # each exclusion / curriculum run's corpus, as a fraction of the base corpus
-            "exclusion / curriculum corpus": f"{s.coverage_corpus:g} / {s.curriculum_corpus:g}",
+            # each exclusion / curriculum run's corpus, as a fraction of the base corpus, and epochs
+            "exclusion / curriculum corpus x epochs":
+                f"{s.coverage_corpus:g} x {s.recipe(s.coverage_epochs).epochs} / "
+                f"{s.curriculum_corpus:g} x {s.recipe(s.curriculum_epochs).epochs}",
             "description": s.description,
         })
     return pd.DataFrame(rows)

@@ -88,7 +88,7 @@ def scale_note(scale: str) -> str:
         return (f"the paper's task and model ({task}) with a {s.corpus_snippets:,}-snippet corpus "
                 f"and {s.train.epochs} epoch(s): trends comparable, not the exact numbers.")
     return (f"**results from the scaled-down task** ({task}; model `{s.model_label()}`, "
-            f"{s.corpus_snippets:,}-snippet corpus, {s.train.epochs} epoch(s)). "
+            f"{s.corpus_snippets:,}-snippet corpus, base run {s.train.epochs} epoch(s)). "
             "Compare trends with the paper, not numbers." +
             (" Smoke scale only checks that the code runs: its numbers mean nothing."
              if s.name == "smoke" else ""))

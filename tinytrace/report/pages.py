@@ -98,11 +98,12 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
     is at which scale."""
     res = load_results(sections_dir)
     findings = {stem: section_findings(r) for stem, r in res.items()}
-    unique = {}  # a finding shown in two sections (the base model's) counts once
+    unique = {}  # a finding shown in two sections at one scale (the base model's) counts once
     for stem, rows in findings.items():
         for row in rows:
             if row.get("verdict") in VERDICTS:
-                unique.setdefault((row.get("experiment"), row.get("key")), (row, res[stem]))
+                unique.setdefault((res[stem]["scale"], row.get("experiment"), row.get("key")),
+                                  (row, res[stem]))
     by_setting: dict[tuple, list] = {}
     for row, doc in unique.values():
         by_setting.setdefault((doc["scale"], doc["hardware"]), []).append(row)
@@ -133,7 +134,8 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
         "contradicts it; "
         "numbers that depend on the task's sizes are compared as numbers only at `paper` scale; "
         "below it, the pair-coverage curves' 80% and 20% lines are read as shares of what the "
-        "base model, which saw every pair, traces of the same excluded-pairs snippets).",
+        "reference model traces of the same excluded-pairs snippets: the base recipe on the "
+        "whole base corpus, every pair included, for as many epochs as the exclusion runs).",
         "",
         "## Which section is at which scale",
         "",

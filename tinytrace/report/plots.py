@@ -143,11 +143,11 @@ def id_robustness(df: pd.DataFrame, subset: str = "correct", title: str = "") ->
 def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") -> plt.Figure:
     """Fig. 4a (``scope="assignment"``) or 4b (``"global"``): EM on the allowed-pairs and
     excluded-pairs test sets against the percentage of the 351 pairs excluded from training,
-    and (not in the paper) the base model, which saw every pair, on the excluded-pairs sets."""
+    and (not in the paper) the reference model, which saw every pair, on the excluded-pairs sets."""
     _theme()
     d = pct(df[df["scope"] == scope]).sort_values("exclusion_pct")
     names = {"allowed": "Allowed Pairs Test", "excluded": "Excluded Pairs Test",
-             "excluded-base": "Excluded Pairs Test, base model (saw every pair)"}
+             "excluded-base": "Excluded Pairs Test, reference model (saw every pair)"}
     d["test set"] = d["test_set"].map(names).fillna(d["test_set"])
     present = [k for k in names if k in set(d["test_set"])]
     hues = [names[k] for k in present]
@@ -163,7 +163,7 @@ def pair_coverage(df: pd.DataFrame, scope: str = "assignment", title: str = "") 
     ref = d[d["test_set"] == "excluded-base"]["EM (%)"]
     if len(ref):  # the line the verdicts read below the paper's scale: 80% of the reference
         ax.axhline(0.8 * ref.mean(), ls=":", lw=1, color="grey")
-        ax.annotate("80% of the base model", (len(pcts) - 0.5, 0.8 * ref.mean()), fontsize=7,
+        ax.annotate("80% of the reference", (len(pcts) - 0.5, 0.8 * ref.mean()), fontsize=7,
                     color="grey", ha="right", va="bottom")
     ax.set_ylim(-3, 103)
     fig_no = "4a" if scope == "assignment" else "4b"

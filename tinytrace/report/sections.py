@@ -17,7 +17,7 @@ class Section:
 
 
 # The base run (02) builds the base corpus, the OOD test sets and the base model that 03, 04
-# (its reference), 05 and 06 reuse from the cache; a second process asking for an artifact
+# (its reference, at most scales), 05 and 06 reuse from the cache; a second process asking for an artifact
 # another is building waits for it.
 NOTEBOOKS: dict[str, Section] = {
     "01_task_and_generator": Section("The task and the generator", "Sec. 2, App. B"),

@@ -66,7 +66,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     else it is not comparable; numbers that depend on the task's sizes (e.g. EM on the paper's
     11-17-statement longer set) are compared as numbers only at the ``paper`` scale and as the
     direction of the finding elsewhere (the pair coverage's 80% and 20% lines then as shares of
-    the base model's EM on the same excluded-pairs snippets, where the results have it); a
+    the reference model's EM on the same excluded-pairs snippets, where the results have it); a
     threshold needs a grid of >= 3 points that brackets it; a curve already past the line at
     its first grid point, before the paper's threshold, contradicts it."""
     exact = scale == "paper"
@@ -199,19 +199,19 @@ def _below_from_the_start(pcts, paper_from, curve: str, readable: bool, paper: s
     """A curve at or below 80% from its first grid point: the decline lies at or before that
     point. Before the paper's threshold, that contradicts the paper (``paper`` says what it
     reports there), if the curve can be read against the 80% line at all (``readable``: the
-    paper's scale, or shares of the base model's reference below it); otherwise, or at or past
+    paper's scale, or shares of the reference model's EM below it); otherwise, or at or past
     the paper's threshold, the grid cannot say where the decline is."""
     if readable and pcts[0] < paper_from:
         return _verdict(False, f"already at or below 80% at {pcts[0]}%, before the paper's "
                         f"threshold ({paper}) ({curve})")
-    why = ("the grid does not bracket the decline" if readable else "no base-model reference "
+    why = ("the grid does not bracket the decline" if readable else "no reference model's EM "
            "on the excluded-pairs sets to read the 80% line against below the paper's scale")
     return _nc(f"already at or below 80% at the first grid point ({curve}): {why}")
 
 
 def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dict]:
     """``relative`` (below the paper's scale): the 80% and 20% lines are read as shares of the
-    base model's EM on the same excluded-pairs snippets (:func:`excluded_curve`), where the
+    reference model's EM on the same excluded-pairs snippets (:func:`excluded_curve`), where the
     results have it. The paper's base model traces all of its ID test, so its lines are also
     shares of what a model that saw every pair reaches; a smaller model reaches less on these
     snippets, every one of which executes an `x = u op v`."""
@@ -239,7 +239,7 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
             out.update({k: gate for k in keys})
             continue
         if shares:
-            curve = ("excluded-pairs EM as a share of the base model's on the same snippets: "
+            curve = ("excluded-pairs EM as a share of the reference model's on the same snippets: "
                      + ", ".join(f"{p}%: {_pc(e)} ({_pc(a)} of {_pc(r)})"
                                  for p, e, a, r in zip(pcts, ems, absolute, refs)))
         else:
