@@ -194,8 +194,8 @@ def _scales() -> Presets[Scale]:
     # and every exclusion and curriculum run on a corpus as large as the base model's (Sec. 4.2,
     # 4.3.1). On `cpu`'s smaller fractions the exclusion and curriculum runs stop near 50% ID EM,
     # too low for their findings; here each experiment's runs get the paper's fractions (the
-    # robustness runs keep `cpu`'s 2 epochs, not the paper's 8). The exclusion grid gains 30% so
-    # that it can bracket the global scope's decline (the paper: below 80% from 60%).
+    # robustness runs keep `cpu`'s 2 epochs, not the paper's 8). The exclusion grid gains 10% and
+    # 30% so that it can bracket the global scope's decline (the paper: below 80% from 60%).
     # The base run, and with it the PE runs (the paper trains both alike, G.2), gets 2 epochs
     # (the paper: 4; `cpu`: 1); the exclusion and curriculum runs, whose epochs the paper does
     # not give, keep `cpu`'s 1 (they are many), and the exclusion runs' reference is then the
@@ -206,15 +206,15 @@ def _scales() -> Presets[Scale]:
         cpu, name="cpu-long",
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
-                    "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid "
-                    "and 30%) and curriculum run (Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
+                    "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid, "
+                    "10% and 30%) and curriculum run (Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
                     "they train on a fifth and a seventh of it and stop near 50% ID EM); the base "
                     "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
                     "and the LoRA runs start from that base model; every other run is `cpu`'s, "
                     "shared through the cache",
         train=dataclasses.replace(cpu.train, epochs=2),
         robustness_corpora=Scale.robustness_corpora,  # the default: the paper's fractions
-        exclusion_pcts=(30, 60, 90, 100),
+        exclusion_pcts=(10, 30, 60, 90, 100),
         coverage_corpus=1.0,
         coverage_epochs=1,
         curriculum_corpus=1.0,
