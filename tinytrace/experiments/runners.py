@@ -204,9 +204,8 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
     then, not in the paper, the reference model (:func:`_coverage_reference`: the base recipe
     on the whole base corpus, every pair included, for as many epochs as the exclusion runs;
     the base model unless the scale gives the exclusion runs other epochs) on each
-    excluded-pairs test set (test_set ``excluded-base``): what a
-    model that saw the pairs traces of the same snippets, every one of which executes an
-    `x = u op v`. The paper's base model traces 100% of its ID test, so its 80% line needs no
+    excluded-pairs test set (test_set ``excluded-base``): what a model that saw the pairs
+    traces of the same snippets, every one of which executes an `x = u op v`. The paper's base model traces 100% of its ID test, so its 80% line needs no
     such reference; a smaller model's does. The reference run is a prerequisite (trained here
     if missing, not one of :func:`training_runs`); an evaluate-only pass
     (:func:`evaluate_trained`, a GPU slot's training unit, which does not carry the base
