@@ -175,12 +175,13 @@ def test_a_subset_of_a_cached_evaluation_equals_evaluating_it(rows, tmp_path, mo
     for pos in ([0, 2, 4], [1, 2, 5], [3], []):
         got = C.subset(full, pos)
         if not pos:
-            assert got == {"n": 0, "correct": [], "clip_candidates": [], "failure": []}
+            assert got == {"n": 0, "correct": [], "max_indent": [], "failure": []}
             continue
         df, want = evaluate(teacher, [recs[i] for i in pos], batch_size=4, use_cache=False)
         assert {k: got[k] for k in METRICS} == pytest.approx({k: want[k] for k in METRICS})
         assert got["correct"] == df["correct"].tolist() == [full["correct"][i] for i in pos]
         assert got["failure"] == [full["failure"][i] for i in pos]
+        assert got["max_indent"] == [full["max_indent"][i] for i in pos]
     assert 0 < C.subset(full, [0, 2, 4])["step_em_tf"] < 1
 
 

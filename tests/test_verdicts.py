@@ -39,6 +39,49 @@ def test_classify_failure(prediction, kind):
     assert classify_failure(prediction, TRACE) == kind
 
 
+# a depth-2 snippet: the base model of the book writes it back at depth 1, dropping the inner `if`
+DEEP = ("@h = 3$\nif h > 0:\n\tif -5 > h:\n\t\te = -1\n#STEP\nh = 3\n@if h > 0:$h?3\n\tif -5 > h:\n"
+        "\t\te = -1\n#STEP\nh = 3\nif h > 0:\n@\tif -5 > h:$h?3\n\t\te = -1\n#STEP\nh = 3\n"
+        "if h > 0:\n\tif -5 > h:\n\t\te = -1\n@^$h?3")
+DROPPED_IF = ("@h = 3$\nif h > 0:\n\te = -1\n#STEP\nh = 3\n@if h > 0:$h?3\n\te = -1\n#STEP\n"
+              "h = 3\nif h > 0:\n@\te = -1$h?3\n#STEP\nh = 3\nif h > 0:\n\te = -1\n@^$h?3;e?-1")
+
+
+def test_clip_rate_counts_the_failing_traces_that_stay_at_the_trained_depth():
+    from tinytrace.experiments.analysis import clip_rate
+    from tinytrace.experiments.cache import _max_tabs
+
+    reindented = DEEP.replace("\n\t\te = -1\n#STEP", "\n\te = -1\n#STEP", 1)
+    wrong_value = DEEP.replace("@^$h?3", "@^$h?4")  # every line at its depth, the state wrong
+    preds = [DEEP, DROPPED_IF, reindented, wrong_value]
+    # the dropped `if` is a clip, though its first wrong token is a snippet copy
+    assert [classify_failure(p, DEEP) for p in preds] == [
+        None, "snippet copy", "indentation (depth)", "final state"]
+
+    def rate(ps, depth=1):
+        return clip_rate({"correct": [p == DEEP for p in ps],
+                          "max_indent": [[_max_tabs(DEEP), _max_tabs(p)] for p in ps]}, depth)
+
+    assert [_max_tabs(p) for p in preds] == [2, 1, 2, 2]  # reindented: one line of many
+    assert rate(preds) == pytest.approx(1 / 3) and rate(preds[:2]) == 1.0  # the correct one: not counted
+    assert rate(preds[2:]) == 0.0  # depth-2 lines written, if not all where they belong
+    assert rate(preds, depth=2) is None  # no target deeper than 2: nothing to clip
+
+
+def test_clip_table_is_p_by_depth_set_for_each_bound():
+    from tinytrace.report.tables import clip_table
+
+    rows = [{"p": p, "trained_depth": d, "test_set": ts, "clip_rate": c, "clip_rate_next": n}
+            for p, d in ((0, 1), (10, 3))
+            for ts, c, n in (("depth-0-1", None, None), ("depth-2", 1.0 if p == 0 else None, None),
+                             ("depth-5", 0.25, 0.5))]
+    t = clip_table(pd.DataFrame(rows))
+    assert list(t.index) == [(0, 1), (10, 3)]
+    assert t.loc[(0, 1), ("<= trained depth", "depth-2")] == 100.0
+    assert t.loc[(10, 3), ("<= trained depth + 1", "depth-5")] == 50.0
+    assert "depth-0-1" not in t.columns.get_level_values("test set")  # the training range
+
+
 def test_failure_counts_has_every_class():
     counts = failure_counts([TRACE, TRACE.replace("b?1", "b?2")], [TRACE, TRACE])
     assert list(counts) == list(FAILURE_CLASSES) and counts["final state"] == 1

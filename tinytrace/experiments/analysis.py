@@ -198,6 +198,20 @@ def classify_failure(prediction: str, target: str) -> str | None:
     return "snippet copy"
 
 
+def clip_rate(result: dict, depth: int) -> float | None:
+    """The paper's clipping (Sec. 4.3: the model "does not recognize the new nesting levels,
+    thus clipping all lines at a depth of 3 or 4 to only 2"): of the failing traces whose target
+    goes deeper than ``depth`` (the deepest the model trained on), the share whose prediction
+    never does; None without such failures. ``result``: a cached evaluation (``correct`` and
+    ``max_indent``, the target's and the prediction's deepest indentation per example).
+
+    A model that drops the ``if`` line opening a deeper block and writes its body one level up
+    clips too, though its first wrong token is a snippet copy, not an indentation."""
+    failed = [pred for ok, (target, pred) in zip(result["correct"], result["max_indent"])
+              if not ok and target > depth]
+    return sum(pred <= depth for pred in failed) / len(failed) if failed else None
+
+
 def failure_counts(predictions, targets) -> dict[str, int]:
     """How many traces fail at each :data:`FAILURE_CLASSES` kind (zeros included)."""
     counts = dict.fromkeys(FAILURE_CLASSES, 0)

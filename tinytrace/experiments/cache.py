@@ -202,7 +202,7 @@ class Cache:
                  max_len_factor: float = 2.0, eos_prefix: bool = False,
                  require: tuple = ()) -> dict:
         """The cached evaluation of ``model`` on ``data``: metrics, per-example ``correct``,
-        clip candidates and the kind of each failure. ``require``: fields a cached result
+        the deepest indentation of target and prediction and the kind of each failure. ``require``: fields a cached result
         must hold, else it is evaluated again (results cached before the field existed)."""
         key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
         path = self.root / f"eval-{_key(key)}.json"
@@ -224,7 +224,8 @@ class Cache:
             # the other per-example counts, so a subset's scores need no new evaluation (subset)
             result["counts"] = {k: [int(v) for v in df[k]] for k in COUNTS
                                 if k != "correct" and k in df}
-            result["clip_candidates"] = _clip_flags(df)
+            result["max_indent"] = [[_max_tabs(t), _max_tabs(p)]
+                                    for p, t in zip(df["prediction"], df["target"])]
             result["failure"] = [classify_failure(p, t) for p, t in zip(df["prediction"], df["target"])]
             path.write_text(json.dumps(result) + "\n")
             _use("evaluate", path, _eval_seconds(result))
@@ -242,31 +243,16 @@ def subset(result: dict, positions: list[int]) -> dict:
     pooled over them (:func:`~tinytrace.evaluate.metrics.scores`) and their per-example fields.
     Greedy decoding is per example, so this is the evaluation of those examples alone, without
     decoding them again. Needs a result that keeps its counts (``require=("counts",)``)."""
-    per = {"correct": result["correct"], **result["counts"],
-           "clip_candidates": result["clip_candidates"], "failure": result["failure"]}
+    own = [k for k in ("correct", "max_indent", "failure") if k in result]
+    per = {**result["counts"], **{k: result[k] for k in own}}
     picked = {k: [v[i] for i in positions] for k, v in per.items()}
-    return {**scores(picked), **{k: picked[k] for k in ("correct", "clip_candidates", "failure")}}
+    return {**scores(picked), **{k: picked[k] for k in own}}
 
 
-def _clip_flags(df) -> list:
-    """Per example: the first wrong line's target and predicted indentation (tabs), or None."""
-    out = []
-    for pred, target, ok in zip(df["prediction"], df["target"], df["correct"]):
-        if ok:
-            out.append(None)
-            continue
-        pl, tl = pred.split("\n"), target.split("\n")
-        pair = None
-        for a, b in zip(pl, tl):
-            if a != b:
-                pair = (_tabs(b), _tabs(a))
-                break
-        out.append(pair)
-    return out
-
-
-def _tabs(line: str) -> int:
-    return len(line.lstrip("@")) - len(line.lstrip("@").lstrip("\t"))
+def _max_tabs(text: str) -> int:
+    """The deepest indentation (tabs after an ``@``) of any line of a trace."""
+    return max((len(b) - len(b.lstrip("\t")) for b in (ln.lstrip("@") for ln in text.split("\n"))),
+               default=0)
 
 
 class _Context:

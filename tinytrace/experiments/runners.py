@@ -40,7 +40,7 @@ from tinytrace.model import count_params, match_params
 from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
-from .analysis import FAILURE_CLASSES
+from .analysis import FAILURE_CLASSES, clip_rate
 from .cache import USED, LazyModel, NotTrained, _Context, _key, _run_seconds, _use, settings, subset
 from .scales import SHIPPED, get_scale, tokens_per_example
 
@@ -72,18 +72,12 @@ def exp_base(ctx: _Context) -> list[dict]:
     id_max = ctx.scale.generator("id").max_depth
     for test_set, corpus in (("id", ctx.base_corpus()), ("longer", ctx.test_set("longer")),
                              ("deeper", ctx.test_set("deeper"))):
-        res = ctx.eval_set(model, run, corpus, require=("failure",))
+        res = ctx.eval_set(model, run, corpus, require=("failure", "max_indent"))
         # where each failed trace first goes wrong (analysis.FAILURE_CLASSES)
         kinds = Counter(k for k in res["failure"] if k)
         extra = {f"fail: {k}": kinds[k] for k in FAILURE_CLASSES}
         if test_set == "deeper":
-            # the paper's clipping (Sec. 4.3): the deeper set's failures at an indentation; of
-            # those, how many wrote a line deeper than ID at an ID depth
-            failed = sum(kinds.values())
-            extra["clip_rate"] = kinds["indentation (depth)"] / failed if failed else None
-            flags = [f for f in res["clip_candidates"] if f is not None]
-            clipped = sum(1 for t, p in flags if t > id_max and p <= id_max)
-            extra["clipped_to_id_depth"] = clipped / failed if failed else None
+            extra["clip_rate"] = clip_rate(res, id_max)  # the paper's clipping (Sec. 4.3)
         rows.append(_row("base", "base", test_set, "-", res, **extra))
     return rows
 
@@ -347,14 +341,25 @@ def exp_depth_curriculum(ctx: _Context) -> list[dict]:
     tests = ["curriculum"] + sorted((r for r in s.task if r.startswith("depth-")),
                                     key=lambda r: int(r.split("-")[1]))
     base, _, _ = _curriculum_corpora(ctx)
+    injected = [s.generator(r).max_depth for r in _inject_roles(s)]
     rows = []
     for p in s.curriculum_ps:
         run = _curriculum_run(ctx, p)
         model = _load(run)
+        # the deepest nesting this run trained on (beyond the paper: do the deeper sets'
+        # failures clip to it, as the base model's clip to the ID depth, or to one level
+        # deeper, the X + 1 of Sec. 4.3.1?)
+        trained = max([s.generator("curriculum").max_depth] + (injected if p else []))
         for role in tests:
-            corpus = base if role == "curriculum" else ctx.test_set(role)
-            res = ctx.eval_set(model, run, corpus)
-            rows.append(_row("depth_curriculum", f"p={p}", s.generator(role).name, f"{p}%", res, p=p))
+            if role == "curriculum":
+                res = ctx.eval_set(model, run, base)
+                extra = {}
+            else:
+                res = ctx.eval_set(model, run, ctx.test_set(role), require=("max_indent",))
+                extra = {"clip_rate": clip_rate(res, trained),
+                         "clip_rate_next": clip_rate(res, trained + 1)}
+            rows.append(_row("depth_curriculum", f"p={p}", s.generator(role).name, f"{p}%", res,
+                             p=p, trained_depth=trained, **extra))
     return rows
 
 

@@ -26,6 +26,7 @@ from tinytrace.provenance import git_commit, hardware, versions
 
 from .sections import NOTEBOOKS, Section
 from .tables import (
+    clip_table,
     comparison,
     em_table,
     failure_table,
@@ -41,6 +42,7 @@ from .tables import (
 )
 
 __all__ = [
+    "clip_table",
     "failure_table",
     "NOTEBOOKS",
     "Markdown",

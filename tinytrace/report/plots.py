@@ -236,8 +236,9 @@ def ood_numbers(df: pd.DataFrame, title: str = "") -> plt.Figure:
 def failure_kinds(df: pd.DataFrame, title: str = "") -> plt.Figure:
     """Where the base model fails (beyond the paper): per test set, the share of all traces
     that first go wrong at each kind of token (``fail: <kind>`` columns of the base results,
-    :data:`tinytrace.experiments.analysis.FAILURE_CLASSES`); the rest are correct. The deeper
-    set's indentation share of its failures is the clipping rate."""
+    :data:`tinytrace.experiments.analysis.FAILURE_CLASSES`); the rest are correct. A trace
+    clipped to the ID depth fails first at an indentation or, when it drops the ``if`` line
+    opening a deeper block, at a snippet copy (the clip rate counts both)."""
     _theme()
     cols = [c for c in df.columns if c.startswith("fail: ")]
     d = df.set_index("test_set").reindex(order(df["test_set"], TEST_SET_ORDER))

@@ -167,6 +167,20 @@ def em_table(df: pd.DataFrame, index, columns) -> pd.DataFrame:
     return t.round(2)
 
 
+def clip_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The curriculum runs' clipping, p by depth test set: of each set's failing traces, the
+    share (%) that write no line deeper than the run trained on (``trained_depth``), and no
+    line more than one level deeper; empty where the set is not that deep."""
+    names = {"clip_rate": "<= trained depth", "clip_rate_next": "<= trained depth + 1"}
+    cols = [c for c in names if c in df]
+    d = df.dropna(subset=cols, how="all")
+    d = d.assign(**{names[c]: d[c].astype(float) * PCT for c in cols})
+    t = d.pivot_table(index=["p", "trained_depth"], columns="test_set",
+                      values=[names[c] for c in cols], sort=False)
+    t.columns.names = ["failing traces with no line deeper than (%)", "test set"]
+    return t.round(1)
+
+
 def wide(table: pd.DataFrame, index: str = "model") -> pd.DataFrame:
     """A paper-vs-ours long table as the paper prints it: one row per ``index``, one column
     pair (paper, this run) per test set, in percent."""
@@ -184,8 +198,9 @@ def wide(table: pd.DataFrame, index: str = "model") -> pd.DataFrame:
 
 def failure_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per test set of the base results: traces, failures, each kind of first wrong token
-    (``fail: <kind>`` columns) and, on the deeper set, the clipping rate (its indentation
-    share of the failures)."""
+    (``fail: <kind>`` columns) and, on the deeper set, the clipping rate (the share of its
+    failures that write no line deeper than the ID depth: :func:`~tinytrace.experiments.
+    analysis.clip_rate`)."""
     cols = [c for c in df.columns if c.startswith("fail: ")]
     d = df.set_index("test_set").reindex(order(df["test_set"], TEST_SET_ORDER))
     t = d[cols].fillna(0).astype(int)

@@ -99,8 +99,9 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             rate = df["clip_rate"].dropna() if "clip_rate" in df else []
             out["deeper_clipping"] = gate or (
                 _nc("no deeper failures to classify") if not len(rate) else
-                _verdict(float(rate.iloc[0]) >= 0.5, f"clip rate {float(rate.iloc[0]):.2f} of the "
-                         "failing deeper traces (reproduced from 0.5)"))
+                _verdict(float(rate.iloc[0]) >= 0.5, f"clip rate {float(rate.iloc[0]):.2f}: the share "
+                         "of failing deeper traces with no line deeper than the ID depth "
+                         "(reproduced from 0.5)"))
         else:
             ft = d[d["model"] == "fine-tuned"]
             f = {ts: mean_em(ft, test_set=ts) for ts in ("id", "longer", "deeper")}
