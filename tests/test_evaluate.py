@@ -182,6 +182,9 @@ def test_a_subset_of_a_cached_evaluation_equals_evaluating_it(rows, tmp_path, mo
         assert got["correct"] == df["correct"].tolist() == [full["correct"][i] for i in pos]
         assert got["failure"] == [full["failure"][i] for i in pos]
         assert got["max_indent"] == [full["max_indent"][i] for i in pos]
+        # a result cached before max_indent existed still gives its subsets' scores
+        older = C.subset({k: v for k, v in full.items() if k != "max_indent"}, pos)
+        assert "max_indent" not in older and older["exact_match"] == got["exact_match"]
     assert 0 < C.subset(full, [0, 2, 4])["step_em_tf"] < 1
 
 

@@ -73,10 +73,15 @@ def _check_contents(name, df, smoke_cache):
         tests = [s.generator(r).name for r in ("curriculum", "depth-3", "depth-4", "depth-5", "depth-6")]
         assert list(df["test_set"]) == tests * 2 and list(df["p"]) == [0] * 5 + [50] * 5
         assert (df["n"] == n).all()
-        # trained on depths 0-2, plus 3-4 at p = 50; the clip rates only on the depth sets
+        # trained on depths 0-2, plus 3-4 at p = 50; a clip rate where a depth set goes deeper
+        # than its bound (the smoke models fail every trace that deep)
         assert list(df["trained_depth"]) == [2] * 5 + [4] * 5
-        assert df[df["test_set"] == tests[0]]["clip_rate"].isna().all()
-        assert df[df["p"] == 0]["clip_rate"].iloc[1:].notna().all()
+        cur = df.set_index(["p", "test_set"])
+        for p, trained in ((0, 2), (50, 4)):
+            for ts in tests[1:]:
+                deeper = int(ts.split("-")[1]) - trained
+                assert pd.notna(cur.loc[(p, ts), "clip_rate"]) == (deeper > 0), (p, ts)
+                assert pd.notna(cur.loc[(p, ts), "clip_rate_next"]) == (deeper > 1), (p, ts)
     elif name == "sft_lora":
         pre, ft = df[df["model"] == "pre-trained"], df[df["model"] == "fine-tuned"]
         assert list(pre["test_set"]) == list(ft["test_set"]) == ["id", "deeper", "longer"]

@@ -48,8 +48,7 @@ DROPPED_IF = ("@h = 3$\nif h > 0:\n\te = -1\n#STEP\nh = 3\n@if h > 0:$h?3\n\te =
 
 
 def test_clip_rate_counts_the_failing_traces_that_stay_at_the_trained_depth():
-    from tinytrace.experiments.analysis import clip_rate
-    from tinytrace.experiments.cache import _max_tabs
+    from tinytrace.experiments.analysis import clip_rate, max_indent
 
     reindented = DEEP.replace("\n\t\te = -1\n#STEP", "\n\te = -1\n#STEP", 1)
     wrong_value = DEEP.replace("@^$h?3", "@^$h?4")  # every line at its depth, the state wrong
@@ -60,9 +59,11 @@ def test_clip_rate_counts_the_failing_traces_that_stay_at_the_trained_depth():
 
     def rate(ps, depth=1):
         return clip_rate({"correct": [p == DEEP for p in ps],
-                          "max_indent": [[_max_tabs(DEEP), _max_tabs(p)] for p in ps]}, depth)
+                          "max_indent": max_indent(ps, [DEEP] * len(ps))}, depth)
 
-    assert [_max_tabs(p) for p in preds] == [2, 1, 2, 2]  # reindented: one line of many
+    # [target, prediction]; reindented moves one line of many
+    assert max_indent(preds, [DEEP] * 4) == [[2, 2], [2, 1], [2, 2], [2, 2]]
+    assert max_indent([DEEP], [DROPPED_IF]) == [[1, 2]]
     assert rate(preds) == pytest.approx(1 / 3) and rate(preds[:2]) == 1.0  # the correct one: not counted
     assert rate(preds[2:]) == 0.0  # depth-2 lines written, if not all where they belong
     assert rate(preds, depth=2) is None  # no target deeper than 2: nothing to clip

@@ -170,11 +170,12 @@ FAILURE_CLASSES = ("snippet copy", "@ line (control flow)", "indentation (depth)
 def classify_failure(prediction: str, target: str) -> str | None:
     """The kind of the first wrong character of a trace (None when the trace is right).
 
-    The line holding it decides: an ``@^`` line is the final state; a differing number of
-    leading tabs (after an ``@``) is indentation, the paper's "clipping" when a deeper line
-    comes back at an ID depth; an ``@`` on one side only is the line about to run (control
-    flow); after the line's ``$`` it is a state value; else a copy of the snippet. A
-    prediction that stops early or runs on past a right trace is ``length``."""
+    The line holding it decides: an ``@^`` line is the final state; a differing
+    :func:`indent` is indentation (a deeper line re-indented; a clipped trace that drops the
+    ``if`` line opening a deeper block first goes wrong at a snippet copy instead, see
+    :func:`clip_rate`); an ``@`` on one side only is the line about to run (control flow);
+    after the line's ``$`` it is a state value; else a copy of the snippet. A prediction that
+    stops early or runs on past a right trace is ``length``."""
     if prediction == target:
         return None
     i = next((k for k, (a, b) in enumerate(zip(prediction, target)) if a != b),
@@ -187,9 +188,7 @@ def classify_failure(prediction: str, target: str) -> str | None:
     if t_line.startswith("@^"):
         return "final state"
     t_mark, p_mark = t_line.startswith("@"), p_line.startswith("@")
-    t_body, p_body = t_line.lstrip("@"), p_line.lstrip("@")
-    tabs = lambda s: len(s) - len(s.lstrip("\t"))  # noqa: E731
-    if tabs(t_body) != tabs(p_body):
+    if indent(t_line) != indent(p_line):
         return "indentation (depth)"
     if t_mark != p_mark:
         return "@ line (control flow)"
@@ -198,12 +197,25 @@ def classify_failure(prediction: str, target: str) -> str | None:
     return "snippet copy"
 
 
+def indent(line: str) -> int:
+    """A trace line's nesting depth: its leading tabs, after the ``@`` of a marked line."""
+    body = line.lstrip("@")
+    return len(body) - len(body.lstrip("\t"))
+
+
+def max_indent(predictions, targets) -> list[list[int]]:
+    """Per example, ``[target, prediction]``: the deepest :func:`indent` of any of its lines
+    (what :func:`clip_rate` reads)."""
+    deepest = lambda text: max(indent(ln) for ln in text.split("\n"))  # noqa: E731
+    return [[deepest(t), deepest(p)] for p, t in zip(predictions, targets)]
+
+
 def clip_rate(result: dict, depth: int) -> float | None:
     """The paper's clipping (Sec. 4.3: the model "does not recognize the new nesting levels,
     thus clipping all lines at a depth of 3 or 4 to only 2"): of the failing traces whose target
     goes deeper than ``depth`` (the deepest the model trained on), the share whose prediction
     never does; None without such failures. ``result``: a cached evaluation (``correct`` and
-    ``max_indent``, the target's and the prediction's deepest indentation per example).
+    :func:`max_indent`).
 
     A model that drops the ``if`` line opening a deeper block and writes its body one level up
     clips too, though its first wrong token is a snippet copy, not an indentation."""

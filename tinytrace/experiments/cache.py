@@ -31,7 +31,7 @@ from tinytrace.model import load_checkpoint
 from tinytrace.train import TrainConfig
 from tinytrace.train import train as train_run
 
-from .analysis import classify_failure
+from .analysis import classify_failure, max_indent
 from .scales import Scale
 
 
@@ -202,8 +202,9 @@ class Cache:
                  max_len_factor: float = 2.0, eos_prefix: bool = False,
                  require: tuple = ()) -> dict:
         """The cached evaluation of ``model`` on ``data``: metrics, per-example ``correct``,
-        the deepest indentation of target and prediction and the kind of each failure. ``require``: fields a cached result
-        must hold, else it is evaluated again (results cached before the field existed)."""
+        the deepest indentation of target and prediction and the kind of each failure.
+        ``require``: fields a cached result must hold, else it is evaluated again (results
+        cached before the field existed)."""
         key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
         path = self.root / f"eval-{_key(key)}.json"
         with self.locked(path):
@@ -224,8 +225,7 @@ class Cache:
             # the other per-example counts, so a subset's scores need no new evaluation (subset)
             result["counts"] = {k: [int(v) for v in df[k]] for k in COUNTS
                                 if k != "correct" and k in df}
-            result["max_indent"] = [[_max_tabs(t), _max_tabs(p)]
-                                    for p, t in zip(df["prediction"], df["target"])]
+            result["max_indent"] = max_indent(df["prediction"], df["target"])
             result["failure"] = [classify_failure(p, t) for p, t in zip(df["prediction"], df["target"])]
             path.write_text(json.dumps(result) + "\n")
             _use("evaluate", path, _eval_seconds(result))
@@ -247,12 +247,6 @@ def subset(result: dict, positions: list[int]) -> dict:
     per = {**result["counts"], **{k: result[k] for k in own}}
     picked = {k: [v[i] for i in positions] for k, v in per.items()}
     return {**scores(picked), **{k: picked[k] for k in own}}
-
-
-def _max_tabs(text: str) -> int:
-    """The deepest indentation (tabs after an ``@``) of any line of a trace."""
-    return max((len(b) - len(b.lstrip("\t")) for b in (ln.lstrip("@") for ln in text.split("\n"))),
-               default=0)
 
 
 class _Context:

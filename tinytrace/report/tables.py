@@ -173,8 +173,7 @@ def clip_table(df: pd.DataFrame) -> pd.DataFrame:
     line more than one level deeper; empty where the set is not that deep."""
     names = {"clip_rate": "<= trained depth", "clip_rate_next": "<= trained depth + 1"}
     cols = [c for c in names if c in df]
-    d = df.dropna(subset=cols, how="all")
-    d = d.assign(**{names[c]: d[c].astype(float) * PCT for c in cols})
+    d = df.assign(**{names[c]: df[c].astype(float) * PCT for c in cols})
     t = d.pivot_table(index=["p", "trained_depth"], columns="test_set",
                       values=[names[c] for c in cols], sort=False)
     t.columns.names = ["failing traces with no line deeper than (%)", "test set"]
