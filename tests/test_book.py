@@ -109,7 +109,7 @@ def _broken_local_refs(html_dir: Path) -> list[str]:
 def built_book(tmp_path_factory):
     """The book built from a copy of the repository's book files (the tree stays clean)."""
     src = tmp_path_factory.mktemp("book_src")
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "README.md"):  # book/reading.md includes the README
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "book", src / "book",
                     ignore=shutil.ignore_patterns(".*", "__pycache__"))
@@ -135,6 +135,15 @@ def test_book_builds_without_warnings(built_book):
     assert "WARNING" not in log and "ERROR" not in log, log[-5000:]
     for f in _toc_files():
         assert (html_dir / f"{f}.html").exists(), f
+
+
+def test_the_reading_page_is_the_readme_account_of_the_committed_book(built_book):
+    html_dir, _ = built_book
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- book-reading:start -->")
+    assert start < readme.index("<!-- book-reading:end -->")
+    page = (html_dir / "book" / "reading.html").read_text()
+    assert "The committed book is at" in page and "Both create" not in page
 
 
 def test_no_broken_local_images_or_links(built_book):
