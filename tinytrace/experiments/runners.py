@@ -72,7 +72,8 @@ def exp_base(ctx: _Context) -> list[dict]:
     id_max = ctx.scale.generator("id").max_depth
     for test_set, corpus in (("id", ctx.base_corpus()), ("longer", ctx.test_set("longer")),
                              ("deeper", ctx.test_set("deeper"))):
-        res = ctx.eval_set(model, run, corpus, require=("failure", "max_indent"))
+        clip = ("max_indent",) if test_set == "deeper" else ()  # only the deeper set's clipping
+        res = ctx.eval_set(model, run, corpus, require=("failure", *clip))
         # where each failed trace first goes wrong (analysis.FAILURE_CLASSES)
         kinds = Counter(k for k in res["failure"] if k)
         extra = {f"fail: {k}": kinds[k] for k in FAILURE_CLASSES}
