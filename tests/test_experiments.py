@@ -2,6 +2,7 @@ import dataclasses
 import json
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -153,6 +154,96 @@ def test_coverage_reference_is_trained_as_long_as_the_exclusion_runs(smoke_cache
     assert _coverage_reference(plain) == plain.base_run()
 
 
+def test_a_drawn_point_is_trained_again_at_the_next_seed_with_its_own_reference(smoke_cache):
+    """A scale's ``coverage_drawn`` points get ``coverage_draws`` draws: the further draws'
+    runs (and references) are training runs of their own, at the next seeds, and add rows with
+    their seed after the first draw's; the verdicts pool them."""
+    from tinytrace.experiments.analysis import draws, excluded_curve
+    from tinytrace.experiments.cache import _Context
+    from tinytrace.experiments.runners import (_coverage_corpus, _coverage_reference, _coverage_run,
+                                               _coverages, evaluate_trained, training_runs)
+
+    s = dataclasses.replace(get_scale("smoke"), exclusion_pcts=(50, 100), scopes=("global",),
+                            coverage_draws=2, coverage_drawn=("global-50",))
+    labels = [r.label for r in training_runs("pair_coverage", s)]
+    assert labels == ["coverage-global-50", "coverage-global-100", "coverage-global-50-seed1",
+                      "coverage-reference-seed1"]
+    df = run_experiment("pair_coverage", s, cache_dir=smoke_cache, progress=False)
+    first, second = df[df["seed"] == 0], df[df["seed"] == 1]
+    assert list(first["test_set"]) == ["allowed", "excluded", "allowed", "excluded",
+                                       "excluded-base", "excluded-base"]
+    assert list(second["test_set"]) == ["allowed", "excluded", "excluded-base"]
+    assert (second["exclusion_pct"] == 50).all() and second.index.min() > first.index.max()
+    # the runs the training list names are the ones the rows report (cached evaluations)
+    ctx = _Context(s, smoke_cache, 0, False, train_missing=False)
+    runs = training_runs("pair_coverage", s)
+    at1 = ctx.at_seed(1)
+    (cov,) = [c for c in _coverages(s, 1) if c.pct == 50]
+    test = at1.cache.test_set(cov.excluded, s.test_size, 1, s.context)
+    # another draw of the pairs, so another excluded-pairs test
+    assert [c.pairs for c in _coverages(s, 0) if c.pct == 50] != [cov.pairs]
+    assert runs[2].train(ctx) == _coverage_run(at1, cov)
+    assert runs[3].train(ctx) == _coverage_reference(at1) != _coverage_reference(ctx)
+    assert second.iloc[1]["exact_match"] == at1.eval_set(None, runs[2].train(ctx), test)["exact_match"]
+    assert second.iloc[2]["exact_match"] == at1.eval_set(None, runs[3].train(ctx), test)["exact_match"]
+    # the curve pools the two draws of 50% (the mean EM); each draw is paired with its reference
+    pcts, ems, _, _ = excluded_curve(df, "global")
+    ex = df[(df["test_set"] == "excluded") & (df["exclusion_pct"] == 50)]["exact_match"]
+    ref = df[(df["test_set"] == "excluded-base") & (df["exclusion_pct"] == 50)]["exact_match"]
+    assert pcts == [50, 100] and ems[0] == pytest.approx(ex.mean())
+    assert draws(df, "global")[50] == dict(zip([0, 1], zip(ex, ref)))
+    assert list(draws(df, "global")[100]) == [0]
+    # an evaluate-only pass evaluates every draw where all are trained, and stops at the
+    # first run that is not (a third draw)
+    assert evaluate_trained("pair_coverage", s, smoke_cache, progress=False) == \
+        "evaluated every run of pair_coverage"
+    third = dataclasses.replace(s, coverage_draws=3)
+    at2 = ctx.at_seed(2)
+    (cov2,) = [c for c in _coverages(s, 2) if c.pct == 50]
+    missing, _ = at2.cache.run_dir(s, _coverage_corpus(at2, cov2), s.model_config(),
+                                   s.recipe(s.coverage_epochs), tag="coverage-global-50")
+    assert evaluate_trained("pair_coverage", third, smoke_cache, progress=False) == (
+        f"evaluated the trained runs of pair_coverage before {missing.name}, which is not trained")
+    with pytest.raises(ValueError, match="coverage_drawn"):
+        dataclasses.replace(s, coverage_drawn=("assignment-50",))  # not a point of the grid
+
+
+def test_the_training_runs_of_further_draws_are_listed_in_the_runners_order(monkeypatch, tmp_path):
+    """Each draw's runs, then its reference, as the runner trains them (a slot evaluates its
+    runs in that order), and as many token counts as runs. Cache and evaluation are faked:
+    only the order of the runs asked for is recorded."""
+    from tinytrace.experiments import run_tokens
+    from tinytrace.experiments.cache import Cache, _Context, _key
+    from tinytrace.experiments.runners import exp_pair_coverage, training_runs
+
+    asked = []
+
+    def fake_run(self, scale, corpus, model_cfg, callbacks=(), train=None, tag=""):
+        asked.append((corpus[0].name, tag))
+        return Path(f"run-{len(asked)}")
+
+    monkeypatch.setattr(Cache, "corpus", lambda self, gen, n, *a, seed=0, **k: (
+        Path(f"corpus-{_key([gen.to_dict(), n, seed])}"), "data"))
+    monkeypatch.setattr(Cache, "run", fake_run)
+    monkeypatch.setattr(_Context, "eval_set", lambda *a, **k: {"exact_match": 0.5})
+    s = dataclasses.replace(get_scale("gpu"), coverage_draws=3, coverage_drawn=("global-10", "global-50"))
+    runs = training_runs("pair_coverage", s)
+    assert [r.label for r in runs][-6:] == [
+        "coverage-global-10-seed1", "coverage-global-50-seed1", "coverage-reference-seed1",
+        "coverage-global-10-seed2", "coverage-global-50-seed2", "coverage-reference-seed2"]
+    ctx = _Context(s, tmp_path, 0, False)
+    for r in runs:
+        r.train(ctx)
+    listed, asked[:] = list(asked), []
+    exp_pair_coverage(ctx)
+    by_runner = list(dict.fromkeys(asked))  # the first draw's reference (the base run) last
+    assert by_runner[:12] == listed[:12] and by_runner[13:] == listed[12:]
+    assert by_runner[12] == (ctx.base_corpus()[0].name, "")
+    for scale in (s, "gpu", "paper"):  # one token count per run, every experiment
+        assert {k: len(v) for k, v in run_tokens(scale).items()} == {
+            k: len(training_runs(k, scale)) for k in EXPERIMENTS}
+
+
 def test_cached_rerun_is_identical(smoke_cache, tmp_path):
     a = run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False)
     b = run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False)
@@ -175,14 +266,14 @@ def test_scales_table():
 def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
     """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
     of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
-    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points and trains the base run for 2 epochs while
+    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (the global ones in three draws) and trains the base run for 2 epochs while
     the exclusion and curriculum runs keep `cpu`'s 1; a run's cache key does not contain the
     scale's name, so every run of the same recipe is the same folder in a shared cache."""
     cpu, long = get_scale("cpu"), get_scale("cpu-long")
     changed = {f.name for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(long, f.name)}
     assert changed == {"name", "description", "train", "coverage_corpus", "coverage_epochs",
                        "curriculum_corpus", "curriculum_epochs", "robustness_corpora",
-                       "exclusion_pcts"}
+                       "exclusion_pcts", "coverage_draws", "coverage_drawn"}
     assert long.train == dataclasses.replace(cpu.train, epochs=2) and cpu.train.epochs == 1
     assert long.coverage_corpus == long.curriculum_corpus == 1.0
     assert cpu.coverage_corpus < 1 and cpu.curriculum_corpus < 1
@@ -192,7 +283,8 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     row = scale_table().set_index("scale").loc["cpu-long"]
     assert row["epochs"] == 2
     assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
-    assert row["exclusion %"] == "10, 30, 60, 90, 100"
+    assert long.coverage_draws == 3 and long.coverage_drawn == ("global-10", "global-30")
+    assert row["exclusion %"] == "10, 30, 60, 90, 100; global 10 (x3); global 30 (x3)"
     assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 1"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 from tinytrace.experiments import classify_failure, failure_counts
-from tinytrace.experiments.analysis import FAILURE_CLASSES, measured
+from tinytrace.experiments.analysis import FAILURE_CLASSES, excluded_curve, measured
 from tinytrace.report import pages, paper
 from tinytrace.report.nbkit import training_caption
 from tinytrace.report.runner import hide_default_parameters
-from tinytrace.report.tables import failure_table, generator_comparison
+from tinytrace.report.tables import draws_table, failure_table, generator_comparison
 from tinytrace.report.verdicts import (
     NOT_COMPARABLE,
     NOT_REPRODUCED,
@@ -307,3 +307,30 @@ def test_coverage_lines_are_shares_of_the_base_model_below_paper_scale():
     # at the paper's scale the paper's numbers are the lines, reference or not
     p = verdicts("pair_coverage", with_ref, "paper")
     assert p["assignment_excluded_above_80_until"] == absolute["assignment_excluded_above_80_until"]
+
+
+def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
+    """Three draws of the global 10% point (seed column): one below the 80% line of the
+    reference, the pooled share (mean EM over mean reference EM) above it."""
+    rows = []
+    for seed, ex, ref in ((0, 0.656, 0.834), (1, 0.674, 0.781), (2, 0.844, 0.836), (0, 0.4, 0.8), (0, 0.1, 0.8)):
+        pct = 10 if ex > 0.6 else 60 if ex > 0.2 else 90
+        for scope in ("assignment", "global"):
+            rows += [{"scope": scope, "exclusion_pct": pct, "seed": seed, "test_set": t, "exact_match": v}
+                     for t, v in (("allowed", 0.96), ("excluded", ex), ("excluded-base", ref))]
+    df = pd.DataFrame(rows)
+    pcts, ems, refs, shares = excluded_curve(df, "global")
+    assert pcts == [10, 60, 90] and shares[0] == pytest.approx((0.656 + 0.674 + 0.844) / (0.834 + 0.781 + 0.836))
+    v = verdicts("pair_coverage", df, "cpu")["global_below_80_from"]
+    assert v["verdict"] == REPRODUCED and "declines between 10% and 60%" in v["evidence"]
+    assert "10%: 88.7% (72.5% of 81.7%, pooled over 3 draws, each 78.7% to 101.0%)" in v["evidence"]
+    assert "60%: 50.0% (40.0% of 80.0%)," in v["evidence"]
+    assert "10%: 72.5% (pooled over 3 draws, each 65.6% to 84.4%)" in verdicts(
+        "pair_coverage", df[df["test_set"] != "excluded-base"], "paper")["global_below_80_from"]["evidence"]
+    one = verdicts("pair_coverage", df[df["seed"] == 0], "cpu")["global_below_80_from"]
+    assert one["verdict"] == NOT_REPRODUCED and "already at or below 80% at 10%" in one["evidence"]
+    t = draws_table(df)
+    assert list(t.loc[("global", 10)].index) == ["0", "1", "2", "pooled"]
+    assert t.loc[("global", 10, "pooled"), "share of the reference (%)"] == 88.7
+    assert t.loc[("global", 10, "0"), "share of the reference (%)"] == 78.7
+    assert draws_table(df[df["seed"] == 0]).empty

@@ -46,19 +46,36 @@ def depth_tests(df) -> list[str]:
     return sorted(names, key=lambda t: int(t.split("-")[1]))
 
 
+def draws(df, scope: str) -> dict[int, dict]:
+    """Each draw of ``scope``'s excluded-pairs test at each exclusion % (ascending), by seed
+    (None without a ``seed`` column): ``(run EM, reference EM)`` on the same set (rows
+    ``excluded-base``; NaN where the results have none). One draw per point unless a scale
+    draws some points more than once (``coverage_drawn``)."""
+    d = df[df["scope"] == scope]
+    key = ["exclusion_pct"] + (["seed"] if "seed" in d else [])
+    ex = d[d["test_set"] == "excluded"].set_index(key)["exact_match"].astype(float)
+    ref = d[d["test_set"] == "excluded-base"].set_index(key)["exact_match"].astype(float)
+    ref = ref[~ref.index.duplicated()]
+    out: dict[int, dict] = {}
+    for k, em in ex.sort_index().items():
+        pct, seed = k if isinstance(k, tuple) else (k, None)
+        out.setdefault(pct, {})[seed] = (float(em), float(ref.get(k, math.nan)))
+    return out
+
+
 def excluded_curve(df, scope: str) -> tuple[list, list, list | None, list | None]:
     """The excluded-pairs test of ``scope``'s exclusion runs, by exclusion %: ``(pcts, ems,
     refs, shares)``, ``refs`` the reference model's EM on the same test sets (rows
     ``excluded-base``) and ``shares`` = ``ems / refs``, what the runs trace of what a model
-    that saw every pair traces of those snippets; both None where the results have no
-    reference."""
-    d = df[df["scope"] == scope]
-    ex = d[d["test_set"] == "excluded"].sort_values("exclusion_pct")
-    pcts, ems = ex["exclusion_pct"].tolist(), ex["exact_match"].astype(float).tolist()
-    base = (d[d["test_set"] == "excluded-base"].drop_duplicates("exclusion_pct")
-            .set_index("exclusion_pct")["exact_match"].astype(float))
-    refs = [float(base[p]) for p in pcts] if all(p in base.index for p in pcts) else None
-    if refs is not None and not all(r > 0 for r in refs):  # NaN or 0: nothing to divide by
+    that saw every pair traces of those snippets; both None where a run has no reference. A
+    point drawn more than once (:func:`draws`) is pooled: the mean EM of its runs and of their
+    references (equal test sizes), so its share is what the runs trace over what the
+    references trace, and a draw whose reference traces less weighs less."""
+    by = {p: list(each.values()) for p, each in draws(df, scope).items()}
+    pcts = sorted(by)
+    ems = [sum(e for e, _ in by[p]) / len(by[p]) for p in pcts]
+    refs = [sum(r for _, r in by[p]) / len(by[p]) for p in pcts]
+    if not all(r > 0 for r in refs):  # a NaN (no reference) or 0: nothing to divide by
         refs = None
     shares = None if refs is None else [e / r for e, r in zip(ems, refs)]
     return pcts, ems, refs, shares

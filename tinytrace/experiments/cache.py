@@ -258,6 +258,10 @@ class _Context:
         self.seed = seed
         self.cache = Cache(cache_dir, progress=progress, train_missing=train_missing)
 
+    def at_seed(self, seed: int) -> "_Context":
+        """The same scale and cache at another seed (another draw of the data)."""
+        return _Context(self.scale, self.cache.root, seed, self.cache.progress, self.cache.train_missing)
+
     def base_corpus(self, fraction: float = 1.0, gen: GeneratorConfig | None = None):
         s = self.scale
         n = max(int(s.corpus_snippets * fraction), s.test_size + 2 * s.test_size // 4 + 8)

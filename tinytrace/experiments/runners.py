@@ -177,6 +177,14 @@ def _coverages(s, seed: int):
     return coverage_configs(s.generator("id"), s.exclusion_pcts, s.scopes, seed=seed)
 
 
+def _coverage_draws(s, seed: int) -> list[tuple[int, list]]:
+    """``(seed, coverage configs)`` of each draw: the experiment's seed with every point, then
+    the scale's drawn points (``coverage_drawn``) at each further seed (not in the paper)."""
+    return [(seed, _coverages(s, seed))] + [
+        (seed + d, [c for c in _coverages(s, seed + d) if f"{c.scope}-{c.pct}" in s.coverage_drawn])
+        for d in range(1, s.coverage_draws)]
+
+
 def _coverage_corpus(ctx: _Context, cov) -> tuple[Path, str]:
     return ctx.base_corpus(ctx.scale.coverage_corpus, gen=cov.allowed)
 
@@ -194,37 +202,61 @@ def _coverage_reference(ctx: _Context) -> Path:
     return ctx.cache.run(s, ctx.base_corpus(), s.model_config(), train=s.recipe(s.coverage_epochs))
 
 
+def _at_draw(ctx: _Context, fn: Callable, draw: int, **kw) -> Path:
+    """``fn`` at the seed ``draw`` after ctx's: a training run of a further draw."""
+    return fn(ctx.at_seed(ctx.seed + draw), **kw)
+
+
+def _coverage_plan(s, seed: int) -> list:
+    """The runner's order: each draw's exclusion runs, then (further draws) its reference."""
+    runs = []
+    for d, (at, covs) in enumerate(_coverage_draws(s, seed)):
+        runs += [TrainingRun(f"coverage-{c.scope}-{c.pct}" + (f"-seed{at}" if d else ""),
+                             partial(_at_draw, fn=_coverage_run, draw=d, cov=c)) for c in covs]
+        if d and covs:
+            runs.append(TrainingRun(f"coverage-reference-seed{at}",
+                                    partial(_at_draw, fn=_coverage_reference, draw=d)))
+    return runs
+
+
 def exp_pair_coverage(ctx: _Context) -> list[dict]:
     """Each exclusion run on its allowed-pairs and excluded-pairs test sets (Sec. 4.2, 4.2.1);
     then, not in the paper, the reference model (:func:`_coverage_reference`: the base recipe
     on the whole base corpus, every pair included, for as many epochs as the exclusion runs;
     the base model unless the scale gives the exclusion runs other epochs) on each
     excluded-pairs test set (test_set ``excluded-base``): what a model that saw the pairs
-    traces of the same snippets, every one of which executes an `x = u op v`. The paper's base model traces 100% of its ID test, so its 80% line needs no
-    such reference; a smaller model's does. The reference run is a prerequisite (trained here
-    if missing, not one of :func:`training_runs`); an evaluate-only pass
-    (:func:`evaluate_trained`, a GPU slot's training unit, which does not carry the base
-    weights) leaves these rows to the section."""
+    traces of the same snippets, every one of which executes an `x = u op v`. The paper's base
+    model traces 100% of its ID test, so its 80% line needs no such reference; a smaller
+    model's does. The reference run is a prerequisite (trained here if missing, not one of
+    :func:`training_runs`); an evaluate-only pass (:func:`evaluate_trained`, a GPU slot's
+    training unit, which does not carry the base weights) leaves these rows to the section.
+
+    Where the scale draws some points more than once (``coverage_drawn``, not in the paper),
+    each further draw (column ``seed``) adds the same rows for those points, after the first
+    draw's, with its own reference, a training run of :func:`training_runs`."""
     s = ctx.scale
-    rows, tests = [], []
-    for cov in _coverages(s, ctx.seed):
-        corpus = _coverage_corpus(ctx, cov)
-        run = _coverage_run(ctx, cov)
-        model = _load(run)
-        common = dict(scope=cov.scope, exclusion_pct=cov.pct, n_forbidden=len(cov.pairs))
-        condition, value = f"{cov.scope}-{cov.pct}", f"{cov.pct}%"
-        rows.append(_row("pair_coverage", condition, "allowed", value,
-                         ctx.eval_set(model, run, corpus), **common))
-        if cov.excluded is not None:
-            test = ctx.cache.test_set(cov.excluded, s.test_size, ctx.seed, s.context)
-            rows.append(_row("pair_coverage", condition, "excluded", value,
-                             ctx.eval_set(model, run, test), **common))
-            tests.append((test, common, value))
-    if tests and ctx.cache.train_missing:
-        ref = _coverage_reference(ctx)
-        model = _load(ref)
-        rows += [_row("pair_coverage", "reference", "excluded-base", value,
-                      ctx.eval_set(model, ref, test), **common) for test, common, value in tests]
+    rows = []
+    for draw, (seed, covs) in enumerate(_coverage_draws(s, ctx.seed)):
+        c = ctx.at_seed(seed)
+        tests = []
+        for cov in covs:
+            corpus = _coverage_corpus(c, cov)
+            run = _coverage_run(c, cov)
+            model = _load(run)
+            common = dict(scope=cov.scope, exclusion_pct=cov.pct, n_forbidden=len(cov.pairs), seed=seed)
+            condition, value = f"{cov.scope}-{cov.pct}", f"{cov.pct}%"
+            rows.append(_row("pair_coverage", condition, "allowed", value,
+                             c.eval_set(model, run, corpus), **common))
+            if cov.excluded is not None:
+                test = c.cache.test_set(cov.excluded, s.test_size, seed, s.context)
+                rows.append(_row("pair_coverage", condition, "excluded", value,
+                                 c.eval_set(model, run, test), **common))
+                tests.append((test, common, value))
+        if tests and (draw or ctx.cache.train_missing):
+            ref = _coverage_reference(c)
+            model = _load(ref)
+            rows += [_row("pair_coverage", "reference", "excluded-base", value,
+                          c.eval_set(model, ref, test), **common) for test, common, value in tests]
     return rows
 
 
@@ -506,9 +538,7 @@ PLANS: dict[str, Callable] = {
     "id_robustness": lambda s, seed: [
         TrainingRun(f"robustness-{_count_label(int(s.corpus_snippets * f))}",
                     partial(_robustness_run, frac=f)) for f in s.robustness_corpora],
-    "pair_coverage": lambda s, seed: [
-        TrainingRun(f"coverage-{c.scope}-{c.pct}", partial(_coverage_run, cov=c))
-        for c in _coverages(s, seed)],
+    "pair_coverage": _coverage_plan,
     "depth_curriculum": lambda s, seed: _first_then_rest(
         [(f"curriculum-{p}", partial(_curriculum_run, p=p)) for p in s.curriculum_ps]),
     "sft_lora": lambda s, seed: _first_then_rest(
@@ -616,11 +646,15 @@ def run_tokens(scale: str, data_dir=SHIPPED) -> dict[str, list[float]]:
     entry, and the PE ablation's run of the scale's own encoding on the whole corpus)."""
     s = get_scale(scale)
     n, e, tok = s.corpus_snippets, s.train.epochs, tokens_per_example(data_dir)
+    ce, draws = s.recipe(s.coverage_epochs).epochs, _coverage_draws(s, 0)
     return {
         "base": [n * e * tok["id"]],
         "id_robustness": [f * n * s.robustness_epochs * tok["id"] for f in s.robustness_corpora],
-        "pair_coverage": [s.coverage_corpus * n * s.recipe(s.coverage_epochs).epochs * tok["id"]]
-                         * (len(s.exclusion_pcts) * len(s.scopes)),
+        # as :func:`_coverage_plan`: each draw's exclusion runs, then a further draw's
+        # reference (the whole corpus)
+        "pair_coverage": [x for d, (_, covs) in enumerate(draws) for x in
+                          [s.coverage_corpus * n * ce * tok["id"]] * len(covs)
+                          + ([n * ce * tok["id"]] if d and covs else [])],
         "depth_curriculum": [s.curriculum_corpus * n * s.recipe(s.curriculum_epochs).epochs
                              * tok["curriculum"]] * len(s.curriculum_ps),
         "sft_lora": [0.0] + [size * epochs * tok["id"] for size in s.sft_sizes

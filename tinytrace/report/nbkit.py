@@ -28,6 +28,7 @@ from .sections import NOTEBOOKS, Section
 from .tables import (
     clip_table,
     comparison,
+    draws_table,
     em_table,
     failure_table,
     fig12_table,
@@ -43,6 +44,7 @@ from .tables import (
 
 __all__ = [
     "clip_table",
+    "draws_table",
     "failure_table",
     "NOTEBOOKS",
     "Markdown",

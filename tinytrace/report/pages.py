@@ -135,7 +135,8 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
         "numbers that depend on the task's sizes are compared as numbers only at `paper` scale; "
         "below it, the pair-coverage curves' 80% and 20% lines are read as shares of what the "
         "reference model traces of the same excluded-pairs snippets: the base recipe on the "
-        "whole base corpus, every pair included, for as many epochs as the exclusion runs).",
+        "whole base corpus, every pair included, for as many epochs as the exclusion runs; "
+        "a point a scale draws more than once is read pooled over its draws).",
         "",
         "## Which section is at which scale",
         "",

@@ -10,6 +10,7 @@ import math
 import pandas as pd
 
 from tinytrace.experiments import get_scale, measured, select_sft, train_hours
+from tinytrace.experiments.analysis import draws, excluded_curve
 from tinytrace.model import count_params
 
 from . import paper
@@ -177,6 +178,32 @@ def clip_table(df: pd.DataFrame) -> pd.DataFrame:
     t = d.pivot_table(index=["p", "trained_depth"], columns="test_set",
                       values=[names[c] for c in cols], sort=False)
     t.columns.names = ["failing traces with no line deeper than (%)", "test set"]
+    return t.round(1)
+
+
+def draws_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The exclusion points drawn more than once (a scale's ``coverage_drawn``, not in the
+    paper): one row per draw (its seed) with its run's allowed- and excluded-pairs EM, the
+    reference model's EM on the same excluded-pairs set and the share, then the pooled row the
+    verdicts read (:func:`tinytrace.experiments.analysis.excluded_curve`); empty where no point
+    was drawn more than once."""
+    rows = []
+    for scope in order(df["scope"], ["assignment", "global"]) if "seed" in df else []:
+        d = df[df["scope"] == scope]
+        allowed = d[d["test_set"] == "allowed"].set_index(["exclusion_pct", "seed"])["exact_match"]
+        pcts, ems, refs, _ = excluded_curve(df, scope)
+        for p, each in draws(df, scope).items():
+            if len(each) > 1:
+                rows += [(scope, p, str(seed), allowed[(p, seed)], e, r) for seed, (e, r) in each.items()]
+                i = pcts.index(p)
+                rows.append((scope, p, "pooled", allowed[p].astype(float).mean(), ems[i],
+                             refs[i] if refs else math.nan))
+    if not rows:
+        return pd.DataFrame()
+    t = pd.DataFrame(rows, columns=["scope", "exclusion_pct", "seed", "allowed EM (%)",
+                                    "excluded EM (%)", "reference EM (%)"])
+    t = t.set_index(["scope", "exclusion_pct", "seed"]).astype(float) * PCT
+    t["share of the reference (%)"] = t["excluded EM (%)"] / t["reference EM (%)"] * PCT
     return t.round(1)
 
 

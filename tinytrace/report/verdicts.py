@@ -10,6 +10,7 @@ from tinytrace.experiments.analysis import (
     HIGH_EM,
     brittleness,
     depth_tests,
+    draws,
     excluded_curve,
     mean_em,
     measured,
@@ -215,7 +216,8 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
     reference model's EM on the same excluded-pairs snippets (:func:`excluded_curve`), where the
     results have it. The paper's base model traces all of its ID test, so its lines are also
     shares of what a model that saw every pair reaches; a smaller model reaches less on these
-    snippets, every one of which executes an `x = u op v`."""
+    snippets, every one of which executes an `x = u op v`. A point drawn more than once is read
+    pooled over its draws (:func:`excluded_curve`)."""
     allowed = df[df["test_set"] == "allowed"]["exact_match"].dropna().astype(float)
     out = {"allowed_stays_high": _nc("not run") if allowed.empty else _verdict(
         allowed.min() >= HIGH_EM, f"lowest allowed-pairs EM {_pc(allowed.min())} over both scopes "
@@ -239,12 +241,18 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         if gate:
             out.update({k: gate for k in keys})
             continue
+        pooled = {}  # a point drawn more than once: how many, and the range of its draws
+        for p, each in draws(df, scope).items():
+            vals = [e / r if shares else e for e, r in each.values() if not shares or r > 0]
+            pooled[p] = (f", pooled over {len(each)} draws, each {_pc(min(vals))} to {_pc(max(vals))}"
+                         if len(each) > 1 and vals else "")
         if shares:
             curve = ("excluded-pairs EM as a share of the reference model's on the same snippets: "
-                     + ", ".join(f"{p}%: {_pc(e)} ({_pc(a)} of {_pc(r)})"
+                     + ", ".join(f"{p}%: {_pc(e)} ({_pc(a)} of {_pc(r)}{pooled[p]})"
                                  for p, e, a, r in zip(pcts, ems, absolute, refs)))
         else:
-            curve = ", ".join(f"{p}%: {_pc(e)}" for p, e in zip(pcts, ems))
+            curve = ", ".join(f"{p}%: {_pc(e)}" + (f" ({pooled[p][2:]})" if pooled[p] else "")
+                              for p, e in zip(pcts, ems))
         lo, hi = bracket(pcts, ems, HIGH_EM)
         if scope == "assignment":
             paper_until = value["assignment_excluded_above_80_until"]
