@@ -266,7 +266,7 @@ def test_scales_table():
 def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
     """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
     of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
-    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (the global ones in three draws) and trains the base run for 2 epochs while
+    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (three draws of the points near a line) and trains the base run for 2 epochs while
     the exclusion and curriculum runs keep `cpu`'s 1; a run's cache key does not contain the
     scale's name, so every run of the same recipe is the same folder in a shared cache."""
     cpu, long = get_scale("cpu"), get_scale("cpu-long")
@@ -283,8 +283,8 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     row = scale_table().set_index("scale").loc["cpu-long"]
     assert row["epochs"] == 2
     assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
-    assert long.coverage_draws == 3 and long.coverage_drawn == ("global-10", "global-30")
-    assert row["exclusion %"] == "10, 30, 60, 90, 100; global 10 (x3); global 30 (x3)"
+    assert long.coverage_draws == 3 and long.coverage_drawn == ("assignment-90", "global-10", "global-30")
+    assert row["exclusion %"] == "10, 30, 60, 90, 100; assignment 90 (x3); global 10 (x3); global 30 (x3)"
     assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 1"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")
