@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One GPU slot: the next units of the plan of GPU work that fit (tinytrace/experiments/slots.py,
 # `tinytrace slot status` lists them), resuming where the committed done records
-# (benchmarks/slots/*.json) say the last slot stopped. On the GPU machine, in the repo root:
-#   bash benchmarks/gpu_slot.sh     (device call: timeout_s=575, carry runs/gpu-slot-carry
-#                                    [and .whl for the section units]; DEADLINE defaults to 530)
-# Before the call, here: `tinytrace slot carry --budget 495` stages the weights the next units
-# need; after it: `tinytrace slot import <files_at>` and `tinytrace notebooks pages`, then commit
+# (benchmarks/slots/*.json) say the last slot stopped; the records and the weights later units
+# load are committed beside them (benchmarks/slots/<unit>/), so they come with the tree.
+# On the GPU machine, in the repo root:
+#   bash benchmarks/gpu_slot.sh     (device call: timeout_s=575, carry .whl for the section
+#                                    units; DEADLINE defaults to 530)
+# After it, here: `tinytrace slot import <files_at>` and `tinytrace notebooks pages`, then commit
 # benchmarks/ and book/.
 # What comes back in $OUT: log.txt, results.tgz (a record and the outputs of each unit) and the
 # bf16 weights of the runs trained, packed (about 28 MB a paper-model run) in parts of 15 MB,
@@ -33,10 +34,12 @@ DEV=${BENCH_DEVICE:-cuda}
 # a fresh cache each call: on a warm machine a rerun would find the last call's runs trained and
 # return no weights for them
 CACHE=${CACHE:-$(mktemp -d /tmp/slot-cache-XXXXXX)}
-$PY -m tinytrace slot status --scale "${SCALE:-gpu}" --device "$DEV" --eval-limit "${EVAL_LIMIT:-1024}"
+DONE=${DONE_DIR:-benchmarks/slots}  # the committed done records, records and weights
+$PY -m tinytrace slot status --scale "${SCALE:-gpu}" --device "$DEV" --eval-limit "${EVAL_LIMIT:-1024}" \
+  --done-dir "$DONE"
 $PY -m tinytrace slot run --scale "${SCALE:-gpu}" --device "$DEV" --eval-limit "${EVAL_LIMIT:-1024}" \
   --budget "$(( $(left) - 15 ))" --out "$OUT" --cache-dir "$CACHE" \
-  --restore "${RESTORE:-runs/gpu-slot-carry}" --python "$PY"
+  --done-dir "$DONE" --python "$PY"
 rc=$?
 ls -la "$OUT"
 echo "slot done after $(( $(date +%s) - T0 ))s (exit $rc)"

@@ -1,11 +1,14 @@
 """GPU slots that add up, checked end to end on the CPU at smoke scale: a first slot trains the
 base run and stops before the unit that does not fit; its files are imported (done record,
-weights); the next slot, on a fresh cache, restores the carried weights and runs the unit that
-needs them without training again; a unit cut short leaves no done record."""
+records, weights); the next slot, from a fresh clone of what was committed and on a fresh cache,
+restores the weights and runs the unit that needs them without training again; a unit cut short
+leaves no done record."""
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -78,18 +81,22 @@ def test_every_gpu_unit_fits_one_slot():
     assert "--compile-mode default --model-arg head_pad_multiple=0 --device" in more.command
 
 
-def test_choose_fits_the_budget_the_needs_and_the_carry_limit():
+def test_choose_fits_the_budget_the_needs_and_the_committed_weights(tmp_path):
     a, b, c = (Unit("a", "true", 100), Unit("b", "true", 50, ("a",)), Unit("c", "true", 30))
     assert [u.name for u in slots.choose([a, b, c], {}, 140)] == ["a", "c"]  # b does not fit
     assert [u.name for u in slots.choose([a, b, c], {}, 200)] == ["a", "b", "c"]
-    done = {"a": {"runs": ["run-x"], "run_bytes": {"run-x": 40 * 2**20}}}
-    big = Unit("d", "true", 10, ("a", "e"), weights=("a", "e"))
-    done["e"] = {"runs": ["run-y"], "run_bytes": {"run-y": 40 * 2**20}}
-    assert [u.name for u in slots.choose([b, big], done, 100)] == ["b"]  # 80 MiB > 38 MiB
-    state = {r["unit"]: r["state"] for r in slots.status_table([b, big], done)}
-    assert state["b"] == "ready" and "over the 38 MiB" in state["d"]
+    done = {"a": {"runs": ["run-x"], "run_bytes": {"run-x": 40 * 2**20}},
+            "e": {"runs": ["run-y"], "run_bytes": {"run-y": 40 * 2**20}}}
+    loads = Unit("d", "true", 10, ("a", "e"), weights=("a", "e"))
+    (tmp_path / "a" / "run-x").mkdir(parents=True)  # run-y's folder is not committed
+    missing = slots.missing_weights([b, loads], done, tmp_path)
+    assert missing == {"run-y"}
+    assert [u.name for u in slots.choose([b, loads], done, 100)] == ["b", "d"]
+    assert [u.name for u in slots.choose([b, loads], done, 100, missing=missing)] == ["b"]
+    state = {r["unit"]: r["state"] for r in slots.status_table([b, loads], done, missing=missing)}
+    assert state == {"b": "ready", "d": "waits for the weights of run-y, missing from the slot state"}
     light = Unit("l", "true", 10, ("a", "e"))  # needs their records only, not their weights
-    assert [u.name for u in slots.choose([light], done, 100)] == ["l"]
+    assert [u.name for u in slots.choose([light], done, 100, missing=missing)] == ["l"]
 
 
 def test_packed_weights_come_back_exactly_and_two_paper_runs_fit_one_return():
@@ -137,7 +144,7 @@ def test_weights_over_the_return_stay_behind_unless_a_later_unit_needs_them(tmp_
     assert "weights_left_out" in rep.done[0] and rep.done[0]["run_parts"] == {}
     assert [r["unit"] for r in rep.failed] == ["base"] and "a later unit needs" in rep.failed[0]["why"]
     assert rep.skipped == ["uses"] and not list((tmp_path / "out").glob("*.part*"))
-    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == ["other"]
+    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "keep") == ["other"]
 
 
 def test_a_part_that_did_not_come_back_leaves_a_needed_unit_undone(tmp_path):
@@ -150,23 +157,37 @@ def test_a_part_that_did_not_come_back_leaves_a_needed_unit_undone(tmp_path):
     for rec in rep.done:
         (tmp_path / "out" / next(iter(rec["run_parts"][rec["runs"][0]]))).unlink()
     said = []
-    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore",
+    assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "keep",
                              report=said.append) == ["other"]
     assert "not done: base (the weights of run-b did not all come back)" in said
     rec = slots.done_units(tmp_path / "slots")["other"]
     assert rec["run_bytes"] == {} and rec["weights_left_out"]
+    # no later unit loads run-o: its files stay on this machine, not in the committed folder
+    assert (tmp_path / "keep" / "run-o").is_dir() and not (tmp_path / "slots" / "other" / "run-o").exists()
 
 
 def test_what_a_call_carries_fits_its_64_mib():
-    """The tree, the wheels and the carried weights share what a call carries: the tree must
-    stay within its share, and the base run (packed, estimated) within the weights' share."""
+    """The tree, the wheels and the committed slot state share what a call carries: the tree
+    outside the slot state must stay within its share, and the slot state, with the base run
+    (packed, estimated), within the rest."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                              check=True).stdout.decode().split("\0")
-    assert sum((ROOT / f).stat().st_size for f in tracked if (ROOT / f).is_file()) \
-        <= slots.TREE_ESTIMATE
-    base = next(u for u in slots.plan("gpu") if u.name == "base")
-    assert base.returns <= slots.CARRY_LIMIT
+    state = str(slots.DONE_DIR) + "/"
+    assert sum((ROOT / f).stat().st_size for f in tracked
+               if (ROOT / f).is_file() and not f.startswith(state)) <= slots.TREE_ESTIMATE
+    # the slot state now, and the weights of runs later units load that are still to come
+    units, done = slots.plan("gpu"), slots.done_units(ROOT / slots.DONE_DIR)
+    loaded = {n for u in units for n in u.weights}
+    to_come = sum(u.returns for u in units if u.name in loaded and u.name not in done)
+    assert slots.state_bytes(ROOT / slots.DONE_DIR) + to_come <= slots.CARRY_LIMIT
+    assert to_come or done  # the base run's weights, until a slot has done it
     assert slots.CARRY_LIMIT + slots.TREE_ESTIMATE + slots.WHEELS_ESTIMATE == 64 * 2**20
+    # and git commits every file of the layout `import_slot` writes
+    layout = [f"{state}base/{slots.RECORDS_FILE}", f"{state}base/run-x/run.json",
+              f"{state}base/run-x/run-x.{slots.WEIGHTS_FILE}.part0", f"{state}base.json"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *layout], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.returncode == 1 and ignored.stdout == ""  # 1: none of them is ignored
 
 
 def test_only_evaluations_and_run_metadata_travel_as_records(tmp_path):
@@ -183,19 +204,19 @@ def test_only_evaluations_and_run_metadata_travel_as_records(tmp_path):
     assert got == ["eval-1.json", "run-a-e1.rows.json", "run-a/run.json", "sft-b/log.jsonl"]
 
 
-def test_a_run_not_carried_makes_its_units_wait_and_the_base_must_train(tmp_path):
-    """The device may choose for a smaller budget than `slot carry` did: the units whose run
-    was not carried wait, the others run. `slot carry` stages what any budget down to
-    SETUP_RANGE_S less needs. A unit whose weights a later unit loads must train a run."""
+def test_weights_missing_from_the_committed_state_make_their_units_wait(tmp_path):
+    """A done unit whose committed weights are gone (a checkout without them): the units that
+    load them wait, with the reason in the log; the others run. A unit whose weights a later
+    unit loads must train a run."""
     done = {"base": {"runs": ["run-b"], "run_bytes": {"run-b": 100}}}
     uses, other = Unit("uses", "true", 20, ("base",), weights=("base",)), Unit("other", "true", 1)
+    assert slots.weight_sources([uses, other], done, tmp_path / "slots") == {
+        "run-b": tmp_path / "slots" / "base" / "run-b"}
+    said = []
     rep = slots.run_slot([uses, other], done, 600, tmp_path / "out", tmp_path / "cache",
-                         restore=tmp_path / "empty", device="cpu")
+                         tmp_path / "slots", device="cpu", report=said.append)
     assert [r["unit"] for r in rep.done] == ["other"] and "uses" in rep.skipped
-    (tmp_path / "restore" / "run-b").mkdir(parents=True)
-    long = Unit("long", "true", 480)  # chosen at 495 s; at 470 s `uses` is chosen instead
-    assert slots.choose([long, uses], done, 495) == [long]
-    assert slots.carry([long, uses], done, 495, tmp_path / "restore", tmp_path / "c") == ["run-b"]
+    assert any(x.startswith("missing: the weights of run-b") for x in said)
     base = Unit("base", "true", 1)  # finds its run in the cache: trains none, returns none
     later = Unit("later", "true", 10_000, ("base",), weights=("base",))
     rep = slots.run_slot([base, later], {}, 600, tmp_path / "out2", tmp_path / "cache2",
@@ -203,28 +224,38 @@ def test_a_run_not_carried_makes_its_units_wait_and_the_base_must_train(tmp_path
     assert [r["unit"] for r in rep.failed] == ["base"] and "trained no run" in rep.failed[0]["why"]
 
 
-def test_two_slots_resume_from_carried_weights(tmp_path):
-    units, done_dir = _plan(), tmp_path / "slots"
-    restore, carry = tmp_path / "restore", tmp_path / "carry"
+def test_two_slots_resume_from_committed_weights_on_a_fresh_clone(tmp_path):
+    units, done_dir, keep = _plan(), tmp_path / "repo" / "slots", tmp_path / "keep"
     # slot 1: room for the base run only (bench-eval's estimate does not fit what is left)
     rep = slots.run_slot(units, {}, units[0].cost_s + 30, tmp_path / "out1", tmp_path / "cache1",
-                         restore=carry, python=sys.executable, device="cpu")
+                         done_dir, python=sys.executable, device="cpu")
     assert [r["unit"] for r in rep.done] == ["base"] and rep.skipped == ["bench-eval"]
     run = rep.done[0]["runs"][0]
     parts = sorted((tmp_path / "out1").glob(f"{run}.{slots.WEIGHTS_FILE}.part*"))
     assert parts and (tmp_path / "out1" / "results.tgz").exists()
-    assert slots.import_slot(tmp_path / "out1", done_dir, restore) == ["base"]
+    assert slots.import_slot(tmp_path / "out1", done_dir, keep) == ["base"]
     done = slots.done_units(done_dir)
     assert done["base"]["runs"] == [run] and done["base"]["run_bytes"][run] > 0
-    assert (restore / run / "run.json").exists() and list((restore / run).glob("*.part0"))
-    # slot 2 on a fresh machine: only what bench-eval needs travels; base is not trained again
-    assert slots.carry(units, done, 300, restore, carry) == [run]
-    rep = slots.run_slot(units, done, 300, tmp_path / "out2", tmp_path / "cache2",
-                         restore=carry, python=sys.executable, device="cpu")
+    # bench-eval loads the base run: its weights and records are committed with its record
+    committed = done_dir / "base"
+    assert (committed / run / "run.json").exists() and list((committed / run).glob("*.part0"))
+    assert (committed / slots.RECORDS_FILE).is_file() and not keep.exists()
+    packed = (committed / slots.RECORDS_FILE).read_bytes()
+    assert packed[4:8] == bytes(4)  # no time in its gzip header
+    assert slots.import_slot(tmp_path / "out1", done_dir, keep) == ["base"]  # again: same bytes
+    assert (committed / slots.RECORDS_FILE).read_bytes() == packed
+    # slot 2 from a fresh clone of the committed state, on a fresh machine and cache: base is
+    # not trained again
+    shutil.copytree(done_dir, tmp_path / "clone" / "slots")
+    shutil.rmtree(tmp_path / "repo")
+    done_dir = tmp_path / "clone" / "slots"
+    rep = slots.run_slot(units, slots.done_units(done_dir), 300, tmp_path / "out2",
+                         tmp_path / "cache2", done_dir, python=sys.executable, device="cpu")
     assert [r["unit"] for r in rep.done] == ["bench-eval"] and rep.done[0]["runs"] == []
     assert sorted(p.name for p in (tmp_path / "cache2").glob("run-*") if p.is_dir()) == [run]
+    assert list((tmp_path / "cache2").glob("eval-*.json"))  # base's evaluations, restored
     assert not list((tmp_path / "out2").glob("*.part*"))  # no new weights
-    slots.import_slot(tmp_path / "out2", done_dir, restore, results_dir=tmp_path / "results")
+    slots.import_slot(tmp_path / "out2", done_dir, keep, results_dir=tmp_path / "results")
     lines = (done_dir / "bench-eval" / "bench_eval.jsonl").read_text().splitlines()
     bench = [json.loads(x) for x in lines]
     assert bench[-1]["traces"] == 8 and bench[-1]["model"].endswith(run)
@@ -247,7 +278,7 @@ def test_a_unit_cut_short_is_not_done(tmp_path):
     assert {r["unit"]: r["why"] for r in rep.failed} == {"fails": "exit 3", "slow": "exit timeout"}
     assert not _running("sleep 37.25")
     for _ in range(2):  # imported twice: each try is recorded once
-        assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "restore") == []
+        assert slots.import_slot(tmp_path / "out", tmp_path / "slots", tmp_path / "keep") == []
     assert slots.done_units(tmp_path / "slots") == {}
     tried = slots.attempts(tmp_path / "slots")  # what the plan's estimates learn from
     assert {n: [(t["rc"], t["why"]) for t in ts] for n, ts in tried.items()} == {
@@ -295,7 +326,7 @@ def test_a_slot_cut_short_returns_the_units_done_before(tmp_path):
             "device='cpu')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == -9, r.stderr
-    assert slots.import_slot(out, tmp_path / "slots", tmp_path / "restore") == ["a"]
+    assert slots.import_slot(out, tmp_path / "slots", tmp_path / "keep") == ["a"]
     assert (tmp_path / "slots" / "a" / "a.txt").read_text() == "a\n"
 
 
@@ -306,14 +337,15 @@ def test_slot_cli_status_and_gpu_slot_script_on_the_cpu(tmp_path):
     assert r.returncode == 0 and rows[0]["unit"] == "base" and rows[0]["state"] == "ready"
     env = {"OUT": str(tmp_path / "o"), "CACHE": str(tmp_path / "c"), "SCALE": "smoke",
            "NO_WHEELS": "1", "PY": sys.executable, "BENCH_DEVICE": "cpu", "EVAL_LIMIT": "8",
-           "DEADLINE": "60", "RESTORE": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
+           "DEADLINE": "60", "DONE_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
     r = subprocess.run(["bash", "benchmarks/gpu_slot.sh"], capture_output=True, text=True,
                        cwd=ROOT, env=env, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     # no unit fits the ~20 s left after the margins: nothing runs, nothing is recorded as done
     assert "slot: 0 done, 0 not done" in r.stdout and (tmp_path / "o" / "results.tgz").exists()
     log = (tmp_path / "o" / "log.txt").read_text()
-    assert log.count("bench-train") >= 1 and " more slots of 495 s" in log  # the status's last line
+    assert log.count("bench-train") >= 1 and " more slots of 495 s" in log  # the status's summary
+    assert "committed slot state: 0.0 MiB of the 38 MiB" in log
 
 
 def test_benchmark_units_become_performance_results(tmp_path):
@@ -363,27 +395,28 @@ def test_benchmark_units_become_performance_results(tmp_path):
     assert slots.perf_result(dict(rec, unit="base"), tmp_path) is None
 
 
-def test_a_section_runs_from_carried_records_without_weights(tmp_path):
+def test_a_section_runs_from_committed_records_without_weights(tmp_path):
     """Each training unit caches its run's evaluations (through --evaluate-trained; the
     robustness runs while training): a slot on a fresh cache runs the section's notebook with
-    only those records carried, no weights, training nothing."""
+    only those records committed, no weights, training nothing."""
     section = "02"  # one training unit (the base run) and its notebook
     units = {u.name: u for u in slots.plan("smoke", device="cpu")}
     plan = [units[n] for n in units[f"section-{section}"].needs] + [units[f"section-{section}"]]
-    done_dir, restore, carry = tmp_path / "slots", tmp_path / "restore", tmp_path / "carry"
+    done_dir, keep = tmp_path / "slots", tmp_path / "keep"
     budget = sum(u.cost_s for u in plan[:-1]) + 30
-    rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1", restore=carry,
+    rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1", done_dir,
                          python=sys.executable, device="cpu", max_weight_files=3 * len(plan))
     assert [r["unit"] for r in rep.done] == [u.name for u in plan[:-1]], rep.failed
-    slots.import_slot(tmp_path / "out1", done_dir, restore)
+    slots.import_slot(tmp_path / "out1", done_dir, keep)
     done = slots.done_units(done_dir)
-    assert list((restore / slots.RECORDS).glob("eval-*.json"))
-    assert slots.carry(plan, done, 600, restore, carry) == []  # no weights travel
-    rep = slots.run_slot(plan, done, 600, tmp_path / "out2", tmp_path / "cache2",
-                         restore=carry, python=sys.executable, device="cpu")
+    with tarfile.open(done_dir / "base" / slots.RECORDS_FILE) as tar:
+        assert any(n.startswith("eval-") and n.endswith(".json") for n in tar.getnames())
+    assert not list(done_dir.rglob("*.part*"))  # no unit loads weights: none are committed
+    rep = slots.run_slot(plan, done, 600, tmp_path / "out2", tmp_path / "cache2", done_dir,
+                         python=sys.executable, device="cpu")
     assert [r["unit"] for r in rep.done] == [f"section-{section}"], rep.failed
     assert not list((tmp_path / "cache2").glob("run-*/model.safetensors"))  # nothing trained
-    slots.import_slot(tmp_path / "out2", done_dir, restore)
+    slots.import_slot(tmp_path / "out2", done_dir, keep)
     assert list((done_dir / f"section-{section}").glob(f"{section}_*.ipynb"))
 
 

@@ -1,7 +1,6 @@
 """``tinytrace slot``: GPU slots that add up (:mod:`tinytrace.experiments.slots`).
 ``status`` lists the plan's units and which are done, ``run`` (on the GPU machine) runs the next
-units that fit, ``import`` records what a slot returned, ``carry`` stages the weights the next
-slot needs."""
+units that fit, ``import`` records what a slot returned (committed, with what later slots need)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +14,8 @@ def add_cli(sub) -> None:
     verbs = p.add_subparsers(dest="verb", required=True)
     common = dict(scale=("--scale", dict(default="gpu")),
                   done=("--done-dir", dict(default="benchmarks/slots",
-                                           help="committed done records")))
+                                           help="committed done records, with each unit's "
+                                                "records and the weights later units load")))
 
     def verb(name, help):
         v = verbs.add_parser(name, help=help)
@@ -33,21 +33,16 @@ def add_cli(sub) -> None:
     r.add_argument("--budget", type=at_least(1, float), required=True, help="seconds")
     r.add_argument("--out", required=True, help="what comes back: results.tgz, weight parts")
     r.add_argument("--cache-dir", default="cache")
-    r.add_argument("--restore", default="runs/gpu-slot-carry", help="carried runs")
     r.add_argument("--python", default="python3")
     r.set_defaults(func=_run)
     i = verbs.add_parser("import", help="record the units a slot finished (its returned files)")
     i.add_argument("files_at")
     i.add_argument("--done-dir", default="benchmarks/slots")
-    i.add_argument("--restore", default="runs/gpu-slot-restore")
+    i.add_argument("--keep", default="runs/gpu-slot-weights",
+                   help="where the weights no later unit loads are kept (not committed)")
     i.add_argument("--results-dir", default="benchmarks/results")
     i.add_argument("--commit", default=None, help="the commit the call sent (default: HEAD)")
     i.set_defaults(func=_import)
-    c = verb("carry", "copy the runs the next slot needs into the folder a device call carries")
-    c.add_argument("--budget", type=at_least(1, float), required=True)
-    c.add_argument("--restore", default="runs/gpu-slot-restore")
-    c.add_argument("--to", default="runs/gpu-slot-carry")
-    c.set_defaults(func=_carry)
 
 
 def _plan(args):
@@ -61,7 +56,7 @@ def _plan(args):
 
 def _status(args) -> int:
     slots, units, done, tried, factors = _plan(args)
-    rows = slots.status_table(units, done, tried=tried)
+    rows = slots.status_table(units, done, tried, slots.missing_weights(units, done, args.done_dir))
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -72,12 +67,14 @@ def _status(args) -> int:
           f"{slots.UNIT_MAX_S} s" + (f"; no slot can take {len(stuck)}: {', '.join(stuck)}"
                                     if stuck else ""))
     print(slots.calibration_text(factors))
+    print(f"committed slot state: {slots.state_bytes(args.done_dir) / 2**20:.1f} MiB of the "
+          f"{slots.CARRY_LIMIT / 2**20:.0f} MiB a device call has for it")
     return 0
 
 
 def _run(args) -> int:
     slots, units, done, _, _ = _plan(args)
-    rep = slots.run_slot(units, done, args.budget, args.out, args.cache_dir, args.restore,
+    rep = slots.run_slot(units, done, args.budget, args.out, args.cache_dir, args.done_dir,
                          python=args.python, device=args.device)
     print(f"slot: {len(rep.done)} done, {len(rep.failed)} not done, "
           f"{len(rep.skipped)} left for later")
@@ -90,16 +87,9 @@ def _import(args) -> int:
     from tinytrace.provenance import git_commit
 
     commit = args.commit or (git_commit() or "?")[:7]
-    units = slots.import_slot(args.files_at, args.done_dir, args.restore,
+    units = slots.import_slot(args.files_at, args.done_dir, args.keep,
                               results_dir=args.results_dir, git_commit=commit)
     print(f"imported {len(units)} done units into {args.done_dir}; next: `tinytrace notebooks "
           "pages` (the performance and gpu-scale pages read these records), then commit "
           "benchmarks/ and book/")
-    return 0
-
-
-def _carry(args) -> int:
-    slots, units, done, _, _ = _plan(args)
-    runs = slots.carry(units, done, args.budget, args.restore, args.to)
-    print(f"{args.to}: {', '.join(runs) or 'nothing to carry'}")
     return 0

@@ -5,31 +5,36 @@ A GPU is lent now and then for a few minutes. :func:`plan` lists the work in ord
 the learning curve to 99% ID EM, the base model, then every training run of every section and
 the section notebooks), each unit a shell command with an estimated cost in seconds and the
 units it needs. :func:`run_slot` (``tinytrace slot run``, called by ``benchmarks/gpu_slot.sh``)
-restores the carried weights of finished runs into the cache, runs the next pending units that
-fit the time left, and leaves in ``out``: ``results.tgz`` (one record per unit and each unit's
-outputs) and the weights of the runs it trained (bf16, in parts small enough to come back).
-Back on the developer's machine, :func:`import_slot` (``tinytrace slot import``) writes a done
-record per finished unit to ``benchmarks/slots/`` (committed: that is what says a unit is done)
-and keeps the weights under ``runs/gpu-slot-restore/`` for the next slot to carry.
+restores the committed records and weights of finished units into the cache, runs the next
+pending units that fit the time left, and leaves in ``out``: ``results.tgz`` (one record per
+unit and each unit's outputs) and the weights of the runs it trained (bf16, in parts small
+enough to come back). Back on the developer's machine, :func:`import_slot` (``tinytrace slot
+import``) writes a done record per finished unit to ``benchmarks/slots/`` (what says a unit is
+done) and beside it, in the unit's folder, what later slots need from it: its cache records
+(packed, ``records.tgz``) and the weights of its runs where a later unit loads them (the base
+run's). All of it is committed, so a fresh clone resumes where the last slot stopped, and a
+device call takes it with the tree: nothing to stage. The weights no later unit needs are kept
+on this machine only, under ``runs/gpu-slot-weights/`` (ignored by git).
 
-A call carries at most 64 MiB and returns at most 64 MiB: one paper-model run is 40 MB in bf16,
-about 28 MB packed (:func:`pack_weights`), so two trained runs come back from one slot. Each
-training unit
-evaluates its own run into the cache (``tinytrace experiment NAME --evaluate-trained``; the
-robustness runs evaluate while they train), and every done unit's small cache records (run
-metadata, evaluations, the robustness rows) travel with every slot: the section notebooks then
-read cached evaluations and need no weights (models load lazily, only on a cache miss), except
-the base run's in section 04, which traces it on the excluded-pairs sets as a reference.
+A call carries at most 64 MiB (the tree, with this committed slot state) and returns at most
+64 MiB: one paper-model run is 40 MB in bf16, about 28 MB packed (:func:`pack_weights`), so two
+trained runs come back from one slot. Each training unit evaluates its own run into the cache
+(``tinytrace experiment NAME --evaluate-trained``; the robustness runs evaluate while they
+train), and every done unit's small cache records (run metadata, evaluations, the robustness
+rows) travel with every slot: the section notebooks then read cached evaluations and need no
+weights (models load lazily, only on a cache miss), except the base run's in section 04, which
+traces it on the excluded-pairs sets as a reference.
 
 A unit is done only when its command exited 0 inside its time and, if a later unit needs the
 weights of the runs it trained (the base run), those weights came back: a unit cut short leaves
 no record, so the next slot runs it again from the start (each call begins on a fresh cache;
-only done units' records and the weights later units need travel). The weights no unit needs
-come back when they fit what a call returns; where they do not, the unit is done without them
-(its evaluations are what the sections read) and its record says so.
+only done units' records and the weights later units need travel, in the committed tree). The
+weights no unit needs come back when they fit what a call returns; where they do not, the unit
+is done without them (its evaluations are what the sections read) and its record says so.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -51,7 +56,7 @@ from .runners import EXPERIMENTS, run_tokens, training_runs
 from .scales import get_scale
 
 DONE_DIR = Path("benchmarks/slots")
-RESTORE_DIR = Path("runs/gpu-slot-restore")
+KEEP_DIR = Path("runs/gpu-slot-weights")  # the weights no later unit needs (not committed)
 PART_BYTES = 15_000_000  # each weights part (a slot returns files of <= 16 MiB)
 MAX_WEIGHT_FILES = 6  # of the 8 files a slot returns: the log and results.tgz come too
 # A call returns at most 64 MiB in all; the log and results.tgz (records, executed notebooks:
@@ -62,20 +67,18 @@ WEIGHTS_FILE = "bf16.safetensors.zlib"  # a run's packed weights: <run>.<WEIGHTS
 # Packed bytes per bf16 byte that the plan assumes for a run's weights: 0.70-0.71 measured on
 # bf16 tensors drawn from normal, Student-t (3) and uniform distributions, rounded up.
 PACKED_ESTIMATE = 0.75
-CARRY_DIR = Path("runs/gpu-slot-carry")
-RECORDS = "cache-records"  # beside the carried runs: every done unit's small cache files
+RECORDS = "cache-records"  # in a unit's results: the small cache files it wrote
+RECORDS_FILE = "records.tgz"  # the same, packed, in its committed folder (JSON packs 3-5x)
 # A device call carries at most 64 MiB: the working tree, the papermill wheels (`.whl`, for the
-# section units) and the weights the units need; the rest of the limit is theirs.
-TREE_ESTIMATE = 10 * 2**20  # the files git tracks (a test keeps them under it)
+# section units) and the committed slot state (DONE_DIR: records and the weights later units
+# load); the rest of the limit is the slot state's.
+TREE_ESTIMATE = 10 * 2**20  # the files git tracks outside DONE_DIR (a test keeps them under it)
 WHEELS_ESTIMATE = 16 * 2**20  # papermill, ipykernel and what they need that the GPU image lacks
 CARRY_LIMIT = 64 * 2**20 - TREE_ESTIMATE - WHEELS_ESTIMATE
 # The longest a unit may take: what a device call (at most 600 s) leaves after the machine's
 # start, `gpu_slot.sh`'s 15 s and run_slot's 20 s margin, i.e. DEADLINE=530; a longer unit
 # would never be chosen.
 UNIT_MAX_S = 530 - 15 - 20
-# What `gpu_slot.sh` may spend before `slot run` chooses (wheels, the torch check, `slot
-# status`): `slot carry` stages the weights the units chosen at any budget this much lower need.
-SETUP_RANGE_S = 90
 # The bench-train unit's levers, one `bench train` each on the scale's model (preset None: the
 # scale's recipe): (preset, batch = micro-batch, torch.compile mode, more options, time limit
 # in seconds). The first is the baseline an earlier slot measured, for a ratio within one run.
@@ -294,7 +297,7 @@ def calibrate(units: list[Unit], done: dict, tried: dict | None = None
     limit, a lower bound), never below :data:`CALIBRATION_FLOOR`. A unit once stopped at its
     limit after T s is estimated at no less than T x :data:`TIMEOUT_MARGIN`: a slot will not
     choose it again with no more time, only to stop it again. Both sides of a device call (here
-    ``slot carry``, there ``slot run``) read the same committed records, so they choose alike."""
+    ``slot status``, there ``slot run``) read the same committed records, so they choose alike."""
     tried = tried or {}
     by = {u.name: u for u in units}
     spent, planned = defaultdict(float), defaultdict(float)
@@ -345,32 +348,34 @@ def pending(units: list[Unit], done: dict) -> list[Unit]:
 
 
 def weight_runs(unit: Unit, done: dict) -> dict[str, int]:
-    """The done runs whose weights ``unit`` needs, with their bf16 sizes (what a call carries)."""
+    """The done runs whose weights ``unit`` loads, with their packed sizes."""
     return {r: b for n in unit.weights for r, b in done.get(n, {}).get("run_bytes", {}).items()}
 
 
-def carried_bytes(unit: Unit, done: dict) -> int:
-    return sum(weight_runs(unit, done).values())
+def missing_weights(units: list[Unit], done: dict, done_dir=DONE_DIR) -> set[str]:
+    """The done runs that ``units`` load whose committed folder is not there (a checkout
+    without them, or a plan that now loads a run no unit loaded when it was imported)."""
+    return {r for r, src in weight_sources(units, done, done_dir).items() if not src.is_dir()}
 
 
 def choose(units: list[Unit], done: dict, budget_s: float,
-           max_weight_files: int = MAX_WEIGHT_FILES, carry_limit: int = CARRY_LIMIT,
-           return_limit: int = RETURN_LIMIT - RETURN_RESERVE) -> list[Unit]:
+           max_weight_files: int = MAX_WEIGHT_FILES,
+           return_limit: int = RETURN_LIMIT - RETURN_RESERVE,
+           missing: set | frozenset = frozenset()) -> list[Unit]:
     """The pending units, in plan order, that fit ``budget_s`` together, whose needs are done
-    (or chosen before them), whose needed weights fit ``carry_limit`` together and whose
-    returned weights (estimated) fit ``return_limit`` bytes in ``max_weight_files`` parts."""
-    chosen, left, files, returned, carried = [], budget_s, 0, 0, {}
+    (or chosen before them), that load none of the ``missing`` runs (:func:`missing_weights`)
+    and whose returned weights (estimated) fit ``return_limit`` bytes in ``max_weight_files``
+    parts. (What a call carries, the tree with the committed slot state, does not depend on
+    the units chosen.)"""
+    chosen, left, files, returned = [], budget_s, 0, 0
     ready = set(done)
     for u in pending(units, done):
-        runs = weight_runs(u, done)
         parts = -(-u.returns // PART_BYTES)
-        if (u.cost_s > left or not set(u.needs) <= ready
-                or sum({**carried, **runs}.values()) > carry_limit
+        if (u.cost_s > left or not set(u.needs) <= ready or set(weight_runs(u, done)) & missing
                 or files + parts > max_weight_files or returned + u.returns > return_limit):
             continue
         chosen.append(u)
         ready.add(u.name)
-        carried.update(runs)
         left -= u.cost_s
         files += parts
         returned += u.returns
@@ -380,8 +385,8 @@ def choose(units: list[Unit], done: dict, budget_s: float,
 def slots_needed(units: list[Unit], done: dict, budget_s: float = UNIT_MAX_S
                  ) -> tuple[int, list[str]]:
     """How many more slots of ``budget_s`` the pending units take, chosen as :func:`choose`
-    does (weights within the carry limit assumed), and the pending units no slot can take
-    (longer than a slot, or waiting for one that is)."""
+    does (every committed run present), and the pending units no slot can take (longer than a
+    slot, or waiting for one that is)."""
     done, n = dict(done), 0
     while chosen := choose(units, done, budget_s):
         done.update({u.name: {} for u in chosen})
@@ -389,11 +394,11 @@ def slots_needed(units: list[Unit], done: dict, budget_s: float = UNIT_MAX_S
     return n, [u.name for u in pending(units, done)]
 
 
-def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT,
-                 tried: dict | None = None) -> list[dict]:
+def status_table(units: list[Unit], done: dict, tried: dict | None = None,
+                 missing: set | frozenset = frozenset()) -> list[dict]:
     """One row per unit: name, estimated cost, needs, done (date and measured seconds), or why
-    no slot can take it yet, and how its last try ended where a slot ran it without finishing
-    (``tried``: :func:`attempts`)."""
+    no slot can take it yet (``missing``: :func:`missing_weights`), and how its last try ended
+    where a slot ran it without finishing (``tried``: :func:`attempts`)."""
     rows = []
     for u in units:
         if u.name in done:
@@ -402,9 +407,8 @@ def status_table(units: list[Unit], done: dict, carry_limit: int = CARRY_LIMIT,
             state = "waits for " + ", ".join(n for n in u.needs if n not in done)
         elif u.cost_s > UNIT_MAX_S:
             state = f"longer than a slot takes ({UNIT_MAX_S} s)"
-        elif carried_bytes(u, done) > carry_limit:
-            state = (f"needs {carried_bytes(u, done) / 2**20:.0f} MiB of weights carried, over "
-                     f"the {carry_limit / 2**20:.0f} MiB a call takes")
+        elif lost := sorted(set(weight_runs(u, done)) & missing):
+            state = f"waits for the weights of {', '.join(lost)}, missing from the slot state"
         else:
             state = "ready"
         last = (tried or {}).get(u.name, [None])[-1]
@@ -453,7 +457,7 @@ def export_weights(run_dir: Path, out: Path) -> list[Path]:
 
 
 def restore_run(src: Path, cache: Path) -> Path:
-    """A carried run (``src``: its run files and packed weights parts) as a finished run in ``cache``
+    """A committed run (``src``: its run files and packed weights parts) as a finished run in ``cache``
     (fp32 weights, as training writes them), so the experiment reuses it."""
     import torch
     from safetensors.torch import save_file
@@ -470,6 +474,30 @@ def restore_run(src: Path, cache: Path) -> Path:
         save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()},
                   dst / "model.safetensors")
     return dst
+
+
+def weight_sources(units: list[Unit], done: dict, done_dir=DONE_DIR) -> dict[str, Path]:
+    """The committed folder of each done run whose weights ``units`` load: beside the done
+    record of the unit that trained it (``<done_dir>/<unit>/<run>/``)."""
+    return {r: Path(done_dir) / n / r for u in units for n in u.weights
+            for r in done.get(n, {}).get("run_bytes", {})}
+
+
+def restore_records(names: list[str], done_dir, cache: Path) -> None:
+    """The cache records of the done units ``names`` (runs' metadata, evaluations, committed
+    packed in each unit's folder) into ``cache``, in that order (the plan's: a later unit's copy
+    of a file wins), so a slot on a fresh cache reads them instead of redoing them."""
+    for name in names:
+        f = Path(done_dir) / name / RECORDS_FILE
+        if f.is_file():
+            with tarfile.open(f) as tar:
+                tar.extractall(cache, filter="data")
+
+
+def state_bytes(done_dir=DONE_DIR) -> int:
+    """What the committed slot state (done records, outputs, records, weights) adds to the tree
+    a device call carries: at most :data:`CARRY_LIMIT`."""
+    return sum(f.stat().st_size for f in Path(done_dir).rglob("*") if f.is_file())
 
 
 def _copy_records(cache: Path, t: float, to: Path) -> None:
@@ -503,11 +531,12 @@ class SlotReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore=RESTORE_DIR,
+def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, done_dir=DONE_DIR,
              python: str = "python3", margin_s: float = 20, report=print,
              max_weight_files: int = MAX_WEIGHT_FILES, device: str = "cuda",
              return_limit: int = RETURN_LIMIT - RETURN_RESERVE) -> SlotReport:
-    """Restore the runs the chosen units need, run them in order while time is left, then pack
+    """Restore the done units' records and the runs the chosen units need from their committed
+    folders in ``done_dir``, run the units in order while time is left, then pack
     ``out/results.tgz`` (records and outputs) and the new runs' weights into ``out`` (at most
     ``max_weight_files`` parts of ``return_limit`` bytes in all)."""
     from tinytrace.provenance import device_name
@@ -517,30 +546,25 @@ def run_slot(units: list[Unit], done: dict, budget_s: float, out, cache, restore
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix="slot-"))
-    chosen = choose(units, done, budget_s - margin_s, max_weight_files, return_limit=return_limit)
+    missing = missing_weights(units, done, done_dir)
+    for name in sorted(missing):
+        report(f"missing: the weights of {name} (committed with its unit's done record in "
+               f"{done_dir}); the units that load them wait")
+    chosen = choose(units, done, budget_s - margin_s, max_weight_files, return_limit, missing)
     needed = {n for u in units for n in u.weights}  # units whose weights later units load
     rep = SlotReport(device=device_name(device),
                      skipped=[u.name for u in pending(units, done) if u not in chosen])
-    records = Path(restore) / RECORDS
-    if records.is_dir():  # every finished unit's cached records (runs' metadata, evaluations)
-        shutil.copytree(records, cache, dirs_exist_ok=True)
-    missing = set()
-    for name in sorted({r for u in chosen for r in weight_runs(u, done)}):
-        src = Path(restore) / name
-        if src.is_dir():
-            restore_run(src, cache)
-            report(f"restored {name}")
-        else:  # `slot carry` chose for another budget: the units that need it wait
-            missing.add(name)
-            report(f"not carried: {name} (`tinytrace slot carry` stages it); its units wait")
+    restore_records([u.name for u in units if u.name in done], done_dir, cache)
+    for name, src in sorted(weight_sources(chosen, done, done_dir).items()):
+        restore_run(src, cache)
+        report(f"restored {name}")
     run_of = {n: d["runs"][0] for n, d in done.items() if d.get("runs")}
     weight_files = weight_bytes = 0
     finished = set(done)
     for u in chosen:
         _pack_results(stage, rep, out)  # what is done so far comes back even if the call is cut
         left = budget_s - (time.monotonic() - t0) - margin_s
-        if (u.cost_s > left or not set(u.needs) <= finished  # too long, or a need failed here
-                or set(weight_runs(u, done)) & missing):
+        if u.cost_s > left or not set(u.needs) <= finished:  # too long, or a need failed here
             rep.skipped.append(u.name)
             continue
         unit_out = stage / u.name
@@ -687,15 +711,18 @@ def _lever(r: dict) -> str:
             f"{r.get('compile_mode') or 'eager'}{''.join(extra)}")
 
 
-def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
+def import_slot(files_at, done_dir=DONE_DIR, keep=KEEP_DIR, report=print,
                 results_dir=Path("benchmarks/results"), git_commit: str = "?") -> list[str]:
     """After a slot (``files_at``: the files it returned): a done record per finished unit in
-    ``done_dir`` with the unit's small outputs beside it (``<unit>/``), a benchmark unit's result
-    in ``results_dir`` (:func:`perf_result`), the run files and packed weights of its runs in
-    ``restore``. A run's weights count only if every part came back whole (a call leaves out
-    files over its limits): a unit whose weights a later unit needs is not done without them.
-    ``git_commit``: the commit whose tree the call sent. Returns the finished units."""
-    files_at, done_dir, restore = Path(files_at), Path(done_dir), Path(restore)
+    ``done_dir`` with, in its folder (``<unit>/``), the unit's small outputs, its cache records
+    packed (:data:`RECORDS_FILE`) and, where a later unit loads them, its runs' files and
+    packed weights (all committed: a fresh clone resumes from them); a benchmark unit's result
+    in ``results_dir`` (:func:`perf_result`); the other runs' files and weights in ``keep``
+    (this machine only). A run's weights count only if every part came back whole (a call
+    leaves out files over its limits): a unit whose weights a later unit needs is not done
+    without them. ``git_commit``: the commit whose tree the call sent. Returns the finished
+    units."""
+    files_at, done_dir, keep = Path(files_at), Path(done_dir), Path(keep)
     units = []
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(files_at / "results.tgz") as tar:
@@ -720,8 +747,10 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
                 Path(results_dir).mkdir(parents=True, exist_ok=True)
                 (Path(results_dir) / f"{rec['date']}-slot-{rec['unit']}.json").write_text(
                     json.dumps(perf, indent=1) + "\n")
-            for r in rec["runs"]:
-                dst = restore / r
+            outputs = done_dir / rec["unit"]
+            shutil.rmtree(outputs, ignore_errors=True)
+            for r in rec["runs"]:  # committed where a later unit loads them, else kept here
+                dst = (outputs if rec.get("weights_needed") else keep) / r
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(unit_dir / r, dst)
                 for part in rec.get("run_parts", {}).get(r, {}):
@@ -729,12 +758,15 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
                 shutil.rmtree(unit_dir / r)
             rec_file.unlink()
             if (unit_dir / RECORDS).is_dir():
-                shutil.copytree(unit_dir / RECORDS, restore / RECORDS, dirs_exist_ok=True)
+                outputs.mkdir(parents=True, exist_ok=True)
+                # no time in the gzip header: the same slot imported again writes the same bytes
+                with gzip.GzipFile(outputs / RECORDS_FILE, "wb", mtime=0) as gz, \
+                        tarfile.open(fileobj=gz, mode="w") as tar:
+                    for f in sorted(p for p in (unit_dir / RECORDS).rglob("*") if p.is_file()):
+                        tar.add(f, arcname=str(f.relative_to(unit_dir / RECORDS)))
                 shutil.rmtree(unit_dir / RECORDS)
-            outputs = done_dir / rec["unit"]
-            shutil.rmtree(outputs, ignore_errors=True)
             if any(unit_dir.iterdir()):
-                shutil.copytree(unit_dir, outputs)
+                shutil.copytree(unit_dir, outputs, dirs_exist_ok=True)
             done_dir.mkdir(parents=True, exist_ok=True)
             (done_dir / f"{rec['unit']}.json").write_text(json.dumps(rec, indent=1) + "\n")
             units.append(rec["unit"])
@@ -742,6 +774,9 @@ def import_slot(files_at, done_dir=DONE_DIR, restore=RESTORE_DIR, report=print,
         for rec in json.loads((res / "slot.json").read_text())["failed"]:
             _record_attempt(done_dir, rec | {"git_commit": git_commit})
             report(f"not done: {rec['unit']} ({rec['why']})")
+    if units and state_bytes(done_dir) > CARRY_LIMIT:
+        report(f"warning: the committed slot state ({state_bytes(done_dir) / 2**20:.1f} MiB in "
+               f"{done_dir}) is over the {CARRY_LIMIT / 2**20:.0f} MiB a device call has for it")
     return units
 
 
@@ -754,26 +789,3 @@ def _record_attempt(done_dir: Path, rec: dict) -> None:
     tries, this = json.loads(f.read_text()) if f.exists() else [], {k: rec[k] for k in keep if k in rec}
     if this not in tries:  # the same slot imported twice counts once
         f.write_text(json.dumps(tries + [this], indent=1) + "\n")
-
-
-def carry(units: list[Unit], done: dict, budget_s: float, restore=RESTORE_DIR,
-          to=CARRY_DIR) -> list[str]:
-    """Copy into ``to`` (the folder a device call names in ``carry``) only the restored runs
-    the next slot's units need: the whole restore folder would not fit what a call takes. The
-    device chooses with what is left after its set-up (``budget_s`` less some seconds), so the
-    runs needed at any budget down to ``budget_s - SETUP_RANGE_S`` go, where they fit."""
-    to = Path(to)
-    shutil.rmtree(to, ignore_errors=True)
-    to.mkdir(parents=True)
-    needed = {r for u in choose(units, done, budget_s) for r in weight_runs(u, done)}
-    sizes = {r: b for d in done.values() for r, b in d.get("run_bytes", {}).items()}
-    for b in range(int(budget_s) - SETUP_RANGE_S, int(budget_s), 5):
-        more = needed | {r for u in choose(units, done, b) for r in weight_runs(u, done)}
-        if sum(sizes.get(r, 0) for r in more) <= CARRY_LIMIT:
-            needed = more
-    needed = sorted(needed)
-    for r in needed:
-        shutil.copytree(Path(restore) / r, to / r)
-    if (Path(restore) / RECORDS).is_dir():
-        shutil.copytree(Path(restore) / RECORDS, to / RECORDS)
-    return needed

@@ -191,7 +191,7 @@ def gpu_scale_page(done_dir=None) -> str:
 
     done_dir = Path(done_dir) if done_dir is not None else slots.DONE_DIR
     units, done, tried, factors = slots.calibrated_plan("gpu", done_dir)
-    status = slots.status_table(units, done, tried=tried)
+    status = slots.status_table(units, done, tried, slots.missing_weights(units, done, done_dir))
     n_slots, stuck = slots.slots_needed(units, done)
     left = [u for u in units if u.name not in done]
     res = {}
