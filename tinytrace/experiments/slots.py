@@ -352,6 +352,13 @@ def weight_runs(unit: Unit, done: dict) -> dict[str, int]:
     return {r: b for n in unit.weights for r, b in done.get(n, {}).get("run_bytes", {}).items()}
 
 
+def weight_sources(units: list[Unit], done: dict, done_dir=DONE_DIR) -> dict[str, Path]:
+    """The committed folder of each done run whose weights ``units`` load: beside the done
+    record of the unit that trained it (``<done_dir>/<unit>/<run>/``)."""
+    return {r: Path(done_dir) / n / r for u in units for n in u.weights
+            for r in done.get(n, {}).get("run_bytes", {})}
+
+
 def missing_weights(units: list[Unit], done: dict, done_dir=DONE_DIR) -> set[str]:
     """The done runs that ``units`` load whose committed folder is not there (a checkout
     without them, or a plan that now loads a run no unit loaded when it was imported)."""
@@ -474,13 +481,6 @@ def restore_run(src: Path, cache: Path) -> Path:
         save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()},
                   dst / "model.safetensors")
     return dst
-
-
-def weight_sources(units: list[Unit], done: dict, done_dir=DONE_DIR) -> dict[str, Path]:
-    """The committed folder of each done run whose weights ``units`` load: beside the done
-    record of the unit that trained it (``<done_dir>/<unit>/<run>/``)."""
-    return {r: Path(done_dir) / n / r for u in units for n in u.weights
-            for r in done.get(n, {}).get("run_bytes", {})}
 
 
 def restore_records(names: list[str], done_dir, cache: Path) -> None:
@@ -774,9 +774,10 @@ def import_slot(files_at, done_dir=DONE_DIR, keep=KEEP_DIR, report=print,
         for rec in json.loads((res / "slot.json").read_text())["failed"]:
             _record_attempt(done_dir, rec | {"git_commit": git_commit})
             report(f"not done: {rec['unit']} ({rec['why']})")
-    if units and state_bytes(done_dir) > CARRY_LIMIT:
-        report(f"warning: the committed slot state ({state_bytes(done_dir) / 2**20:.1f} MiB in "
-               f"{done_dir}) is over the {CARRY_LIMIT / 2**20:.0f} MiB a device call has for it")
+    size = state_bytes(done_dir) if units else 0
+    if size > CARRY_LIMIT:
+        report(f"warning: the committed slot state ({size / 2**20:.1f} MiB in {done_dir}) is "
+               f"over the {CARRY_LIMIT / 2**20:.0f} MiB a device call has for it")
     return units
 
 
