@@ -5,7 +5,10 @@
 # load are committed beside them (benchmarks/slots/<unit>/), so they come with the tree.
 # On the GPU machine, in the repo root:
 #   bash benchmarks/gpu_slot.sh     (device call: timeout_s=575, carry .whl for the section
-#                                    units; DEADLINE defaults to 530)
+#                                    units; DEADLINE defaults to 530; kind nvidia-h200 where
+#                                    status lists it: the plan's estimates and the committed
+#                                    speed results are the H200's; an H100 does too, every
+#                                    record names its device)
 # After it, here: `tinytrace slot import <files_at>` and `tinytrace notebooks pages`, then commit
 # benchmarks/ and book/.
 # What comes back in $OUT: log.txt, results.tgz (a record and the outputs of each unit) and the

@@ -18,6 +18,28 @@ from tinytrace.experiments.slots import Unit
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# What tinytrace installs that the GPU machine's image lacks (its package list in the device
+# tool's KINDS.md, read 2026-11-17; papermill, ipykernel, nbformat and nbclient travel there as
+# wheels, `.whl`). A slot's unit that imported one of these would fail there and waste the slot.
+GPU_IMAGE_LACKS = ("datasets", "submitit", "jupyter_book", "jupyterlab", "multiprocess", "dill")
+
+
+def _gpu_image_python(tmp_path) -> str:
+    """A python command for the units that cannot import what the GPU image lacks (a
+    ``sitecustomize`` on ``PYTHONPATH`` refuses those imports in it and in what it starts, the
+    notebook kernels included)."""
+    folder = tmp_path / "gpu-image"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"LACKS = {GPU_IMAGE_LACKS!r}\n"
+        "class Lacks:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in LACKS:\n"
+        "            raise ImportError(f'{name} is not on the GPU image')\n"
+        "sys.meta_path.insert(0, Lacks())\n")
+    return f"env PYTHONPATH={folder}:{ROOT} {sys.executable}"
+
 
 def _plan():
     units = {u.name: u for u in slots.plan("smoke", device="cpu", eval_limit=8, profile_steps=8)}
@@ -226,9 +248,10 @@ def test_weights_missing_from_the_committed_state_make_their_units_wait(tmp_path
 
 def test_two_slots_resume_from_committed_weights_on_a_fresh_clone(tmp_path):
     units, done_dir, keep = _plan(), tmp_path / "repo" / "slots", tmp_path / "keep"
+    python = _gpu_image_python(tmp_path)  # what the GPU image lacks, the units do without
     # slot 1: room for the base run only (bench-eval's estimate does not fit what is left)
     rep = slots.run_slot(units, {}, units[0].cost_s + 30, tmp_path / "out1", tmp_path / "cache1",
-                         done_dir, python=sys.executable, device="cpu")
+                         done_dir, python=python, device="cpu")
     assert [r["unit"] for r in rep.done] == ["base"] and rep.skipped == ["bench-eval"]
     run = rep.done[0]["runs"][0]
     parts = sorted((tmp_path / "out1").glob(f"{run}.{slots.WEIGHTS_FILE}.part*"))
@@ -250,7 +273,7 @@ def test_two_slots_resume_from_committed_weights_on_a_fresh_clone(tmp_path):
     shutil.rmtree(tmp_path / "repo")
     done_dir = tmp_path / "clone" / "slots"
     rep = slots.run_slot(units, slots.done_units(done_dir), 300, tmp_path / "out2",
-                         tmp_path / "cache2", done_dir, python=sys.executable, device="cpu")
+                         tmp_path / "cache2", done_dir, python=python, device="cpu")
     assert [r["unit"] for r in rep.done] == ["bench-eval"] and rep.done[0]["runs"] == []
     assert sorted(p.name for p in (tmp_path / "cache2").glob("run-*") if p.is_dir()) == [run]
     assert list((tmp_path / "cache2").glob("eval-*.json"))  # base's evaluations, restored
@@ -404,8 +427,9 @@ def test_a_section_runs_from_committed_records_without_weights(tmp_path):
     plan = [units[n] for n in units[f"section-{section}"].needs] + [units[f"section-{section}"]]
     done_dir, keep = tmp_path / "slots", tmp_path / "keep"
     budget = sum(u.cost_s for u in plan[:-1]) + 30
+    python = _gpu_image_python(tmp_path)  # the notebook's kernel too does without them
     rep = slots.run_slot(plan, {}, budget, tmp_path / "out1", tmp_path / "cache1", done_dir,
-                         python=sys.executable, device="cpu", max_weight_files=3 * len(plan))
+                         python=python, device="cpu", max_weight_files=3 * len(plan))
     assert [r["unit"] for r in rep.done] == [u.name for u in plan[:-1]], rep.failed
     slots.import_slot(tmp_path / "out1", done_dir, keep)
     done = slots.done_units(done_dir)
@@ -413,7 +437,7 @@ def test_a_section_runs_from_committed_records_without_weights(tmp_path):
         assert any(n.startswith("eval-") and n.endswith(".json") for n in tar.getnames())
     assert not list(done_dir.rglob("*.part*"))  # no unit loads weights: none are committed
     rep = slots.run_slot(plan, done, 600, tmp_path / "out2", tmp_path / "cache2", done_dir,
-                         python=sys.executable, device="cpu")
+                         python=python, device="cpu")
     assert [r["unit"] for r in rep.done] == [f"section-{section}"], rep.failed
     assert not list((tmp_path / "cache2").glob("run-*/model.safetensors"))  # nothing trained
     slots.import_slot(tmp_path / "out2", done_dir, keep)
