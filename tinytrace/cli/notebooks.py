@@ -28,6 +28,10 @@ def add_cli(sub) -> None:
     r.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
     r.add_argument("--missing", action="store_true",
                    help="only notebooks not executed into --out yet (e.g. a fresh checkout)")
+    r.add_argument("--records", default=None, metavar="DIR",
+                   help="store of the cache's records (evaluations, run metadata) to import "
+                        "first and write after each notebook (default OUT/records)")
+    r.add_argument("--no-records", action="store_true", help="no store of records")
     r.add_argument("--no-pages", action="store_true",
                    help="do not regenerate book/results.md (done when --out is book/sections)")
     r.set_defaults(func=_run_cli)
@@ -44,7 +48,8 @@ def _run_cli(args) -> int:
     outcomes = run_notebooks(args.scale, only=args.only, jobs=args.jobs, out=args.out,
                              cache_dir=args.cache_dir, src=args.src, seed=args.seed,
                              device=args.device, params=dict(args.param), timeout=args.timeout,
-                             missing=args.missing)
+                             missing=args.missing,
+                             records=False if args.no_records else args.records)
     if not args.no_pages and Path(args.out).resolve() == DEFAULT_OUT.resolve() and Path("book").is_dir():
         for path in write_pages("book", args.out, check=False):
             print(f"wrote {path}")

@@ -112,6 +112,16 @@ class NotTrained(Exception):
         self.run = run
 
 
+class WeightsMissing(NotTrained):
+    """A run is done but its weights are not here: it came as records only (a GPU slot's, or
+    the committed store's, :mod:`.records`), and something needs more than its cached
+    evaluations."""
+
+    def __init__(self, run: Path):
+        Exception.__init__(self, f"{run.name} is done but its weights are not in {run.parent}")
+        self.run = run
+
+
 class LazyModel:
     """A trained run's model, loaded on first use: an experiment whose evaluations are all
     cached never reads the weights (a GPU slot then needs to carry none)."""
@@ -121,6 +131,8 @@ class LazyModel:
 
     def get(self):
         if self._model is None:
+            if not (self.run_dir / "model.safetensors").exists():
+                raise WeightsMissing(self.run_dir)
             self._model = load_checkpoint(self.run_dir).to(self.device)
         return self._model
 
@@ -218,6 +230,7 @@ class Cache:
             df, summary = evaluate(model, data, batch_size=batch_size,
                                    max_len_factor=max_len_factor, eos_prefix=eos_prefix)
             result = {k: summary.get(k) for k in METRICS}
+            result["run"] = run_key  # what it evaluated: records.forget finds it by this
             result["timing"] = {k: summary.get(k) for k in (
                 "seconds_generate", "seconds_teacher_forced", "generated_tokens", "tokens_per_s",
                 "traces_per_s", "batch_size", "device")}

@@ -16,6 +16,7 @@ is its own run, which the experiment trains when it is missing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -41,7 +42,9 @@ from tinytrace.provenance import hardware
 from tinytrace.train.sft import finetune
 
 from .analysis import FAILURE_CLASSES, clip_rate
-from .cache import USED, LazyModel, NotTrained, _Context, _key, _run_seconds, _use, settings, subset
+from .cache import (USED, LazyModel, NotTrained, WeightsMissing, _Context, _key, _run_seconds, _use,
+                    settings, subset)
+from .records import forget
 from .scales import SHIPPED, get_scale, tokens_per_example
 
 
@@ -448,6 +451,8 @@ def _sft_finetune(ctx: _Context, size: int, epochs: int) -> tuple[Path, dict]:
     out = ctx.cache.root / f"sft-{_key([base_run.name, data[0].name, settings(cfg)])}"
     if not ctx.cache.train_missing and not (out / "done.json").exists():
         raise NotTrained(out)
+    if not (out / "done.json").exists() and not (base_run / "model.safetensors").exists():
+        raise WeightsMissing(base_run)  # it starts from the base model's weights
     with ctx.cache.locked(out):
         summary = finetune(base_run, data[0], data[1], out, cfg, progress=ctx.cache.progress,
                            resume=True)
@@ -590,8 +595,27 @@ def evaluate_trained(name: str, scale="smoke", cache_dir="cache", seed: int = 0,
     try:
         RUNNERS[name](_Context(get_scale(scale), cache_dir, seed, progress, train_missing=False))
     except NotTrained as e:
-        return f"evaluated the trained runs of {name} before {e.run.name}, which is not trained"
+        why = "whose weights are not here" if isinstance(e, WeightsMissing) else "which is not trained"
+        return f"evaluated the trained runs of {name} before {e.run.name}, {why}"
     return f"evaluated every run of {name}"
+
+
+def _rows(runner: Callable, ctx: _Context) -> list[dict]:
+    """``runner``'s rows. A run that came as records only (:mod:`.records`: done, no weights)
+    and is asked for an evaluation that is not cached is forgotten and trained again, and the
+    runner starts over (what it already evaluated is cached)."""
+    forgotten: set[Path] = set()
+    while True:
+        try:
+            return runner(ctx)
+        except WeightsMissing as e:
+            if e.run in forgotten:
+                raise
+            logging.getLogger(__name__).warning(
+                "%s came without its weights and an evaluation of it is not cached: training "
+                "it again (its cached evaluations are dropped)", e.run.name)
+            forget(e.run)
+            forgotten.add(e.run)
 
 
 def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: int = 0,
@@ -605,7 +629,7 @@ def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: 
     random.seed(seed)
     t0 = time.time()
     ctx = _Context(sc, cache_dir, seed, progress)
-    df = pd.DataFrame(RUNNERS[name](ctx))
+    df = pd.DataFrame(_rows(RUNNERS[name], ctx))
     df.insert(len(df.columns), "scale", sc.name)
     df.insert(len(df.columns), "hardware", hardware())
     seconds = time.time() - t0

@@ -52,6 +52,7 @@ from pathlib import Path
 
 from tinytrace.lang.edits import EDIT_NAMES
 
+from .records import record_files
 from .runners import EXPERIMENTS, run_tokens, training_runs
 from .scales import get_scale
 
@@ -214,7 +215,8 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
         # 04 evaluates the base model on the excluded-pairs sets (its reference) and 06 carries
         # the base run, which the fine-tuning runs were made from, to be safe
         units.append(Unit(f"section-{sec}", f"{{python}} -m tinytrace notebooks run --scale "
-                          f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed}",
+                          f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed} "
+                          "--no-records",  # the unit's records come back as the slot's
                           _section_cost(sec), needs, f"section {sec}: notebook from cached runs",
                           weights=("base",) if sec in ("04", "06") else ()))
     return units
@@ -501,18 +503,12 @@ def state_bytes(done_dir=DONE_DIR) -> int:
 
 
 def _copy_records(cache: Path, t: float, to: Path) -> None:
-    """The small files of ``cache`` written at or after ``t``: evaluation records and the
-    robustness runs' rows (files at its top), and the files directly in the run folders
-    (``run-*``, ``sft-*``: their metadata, no weights). Nothing else: corpora, mixes and the
-    fine-tuning data (``sft-data-*``) are rebuilt, seeded, where a later unit needs them."""
-    for f in Path(cache).rglob("*"):
-        rel = f.relative_to(cache)
-        run = rel.parts[0].startswith(("run-", "sft-")) and not rel.parts[0].startswith("sft-data-")
-        if (not f.is_file() or f.stat().st_mtime < t or f.suffix in (".lock", ".safetensors")
-                or len(rel.parts) > 2 or (len(rel.parts) == 2 and not run)):
-            continue
+    """The records of ``cache`` written at or after ``t`` (:func:`.records.record_files`:
+    evaluations, the robustness runs' rows, the run folders' metadata; no weights, no corpora,
+    which a later unit rebuilds, seeded) copied to ``to``."""
+    for rel in record_files(cache, t):
         (to / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, to / rel)
+        shutil.copy2(Path(cache) / rel, to / rel)
 
 
 def _trained_since(cache: Path, t: float) -> list[str]:

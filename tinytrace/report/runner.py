@@ -6,6 +6,13 @@ spread over GPUs through ``CUDA_VISIBLE_DEVICES``. A notebook is executed to a h
 moved into place only on success, so a failure never replaces a good earlier result. Each
 notebook writes ``<stem>.json`` (:func:`tinytrace.report.nbkit.write_results_json`); the runner
 adds the seconds the notebook took.
+
+The records of the run cache (evaluations, run metadata; :mod:`tinytrace.experiments.records`)
+are kept in a store beside the executed notebooks (``<out>/records``, committed with the book):
+a batch first imports what its cache lacks from it, and after each notebook, finished or not,
+writes back what the cache made since the batch began and what the finished notebook used. A
+fresh checkout then runs a notebook again from those records, training only runs whose
+evaluations it lacks.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinytrace.experiments import get_scale
+from tinytrace.experiments.records import export_records, import_records
 from tinytrace.interrupt import Interrupted, stop_requests
 
 from .sections import DEFAULT_OUT, NOTEBOOKS, ROOT, Section
@@ -247,9 +255,11 @@ def _source_cell(job: dict, source: str, executed_index: int) -> int:
 def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_dir="cache",
                   src=None, seed: int | None = None, device: str | None = None,
                   params: dict | None = None, timeout: float | None = None,
-                  missing: bool = False, echo=print) -> list[Outcome]:
+                  missing: bool = False, records=None, echo=print) -> list[Outcome]:
     """Execute the selected notebooks at ``scale`` into ``out`` (``jobs`` at a time); with
     ``missing``, only those without an executed copy and results JSON in ``out`` yet.
+    ``records``: the store of cache records (default ``out/records``; False: none), imported
+    into the cache first and written after each notebook.
     SIGINT/SIGTERM start nothing more and end the running workers (their notebooks keep their
     previous results); then :class:`tinytrace.interrupt.Interrupted` is raised."""
     get_scale(scale)  # unknown scales fail here, before any notebook starts
@@ -268,6 +278,30 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
     if device is not None:
         p["device"] = device
     p.update(params or {})
+    store = None if records is False else Path(out / "records" if records is None else records)
+    if store is not None:
+        n = import_records(store, cache)
+        if n:
+            echo(f"records: {n} imported from {store} into {cache} (a run that came without "
+                 "its weights trains again only where an evaluation of it is missing)")
+    since, store_lock = time.time(), threading.Lock()
+
+    def keep_records(res: Outcome) -> None:
+        """What the cache made since the batch began, and what a finished notebook used."""
+        if store is None:
+            return
+        try:
+            used = ()
+            if res.ok:
+                info = json.loads((out / f"{res.name}.json").read_text())
+                used = (info.get("compute") or {}).get("artifacts", {})
+            with store_lock:
+                n = export_records(cache, store, since=since, used=used)
+            if n:
+                echo(f"records: {n} written to {store} after {res.name}")
+        except (OSError, ValueError) as e:  # the notebook's outcome stands; say what was not kept
+            echo(f"records: not written after {res.name}: {type(e).__name__}: {e}")
+
     gpus = gpu_slots() if jobs > 1 else []
     base_env = dict(os.environ)
     base_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + base_env.get("PATH", "")
@@ -312,6 +346,7 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
             res = execute(name, todo[name], out, p, env=env, timeout=timeout, gpu=gpu)
         except Exception as e:  # the runner itself failed (disk full, ...): report, go on
             res = Outcome(name, False, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
+        keep_records(res)
         with cond:
             outcomes.append(res)
             running.pop(name, None)

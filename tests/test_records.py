@@ -1,0 +1,126 @@
+"""The store of cache records (evaluations, robustness rows, run metadata) that survives a fresh
+checkout: a fresh cache with only the store reruns experiments and notebooks without training;
+a run that came without its weights trains again where an evaluation of it is missing; the
+notebook runner writes the store after every notebook, a failed one too."""
+import gzip
+import json
+import logging
+
+import pytest
+
+from tinytrace.experiments import run_experiment
+from tinytrace.experiments.records import export_records, forget, import_records, record_files
+from tinytrace.report import runner
+
+
+def _evals_of(cache, run: str) -> list:
+    return sorted(f.name for f in cache.glob("eval-*.json")
+                  if json.loads(f.read_text()).get("run", "").startswith(run))
+
+
+def test_a_fresh_cache_reruns_an_experiment_from_the_store_without_training(tmp_path):
+    c1, c2, store = tmp_path / "c1", tmp_path / "c2", tmp_path / "store"
+    first = run_experiment("id_robustness", "smoke", cache_dir=c1, progress=False)
+    assert export_records(c1, store) > 0
+    stored = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
+    assert all(p.endswith(".gz") for p in stored)
+    assert any(p.endswith(".rows.json.gz") for p in stored)  # the per-epoch rows
+    assert any(p.startswith("run-") and p.endswith("/log.jsonl.gz") for p in stored)
+    assert not any("safetensors" in p or p.startswith("corpus-") or "/state" in p or "/epoch-" in p
+                   for p in stored)
+    before = {p: (store / p).read_bytes() for p in stored}
+    assert export_records(c1, store) == 0  # unchanged records keep their bytes
+    assert {p: (store / p).read_bytes() for p in stored} == before
+    assert gzip.decompress(before[stored[0]]) == (c1 / stored[0][:-3]).read_bytes()
+    assert all(b[4:8] == bytes(4) for b in before.values())  # no time in the gzip headers
+
+    assert import_records(store, c2) == len(stored)
+    again = run_experiment("id_robustness", "smoke", cache_dir=c2, progress=False)
+    assert not list(c2.glob("run-*/model.safetensors"))  # nothing trained
+    cols = [c for c in first.columns if c != "hardware"]
+    assert again[cols].equals(first[cols])
+    assert import_records(store, c2) == 0  # what the cache has wins
+
+
+def test_a_run_without_weights_trains_again_where_an_evaluation_is_missing(tmp_path, caplog):
+    c1, c2, store = tmp_path / "c1", tmp_path / "c2", tmp_path / "store"
+    run_experiment("base", "smoke", cache_dir=c1, progress=False)
+    run = next(p for p in c1.glob("run-*") if p.is_dir())
+    with pytest.raises(ValueError, match="has its weights"):
+        forget(run)
+    evals = _evals_of(c1, run.name)
+    assert len(evals) >= 3  # the ID, longer and deeper test sets
+    export_records(c1, store)
+    import_records(store, c2)
+    stale = c2 / evals[1]
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "exact_match": -1.0}))
+    (c2 / evals[0]).unlink()  # e.g. a changed notebook asks for an evaluation not cached
+    with caplog.at_level(logging.WARNING):
+        df = run_experiment("base", "smoke", cache_dir=c2, progress=False)
+    assert "came without its weights" in caplog.text
+    assert (c2 / run.name / "model.safetensors").exists()  # trained again
+    # the evaluations of the weights that are gone were dropped, not mixed with the new ones'
+    assert json.loads(stale.read_text())["exact_match"] != -1.0
+    assert _evals_of(c2, run.name) == evals and (df["exact_match"] >= 0).all()
+
+
+def _notebook(path, cells):
+    path.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"] if i == 0 else []},
+                   "source": src, "outputs": [], "execution_count": None}
+                  for i, src in enumerate(cells)],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}))
+
+
+def test_the_runner_keeps_the_records_of_a_notebook_that_failed(tmp_path):
+    """Work a notebook finished before it failed (or was stopped) is in the store: the runs it
+    trained need not be trained again after a fresh checkout."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _notebook(src / "99_fails.ipynb", [
+        'scale = "smoke"\ncache_dir = "cache"\nprogress = False\nseed = 0',
+        "from tinytrace.experiments import base_run_dir\nbase_run_dir(scale, cache_dir)",
+        'raise RuntimeError("after training")'])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    [res] = runner.run_notebooks("smoke", out=out, cache_dir=cache, src=src, echo=lambda s: None)
+    assert not res.ok and "after training" in res.error
+    run = next(p.name for p in cache.glob("run-*") if p.is_dir())
+    assert (out / "records" / run / "done.json.gz").is_file()
+    assert [str(p) for p in record_files(cache)] == sorted(
+        str(p.relative_to(out / "records"))[:-3] for p in (out / "records").rglob("*.gz"))
+    [res] = runner.run_notebooks("smoke", out=tmp_path / "out2", cache_dir=cache, src=src,
+                                 records=False, echo=lambda s: None)  # no store
+    assert not res.ok and not (tmp_path / "out2" / "records").exists()
+
+
+def test_a_notebook_reruns_from_the_store_on_a_fresh_cache(tmp_path, smoke_cache):
+    out1, out2, cache2 = tmp_path / "out1", tmp_path / "out2", tmp_path / "cache2"
+    [res] = runner.run_notebooks("smoke", only="02", out=out1, cache_dir=smoke_cache,
+                                 echo=lambda s: None)
+    assert res.ok, res.line()
+    used = json.loads((out1 / "02_model_data_training.json").read_text())["compute"]["artifacts"]
+    # the records it used are stored, made in this batch or before it (the shared cache)
+    assert {n for n in used if not n.startswith("corpus-")} <= {
+        p.relative_to(out1 / "records").parts[0].removesuffix(".gz")
+        for p in (out1 / "records").rglob("*.gz")}
+    lines = []
+    [res] = runner.run_notebooks("smoke", only="02", out=out2, cache_dir=cache2,
+                                 records=out1 / "records", echo=lines.append)
+    assert res.ok, res.line()
+    assert any("imported from" in line for line in lines)
+    assert not list(cache2.glob("run-*/model.safetensors"))  # nothing trained
+    r1, r2 = (json.loads((o / "02_model_data_training.json").read_text())["results"]
+              for o in (out1, out2))
+    assert r1 == r2
+
+
+def test_fine_tuning_from_a_base_run_without_weights_trains_the_base_run_again(tmp_path):
+    c1, c2, store = tmp_path / "c1", tmp_path / "c2", tmp_path / "store"
+    run_experiment("base", "smoke", cache_dir=c1, progress=False)
+    export_records(c1, store)
+    import_records(store, c2)
+    df = run_experiment("sft_lora", "smoke", cache_dir=c2, progress=False)
+    assert len(df) and list(c2.glob("run-*/model.safetensors"))  # the base run, trained again
+    assert list(c2.glob("sft-*/model.safetensors"))

@@ -1,0 +1,133 @@
+"""The small records of a run cache, kept in a store that is committed, so that finished work
+survives a fresh checkout and a notebook can be run again without training again.
+
+A cache (:mod:`.cache`) holds corpora (rebuilt, seeded, where missing), weights (large) and small
+records: evaluations (``eval-*.json``), the robustness runs' per-epoch rows (``*.rows.json``)
+and each run's metadata (the files directly in ``run-*/`` and ``sft-*/``: config, log, done
+marker; no weights). A section notebook reads only those, as long as every evaluation it asks
+for is cached (models load lazily, :class:`.cache.LazyModel`).
+
+:func:`export_records` writes a cache's records into a store folder, one gzip file per record
+under the record's own path (``eval-<key>.json.gz``, ``run-<key>/log.jsonl.gz``): the names are
+keys of the artifacts' configs, so the stores of several sessions or machines merge file by
+file, and a file that did not change is written with the same bytes. :func:`import_records`
+writes the store's records that a cache lacks into it, never over a record the cache has.
+
+A run imported this way is done without its weights. Where something needs them (an evaluation
+that is not cached: a changed notebook, or another scale that shares the run), the model raises
+:class:`WeightsMissing`, and :func:`~.runners.run_experiment` forgets the run (:func:`forget`:
+its metadata, the evaluations made of it and its rows) and trains it again.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+SUFFIX = ".gz"
+
+
+def _is_run(folder: str) -> bool:
+    """A training run's or fine-tuning run's folder (the fine-tuning data, ``sft-data-*``, is a
+    corpus: rebuilt where missing)."""
+    return folder.startswith(("run-", "sft-")) and not folder.startswith("sft-data-")
+
+
+def _of_run(cache: Path, rel: Path) -> str:
+    """The run a top-level record belongs to: a robustness rows file's, or the run an evaluation
+    names (``"run"``; a per-epoch evaluation's run); "" if none."""
+    name = rel.parts[0]
+    if name.endswith(".rows.json"):
+        return name[:-len(".rows.json")].rsplit("-e", 1)[0]
+    if name.startswith("eval-") and len(rel.parts) == 1:
+        try:
+            of = json.loads((cache / rel).read_text()).get("run", "")
+        except (OSError, ValueError):
+            return ""
+        head, _, epoch = of.rpartition("-e")
+        return head if head and epoch.isdigit() else of
+    return ""
+
+
+def record_files(cache, since: float | None = None, used=()) -> list[Path]:
+    """The records of ``cache`` (relative paths): the files at its top (evaluations, robustness
+    rows) and the files directly in its run folders, without weights, locks, checkpoints or
+    corpora. All of them, or with ``since`` (wall-clock seconds) those written at or after it
+    and those of the artifacts named in ``used`` (a section's ``compute.artifacts``: its runs'
+    metadata, rows and evaluations too)."""
+    cache, used = Path(cache), set(used)
+    out = []
+    for f in cache.rglob("*"):
+        rel = f.relative_to(cache)
+        if (len(rel.parts) > 2 or (len(rel.parts) == 2 and not _is_run(rel.parts[0]))
+                or f.suffix in (".lock", ".safetensors", ".tmp") or not f.is_file()):
+            continue
+        if (since is None or f.stat().st_mtime >= since or rel.parts[0] in used
+                or (used and _of_run(cache, rel) in used)):
+            out.append(rel)
+    return sorted(out)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def export_records(cache, store, since: float | None = None, used=()) -> int:
+    """Write the records of ``cache`` (:func:`record_files`: all, or those written since
+    ``since`` and those of ``used``) into ``store``, each gzipped under its own path; returns
+    how many files changed. The gzip header holds no time, so a record that did not change
+    keeps its bytes (and its file is not rewritten)."""
+    cache, store = Path(cache), Path(store)
+    changed = 0
+    for rel in record_files(cache, since, used):
+        data = gzip.compress((cache / rel).read_bytes(), mtime=0)
+        dst = store / f"{rel}{SUFFIX}"
+        if dst.is_file() and dst.read_bytes() == data:
+            continue
+        _write(dst, data)
+        changed += 1
+    return changed
+
+
+def import_records(store, cache) -> int:
+    """Write the records of ``store`` that ``cache`` lacks into it (a record the cache has, made
+    there, wins); returns how many. A missing store imports nothing."""
+    store, cache = Path(store), Path(cache)
+    if not store.is_dir():
+        return 0
+    n = 0
+    for f in sorted(store.rglob(f"*{SUFFIX}")):
+        rel = f.relative_to(store)
+        dst = cache / str(rel)[:-len(SUFFIX)]
+        if dst.name.startswith(".") or dst.exists():
+            continue
+        _write(dst, gzip.decompress(f.read_bytes()))
+        n += 1
+    return n
+
+
+def forget(run: Path) -> list[Path]:
+    """Remove what a run imported without its weights left in its cache, so that it trains
+    again: its metadata (the run folder, which holds no weights), the evaluations made of it
+    (those that name it, ``"run"``, per-epoch ones too) and its robustness rows. Returns what
+    was removed. Refuses a run that has its weights."""
+    run = Path(run)
+    if (run / "model.safetensors").exists():
+        raise ValueError(f"{run.name} has its weights: nothing to forget")
+    cache, gone = run.parent, []
+    for f in sorted(cache.glob("eval-*.json")):
+        try:
+            of = json.loads(f.read_text()).get("run", "")
+        except (OSError, ValueError):
+            continue
+        if of == run.name or of.startswith(f"{run.name}-e"):
+            gone.append(f)
+    gone += sorted(cache.glob(f"{run.name}-e*.rows.json"))
+    gone += sorted(p for p in run.glob("*") if p.is_file()) if run.is_dir() else []
+    for f in gone:
+        f.unlink()
+    return gone
