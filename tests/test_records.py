@@ -8,8 +8,10 @@ import logging
 
 import pytest
 
-from tinytrace.experiments import run_experiment
-from tinytrace.experiments.records import export_records, forget, import_records, record_files
+from tinytrace.experiments import get_scale, run_experiment
+from tinytrace.experiments.cache import _key
+from tinytrace.experiments.records import (FORGOTTEN, export_records, forget, import_records,
+                                           record_files)
 from tinytrace.report import runner
 
 
@@ -40,6 +42,47 @@ def test_a_fresh_cache_reruns_an_experiment_from_the_store_without_training(tmp_
     cols = [c for c in first.columns if c != "hardware"]
     assert again[cols].equals(first[cols])
     assert import_records(store, c2) == 0  # what the cache has wins
+
+    # a per-epoch evaluation missing (its weights are gone): that robustness run trains again
+    run = next(p.name for p in c2.glob("run-*") if p.is_dir())
+    s = get_scale("smoke")  # the key of its epoch-1 evaluation on the unaltered test (Cache.evaluate)
+    key = [f"{run}-e1", "base", s.max_len_factor] + (["eos_prefix"] if s.eval_eos_prefix else [])
+    per_epoch = c2 / f"eval-{_key(key)}.json"
+    stale = c2 / "eval-stale.json"  # an evaluation of that run which nothing makes again
+    stale.write_text(json.dumps({"run": f"{run}-e2", "exact_match": 0.0}))
+    export_records(c2, store)
+    assert (store / "eval-stale.json.gz").is_file()
+    per_epoch.unlink()
+    again = run_experiment("id_robustness", "smoke", cache_dir=c2, progress=False)
+    assert [p.parent.name for p in c2.glob("run-*/model.safetensors")] == [run]
+    assert len(again) == len(first) and per_epoch.exists()
+    # the store forgets what the cache forgot and did not make again, and takes the new ones
+    forgotten = (c2 / FORGOTTEN).read_text().split()
+    assert f"{run}/done.json" in forgotten
+    assert "eval-stale.json" in forgotten and not stale.exists()
+    export_records(c2, store)
+    assert all((store / f"{rel}.gz").is_file() == (c2 / rel).exists() for rel in forgotten)
+    assert not (store / "eval-stale.json.gz").exists()
+    assert gzip.decompress((store / run / "done.json.gz").read_bytes()) == (
+        c2 / run / "done.json").read_bytes()
+
+
+def test_a_run_the_cache_has_keeps_its_own_folder_and_only_finished_runs_are_stored(tmp_path):
+    c1, c2, store = tmp_path / "c1", tmp_path / "c2", tmp_path / "store"
+    run_experiment("base", "smoke", cache_dir=c1, progress=False)
+    run = next(p.name for p in c1.glob("run-*") if p.is_dir())
+    (c2 / run).mkdir(parents=True)  # interrupted here: a checkpoint, no done marker
+    (c2 / run / "log.jsonl").write_text("{}\n")
+    (c2 / run / "model.safetensors").write_bytes(b"partial")
+    export_records(c1, store)
+    assert import_records(store, c2) > 0
+    assert sorted(p.name for p in (c2 / run).iterdir()) == ["log.jsonl", "model.safetensors"]
+    assert not [r for r in record_files(c2) if r.parts[0] == run]  # unfinished: not a record
+    # an evaluation cached before evaluations named their run gets its name when read
+    ev = next(c1.glob("eval-*.json"))
+    ev.write_text(json.dumps({k: v for k, v in json.loads(ev.read_text()).items() if k != "run"}))
+    run_experiment("base", "smoke", cache_dir=c1, progress=False)
+    assert json.loads(ev.read_text())["run"] == run
 
 
 def test_a_run_without_weights_trains_again_where_an_evaluation_is_missing(tmp_path, caplog):

@@ -216,14 +216,17 @@ def test_only_evaluations_and_run_metadata_travel_as_records(tmp_path):
     """results.tgz and every later carry hold the cache's small records, never its data: the
     fine-tuning data (``sft-data-*``) alone would be ~30 MB at gpu scale."""
     cache, to = tmp_path / "cache", tmp_path / "to"
-    for f in ("eval-1.json", "run-a-e1.rows.json", "run-a/run.json", "run-a/model.safetensors",
-              "run-a/state/optim.pt", "run-a/epoch-1/model.safetensors", "sft-b/log.jsonl",
-              "sft-data-c/train.parquet", "corpus-d/build.json", "mix-e/x.arrow", "run-a.lock"):
+    for f in ("eval-1.json", "run-a-e1.rows.json", "run-a/run.json", "run-a/done.json",
+              "run-a/model.safetensors", "run-a/state/optim.pt", "run-a/epoch-1/model.safetensors",
+              "sft-b/log.jsonl", "sft-b/done.json", "sft-data-c/train.parquet",
+              "corpus-d/build.json", "mix-e/x.arrow", "run-a.lock",
+              "run-f/log.jsonl"):  # run-f did not finish: nothing of it travels
         (cache / f).parent.mkdir(parents=True, exist_ok=True)
         (cache / f).write_text("x")
     slots._copy_records(cache, 0, to)
     got = sorted(str(f.relative_to(to)) for f in to.rglob("*") if f.is_file())
-    assert got == ["eval-1.json", "run-a-e1.rows.json", "run-a/run.json", "sft-b/log.jsonl"]
+    assert got == ["eval-1.json", "run-a-e1.rows.json", "run-a/done.json", "run-a/run.json",
+                   "sft-b/done.json", "sft-b/log.jsonl"]
 
 
 def test_weights_missing_from_the_committed_state_make_their_units_wait(tmp_path):

@@ -32,6 +32,7 @@ from tinytrace.train import TrainConfig
 from tinytrace.train import train as train_run
 
 from .analysis import classify_failure, max_indent
+from .records import run_name
 from .scales import Scale
 
 
@@ -131,7 +132,8 @@ class LazyModel:
 
     def get(self):
         if self._model is None:
-            if not (self.run_dir / "model.safetensors").exists():
+            # no done marker: another process forgot the run and trains it again right now
+            if not all((self.run_dir / f).exists() for f in ("done.json", "model.safetensors")):
                 raise WeightsMissing(self.run_dir)
             self._model = load_checkpoint(self.run_dir).to(self.device)
         return self._model
@@ -216,15 +218,21 @@ class Cache:
         """The cached evaluation of ``model`` on ``data``: metrics, per-example ``correct``,
         the deepest indentation of target and prediction and the kind of each failure.
         ``require``: fields a cached result must hold, else it is evaluated again (results
-        cached before the field existed)."""
+        cached before the field existed). ``model`` None: only a cached one will do (the
+        weights it was made of are gone, as a robustness run's per-epoch ones are)."""
         key = [run_key, data_key, max_len_factor] + (["eos_prefix"] if eos_prefix else [])
         path = self.root / f"eval-{_key(key)}.json"
         with self.locked(path):
             if path.exists():
                 cached = json.loads(path.read_text())
+                if "run" not in cached:  # cached before evaluations named their run
+                    cached["run"] = run_key
+                    path.write_text(json.dumps(cached) + "\n")
                 if all(k in cached for k in require):
                     _use("evaluate", path, _eval_seconds(cached))
                     return cached
+            if model is None:
+                raise WeightsMissing(self.root / run_name(run_key))
             if isinstance(model, LazyModel):
                 model = model.get()
             df, summary = evaluate(model, data, batch_size=batch_size,

@@ -16,16 +16,19 @@ writes the store's records that a cache lacks into it, never over a record the c
 A run imported this way is done without its weights. Where something needs them (an evaluation
 that is not cached: a changed notebook, or another scale that shares the run), the model raises
 :class:`WeightsMissing`, and :func:`~.runners.run_experiment` forgets the run (:func:`forget`:
-its metadata, the evaluations made of it and its rows) and trains it again.
+its metadata, the evaluations made of it and its rows; listed in the cache's :data:`FORGOTTEN`,
+so that :func:`export_records` removes them from the store too) and trains it again.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import tempfile
 from pathlib import Path
 
 SUFFIX = ".gz"
+FORGOTTEN = ".forgotten"  # in a cache: the records forget() removed, one relative path a line
 
 
 def _is_run(folder: str) -> bool:
@@ -34,33 +37,41 @@ def _is_run(folder: str) -> bool:
     return folder.startswith(("run-", "sft-")) and not folder.startswith("sft-data-")
 
 
+def run_name(run_key: str) -> str:
+    """The run an evaluation's ``run_key`` names: itself, or for a per-epoch evaluation of a
+    robustness run (``run-<key>-e<epoch>``) that run."""
+    head, _, epoch = run_key.rpartition("-e")
+    return head if head and epoch.isdigit() else run_key
+
+
 def _of_run(cache: Path, rel: Path) -> str:
     """The run a top-level record belongs to: a robustness rows file's, or the run an evaluation
-    names (``"run"``; a per-epoch evaluation's run); "" if none."""
+    names (``"run"``); "" if none."""
     name = rel.parts[0]
     if name.endswith(".rows.json"):
-        return name[:-len(".rows.json")].rsplit("-e", 1)[0]
+        return run_name(name[:-len(".rows.json")])
     if name.startswith("eval-") and len(rel.parts) == 1:
         try:
-            of = json.loads((cache / rel).read_text()).get("run", "")
+            return run_name(json.loads((cache / rel).read_text()).get("run", ""))
         except (OSError, ValueError):
             return ""
-        head, _, epoch = of.rpartition("-e")
-        return head if head and epoch.isdigit() else of
     return ""
 
 
 def record_files(cache, since: float | None = None, used=()) -> list[Path]:
     """The records of ``cache`` (relative paths): the files at its top (evaluations, robustness
     rows) and the files directly in its run folders, without weights, locks, checkpoints or
-    corpora. All of them, or with ``since`` (wall-clock seconds) those written at or after it
-    and those of the artifacts named in ``used`` (a section's ``compute.artifacts``: its runs'
-    metadata, rows and evaluations too)."""
+    corpora, and only of the runs that finished (``done.json``: an unfinished run cannot resume
+    from its metadata alone). All of them, or with ``since`` (wall-clock seconds) those written
+    at or after it and those of the artifacts named in ``used`` (a section's
+    ``compute.artifacts``: its runs' metadata, rows and evaluations too)."""
     cache, used = Path(cache), set(used)
     out = []
     for f in cache.rglob("*"):
         rel = f.relative_to(cache)
-        if (len(rel.parts) > 2 or (len(rel.parts) == 2 and not _is_run(rel.parts[0]))
+        if (len(rel.parts) > 2 or f.name.startswith(".")
+                or (len(rel.parts) == 2 and not (_is_run(rel.parts[0])
+                                                 and (f.parent / "done.json").is_file()))
                 or f.suffix in (".lock", ".safetensors", ".tmp") or not f.is_file()):
             continue
         if (since is None or f.stat().st_mtime >= since or rel.parts[0] in used
@@ -70,19 +81,31 @@ def record_files(cache, since: float | None = None, used=()) -> list[Path]:
 
 
 def _write(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` atomically (a temporary file of its own, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def export_records(cache, store, since: float | None = None, used=()) -> int:
     """Write the records of ``cache`` (:func:`record_files`: all, or those written since
     ``since`` and those of ``used``) into ``store``, each gzipped under its own path; returns
     how many files changed. The gzip header holds no time, so a record that did not change
-    keeps its bytes (and its file is not rewritten)."""
+    keeps its bytes (and its file is not rewritten). The records the cache forgot
+    (:func:`forget`) and has not made again leave the store."""
     cache, store = Path(cache), Path(store)
     changed = 0
+    gone = cache / FORGOTTEN
+    for rel in (gone.read_text().split("\n") if gone.is_file() else []):
+        if rel and not (cache / rel).exists() and (store / f"{rel}{SUFFIX}").is_file():
+            (store / f"{rel}{SUFFIX}").unlink()
+            changed += 1
     for rel in record_files(cache, since, used):
         data = gzip.compress((cache / rel).read_bytes(), mtime=0)
         dst = store / f"{rel}{SUFFIX}"
@@ -95,15 +118,17 @@ def export_records(cache, store, since: float | None = None, used=()) -> int:
 
 def import_records(store, cache) -> int:
     """Write the records of ``store`` that ``cache`` lacks into it (a record the cache has, made
-    there, wins); returns how many. A missing store imports nothing."""
+    there, wins; a run the cache has in any state, finished or not, keeps its own folder);
+    returns how many. A missing store imports nothing."""
     store, cache = Path(store), Path(cache)
     if not store.is_dir():
         return 0
+    had = {p.name for p in cache.iterdir() if p.is_dir()} if cache.is_dir() else set()
     n = 0
     for f in sorted(store.rglob(f"*{SUFFIX}")):
         rel = f.relative_to(store)
         dst = cache / str(rel)[:-len(SUFFIX)]
-        if dst.name.startswith(".") or dst.exists():
+        if dst.name.startswith(".") or dst.exists() or len(rel.parts) == 2 and rel.parts[0] in had:
             continue
         _write(dst, gzip.decompress(f.read_bytes()))
         n += 1
@@ -124,10 +149,12 @@ def forget(run: Path) -> list[Path]:
             of = json.loads(f.read_text()).get("run", "")
         except (OSError, ValueError):
             continue
-        if of == run.name or of.startswith(f"{run.name}-e"):
+        if run_name(of) == run.name:
             gone.append(f)
     gone += sorted(cache.glob(f"{run.name}-e*.rows.json"))
     gone += sorted(p for p in run.glob("*") if p.is_file()) if run.is_dir() else []
     for f in gone:
         f.unlink()
+    with open(cache / FORGOTTEN, "a") as log:  # so that the store forgets them too
+        log.writelines(f"{f.relative_to(cache)}\n" for f in gone)
     return gone

@@ -604,18 +604,22 @@ def _rows(runner: Callable, ctx: _Context) -> list[dict]:
     """``runner``'s rows. A run that came as records only (:mod:`.records`: done, no weights)
     and is asked for an evaluation that is not cached is forgotten and trained again, and the
     runner starts over (what it already evaluated is cached)."""
-    forgotten: set[Path] = set()
+    tries: Counter = Counter()
     while True:
         try:
             return runner(ctx)
         except WeightsMissing as e:
-            if e.run in forgotten:
+            tries[e.run] += 1
+            if tries[e.run] > 2:
                 raise
-            logging.getLogger(__name__).warning(
-                "%s came without its weights and an evaluation of it is not cached: training "
-                "it again (its cached evaluations are dropped)", e.run.name)
-            forget(e.run)
-            forgotten.add(e.run)
+            # under the run's lock: another process may have forgotten it and be training it
+            # (then this waits for it), or have trained it again already
+            with ctx.cache.locked(e.run):
+                if (e.run / "done.json").exists() and not (e.run / "model.safetensors").exists():
+                    logging.getLogger(__name__).warning(
+                        "%s came without its weights and an evaluation of it is not cached: "
+                        "training it again (its cached evaluations are dropped)", e.run.name)
+                    forget(e.run)
 
 
 def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: int = 0,
