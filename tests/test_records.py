@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 
+import nbformat
 import pytest
 
 from tinytrace.experiments import get_scale, run_experiment
@@ -108,13 +109,11 @@ def test_a_run_without_weights_trains_again_where_an_evaluation_is_missing(tmp_p
 
 
 def _notebook(path, cells):
-    path.write_text(json.dumps({
-        "cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"] if i == 0 else []},
-                   "source": src, "outputs": [], "execution_count": None}
-                  for i, src in enumerate(cells)],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                    "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5}))
+    """A notebook of code ``cells``, the first tagged ``parameters``."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, path)
 
 
 def test_the_runner_keeps_the_records_of_a_notebook_that_failed(tmp_path):

@@ -143,15 +143,8 @@ def forget(run: Path) -> list[Path]:
     run = Path(run)
     if (run / "model.safetensors").exists():
         raise ValueError(f"{run.name} has its weights: nothing to forget")
-    cache, gone = run.parent, []
-    for f in sorted(cache.glob("eval-*.json")):
-        try:
-            of = json.loads(f.read_text()).get("run", "")
-        except (OSError, ValueError):
-            continue
-        if run_name(of) == run.name:
-            gone.append(f)
-    gone += sorted(cache.glob(f"{run.name}-e*.rows.json"))
+    cache = run.parent
+    gone = sorted(f for f in cache.glob("*.json") if _of_run(cache, Path(f.name)) == run.name)
     gone += sorted(p for p in run.glob("*") if p.is_file()) if run.is_dir() else []
     for f in gone:
         f.unlink()
