@@ -31,6 +31,26 @@ def smoke_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke-cache")
 
 
+@pytest.fixture(scope="session")
+def smoke_batch(tmp_path_factory, smoke_cache):
+    """The book at smoke scale (`tinytrace notebooks run`) on the session's cache, its records
+    store in the default place: the runs the experiment tests trained are reused, so this
+    checks the notebooks themselves (training is checked by those tests).
+    Returns ``(out, completed process, seconds)``."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("sections")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytrace", "notebooks", "run", "--scale", "smoke", "--out",
+         str(out), "--cache-dir", str(smoke_cache), "--jobs", "2"],
+        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    return out, proc, time.perf_counter() - t0
+
+
 def _signal_when(cmd, ready, signum, env=None, deadline_s=120):
     """Start ``cmd``, send ``signum`` once ``ready()`` is true (polled, at most ``deadline_s``),
     wait for the process (at most 60 s more; killed after that) and return

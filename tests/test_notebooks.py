@@ -90,17 +90,6 @@ def test_one_parameters_cell_of_plain_literals(path):
 
 
 # --- the smoke batch: every notebook through `tinytrace notebooks run` ----------------------------
-@pytest.fixture(scope="module")
-def smoke_batch(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sections")
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinytrace", "notebooks", "run", "--scale", "smoke", "--out",
-         str(out), "--cache-dir", str(out / "cache"), "--jobs", "2"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT)
-    return out, proc, time.perf_counter() - t0
-
-
 def test_smoke_batch_succeeds(smoke_batch):
     out, proc, seconds = smoke_batch
     assert proc.returncode == 0, proc.stdout + proc.stderr

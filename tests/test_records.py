@@ -5,6 +5,7 @@ notebook runner writes the store after every notebook, a failed one too."""
 import gzip
 import json
 import logging
+import shutil
 
 import nbformat
 import pytest
@@ -137,19 +138,18 @@ def test_the_runner_keeps_the_records_of_a_notebook_that_failed(tmp_path):
     assert not res.ok and not (tmp_path / "out2" / "records").exists()
 
 
-def test_a_notebook_reruns_from_the_store_on_a_fresh_cache(tmp_path, smoke_cache):
-    out1, out2, cache2 = tmp_path / "out1", tmp_path / "out2", tmp_path / "cache2"
-    [res] = runner.run_notebooks("smoke", only="02", out=out1, cache_dir=smoke_cache,
-                                 echo=lambda s: None)
-    assert res.ok, res.line()
+def test_a_notebook_reruns_from_the_store_on_a_fresh_cache(tmp_path, smoke_batch):
+    out1, proc, _ = smoke_batch  # the book at smoke, its store in the default place
+    out2, cache2 = tmp_path / "out2", tmp_path / "cache2"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     used = json.loads((out1 / "02_model_data_training.json").read_text())["compute"]["artifacts"]
     # the records it used are stored, made in this batch or before it (the shared cache)
     assert {n for n in used if not n.startswith("corpus-")} <= {
         p.relative_to(out1 / "records").parts[0].removesuffix(".gz")
         for p in (out1 / "records").rglob("*.gz")}
-    lines = []
-    [res] = runner.run_notebooks("smoke", only="02", out=out2, cache_dir=cache2,
-                                 records=out1 / "records", echo=lines.append)
+    lines, store = [], shutil.copytree(out1 / "records", tmp_path / "store")  # fixture unchanged
+    [res] = runner.run_notebooks("smoke", only="02", out=out2, cache_dir=cache2, records=store,
+                                 echo=lines.append)
     assert res.ok, res.line()
     assert any("imported from" in line for line in lines)
     assert not list(cache2.glob("run-*/model.safetensors"))  # nothing trained
