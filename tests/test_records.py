@@ -166,3 +166,27 @@ def test_fine_tuning_from_a_base_run_without_weights_trains_the_base_run_again(t
     df = run_experiment("sft_lora", "smoke", cache_dir=c2, progress=False)
     assert len(df) and list(c2.glob("run-*/model.safetensors"))  # the base run, trained again
     assert list(c2.glob("sft-*/model.safetensors"))
+
+
+def test_fine_tuning_runs_are_forgotten_with_the_base_run_they_started_from(tmp_path):
+    """A base run trained again may differ from the one the imported fine-tuning runs started
+    from: they are trained again from it, not kept with the old one's evaluations."""
+    c1, c2, store = tmp_path / "c1", tmp_path / "c2", tmp_path / "store"
+    run_experiment("sft_lora", "smoke", cache_dir=c1, progress=False)
+    base = next(p.name for p in c1.glob("run-*") if p.is_dir())
+    sft = sorted(p.name for p in c1.glob("sft-*") if (p / "done.json").is_file())
+    assert sft
+    export_records(c1, store)
+    import_records(store, c2)
+    sft_evals = [e for name in sft for e in _evals_of(c2, name)]
+    assert sft_evals
+    for e in sft_evals:  # marked, to tell the evaluations kept from the ones made again
+        (c2 / e).write_text(json.dumps({**json.loads((c2 / e).read_text()), "exact_match": -1.0}))
+    (c2 / _evals_of(c2, base)[0]).unlink()  # the base run needs its weights
+    df = run_experiment("sft_lora", "smoke", cache_dir=c2, progress=False)
+    assert (c2 / base / "model.safetensors").exists()
+    assert all((c2 / name / "model.safetensors").exists() for name in sft)  # trained again
+    assert all(json.loads((c2 / e).read_text())["exact_match"] >= 0 for e in sft_evals)
+    assert (df["exact_match"] >= 0).all()
+    forgotten = (c2 / FORGOTTEN).read_text().split()
+    assert {f"{name}/done.json" for name in sft} <= set(forgotten)

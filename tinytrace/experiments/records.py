@@ -16,8 +16,9 @@ writes the store's records that a cache lacks into it, never over a record the c
 A run imported this way is done without its weights. Where something needs them (an evaluation
 that is not cached: a changed notebook, or another scale that shares the run), the model raises
 :class:`WeightsMissing`, and :func:`~.runners.run_experiment` forgets the run (:func:`forget`:
-its metadata, the evaluations made of it and its rows; listed in the cache's :data:`FORGOTTEN`,
-so that :func:`export_records` removes them from the store too) and trains it again.
+its metadata, the evaluations made of it and its rows, and the fine-tuning runs made from it;
+listed in the cache's :data:`FORGOTTEN`, so that :func:`export_records` removes them from the
+store too) and trains it again.
 """
 from __future__ import annotations
 
@@ -135,17 +136,34 @@ def import_records(store, cache) -> int:
     return n
 
 
+def _made_from(cache: Path, run: str) -> list[Path]:
+    """The fine-tuning runs in ``cache`` that started from ``run``'s weights (``sft.json``'s
+    ``base_run``) and have no weights of their own."""
+    out = []
+    for f in sorted(cache.glob("sft-*/sft.json")):
+        try:
+            base = Path(json.loads(f.read_text()).get("base_run", "")).name
+        except (OSError, ValueError):
+            continue
+        if base == run and not (f.parent / "model.safetensors").exists():
+            out.append(f.parent)
+    return out
+
+
 def forget(run: Path) -> list[Path]:
     """Remove what a run imported without its weights left in its cache, so that it trains
     again: its metadata (the run folder, which holds no weights), the evaluations made of it
-    (those that name it, ``"run"``, per-epoch ones too) and its robustness rows. Returns what
-    was removed. Refuses a run that has its weights."""
+    (those that name it, ``"run"``, per-epoch ones too) and its robustness rows; and the same
+    of the fine-tuning runs imported with it that started from its weights (the run trained
+    again may differ, and they must start from it). Returns what was removed. Refuses a run
+    that has its weights."""
     run = Path(run)
     if (run / "model.safetensors").exists():
         raise ValueError(f"{run.name} has its weights: nothing to forget")
     cache = run.parent
-    gone = sorted(f for f in cache.glob("*.json") if _of_run(cache, Path(f.name)) == run.name)
-    gone += sorted(p for p in run.glob("*") if p.is_file()) if run.is_dir() else []
+    names = {run.name, *(p.name for p in _made_from(cache, run.name))}
+    gone = sorted(f for f in cache.glob("*.json") if _of_run(cache, Path(f.name)) in names)
+    gone += sorted(p for name in sorted(names) for p in (cache / name).glob("*") if p.is_file())
     for f in gone:
         f.unlink()
     with open(cache / FORGOTTEN, "a") as log:  # so that the store forgets them too
