@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -37,11 +41,6 @@ def smoke_batch(tmp_path_factory, smoke_cache):
     store in the default place: the runs the experiment tests trained are reused, so this
     checks the notebooks themselves (training is checked by those tests).
     Returns ``(out, completed process, seconds)``."""
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     out = tmp_path_factory.mktemp("sections")
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -55,9 +54,6 @@ def _signal_when(cmd, ready, signum, env=None, deadline_s=120):
     """Start ``cmd``, send ``signum`` once ``ready()`` is true (polled, at most ``deadline_s``),
     wait for the process (at most 60 s more; killed after that) and return
     ``(returncode, stdout, stderr)``: a regression fails the test instead of hanging it."""
-    import subprocess
-    import time
-
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         t_end = time.time() + deadline_s

@@ -22,6 +22,11 @@ def _evals_of(cache, run: str) -> list:
                   if json.loads(f.read_text()).get("run", "").startswith(run))
 
 
+def _mark(evaluation) -> None:
+    """An impossible EM in a cached evaluation, to tell one kept from one made again."""
+    evaluation.write_text(json.dumps({**json.loads(evaluation.read_text()), "exact_match": -1.0}))
+
+
 def test_a_fresh_cache_reruns_an_experiment_from_the_store_without_training(tmp_path):
     c1, c2, store = tmp_path / "c1", tmp_path / "c2", tmp_path / "store"
     first = run_experiment("id_robustness", "smoke", cache_dir=c1, progress=False)
@@ -98,7 +103,7 @@ def test_a_run_without_weights_trains_again_where_an_evaluation_is_missing(tmp_p
     export_records(c1, store)
     import_records(store, c2)
     stale = c2 / evals[1]
-    stale.write_text(json.dumps({**json.loads(stale.read_text()), "exact_match": -1.0}))
+    _mark(stale)
     (c2 / evals[0]).unlink()  # e.g. a changed notebook asks for an evaluation not cached
     with caplog.at_level(logging.WARNING):
         df = run_experiment("base", "smoke", cache_dir=c2, progress=False)
@@ -180,8 +185,8 @@ def test_fine_tuning_runs_are_forgotten_with_the_base_run_they_started_from(tmp_
     import_records(store, c2)
     sft_evals = [e for name in sft for e in _evals_of(c2, name)]
     assert sft_evals
-    for e in sft_evals:  # marked, to tell the evaluations kept from the ones made again
-        (c2 / e).write_text(json.dumps({**json.loads((c2 / e).read_text()), "exact_match": -1.0}))
+    for e in sft_evals:
+        _mark(c2 / e)
     (c2 / _evals_of(c2, base)[0]).unlink()  # the base run needs its weights
     df = run_experiment("sft_lora", "smoke", cache_dir=c2, progress=False)
     assert (c2 / base / "model.safetensors").exists()

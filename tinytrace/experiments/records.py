@@ -136,16 +136,21 @@ def import_records(store, cache) -> int:
     return n
 
 
+def weightless(run: Path) -> bool:
+    """A run that is done but has no weights here: it came as records only."""
+    return (run / "done.json").exists() and not (run / "model.safetensors").exists()
+
+
 def _made_from(cache: Path, run: str) -> list[Path]:
-    """The fine-tuning runs in ``cache`` that started from ``run``'s weights (``sft.json``'s
-    ``base_run``) and have no weights of their own."""
+    """The weightless fine-tuning runs in ``cache`` that started from ``run``'s weights
+    (``sft.json``'s ``base_run``)."""
     out = []
     for f in sorted(cache.glob("sft-*/sft.json")):
         try:
             base = Path(json.loads(f.read_text()).get("base_run", "")).name
         except (OSError, ValueError):
             continue
-        if base == run and not (f.parent / "model.safetensors").exists():
+        if base == run and weightless(f.parent):
             out.append(f.parent)
     return out
 

@@ -44,7 +44,7 @@ from tinytrace.train.sft import finetune
 from .analysis import FAILURE_CLASSES, clip_rate
 from .cache import (USED, LazyModel, NotTrained, WeightsMissing, _Context, _key, _run_seconds, _use,
                     settings, subset)
-from .records import forget
+from .records import forget, weightless
 from .scales import SHIPPED, get_scale, tokens_per_example
 
 
@@ -615,7 +615,7 @@ def _rows(runner: Callable, ctx: _Context) -> list[dict]:
             # under the run's lock: another process may have forgotten it and be training it
             # (then this waits for it), or have trained it again already
             with ctx.cache.locked(e.run):
-                if (e.run / "done.json").exists() and not (e.run / "model.safetensors").exists():
+                if weightless(e.run):
                     logging.getLogger(__name__).warning(
                         "%s came without its weights and an evaluation of it is not cached: "
                         "training it again (its cached evaluations are dropped)", e.run.name)
