@@ -177,6 +177,26 @@ def test_cache_refuses_a_changed_or_unknown_saved_field(data_dir, base_run, tmp_
             S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu")
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_refuses_to_write_over_a_pre_training_run(data_dir, base_run, tmp_path, resume):
+    """An --out that holds a pre-training run (its weights, or its run.json) is refused before
+    anything is written: fine-tuning into it would replace its weights and log."""
+    cfg = _cfg(data_size=16, epochs=1, eval_every_frac=1.0, val_examples=8)
+    for extra in ((), ("run.json",)):
+        out = tmp_path / f"pre{len(extra)}"
+        out.mkdir()
+        for name in ("model.safetensors", "config.json"):
+            (out / name).write_bytes((base_run / name).read_bytes())
+        for name in extra:
+            (out / name).write_text("{}")
+            (out / "model.safetensors").unlink()
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(ValueError, match="not a fine-tuning run"):
+            S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu",
+                       resume=resume)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_micro_batches_match_full_batch(data_dir, base_run, tmp_path):
     """Token-weighted accumulation: 4 micro-batches give the full batch's update."""
     cfg = dict(data_size=32, epochs=1, eval_every_frac=1.0, val_examples=8, lr=1e-2)
@@ -220,6 +240,10 @@ def test_interrupt_saves_the_state_and_resume_equals_an_uninterrupted_run(
     assert json.loads((out / "state" / "trainer.json").read_text())["step"] == 6
     assert not (out / "done.json").exists()
     monkeypatch.setattr(S, "_optimization_step", real_step)
+    saved = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    assert main(argv) == 2  # the same command without --resume would throw the state away
+    assert "pass --resume" in capsys.readouterr().err
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == saved
     assert main(argv + ["--resume"]) == 0
     s = json.loads((out / "done.json").read_text())
     for k in ("steps", "best_step", "best_val_loss", "initial_val_loss", "final_val_loss"):

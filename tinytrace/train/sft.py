@@ -334,6 +334,22 @@ def _check_cache(out: Path, cfg: SFTConfig, base: Path, data_dir, config_name: s
             "cached": True}
 
 
+def _check_out(out: Path, resume: bool) -> Path | None:
+    """The saved state to continue from (``resume``), or None for a new run. A new run never
+    writes over another: a folder holding a pre-training run (or weights or a state without
+    ``sft.json``) is refused, and so is an unfinished fine-tuning run with a saved state unless
+    ``resume`` (as :func:`tinytrace.train.loop.check_resume` does for pre-training)."""
+    state = find_state(out)
+    ours = (out / RUN_FILE).exists()
+    if (out / "run.json").exists() or (not ours and (state or (out / "model.safetensors").exists())):
+        raise ValueError(f"{out} holds a run that is not a fine-tuning run (a pre-training run's "
+                         "files); choose another --out")
+    if state is not None and not resume:
+        raise ValueError(f"{out} already holds an unfinished fine-tuning run with a saved state; "
+                         "pass --resume to continue it or choose another --out")
+    return state
+
+
 @dataclass
 class _Run:
     """A fine-tuning run's parts and counters, passed to the loop's steps."""
@@ -524,7 +540,8 @@ def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTC
     ``cached`` is True when ``out_dir`` already held the finished run (nothing is trained).
     ``device``: None (Accelerate's choice), "cpu" or "cuda". ``resume``: continue the
     unfinished run in ``out_dir`` (same config, base run and data) from its saved state;
-    without it, or without a state, the run starts from scratch. SIGINT/SIGTERM save the state
+    without it a saved state is an error (:func:`_check_out`); without a state the run starts
+    from scratch. SIGINT/SIGTERM save the state
     at the next step boundary and raise :class:`tinytrace.interrupt.Interrupted`.
     """
     cfg = sft_config or get_sft_config("paper")
@@ -534,7 +551,7 @@ def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTC
         return cached
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, cpu or cuda, got {device!r}")
-    state_dir = find_state(out) if resume else None
+    state_dir = _check_out(out, resume)
     if state_dir is not None:
         _read_same_run(out / RUN_FILE, cfg, base, data_dir, config_name, "saved")
     quiet_tied_weights()
