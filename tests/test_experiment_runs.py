@@ -2,8 +2,9 @@
 (``--run INDEX``) into a cache the experiment then reuses, and submission with submitit's
 local executor."""
 import json
+import os
 import shlex
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,11 @@ def test_submitit_local_executor_trains_every_run(tmp_path, monkeypatch):
     name = "depth_curriculum"
     runs = training_runs(name, "smoke")
     assert len(runs) >= 2 and runs[1].after_first
-    launcher = f"{shlex.quote(sys.executable)} -m accelerate.commands.launch"
-    jobs = submit_runs(executor, name, "smoke", cache_dir=cache, launcher=launcher, device="cpu")
+    # the documented call: the default launcher, `accelerate`, with no environment activated
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                if not (Path(p) / "accelerate").exists()))
+    assert shutil.which("accelerate") is None
+    jobs = submit_runs(executor, name, "smoke", cache_dir=cache, device="cpu")
     assert len(jobs) == len(runs)
     for job in jobs:
         job.result()  # raises if the job's command failed

@@ -9,8 +9,11 @@ only evaluates.
 """
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import sys
+from pathlib import Path
 
 from .runners import training_runs
 from .scales import get_scale
@@ -33,8 +36,11 @@ def run_commands(name: str, scale="smoke", cache_dir="cache", seed: int = 0,
 
 def run_command(command: str) -> None:
     """Run one shell command of :func:`run_commands` (what a submitted job calls); a failure
-    raises, so the job fails."""
-    subprocess.run(shlex.split(command), check=True)
+    raises, so the job fails. The folder of the job's Python comes first on PATH, so the
+    launcher (``accelerate``) is the one installed beside it, also where no environment was
+    activated (a job started as ``.venv/bin/python script.py``)."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    subprocess.run(shlex.split(command), check=True, env=env)
 
 
 def submit_runs(executor, name: str, scale="smoke", cache_dir="cache", seed: int = 0,
