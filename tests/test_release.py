@@ -84,6 +84,15 @@ def test_card_lists_exactly_the_configs_on_disk():
     assert "tinytrace data release --out" in text and "load_dataset(" in text
 
 
+def test_card_states_the_scaled_tasks_value_ranges():
+    from tinytrace.experiments import get_scale
+
+    text = " ".join((DATA / "README.md").read_text().split())
+    for name in ("smoke", "cpu"):
+        lo, hi = get_scale(name).generator("id").value_range
+        assert f"[{lo}, {hi}] at `{name}`" in text, name
+
+
 def test_card_is_what_write_card_writes(tmp_path):
     before = (DATA / "README.md").read_text()
     for name in SETS:

@@ -73,7 +73,8 @@ chunks of {{ r["build"]["chunk_size"] }} snippets. The list of them is `tinytrac
 for byte, with `tinytrace data release --out <folder>` (one with `--only NAME`) and
 push them with `tinytrace data push <folder> --repo-id ORG/tinytracing`. The `smoke`
 and `cpu` scales evaluate a scaled-down task instead (smaller sets, fewer variables
-and statements, values in [-9, 9]); they build those sets in their cache.
+and statements, values in [-9, 9] at `smoke` and [-5, 5] at `cpu`); they build those sets
+in their cache.
 
 - *Test split of a training corpus* (seed = experiment seed): `tinytrace data build`
   fills the test split first, from the start of the seeded stream, then validation and
