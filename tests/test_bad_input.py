@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinytrace.cli import main
 from tinytrace.data import build_preset
@@ -80,7 +81,26 @@ CASES = [
     (["experiment", "base", "--scale", "huge", "--out", "{d}/e"], "invalid choice"),
     (["model", "push", "{d}/not_a_dataset", "--repo-id", "a/b"], "model.safetensors not found"),
     (["bench", "eval", "--model", "huge"], "unknown model preset 'huge'"),
+    (_eval("{d}/run", "{d}/data") + ["--device", "nope"], "unknown device 'nope'"),
+    (_eval("{d}/run", "{d}/data") + ["--max-len-factor", "-1"], "--max-len-factor must be > 0"),
+    (_eval("{d}/run", "{d}/data") + ["--out", "{d}/run/config.json"], "is a file"),
+    (["bench", "eval", "--model", "tiny", "--device", "nope"], "unknown device 'nope'"),
+    (["experiment", "base", "--device", "nope", "--out", "{d}/e"], "invalid choice"),
+    (_train("{d}/data", "{d}/t8", "--weight-decay", "-1"), "weight_decay and grad_clip must be >= 0"),
+    (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/s4",
+      "--preset", "smoke", "--alpha", "-1"], "need alpha > 0"),
+    (["bench", "generate", "--seconds", "-1"], "need seconds > 0"),
+    (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/run",
+      "--preset", "smoke"], "not a fine-tuning run"),
 ]
+if not torch.cuda.is_available():  # asking for a GPU where torch sees none
+    CASES += [
+        (_eval("{d}/run", "{d}/data") + ["--device", "cuda"], "torch sees 0 CUDA device(s)"),
+        (["bench", "eval", "--model", "tiny", "--device", "cuda:1"], "torch sees 0 CUDA device(s)"),
+        (["experiment", "base", "--device", "cuda", "--out", "{d}/e"], "torch sees no CUDA device"),
+        (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/s3",
+          "--preset", "smoke", "--device", "cuda"], "torch sees no CUDA device"),
+    ]
 
 
 @pytest.mark.parametrize("argv, says", CASES, ids=[" ".join(c[0][:2]) + f" {i}" for i, c in enumerate(CASES)])
@@ -158,3 +178,24 @@ def test_full_disk_in_data_build_leaves_no_dataset(tmp_path, monkeypatch, capsys
     assert len(lines) == 1 and "No space left on device" in lines[0], lines
     assert not (out / "base").exists() and (out / ".base.incomplete").exists()
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("argv, target", [
+    (["data", "push", "{d}/data", "--repo-id", "a/b"], "tinytrace.data.push"),
+    (["model", "push", "{d}/run", "--repo-id", "a/b"], "tinytrace.cli.model.push_model"),
+], ids=["data push", "model push"])
+def test_no_network_gives_one_clear_line(files, argv, target, monkeypatch, capsys):
+    """The Hub's client raises its HTTP library's errors (neither OSError nor ValueError):
+    httpx2's from huggingface_hub 2, httpx's before."""
+    try:
+        import httpx2 as http
+    except ImportError:
+        http = pytest.importorskip("httpx")
+
+    def offline(*args, **kwargs):
+        raise http.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(target, offline)
+    assert main([a.replace("{d}", str(files)) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"tinytrace {argv[0]}: error: ConnectError: [Errno -2] Name or service not known"]

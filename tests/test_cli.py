@@ -99,3 +99,25 @@ def test_trace_does_not_import_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     trace, last = r.stdout.rsplit("\n", 2)[0], r.stdout.splitlines()[-1]
     assert trace.endswith("@^$a?5;c?3") and last == "0 []"
+
+
+def test_experiment_table_tells_every_row_apart():
+    """id_robustness rows differ only in corpus, epoch and subset: the printed table shows
+    those columns (and no constant one), so no two printed rows name the same thing."""
+    import pandas as pd
+
+    from tinytrace.cli.experiment import shown_columns
+
+    rows = [dict(experiment="id_robustness", model="base", test_set="id", condition=edit,
+                 corpus=corpus, epoch=epoch, subset=subset, seed=0, exact_match=0.5, n=8,
+                 step_em_tf=0.9, final_state_match=0.7, edit=edit)
+            for corpus in ("250K", "125K") for epoch in (1, 2) for edit in ("none", "renaming")
+            for subset in (("full",) if edit == "none" else ("full", "correct"))]
+    df = pd.DataFrame(rows)
+    cols = shown_columns(df)
+    assert cols == ["model", "test_set", "condition", "corpus", "epoch", "subset", "exact_match",
+                    "n", "step_em_tf", "final_state_match"]
+    assert not df[[c for c in cols if c in ("model", "test_set", "condition", "corpus", "epoch",
+                                            "subset")]].duplicated().any()
+    assert shown_columns(df.drop(columns=["corpus", "epoch", "subset"])) == [  # seed: constant
+        "model", "test_set", "condition", "exact_match", "n", "step_em_tf", "final_state_match"]

@@ -233,6 +233,9 @@ def test_failure_reported_with_cell_and_keeps_good_result(tmp_path, capsys):
     # --missing skips notebooks already executed into --out (what `make book` relies on)
     assert main(base + ["--missing"]) == 0
     assert "notebooks: 0 at scale" in capsys.readouterr().out
+    # a later success clears the failure's leftovers
+    assert main(base + ["-p", "fail=false"]) == 0
+    assert not (out / ".07_toy.failed.ipynb").exists() and not (out / ".07_toy.log").exists()
 
 
 def test_bad_arguments_are_clear(tmp_path, capsys):

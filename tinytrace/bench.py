@@ -29,7 +29,8 @@ from tinytrace.lang.tracer import Rejected, run, run_settrace
 
 def bench_generate(preset: str = "base", seconds: float = 3.0, seed: int = 0,
                    rounds: int = 5) -> dict:
-
+    if not seconds > 0 or rounds < 1:
+        raise ValueError(f"need seconds > 0 and rounds >= 1, got {seconds}, {rounds}")
     cfg = get_preset(preset)
     gen = Generator(cfg)
     fused = default_fast_path(cfg, run=True)

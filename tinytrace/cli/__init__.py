@@ -78,6 +78,16 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# the HTTP clients the Hub's client uses (one or another with its version) and the Hub's own
+_NETWORK_PACKAGES = {"httpx", "httpx2", "httpcore", "requests", "urllib3", "huggingface_hub"}
+
+
+def _network_error(e: BaseException) -> bool:
+    """Whether ``e`` is a connection or Hub error (``data push``, ``model push`` without a
+    network or with a bad token): a class of those packages somewhere in its bases."""
+    return any(c.__module__.split(".")[0] in _NETWORK_PACKAGES for c in type(e).__mro__)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt(signum)
 
@@ -115,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"only what was saved before (checkpoints, cached results), if "
                          f"anything, is kept\n")
         return 128 + signum
+    except Exception as e:
+        if not _network_error(e):
+            raise
+        sys.stderr.write(f"tinytrace {args.command}: error: {type(e).__name__}: {e}\n")
+        return 2
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tinytrace.data import load
 from tinytrace.evaluate import evaluate, resolve_device, save_results
@@ -29,10 +30,15 @@ def add_cli(subparsers) -> None:
 def handler(args) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
+    if not args.max_len_factor > 0:
+        raise ValueError(f"--max-len-factor must be > 0, got {args.max_len_factor}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; it names a folder for records.jsonl and summary.json")
+    device = resolve_device(args.device)  # before the work: a bad device fails at once
     model = load_checkpoint(args.checkpoint)
     data = load(args.data, args.config, args.split)
     df, summary = evaluate(model, data, batch_size=args.batch_size, limit=args.limit,
-                           device=resolve_device(args.device), use_cache=not args.no_cache,
+                           device=device, use_cache=not args.no_cache,
                            max_len_factor=args.max_len_factor, compile=args.compile, progress=True)
     summary.update(checkpoint=str(args.checkpoint), data=str(args.data), config=args.config, split=args.split)
     if args.out:

@@ -19,7 +19,18 @@ from tinytrace.experiments import (
 from tinytrace.experiments.jobs import LAUNCHER
 from tinytrace.interrupt import Interrupted
 
-SHOWN = ("model", "test_set", "condition", "exact_match", "n", "step_em_tf", "final_state_match")
+# the printed table: what names a row, then its scores (every column is in results.csv)
+KEYS = ("model", "test_set", "condition")
+VARYING = ("corpus", "epoch", "subset", "seed")  # shown where they tell rows apart
+SCORES = ("exact_match", "n", "step_em_tf", "final_state_match")
+
+
+def shown_columns(df) -> list[str]:
+    """The columns the CLI prints: the keys, those of :data:`VARYING` that take more than one
+    value (an id_robustness row is known by its corpus, epoch and subset), the scores."""
+    return ([c for c in KEYS if c in df.columns]
+            + [c for c in VARYING if c in df.columns and df[c].nunique(dropna=False) > 1]
+            + [c for c in SCORES if c in df.columns])
 
 
 def add_cli(sub) -> None:
@@ -43,7 +54,9 @@ def add_cli(sub) -> None:
                    help=f"what --list-runs starts each run with (default: {LAUNCHER})")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="cpu: hide the GPUs; cuda: fail unless one is visible (default: the GPU "
+                        "when one is visible; choose one with CUDA_VISIBLE_DEVICES)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cli)
 
@@ -86,6 +99,6 @@ def _run(args) -> int:
                          "--evaluate-trained")
     df = run_experiment(args.name, args.scale, args.out, args.cache_dir, args.seed, args.device,
                         progress=not args.quiet)
-    print(df[[c for c in SHOWN if c in df.columns]].to_string(index=False))
+    print(df[shown_columns(df)].to_string(index=False))
     print(f"wrote {Path(args.out) / 'results.csv'}")
     return 0

@@ -67,10 +67,17 @@ def make_records(data, limit: int | None = None) -> list[Record]:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``name``, or CUDA when available, else the CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``name`` (any torch device: "cpu", "cuda", "cuda:1", ...), or CUDA when available, else
+    the CPU. A name torch does not know, or a GPU that is not visible, is a ValueError."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:  # "Expected one of cpu, cuda, ... device type at start of device string"
+        raise ValueError(f"unknown device {name!r}: {e}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}, but torch sees {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -95,6 +102,8 @@ def evaluate(model, data, batch_size: int = 32, limit: int | None = None, device
         records = make_records(data, limit)
     if not records:
         raise ValueError("no examples to evaluate")
+    if not max_len_factor > 0:
+        raise ValueError(f"max_len_factor must be > 0, got {max_len_factor}")
     if eos_prefix:
         records = [replace(r, prompt_ids=[tk.EOS_ID] + r.prompt_ids) for r in records]
     if device is not None:

@@ -39,6 +39,7 @@ from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.lang.edits import EDIT_NAMES, edit_dataset
 from tinytrace.model import count_params, match_params
 from tinytrace.provenance import hardware
+from tinytrace.train.common import check_device
 from tinytrace.train.sft import finetune
 
 from .analysis import FAILURE_CLASSES, clip_rate
@@ -563,8 +564,10 @@ def training_runs(name: str, scale="smoke", seed: int = 0) -> list[TrainingRun]:
 
 
 def _hide_gpu(device) -> None:
-    """``device="cpu"``: hide the GPUs from this process (and what it starts)."""
-    if device is not None and str(device).startswith("cpu"):
+    """``device="cpu"``: hide the GPUs from this process (and what it starts); "cuda": one
+    must be visible; None: the GPU when one is visible."""
+    check_device(device)
+    if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 

@@ -163,8 +163,8 @@ def execute(name: str, src: Path, out: Path, params: dict, env: dict | None = No
     if not error:
         _annotate(running, result, seconds, final)
         os.replace(running, final)
-        backup.unlink(missing_ok=True)
-        log.unlink(missing_ok=True)
+        for stale in (backup, log, out / f".{name}.failed.ipynb"):  # an earlier failure's too
+            stale.unlink(missing_ok=True)
         return Outcome(name, True, seconds, final, gpu=gpu)
     if backup.exists():
         os.replace(backup, result)

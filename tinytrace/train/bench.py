@@ -10,6 +10,7 @@ from tinytrace.provenance import device_name
 
 from .common import (
     batch_plan,
+    check_device,
     lm_loss,
     make_accelerator,
     make_optimizers,
@@ -44,10 +45,7 @@ def bench_train(model: str = "tiny", steps: int = 10, batch_size: int = 8,
     gradients): what share of a step the optimizers take, the room a compiled step can win."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available")
+    check_device(device)
     mc = get_model_config(model, **(model_overrides or {}))
     tc = get_train_config(preset, batch_size=batch_size, micro_batch_size=micro_batch_size,
                           compile=compile, compile_mode=compile_mode,

@@ -30,6 +30,27 @@ STATE_DIR = "state"
 TRAINER_FILE = "trainer.json"
 
 
+def check_optimizer_fields(cfg) -> None:
+    """The AdamW fields a train or fine-tuning config shares: torch.optim accepts some
+    nonsense (a negative weight decay or clip) without a word."""
+    b1, b2 = cfg.betas
+    if not (0 <= b1 < 1 and 0 <= b2 < 1) or cfg.eps <= 0:
+        raise ValueError(f"need 0 <= betas < 1 and eps > 0, got {cfg.betas}, {cfg.eps}")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0:
+        raise ValueError(f"weight_decay and grad_clip must be >= 0 (grad_clip 0: off), got "
+                         f"{cfg.weight_decay}, {cfg.grad_clip}")
+
+
+def check_device(device: str | None) -> None:
+    """A training device: None (the GPU when one is visible, else the CPU), "cpu" or "cuda"
+    (then one must be visible: Accelerate would fall back to the CPU without a word)."""
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r} (choose a GPU with "
+                         "CUDA_VISIBLE_DEVICES)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda, but torch sees no CUDA device here")
+
+
 def make_accelerator(cfg, log_with=None, project_dir=None, cpu: bool = False) -> Accelerator:
     """An ``Accelerator`` with ``cfg.mixed_precision`` ("auto": what
     :func:`tinytrace.provenance.mixed_precision` picks for the GPU, bf16 from compute

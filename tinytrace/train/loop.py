@@ -54,6 +54,7 @@ from .common import (
     TRAINER_FILE,
     append_jsonl,
     batch_plan,
+    check_optimizer_fields,
     deterministic_algorithms,
     find_state,
     lm_loss,
@@ -152,6 +153,7 @@ class TrainConfig(ConfigDict):
             raise ValueError(f"muon_lr must be > 0, got {self.muon_lr}")
         if self.state_loss_weight <= 0:
             raise ValueError(f"state_loss_weight must be > 0, got {self.state_loss_weight}")
+        check_optimizer_fields(self)
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, "
                              f"got {self.compile_mode!r}")

@@ -66,6 +66,8 @@ from .common import (
     TRAINER_FILE,
     append_jsonl,
     batch_plan,
+    check_device,
+    check_optimizer_fields,
     find_state,
     lr_schedulers,
     make_accelerator,
@@ -132,6 +134,10 @@ class SFTConfig(ConfigDict):
             raise ValueError(f"save_every_minutes must be >= 0, got {self.save_every_minutes}")
         if self.lr <= 0 or not 0 <= self.lr_min_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= lr_min_ratio <= 1, got {self.lr}, {self.lr_min_ratio}")
+        if self.alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"need alpha > 0 and 0 <= lora_dropout < 1, got {self.alpha}, "
+                             f"{self.lora_dropout}")
+        check_optimizer_fields(self)
         unknown = set(self.target_modules) - set(LORA_TARGETS)
         if unknown or not self.target_modules:
             raise ValueError(f"target_modules must be a non-empty subset of {LORA_TARGETS}, "
@@ -549,8 +555,7 @@ def finetune(base_run_dir, data_dir, config_name: str, out_dir, sft_config: SFTC
     cached = _check_cache(out, cfg, base, data_dir, config_name)
     if cached is not None:
         return cached
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"device must be None, cpu or cuda, got {device!r}")
+    check_device(device)
     state_dir = _check_out(out, resume)
     if state_dir is not None:
         _read_same_run(out / RUN_FILE, cfg, base, data_dir, config_name, "saved")
