@@ -121,3 +121,16 @@ def test_experiment_table_tells_every_row_apart():
                                             "subset")]].duplicated().any()
     assert shown_columns(df.drop(columns=["corpus", "epoch", "subset"])) == [  # seed: constant
         "model", "test_set", "condition", "exact_match", "n", "step_em_tf", "final_state_match"]
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while the command's module is imported (torch: a second or two) ends like one
+    during the command: one line, exit 130, no traceback."""
+    import tinytrace.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["train", "--help"]) == 130
+    assert capsys.readouterr().err == "tinytrace: stopped by SIGINT while starting; nothing was done\n"

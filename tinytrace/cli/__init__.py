@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     continues it; SIGINT or SIGTERM outside a job's safe points (loading, evaluating) keeps
     only what was saved before. SIGTERM's handler is restored on return."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:  # imports the command's module (torch, for most): a second or two
+        args = build_parser(argv).parse_args(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("tinytrace: stopped by SIGINT while starting; nothing was done\n")
+        return 128 + signal.SIGINT
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
