@@ -168,13 +168,20 @@ def test_pair_exclusion_assignment_scope():
     assert seen_cooccurring  # assignment scope still lets pairs meet elsewhere (Fig. 5 case 2)
 
 
-def test_pair_exclusion_global_scope():
-    forbidden = set(sample_pairs(60, seed=4))
-    cfg = get_preset("base", forbidden_pairs=tuple(forbidden), exclusion_scope="global")
+@pytest.mark.parametrize("preset, pct", [("base", 60), ("full", 60), ("full", 100)])
+def test_pair_exclusion_global_scope(preset, pct):
+    """No forbidden pair in any statement: with `full`, not in a `while` loop's `c = c + 1`
+    either (a loop whose every variable's self-pair is forbidden is not written)."""
+    forbidden = set(sample_pairs(pct, seed=4))
+    cfg = get_preset(preset, forbidden_pairs=tuple(forbidden), exclusion_scope="global")
     gen = Generator(cfg)
     rng = random.Random(0)
+    kinds = Counter()
     for _ in range(2000):
-        assert not forbidden & set(cooccurring_pairs(gen.generate(rng)))
+        lines = gen.generate(rng)
+        assert not forbidden & set(cooccurring_pairs(lines))
+        kinds.update(ln.kind for ln in lines)
+    assert (kinds[WHILE] > 0) == (preset == "full" and pct < 100)
 
 
 def test_full_exclusion_removes_variable_pairs():

@@ -251,7 +251,12 @@ class DefaultRules:
         elif keyword == WHILE_LOOP:
             # Table 1: `c = k`, `while c < k + m:`, first body line `c = c + 1`.
             rng = g.rng
-            var = c.variables[int(rng.random() * len(c.variables))]
+            names = c.variables
+            if self._global and self._pairs:  # global scope: `c = c + 1` pairs c with itself
+                allowed = [v for v in names if pair(v, v) not in self._pairs]
+                g.info["no_while_variable"] = not allowed  # rejected in accept
+                names = allowed or names
+            var = names[int(rng.random() * len(names))]
             start = int(rng.random() * (2 * c.max_literal + 1)) - c.max_literal
             stop = start + 1 + int(rng.random() * c.while_span)
             g.emit(Line(ASSIGN, 0, var, start))
@@ -264,7 +269,7 @@ class DefaultRules:
     def accept(self, g: Generation) -> bool:
         c = self.c
         lines = g.lines
-        if len(lines) > c.max_statements:
+        if len(lines) > c.max_statements or g.info.get("no_while_variable"):
             return False
         return g.deepest >= c.min_depth
 
