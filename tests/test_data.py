@@ -273,6 +273,36 @@ def test_bad_build_arguments():
         BuildConfig(num_snippets=-1)
 
 
+@pytest.mark.parametrize("overrides, says", [
+    # a handful of snippets exist (one statement, one variable, the literal 0): every chunk
+    # after the first is duplicates only
+    (dict(variables="a", max_literal=0, min_statements=1, max_statements=1, max_depth=0),
+     "gave no new snippet"),
+    # no variable operand, so no executed `x = u op v` uses the required pair: nothing accepted
+    (dict(forbidden_pairs=("ab",), require_forbidden_pair=True, p_operand_variable=0),
+     "accepted none of 1,000 attempts"),
+], ids=["too few snippets", "nothing accepted"])
+def test_a_build_that_cannot_finish_stops_and_leaves_nothing(tmp_path, monkeypatch, overrides, says):
+    """Without a limit both builds ran forever, the first filling the disk with chunks of
+    duplicates (an alarm fails the test instead of hanging it)."""
+    import tinytrace.data.pipeline as P
+
+    def hung(signum, frame):
+        raise TimeoutError("the build did not stop")
+
+    monkeypatch.setattr(P, "GIVE_UP", 1000, raising=False)
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(ValueError, match=says):
+            build_preset("base", tmp_path, 100, test_size=10, validation_size=10, workers=1,
+                         progress=False, generator_overrides=overrides, chunk_size=64)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_push_is_real_but_needs_the_network(built, monkeypatch):
     """``push`` goes through huggingface_hub's HTTP client: in offline mode it refuses with its
     own error (HF_HUB_OFFLINE is read when huggingface_hub is imported, so set it here)."""

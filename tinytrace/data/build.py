@@ -250,6 +250,17 @@ class _ShardWriter:
             np.save(self.folder / TOKENS_DIR / f"{self.split}.idx.npy", starts)
 
 
+# chunks in a row that add no snippet before a build gives up: its config's snippets are used up
+STALE_CHUNKS = 16
+
+
+def _abandon(store, tmp: Path) -> None:
+    """A build that cannot finish leaves nothing behind: no chunks to continue from (the same
+    command would fail the same way), no half-written config."""
+    shutil.rmtree(store.folder, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
           progress: bool = True, release: dict | None = None) -> dict:
     """Build one config of a dataset into ``out`` (other configs there are kept) and
@@ -286,12 +297,16 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
         try:
             results = _Window(pool, tasks, 2 * workers) if pool else map(_make_chunk, tasks)
             done = total == 0
-            n_done = chunk = 0
+            n_done = chunk = stale = 0
             while not done:
                 if chunk < store.count:
                     table, chunk_stats = store.load(chunk)
                 else:
-                    table, chunk_stats = _next_chunk(results, stop, pool is not None)
+                    try:
+                        table, chunk_stats = _next_chunk(results, stop, pool is not None)
+                    except ValueError:  # the config accepts nothing: the same command would too
+                        _abandon(store, tmp)
+                        raise
                     store.save(chunk, table, chunk_stats)
                 chunk += 1
                 stats.update(chunk_stats)
@@ -318,6 +333,16 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
                     if idx:
                         writers[split].add(table.take(idx))
                         bar.update(len(idx))
+                stale = 0 if done or any(picks.values()) else stale + 1
+                if stale == STALE_CHUNKS:
+                    _abandon(store, tmp)
+                    raise ValueError(
+                        f"{name}: the last {STALE_CHUNKS} chunks ({STALE_CHUNKS * cfg.chunk_size:,} "
+                        f"snippets) gave no new snippet; its generator config seems to have fewer "
+                        f"than the {total:,} unique snippets asked for ({n_done:,} found; "
+                        f"{stats['duplicate']:,} duplicates, {stats['nondeterministic']:,} "
+                        "nondeterministic): allow more variables, statements or values, or ask "
+                        "for fewer snippets")
             if pool is not None:
                 results.close()
         finally:

@@ -29,6 +29,9 @@ from tinytrace.lang.tracer import (
 )
 
 # the columns of a written split
+# attempts in a row, none accepted, before a chunk gives up (a config that accepts nothing)
+GIVE_UP = 100_000
+
 ROW_SCHEMA = pa.schema(
     [
         ("code", pa.string()),
@@ -77,21 +80,26 @@ class Pipeline:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._columns(self._packed(rng, stats, n, math.inf))
+            return self._columns(self._packed(rng, stats, n, math.inf, give_up=GIVE_UP))
         finally:
             if collecting:
                 gc.enable()
 
-    def _packed(self, rng, stats: Counter, n: int, max_attempts) -> list[tuple]:
+    def _packed(self, rng, stats: Counter, n: int, max_attempts, give_up: int = 0) -> list[tuple]:
         """Attempts until ``n`` are accepted or ``max_attempts`` were made (the rejection
         reasons counted in ``stats``); the accepted ones as ``(n_statements, max_depth,
-        n_steps, pairs, executed_pairs, packed, part_lengths)``."""
+        n_steps, pairs, executed_pairs, packed, part_lengths)``. ``give_up``: a ValueError when
+        that many attempts in a row are all rejected (a config that accepts nothing)."""
         traced = self.fast or self._traced
         forbidden = self.forbidden
         out = []
-        k = 0
+        k = last = 0
         while len(out) < n and k < max_attempts:
             k += 1
+            if give_up and k - last >= give_up:
+                reasons = Counter({r: v for r, v in stats.items() if r != "attempts"})
+                raise ValueError(f"the generator config accepted none of {give_up:,} attempts in a "
+                                 f"row (rejected: {', '.join(f'{r} {v:,}' for r, v in reasons.most_common(3))})")
             rows, steps, final, reason, pairs, executed, depth = traced(rng, 100_000, stats)
             if reason is not None:
                 stats[reason] += 1
@@ -100,6 +108,7 @@ class Pipeline:
             else:
                 out.append((len(rows), depth, len(steps), pairs, executed)
                            + pack_example(rows, steps, final))
+                last = k
         stats["attempts"] += k
         return out
 
