@@ -2,6 +2,7 @@ import importlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,20 @@ def test_load_dataset_offline(built):
     assert len(load_dataset(str(out), "base", split="train")) == 2500
     with pytest.raises(FileNotFoundError, match="no config 'longer'"):
         load(out, "longer")
+
+
+def test_load_from_a_path_with_glob_characters(built, tmp_path):
+    """`[`, `*`, `?` in a folder name (e.g. `/tmp/l2-2-adamw-20000-['3']/data`) are not
+    patterns: the same rows and features as from a plain path."""
+    out, _ = built
+    odd = tmp_path / "run[1]*?" / "data"
+    shutil.copytree(out, odd)
+    for split, n in (("test", 300), ("train", 2500)):
+        plain, other = load(out, "base", split), load(odd, "base", split)
+        assert len(other) == n and other.features == plain.features
+        assert other["sha256"] == plain["sha256"]
+    with pytest.raises(FileNotFoundError, match="no config 'longer'"):
+        load(odd, "longer")
 
 
 def test_every_row_retraces_byte_for_byte(built):

@@ -9,6 +9,7 @@ offline exactly as it will from the Hub.
 """
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -35,7 +36,14 @@ def load(out: str | os.PathLike, config: str, split: str = "test"):
             pq.ParquetFile(f)  # the footer: a truncated or corrupt file fails here, quietly
         except pa.ArrowException as e:
             raise ValueError(f"{f}: not a readable parquet file, truncated or corrupt? ({e})") from None
-    return load_dataset(str(folder), config, split=split)
+    if glob.escape(str(folder)) == str(folder):
+        return load_dataset(str(folder), config, split=split)
+    # `[`, `*` or `?` in the path: datasets would read it as a pattern and find no file, so
+    # name the split's files, escaped, to the parquet builder (the same rows and features)
+    files = sorted((folder / config).glob(f"{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no {split} split of config {config!r} in {folder}")
+    return load_dataset("parquet", data_files={split: [glob.escape(str(f)) for f in files]}, split=split)
 
 
 def read_split(out: str | os.PathLike, config: str, split: str = "test",
