@@ -8,7 +8,7 @@ import huggingface_hub
 import torch
 
 from tinytrace import hub
-from tinytrace.experiments import base_run_dir
+from tinytrace.experiments import base_run_dir, run_experiment
 from tinytrace.model import load_checkpoint
 
 
@@ -34,9 +34,40 @@ def test_export_card_and_load(smoke_cache, tmp_path):
                  f"| final train / validation loss | {end['loss']:.4f} / {end['val_loss']:.4f} |",
                  'model = load_checkpoint(snapshot_download("me/tiny"))'):
         assert line in card.text.splitlines(), line
-    assert "dir" not in json.loads((out / "run.json").read_text())["data"]  # no local paths
+    assert json.loads((out / "run.json").read_text())["data"]["dir"] == Path(info["data"]["dir"]).name
+    _no_local_paths(out, smoke_cache)
     for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
+
+
+def _no_local_paths(folder: Path, cache: Path) -> None:
+    for f in folder.iterdir():
+        if f.suffix in (".json", ".jsonl", ".md"):
+            assert str(cache) not in f.read_text() and '": "/' not in f.read_text(), f.name
+
+
+def test_export_of_a_fine_tuning_run(smoke_cache, tmp_path):
+    """A LoRA run (adapters merged) is exported with its own record, sft.json, and a card that
+    says what it was fine-tuned from, its merged size and its fine-tuning losses."""
+    run_experiment("sft_lora", "smoke", cache_dir=smoke_cache, progress=False)
+    run = sorted(p for p in smoke_cache.glob("sft-*") if (p / "sft.json").exists())[0]
+    out = hub.export_model(run, tmp_path / "m", "me/tuned")
+    sft = json.loads((run / "sft.json").read_text())
+    done = json.loads((run / "done.json").read_text())
+    base = Path(sft["base_run"]).name
+    lines = huggingface_hub.ModelCard.load(out / "README.md").text.splitlines()
+    made = next(x for x in lines if x.startswith("| made by |"))
+    assert "LoRA fine-tuning" in made and f"`{base}`" in made and f"step {done['best_step']}" in made
+    for line in (f"| parameters | {sft['base_params']:,} |",
+                 f"| fine-tuning examples | {sft['data']['train']['examples']:,} |",
+                 f"| final train / validation loss | {done['final_train_loss']:.4f} / "
+                 f"{done['final_val_loss']:.4f} |",
+                 "`sft.json` and `log.jsonl` hold the full training configuration and loss curve."):
+        assert line in lines, line
+    assert json.loads((out / "config.json").read_text())["base_run"] == base
+    assert json.loads((out / "sft.json").read_text())["base_run"] == base
+    _no_local_paths(out, smoke_cache)
+    assert load_checkpoint(out).num_params() == sft["base_params"]  # merged: the base model's size
 
 
 def test_push_uploads_the_folder(smoke_cache, monkeypatch):
