@@ -173,6 +173,10 @@ def test_runtime_filters():
         ("if a < 1:\n    b = 2", "tab"),
         ("a = (", "syntax error"),
         ("", "empty"),
+        # the trace copies the snippet: what its copy would drop is refused, not dropped
+        ("a = 5 # hi", "line 1: write 'a = 5 # hi' as 'a = 5'"),
+        ("a = 5\nb = (a)", "line 2: write 'b = \\(a\\)' as 'b = a'"),
+        ("a = 5\nif a<3:\n\tb = 1", "line 2: write 'if a<3:' as 'if a < 3:'"),
     ],
 )
 def test_parse_rejects_code_outside_the_language(code, match):

@@ -119,7 +119,8 @@ _AST_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast
 def parse(code: str) -> list[Line]:
     """Parse a snippet into lines, accepting only the TinyTracing language (App. B):
     single-letter variables, integer literals, ``x = a [op b]``, ``if/elif/else`` and ``while``
-    with one comparison, one tab per indentation level. Nothing is executed. Python's own
+    with one comparison, one tab per indentation level, each line spaced as :meth:`Line.text`
+    writes it (the trace copies the snippet). Nothing is executed. Python's own
     parser warnings (e.g. ``invalid decimal literal`` for ``5if``) are silenced: this function
     reports what is wrong itself."""
     code = code.strip("\n")
@@ -139,6 +140,11 @@ def parse(code: str) -> list[Line]:
     for i, (ln, got) in enumerate(zip(lines, src), 1):
         if got[: len(got) - len(got.lstrip())] != "\t" * ln.indent:
             raise UnsupportedCode(f"line {i}: indent with one tab per nesting level")
+        # the trace copies the snippet as the language writes it: a comment, parentheses or
+        # other spacing would be dropped from the copy without a word
+        if got.strip() != ln.text():
+            raise UnsupportedCode(f"line {i}: write {got.strip()!r} as {ln.text()!r} (no comments "
+                                  "or parentheses, one space around each operator)")
     return lines
 
 
