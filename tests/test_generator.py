@@ -153,6 +153,19 @@ def test_custom_rules_fig10_with_while():
     assert 0.2 < shapes["while"] / 300 < 0.4
 
 
+class BatchRules(Fig10Rules):
+    """Several keywords at once, closing the block midway: `if`, then in its body an assignment,
+    the close, and two assignments after the block."""
+
+    def high_level(self, g):
+        return [IF_STATEMENT] if len(g.stack) == 1 else [ASSIGNMENT, UNINDENT, ASSIGNMENT, ASSIGNMENT, END]
+
+
+def test_keywords_queued_after_a_close_go_to_the_parent_context():
+    lines = Generator(rules=BatchRules()).generate(random.Random(0))
+    assert [(ln.kind, ln.indent) for ln in lines] == [(IF, 0), (ASSIGN, 1), (ASSIGN, 0), (ASSIGN, 0)]
+
+
 def test_pair_exclusion_assignment_scope():
     forbidden = sample_pairs(90, seed=3)
     assert len(forbidden) == int(351 * 0.9) and len(all_pairs()) == 351

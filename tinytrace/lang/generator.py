@@ -119,7 +119,8 @@ class Generator:
             if kw is END or kw == END:
                 return
             if kw is UNINDENT or kw == UNINDENT:
-                g.pop()
+                rest = g.pop().ckq  # what the rules queued after closing: the parent's next
+                stack[-1].ckq.extendleft(reversed(rest))
             else:
                 n = len(stack)
                 low_level(g, kw)
