@@ -73,6 +73,18 @@ def test_load_dataset_offline(built):
         load(out, "longer")
 
 
+def test_card_states_the_literal_bound_a_full_build_keeps(tmp_path):
+    """`full` draws literals up to 99 but a `while` bound up to 99 + its span (5): the card
+    says both, and no snippet has a literal beyond what it says."""
+    build_preset("full", tmp_path, 400, test_size=50, validation_size=50, workers=1,
+                 progress=False)
+    card = (tmp_path / "README.md").read_text()
+    assert "literals up to 99 in absolute value (a `while` bound up to 104), values in [-99, 99]" in card
+    literals = [x for r in _table(tmp_path, "full", "train").to_pylist()
+                for ln in parse(r["code"]) for x in (ln.a, ln.b) if isinstance(x, int)]
+    assert max(map(abs, literals)) <= 104 and max(literals) > 9
+
+
 def test_load_from_a_path_with_glob_characters(built, tmp_path):
     """`[`, `*`, `?` in a folder name (e.g. `/tmp/l2-2-adamw-20000-['3']/data`) are not
     patterns: the same rows and features as from a plain path."""

@@ -100,7 +100,7 @@ in their cache.
 {% endif -%}
 - command: `{{ rel["command"] }}`
 {% endif -%}
-- generator `{{ g["name"] }}`: {{ g["min_statements"] }}-{{ g["max_statements"] }} statements, depth {{ g["min_depth"] }}-{{ g["max_depth"] }}, variables `{{ g["variables"][0] }}-{{ g["variables"][-1] }}` ({{ g["variables"] | length }}), ops `{{ g["arith_ops"] | join(" ") }}`, comparisons `{{ g["comparisons"] | join(" ") }}`, literals and values in {{ g["value_range"] }}
+- generator `{{ g["name"] }}`: {{ g["min_statements"] }}-{{ g["max_statements"] }} statements, depth {{ g["min_depth"] }}-{{ g["max_depth"] }}, variables `{{ g["variables"][0] }}-{{ g["variables"][-1] }}` ({{ g["variables"] | length }}), ops `{{ g["arith_ops"] | join(" ") }}`, comparisons `{{ g["comparisons"] | join(" ") }}`, literals up to {{ g["max_literal"] }} in absolute value{% if g["move_weights"].get("while") %} (a `while` bound up to {{ g["max_literal"] + g["while_span"] }}){% endif %}, values in {{ g["value_range"] }}
 {% if g["require_forbidden_pair"] -%}
 - forbidden pairs: {{ g["forbidden_pairs"] | length }}, every example executes an assignment on one (the generator draws freely, the pipeline keeps those snippets)
 {% else -%}

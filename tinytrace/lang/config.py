@@ -10,7 +10,7 @@ preset         statements  depth      note
 ``deeper``     5-10        3-4        OOD depth: max depth exactly 3 or 4 (Sec. 4.3)
 ``depth-0-5``  5-15        0-5        curriculum base (Sec. 4.3.1)
 ``depth-N``    5-15        N          max depth exactly N, N = 6..9 (App. F)
-``full``       5-10        0-2        every construct the generator can emit
+``full``       5-10        0-3        every construct the generator can emit
 =============  ==========  =========  ===========================================
 
 A *statement* is one line (an assignment or a block header); the *depth* is the deepest
