@@ -107,3 +107,13 @@ def test_submitit_local_executor_trains_every_run(tmp_path, monkeypatch):
     for folder in done:
         log = [json.loads(x) for x in (cache / folder / "log.jsonl").read_text().splitlines()]
         assert [r["event"] for r in log].count("start") == 1
+
+
+def test_token_counts_read_the_shipped_sets_from_any_folder(tmp_path, monkeypatch):
+    """`slot status` and the plan's costs read the shipped sets' build records: from the
+    repository, not the working directory."""
+    from tinytrace.experiments import training_tokens
+
+    here = training_tokens("gpu")
+    monkeypatch.chdir(tmp_path)
+    assert training_tokens("gpu") == here and here["base"] == pytest.approx(600_000 * 306.71)

@@ -312,7 +312,8 @@ def scale_table():
     return pd.DataFrame(rows)
 
 
-SHIPPED = Path("data") / "tinytracing"
+# the repository's shipped test sets (a checkout's, whatever the working directory)
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "tinytracing"
 
 
 def tokens_per_example(data_dir=SHIPPED) -> dict[str, float]:
