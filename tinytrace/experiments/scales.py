@@ -167,7 +167,7 @@ def _scales() -> Presets[Scale]:
     )
     cpu = Scale(
         name="cpu",
-        description="a laptop, all experiments in about 90 minutes on 2 cores: the scaled-down task "
+        description="a laptop, the six sections in about 70 minutes on 2 cores: the scaled-down task "
                     "(3-4 statements, depth <= 1, variables a-j, values in [-5, 5], one assignment "
                     "in five an `x = u op v`); a 0.2M model (4 layers x 64) with T5 relative "
                     "position bias instead of the paper's APE, a 128-token context, evaluation "
@@ -225,7 +225,7 @@ def _scales() -> Presets[Scale]:
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid, "
                     "10% and 30%; three draws of the points near a line: assignment 90%, global "
                     "10% and 30%) and curriculum run (Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
-                    "they train on a fifth and a seventh of it and stop near 50% ID EM); the base "
+                    "they train on a fifth and 15% of it and stop near 50% ID EM); the base "
                     "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
                     "and the LoRA runs start from that base model; every other run is `cpu`'s, "
                     "shared through the cache",
@@ -241,7 +241,7 @@ def _scales() -> Presets[Scale]:
     )
     gpu = Scale(
         name="gpu",
-        description="one GPU, each experiment <= 10 min on an H100: the paper's task and model, "
+        description="one GPU (each experiment's time on an H200: the gpu-scale page's estimates): the paper's task and model, "
                     "a fifth of the corpus, one epoch of the `gpu-muon-state` recipe (batch 128 x "
                     "512, Muon on the hidden matrices + AdamW, one cosine phase, the state "
                     "lists weighted 3x in the loss; about 3 minutes of an H200)",

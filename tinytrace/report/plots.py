@@ -88,7 +88,8 @@ def loss_vs_time(curve: pd.DataFrame, title: str = "Training loss against wall-c
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     sns.lineplot(data=curve, x="elapsed_s", y="loss", hue="run" if "run" in curve else None, ax=ax,
                  marker="o", markersize=3)
-    ax.set(xlabel="wall-clock seconds (one H100)", ylabel="training loss", title=title)
+    ax.set(xlabel="wall-clock seconds (one GPU: the run's, in its label)", ylabel="training loss",
+           title=title)
     if ax.get_legend() is not None:
         ax.legend(fontsize=7, title=None)
     fig.tight_layout()
