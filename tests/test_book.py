@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-COLAB = "https://colab.research.google.com/github/tinytrace/tinytrace/blob/main/book/sections/"
+COLAB = "https://colab.research.google.com/github/tinytrace/tinytrace/blob/main/notebooks/"
 
 
 def _chromium() -> str | None:
@@ -41,7 +41,8 @@ def test_config_keeps_the_required_keys():
     assert cfg["execute"]["execute_notebooks"] == "off"
     assert cfg["repository"]["url"] == "https://github.com/tinytrace/tinytrace"
     assert cfg["repository"]["path_to_book"] in ("", ".") and cfg["repository"]["branch"] == "main"
-    assert cfg["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    # no theme launch button: it opens the executed copy, whose injected parameters override
+    assert "colab_url" not in cfg.get("launch_buttons", {})
     assert {".venv", "_build", "notebooks", "cache"} <= set(cfg["exclude_patterns"])
     files = _toc_files()
     assert [f"book/sections/{s}" for s in NOTEBOOKS] == [f for f in files if "/sections/" in f]
@@ -157,11 +158,13 @@ def test_no_broken_local_images_or_links(built_book):
 
 
 def test_colab_launch_links(built_book):
+    """Each section page links its source notebook (no outputs, no injected parameters) in
+    Colab, and nothing opens the executed copy there."""
     html_dir, _ = built_book
     for stem in NOTEBOOKS:
         page = (html_dir / "book" / "sections" / f"{stem}.html").read_text()
-        assert f"{COLAB}{stem}.ipynb" in page, f"no Colab launch button on {stem}"
-        assert "/blob/main/./" not in page
+        assert f"{COLAB}{stem}.ipynb" in page, f"no Colab link on {stem}"
+        assert "colab.research.google.com/github/tinytrace/tinytrace/blob/main/book/" not in page
 
 
 def _chrome(args: list[str], profile: Path) -> subprocess.CompletedProcess:
@@ -181,7 +184,7 @@ def test_pages_render_in_headless_chromium(built_book, tmp_path):
                      page.as_uri()], tmp_path / f"profile-{name}")
         assert png.exists() and png.stat().st_size > 20_000, r.stderr[-2000:]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the DOM after scripts ran: the section page still carries its Colab launch link
+    # the DOM after scripts ran: the section page still carries its Colab link
     page = html_dir / "book" / "sections" / "05_ood.html"
     r = _chrome(["--dump-dom", page.as_uri()], tmp_path / "profile-dom")
     assert f"{COLAB}05_ood.ipynb" in r.stdout, r.stderr[-2000:]
