@@ -407,3 +407,24 @@ def test_performance_page_from_benchmark_results(tmp_path):
     assert ("| `c.json` | `cpu` | AMD EPYC | `scale` (state_loss_weight=3) | 512 | 2.0M | 200 | 95.3% "
             "| 100 | 200 | - | `abcdef0` |") in table
     assert "empty.json" not in table
+
+
+def test_tables_credit_the_paper_with_what_it_states():
+    """App. C states no weight decay, betas or dropout for pre-training (G.1 gives the first two
+    for fine-tuning): the paper column and the caption say so instead of crediting App. C."""
+    table = nbkit.hyperparameters("cpu")
+    for k in ("weight decay", "betas", "dropout"):
+        assert "not stated" in table.loc[k, "paper"], k
+    assert "not stated" not in " ".join(map(str, table["cpu"]))
+    caption = nbkit.training_caption("cpu")._repr_markdown_()
+    paper_part = caption.split("**The paper** (App. C.1):")[1]
+    assert "weight decay and betas are not stated for pre-training" in paper_part
+    assert "weight decay 0.1" not in paper_part
+
+
+def test_pipeline_outcome_shares_sum_to_100():
+    """The generator's own rejections are never traced: the shares are of all attempts."""
+    df = nbkit.pipeline_outcomes({"attempts": 3652, "value_range": 500, "exception": 52,
+                                  "generator": 41, "unique": 3000})
+    assert df.loc["accepted", "snippets"] == 3100
+    assert df["% of attempts"].sum() == pytest.approx(100, abs=0.02)

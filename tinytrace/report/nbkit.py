@@ -129,8 +129,10 @@ def training_caption(scale: str) -> Markdown:
     if scale != "paper":
         p = get_scale("paper").train
         ours += (f" **The paper** (App. C.1): AdamW, two phases (warmup and cosine from "
-                 f"{p.lr_peak:g} to {p.lr_min:g}, then the same x{p.phase2_scale:g}), weight decay "
-                 f"{p.weight_decay:g}, batch {p.batch_size} x 512, {p.epochs} epochs of 3M snippets.")
+                 f"{p.lr_peak:g} to {p.lr_min:g}, then the same x{p.phase2_scale:g}), batch "
+                 f"{p.batch_size} x 512, {p.epochs} epochs of 3M snippets; its weight decay and "
+                 f"betas are not stated for pre-training (the `paper` scale uses its fine-tuning "
+                 f"values, G.1: {p.weight_decay:g} and {tuple(p.betas)}).")
     return Markdown(ours)
 
 
@@ -167,7 +169,7 @@ def task_examples(scale: str, roles=("id", "deeper", "longer"), seed: int = 0) -
 KEYWORDS = {  # App. B, Table 1: the skeleton keywords of the default rules
     G.START: "begins a snippet (the root context)",
     G.ASSIGNMENT: "`x = ...`: a literal, a variable, or `u op v`",
-    G.IF_STATEMENT: "opens an `if` context (a condition on a variable)",
+    G.IF_STATEMENT: "opens an `if` context (`if u < v:`: two operands, variables or literals)",
     G.ELIF_STATEMENT: "opens an `elif` context after an `if`",
     G.ELSE_STATEMENT: "opens an `else` context after an `if`/`elif`",
     G.WHILE_LOOP: "opens a counted `while` loop context (`c = k` / `while c < m:` / `c = c + 1`)",
@@ -256,7 +258,7 @@ def edit_examples(scale: str, seed: int = 0, tries: int = 200) -> pd.DataFrame:
 
 def hyperparameters(scale: str) -> pd.DataFrame:
     """Table 2: the model and training hyperparameters of the scale's base run beside the
-    paper's (App. C), from the configs."""
+    paper's (App. C), from the configs; the paper column marks what App. C does not state."""
     from tinytrace.model import count_params
 
     def cols(s):
@@ -276,7 +278,12 @@ def hyperparameters(scale: str) -> pd.DataFrame:
                     f"cross-entropy, state lists x{tc.state_loss_weight:g}",
         }
 
-    return pd.DataFrame({"paper": cols(get_scale("paper")), scale: cols(get_scale(scale))})
+    paper = cols(get_scale("paper"))
+    # what App. C does not state for pre-training: the `paper` scale's choice, marked
+    for k, why in (("weight decay", "G.1's fine-tuning value"), ("betas", "G.1's fine-tuning value"),
+                   ("dropout", "none here")):
+        paper[k] = f"{paper[k]} (not stated; {why})"
+    return pd.DataFrame({"paper": paper, scale: cols(get_scale(scale))})
 
 
 def lora_params(scale: str) -> pd.DataFrame:
@@ -293,14 +300,17 @@ def lora_params(scale: str) -> pd.DataFrame:
 
 
 def pipeline_outcomes(rejections: dict):
-    """Generation attempts by outcome (accepted and each rejection reason), as a table."""
+    """Generation attempts by outcome (accepted and each rejection reason), as a table. The
+    generator's own rejections (a skeleton it gives up on) are never traced; ``attempts``
+    counts the traced ones, so the shares are of both together and sum to 100%."""
     attempts = rejections.get("attempts", 0)
     rejected = {k: v for k, v in rejections.items() if k not in ("attempts", "unique") and v}
     accepted = attempts - sum(v for k, v in rejected.items() if k != "generator")
     rows = [{"outcome": "accepted", "snippets": accepted}]
     rows += [{"outcome": f"rejected: {k}", "snippets": v} for k, v in rejected.items()]
     df = pd.DataFrame(rows)
-    df["% of traced attempts"] = (100 * df["snippets"] / max(attempts, 1)).round(2)
+    total = attempts + rejected.get("generator", 0)
+    df["% of attempts"] = (100 * df["snippets"] / max(total, 1)).round(2)
     return df.set_index("outcome")
 
 
