@@ -334,3 +334,27 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     assert t.loc[("global", 10, "pooled"), "share of the reference (%)"] == 88.7
     assert t.loc[("global", 10, "0"), "share of the reference (%)"] == 78.7
     assert draws_table(df[df["seed"] == 0]).empty
+
+
+def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
+    """The book's 05 results: the p = 50 run traces 84.6% of its own test (< 90%), so the p >= 1
+    rows read the p = 10 run only (its depth-2/3 minimum 90.8%, not p = 50's 90.4%), and say so."""
+    from pathlib import Path
+
+    rows = json.loads((Path(__file__).resolve().parents[1] / "book" / "sections" / "05_ood.json")
+                      .read_text())["results"]["depth_curriculum"]
+    df = pd.DataFrame(rows)
+    m = measured("depth_curriculum", df, relative=True)
+    assert m["depth67_p1"] == pytest.approx(0.908203, abs=1e-6)
+    v = verdicts("depth_curriculum", df, "cpu-long")
+    assert v["depth67_p1"]["verdict"] == REPRODUCED and "90.8%" in v["depth67_p1"]["evidence"]
+    for key in ("depth67_p1", "depth8_best", "depth9"):
+        assert "p = 50 left out: its own ID EM 84.6% < 90.0%" in v[key]["evidence"], key
+    # no run with p >= 1 trained enough: the p >= 1 row is not comparable; "best over p" reads
+    # the p = 0 run alone
+    low = df.copy()
+    low.loc[(low["p"] >= 1) & (low["test_set"] == "depth-0-1"), "exact_match"] = 0.5
+    v = verdicts("depth_curriculum", low, "cpu-long")
+    assert v["depth67_p1"]["verdict"] == NOT_COMPARABLE
+    assert "no run with p >= 1 reaches 90.0%" in v["depth67_p1"]["evidence"]
+    assert v["depth8_best"]["evidence"].startswith("0.0% vs the paper's 99.4%")

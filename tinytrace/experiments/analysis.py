@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 # thresholds that turn a curve into the paper's qualitative statements (Sec. 4.2, 4.3.1)
+TRAINED_EM = 0.9  # a model whose own ID test is below this cannot show the OOD/coverage findings
 HIGH_EM = 0.8  # "accuracy remains above 80%"
 COLLAPSE_EM = 0.2  # "accuracy collapses"
 
@@ -37,6 +38,14 @@ def mean_em(df, **where) -> float:
         d = d[d[k] == v]
     v = d["exact_match"].dropna() if "exact_match" in d else []
     return float(v.mean()) if len(v) else math.nan
+
+
+def untrained_curriculum_runs(df) -> dict:
+    """The curriculum runs (by p) whose own test (depths 0-X) is below :data:`TRAINED_EM`,
+    with that EM: the findings about deeper snippets leave them out."""
+    ids = [t for t in df["test_set"].unique() if t.startswith("depth-0-")]
+    own = {p: mean_em(df, test_set=ids[0], p=p) for p in sorted(df["p"].unique())} if ids else {}
+    return {p: em for p, em in own.items() if em < TRAINED_EM}
 
 
 def depth_tests(df) -> list[str]:
@@ -143,12 +152,15 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
         if len(tests) >= 4:
             d6, d7, d8, d9 = tests[:4]
             out["depth6_p0"] = mean_em(df, test_set=d6, p=df["p"].min())
-            later = df[df["p"] >= 1]
+            # the p >= 1 findings over the runs trained enough on their own test
+            kept = df[~df["p"].isin(list(untrained_curriculum_runs(df)))]
+            later = kept[kept["p"] >= 1]
             if len(later):
                 out["depth67_p1"] = float(
                     later[later["test_set"].isin([d6, d7])].groupby("p")["exact_match"].min().min())
-            out["depth8_best"] = float(df[df["test_set"] == d8]["exact_match"].max())
-            out["depth9"] = f"best over p: {float(df[df['test_set'] == d9]['exact_match'].max()):.3f}"
+            if (kept["test_set"] == d8).any():
+                out["depth8_best"] = float(kept[kept["test_set"] == d8]["exact_match"].max())
+                out["depth9"] = f"best over p: {float(kept[kept['test_set'] == d9]['exact_match'].max()):.3f}"
     elif experiment == "sft_lora":
         d = select_sft(df)
         for model, k in (("pre-trained", "pretrained"), ("fine-tuned", "finetuned")):

@@ -8,6 +8,7 @@ import math
 from tinytrace.experiments.analysis import (
     COLLAPSE_EM,
     HIGH_EM,
+    TRAINED_EM,
     brittleness,
     depth_tests,
     draws,
@@ -16,13 +17,13 @@ from tinytrace.experiments.analysis import (
     measured,
     same_subset_gap,
     select_sft,
+    untrained_curriculum_runs,
 )
 
 from . import paper
 
 REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable at this scale"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE)
-TRAINED_EM = 0.9  # a model whose own ID test is below this cannot show the OOD/coverage findings
 NEAR = 0.05  # "near 100%" / "near 0%" / "matches": within this of the value
 
 
@@ -157,17 +158,24 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         gate = _untrained("curriculum (p = 0)", own)
         if len(tests) < 4:
             gate = gate or _nc(f"{len(tests)} depth test sets; the finding needs 4")
+        left = untrained_curriculum_runs(df)
+        note = "".join(f"; p = {p:g} left out: its own ID EM {_pc(em)} < {_pc(TRAINED_EM)}"
+                       for p, em in left.items() if p >= 1)
+        kept = df[~df["p"].isin(list(left))]
         for key in ("depth6_p0", "depth67_p1", "depth8_best"):
+            if key != "depth6_p0" and not gate and key not in m:
+                out[key] = _nc(f"no run with p >= 1 reaches {_pc(TRAINED_EM)} on its own test{note}")
+                continue
             out[key] = gate or (near(key, m[key]) if exact else _verdict(
                 m.get(key, math.nan) >= value[key] - 0.1,
                 f"{_pc(m.get(key))} vs the paper's {_pc(value[key])} (reproduced from "
-                f"{_pc(value[key] - 0.1)})"))
-        if not gate:
+                f"{_pc(value[key] - 0.1)}){'' if key == 'depth6_p0' else note}"))
+        if not gate and "depth8_best" in m:
             d8 = m["depth8_best"]
-            d9 = float(df[df["test_set"] == tests[3]]["exact_match"].max())
-            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p: {_pc(d9)} vs depth-8's {_pc(d8)}")
+            d9 = float(kept[kept["test_set"] == tests[3]]["exact_match"].max())
+            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p: {_pc(d9)} vs depth-8's {_pc(d8)}{note}")
         else:
-            out["depth9"] = gate
+            out["depth9"] = gate or out["depth8_best"]
     elif experiment == "pe_ablation":
         em = {(pe, ts): mean_em(df, model=pe, test_set=ts) for pe in ("ape", "rpe", "rpb")
               for ts in ("id", "longer", "deeper")}
