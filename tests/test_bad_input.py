@@ -199,3 +199,18 @@ def test_no_network_gives_one_clear_line(files, argv, target, monkeypatch, capsy
     assert main([a.replace("{d}", str(files)) for a in argv]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"tinytrace {argv[0]}: error: ConnectError: [Errno -2] Name or service not known"]
+
+
+@pytest.mark.parametrize("error, says", [
+    (PermissionError("403 Forbidden: no write access to a/b"), "403 Forbidden"),
+    (RuntimeError("upload refused"), "RuntimeError: upload refused"),
+], ids=["OSError", "RuntimeError"])
+def test_push_errors_end_alike(files, error, says, monkeypatch, capsys):
+    """Whatever the Hub upload raises ends in one line and exit 2 (it was 1 for some)."""
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("tinytrace.data.push", failing)
+    assert main(["data", "push", str(files / "data"), "--repo-id", "a/b"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinytrace data: error: ") and says in lines[0]

@@ -110,14 +110,11 @@ def _release(args) -> int:
 def _push(args) -> int:
     from tinytrace.data import push
 
-    try:
+    try:  # OSError and the Hub client's errors end in main's one line, exit 2, as here
         url = push(args.dir, args.repo_id, token=args.token, private=args.private,
                    include_tokens=args.include_tokens)
-    except (OSError, RuntimeError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        sys.stderr.write(f"tinytrace data push: error: {type(e).__name__}: {e}\n")
-        return 1
+    except RuntimeError as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
     print(url)
     return 0
 
