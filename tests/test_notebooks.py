@@ -428,3 +428,21 @@ def test_pipeline_outcome_shares_sum_to_100():
                                   "generator": 41, "unique": 3000})
     assert df.loc["accepted", "snippets"] == 3100
     assert df["% of attempts"].sum() == pytest.approx(100, abs=0.02)
+
+
+def test_bars_label_the_paper_as_it_states_its_numbers():
+    """The paper's 43.65 is labelled 43.65 (the tables' value), ours to 0.1; with a hue too."""
+    import pandas as pd
+
+    from tinytrace.report import plots
+
+    t = pd.DataFrame({"test": ["id", "longer"], "paper": [1.0, 0.4365], "this run": [0.982, 0.0703]})
+    fig = plots.paper_vs_ours(t, "test")
+    assert [x.get_text() for x in fig.axes[0].texts] == ["100", "43.65", "98.2", "7.0"]
+    plots.close(fig)
+    fig = plots.paper_vs_ours(t.assign(paper=[None, None]), "test")  # no paper numbers: ours only
+    assert [x.get_text() for x in fig.axes[0].texts] == ["98.2", "7.0"]
+    plots.close(fig)
+    fig = plots.paper_vs_ours(pd.concat([t.assign(pe="ape"), t.assign(pe="rpe")]), "test", hue="pe")
+    assert all([x.get_text() for x in ax.texts] == ["100", "43.65", "98.2", "7.0"] for ax in fig.axes)
+    plots.close(fig)
