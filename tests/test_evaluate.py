@@ -422,11 +422,14 @@ def test_static_decode_in_evaluate(rows):
     decoder, through window restarts and EOS; bad values are refused."""
     m = tiny(block_size=96, pe="rpb")
     recs = make_records(rows[:12])
-    _, a = evaluate(m, recs, batch_size=5, decode="dynamic", teacher_forcing=False)
+    da, a = evaluate(m, recs, batch_size=5, decode="dynamic", teacher_forcing=False)
     df, b = evaluate(m, recs, batch_size=5, decode="static", teacher_forcing=False)
     assert b["decode"] == "static" and a["decode"] == "dynamic"
     assert (a["generated_tokens"], a["window_restarts"]) == (b["generated_tokens"], b["window_restarts"])
     assert a["window_restarts"] > 0 and len(df) == 12
+    # row by row, not only in total: each row's own prediction (a random model's differ)
+    assert df["prediction"].nunique() > 1
+    assert df.sort_values("index")["prediction"].tolist() == da.sort_values("index")["prediction"].tolist()
     with pytest.raises(ValueError, match="decode"):
         evaluate(m, recs, decode="graph")
     # rows whose window fills wait and re-encode together: fewer forwards, the same tokens

@@ -17,6 +17,7 @@ from tinytrace.experiments import (
     scale_table,
 )
 from tinytrace.data import read_split
+from tinytrace.evaluate import METRICS
 from tinytrace.experiments.cache import Cache
 from tinytrace.lang.config import sample_pairs
 from tinytrace.lang.edits import EDIT_NAMES
@@ -37,6 +38,13 @@ EXPECTED_ROWS = {
 
 def _by(df, *keys):
     return {tuple(r[k] for k in keys): r for r in df.to_dict("records")}
+
+
+def _same_scores(row, result) -> bool:
+    """Whether a row reports ``result``'s scores: every metric, not exact match alone (every
+    smoke model traces 0% exactly, so EM cannot tell two of them apart; the state-token
+    accuracy and teacher-forced step EM can)."""
+    return all(row[k] == result[k] or (pd.isna(row[k]) and pd.isna(result[k])) for k in METRICS)
 
 
 def _check_contents(name, df, smoke_cache):
@@ -68,8 +76,11 @@ def _check_contents(name, df, smoke_cache):
         # the reference rows come last and are the reference model's, on each run's excluded set
         ref = df[df["test_set"] == "excluded-base"]
         assert (ref["model"] == "reference").all() and ref.index.min() > df[df["test_set"] != "excluded-base"].index.max()
+        excluded = df[df["test_set"] == "excluded"]
         assert list(zip(ref["scope"], ref["exclusion_pct"])) == list(
-            zip(*[df[df["test_set"] == "excluded"][c] for c in ("scope", "exclusion_pct")]))
+            zip(*[excluded[c] for c in ("scope", "exclusion_pct")]))
+        # the same sets, other models: the reference's scores differ from each exclusion run's
+        assert not any(_same_scores(a, b) for (_, a), (_, b) in zip(ref.iterrows(), excluded.iterrows()))
     elif name == "depth_curriculum":
         tests = [s.generator(r).name for r in ("curriculum", "depth-3", "depth-4", "depth-5", "depth-6")]
         assert list(df["test_set"]) == tests * 2 and list(df["p"]) == [0] * 5 + [50] * 5
@@ -100,7 +111,9 @@ def _check_contents(name, df, smoke_cache):
             assert not tests & {r["sha256"] for r in read_split(*data, split, columns=("sha256",))}
         base = _by(run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False), "test_set")
         for _, r in pre.iterrows():  # the pre-trained model is the base model
-            assert r["exact_match"] == base[(r["test_set"],)]["exact_match"]
+            assert _same_scores(r, base[(r["test_set"],)])
+        # (at smoke the fine-tuning changes no greedy output, so the scores cannot tell the
+        # fine-tuned model from the base model here; the PE and coverage checks can)
     elif name == "pe_ablation":
         assert list(df["model"]) == ["ape"] * 3 + ["rpe"] * 3 + ["rpb"] * 3
         assert list(df["test_set"]) == ["id", "longer", "deeper"] * 3 and (df["n"] == n).all()
@@ -108,7 +121,9 @@ def _check_contents(name, df, smoke_cache):
         assert (abs(params / params["ape"] - 1) < 0.06).all()
         base = _by(run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False), "test_set")
         for _, r in df[df["model"] == "ape"].iterrows():  # smoke's own encoding: the base model
-            assert r["exact_match"] == base[(r["test_set"],)]["exact_match"]
+            assert _same_scores(r, base[(r["test_set"],)])
+        ape, rpe = (df[df["model"] == m].iterrows() for m in ("ape", "rpe"))
+        assert not all(_same_scores(a, b) for (_, a), (_, b) in zip(ape, rpe))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -144,7 +159,7 @@ def test_coverage_reference_is_trained_as_long_as_the_exclusion_runs(smoke_cache
     # what the rows report
     (cov,) = _coverages(s, 0)
     test = ctx.cache.test_set(cov.excluded, s.test_size, 0, s.context)
-    assert df.iloc[2]["exact_match"] == ctx.eval_set(None, ref, test)["exact_match"]
+    assert _same_scores(df.iloc[2], ctx.eval_set(None, ref, test))
     # the exclusion run trained for those epochs too
     run, _ = ctx.cache.run_dir(s, _coverage_corpus(ctx, cov), s.model_config(), s.recipe(2),
                                tag="coverage-global-100")
@@ -184,8 +199,8 @@ def test_a_drawn_point_is_trained_again_at_the_next_seed_with_its_own_reference(
     assert [c.pairs for c in _coverages(s, 0) if c.pct == 50] != [cov.pairs]
     assert runs[2].train(ctx) == _coverage_run(at1, cov)
     assert runs[3].train(ctx) == _coverage_reference(at1) != _coverage_reference(ctx)
-    assert second.iloc[1]["exact_match"] == at1.eval_set(None, runs[2].train(ctx), test)["exact_match"]
-    assert second.iloc[2]["exact_match"] == at1.eval_set(None, runs[3].train(ctx), test)["exact_match"]
+    assert _same_scores(second.iloc[1], at1.eval_set(None, runs[2].train(ctx), test))
+    assert _same_scores(second.iloc[2], at1.eval_set(None, runs[3].train(ctx), test))
     # the curve pools the two draws of 50% (the mean EM); each draw is paired with its reference
     pcts, ems, _, _ = excluded_curve(df, "global")
     ex = df[(df["test_set"] == "excluded") & (df["exclusion_pct"] == 50)]["exact_match"]
