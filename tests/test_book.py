@@ -155,6 +155,10 @@ def test_no_broken_local_images_or_links(built_book):
     # the figures of the executed notebooks made it into the HTML
     section = (html_dir / "book" / "sections" / "03_id_robustness.html").read_text()
     assert "<img" in section and ".png" in section
+    # the failure classification figure of 05, after its heading (also without a browser)
+    article = (html_dir / "book" / "sections" / "05_ood.html").read_text().split("<article", 1)[-1]
+    after = article.split("Where the model fails", 1)
+    assert len(after) == 2 and "<img" in after[1].split("</section>", 1)[0], "no failure figure"
 
 
 def test_colab_launch_links(built_book):

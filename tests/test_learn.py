@@ -12,6 +12,17 @@ from tinytrace.model import load_checkpoint
 from tinytrace.train import TrainConfig, train
 
 
+def test_first_reaching_is_the_first_point_at_or_above():
+    """The time-to-X% of a curve (at smoke every EM is 0, so the trajectory test only ever sees
+    None): the first point at or above, not a later or the best one; equality counts."""
+    curve = [{"exact_match": em, "tokens": 100 * i, "train_seconds": 10.0 * i, "step": i}
+             for i, em in enumerate((0.2, 0.95, 0.9, 0.99, 1.0), 1)]
+    assert learn.first_reaching(curve, 0.9) == {"tokens": 200, "seconds": 20.0, "step": 2}
+    assert learn.first_reaching(curve, 0.99) == {"tokens": 400, "seconds": 40.0, "step": 4}
+    assert learn.first_reaching(curve, 0.2) == {"tokens": 100, "seconds": 10.0, "step": 1}
+    assert learn.first_reaching(curve[:3], 0.99) is None
+
+
 def test_curve_is_one_trajectory(tmp_path):
     """Evaluating at 3 points resumes one run: the last point's weights are those of the same
     recipe trained in one go, and the curve's steps and tokens add up."""

@@ -185,13 +185,18 @@ def test_parse_rejects_code_outside_the_language(code, match):
 
 
 def test_step_pair_length():
-    lines = parse("a = 1\nb = 2")
+    """The determinism filter's span, read off the token sequence itself: from the #STEP that
+    opens a block to the last token of the next block (its #STEP excluded, the end-of-example
+    token included), the longest over consecutive blocks."""
+    lines = parse("a = 1\nif a > 0:\n\tb = a + 10\nc = 2")
     e = make_example(lines, run(lines))
     assert sum(e.part_lengths) == len(e.tokens)
-    # pairs are measured from the #STEP opening a block to the end of the next one
-    assert max_step_pair_tokens(e.part_lengths) == max(
-        a + b for a, b in zip(e.part_lengths[1:], e.part_lengths[2:])
-    )
+    starts = [i for i, t in enumerate(e.tokens) if t == tk.STEP_ID]
+    ends = starts[1:] + [len(e.tokens)]
+    assert len(starts) == 5  # four executed lines and the final state
+    spans = [ends[k + 1] - starts[k] for k in range(len(starts) - 1)]
+    assert max_step_pair_tokens(e.part_lengths) == max(spans)
+    assert len(set(spans)) > 1  # the blocks differ in length: the maximum is not any pair's
 
 
 def test_deep_nesting_is_formatted():
