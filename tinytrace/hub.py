@@ -4,8 +4,9 @@ A run folder (``tinytrace train --out RUN`` or an experiment's cached ``run-*``;
 run, ``tinytrace sft --out`` or ``sft-*``, with the adapters merged) holds ``model.safetensors``
 + ``config.json`` (:func:`tinytrace.model.save_checkpoint`), ``run.json`` (``sft.json``) and
 ``log.jsonl``. The export copies the weights, and the config, record and log with this
-machine's paths cut to folder names, and writes a model card (``huggingface_hub.ModelCard``: YAML metadata from ``ModelCardData``
-over a Markdown template), so ``load_checkpoint(snapshot_download("<org>/<name>"))`` works.
+machine's paths cut to folder names, and writes a model card (``huggingface_hub.ModelCard``:
+YAML metadata from ``ModelCardData`` over a Markdown template), so
+``load_checkpoint(snapshot_download("<org>/<name>"))`` works.
 The command line is in :mod:`tinytrace.cli.model`.
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _run_summary(run: Path) -> dict:
                                     "phase1_frac", "weight_decay") if k in t}
         size = ("training tokens (one epoch)", data.get("train_tokens"))
     return {"model": meta["model"], "params": info.get("params") or info.get("base_params"),
-            "made": made, "recipe": recipe, "size": size,
+            "made": made, "recipe": recipe, "size": size, "record": RECORDS[bool(sft)],
             "device": env.get("device_name") or env.get("device"), "end": end}
 
 
@@ -121,9 +122,8 @@ def model_card(run, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytra
             ("trained on", s["device"] or "?")]
     data = ModelCardData(library_name="tinytrace", license="mit", datasets=[dataset],
                          tags=["code-execution", "program-tracing", "tinytracing"])
-    record = "sft.json" if (Path(run) / "sft.json").exists() else "run.json"
     return ModelCard.from_template(data, template_str=CARD_TEMPLATE, repo_id=repo_id,
-                                   dataset=dataset, rows=rows, record=record)
+                                   dataset=dataset, rows=rows, record=s["record"])
 
 
 def export_model(run, out, repo_id: str = "<org>/<name>", dataset: str = "<org>/tinytracing") -> Path:

@@ -28,10 +28,10 @@ from tinytrace.lang.tracer import (
     unpack_examples,
 )
 
-# the columns of a written split
 # attempts in a row, none accepted, before a chunk gives up (a config that accepts nothing)
 GIVE_UP = 100_000
 
+# the columns of a written split
 ROW_SCHEMA = pa.schema(
     [
         ("code", pa.string()),
@@ -97,9 +97,9 @@ class Pipeline:
         while len(out) < n and k < max_attempts:
             k += 1
             if give_up and k - last >= give_up:
-                reasons = Counter({r: v for r, v in stats.items() if r != "attempts"})
+                top = Counter({r: v for r, v in stats.items() if r != "attempts"}).most_common(3)
                 raise ValueError(f"the generator config accepted none of {give_up:,} attempts in a "
-                                 f"row (rejected: {', '.join(f'{r} {v:,}' for r, v in reasons.most_common(3))})")
+                                 f"row (rejected: {', '.join(f'{r} {v:,}' for r, v in top)})")
             rows, steps, final, reason, pairs, executed, depth = traced(rng, 100_000, stats)
             if reason is not None:
                 stats[reason] += 1

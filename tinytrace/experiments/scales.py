@@ -241,10 +241,11 @@ def _scales() -> Presets[Scale]:
     )
     gpu = Scale(
         name="gpu",
-        description="one GPU (each experiment's time on an H200: the gpu-scale page's estimates): the paper's task and model, "
-                    "a fifth of the corpus, one epoch of the `gpu-muon-state` recipe (batch 128 x "
-                    "512, Muon on the hidden matrices + AdamW, one cosine phase, the state "
-                    "lists weighted 3x in the loss; about 3 minutes of an H200)",
+        description="one GPU (each experiment's time on an H200: the gpu-scale page's "
+                    "estimates): the paper's task and model, a fifth of the corpus, one epoch "
+                    "of the `gpu-muon-state` recipe (batch 128 x 512, Muon on the hidden "
+                    "matrices + AdamW, one cosine phase, the state lists weighted 3x in the "
+                    "loss; about 3 minutes of an H200)",
         model="paper",
         train=TRAIN_PRESETS["gpu-muon-state"],
         corpus_snippets=600_000,
