@@ -163,6 +163,13 @@ def test_measured_time_comes_from_results():
         "what each run, evaluation and corpus cost when it was made, each once, cached or not; "
         "not counted: 1 made before costs were recorded); 15 min of notebook "
         "time in their last executions")
+    # a section that used nothing, executed on other hardware, adds its time, not its hardware
+    results["01"] = {"scale": "cpu", "seconds": 60.0, "hardware": "CPU: y",
+                     "compute": {"artifacts": {}}}
+    assert pages.measured_time("cpu", results).startswith(
+        "3 of 6 sections: 20 min of training, evaluation and data on CPU: x (19 / 0 / 0 min;")
+    assert pages.measured_time("cpu", results).endswith("; 16 min of notebook time in their "
+                                                        "last executions")
 
 
 def test_a_section_reports_the_same_compute_cold_and_warm(tmp_path):

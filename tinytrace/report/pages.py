@@ -344,6 +344,10 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
     where = ", ".join(sorted({r.get("hardware", "?") for r in done}))
     if all("compute" in r for r in done):
         c = compute_total([r["compute"] for r in done])
+        # the hardware of the sections that made or used something (not of a section that
+        # only generated a few snippets on another machine)
+        where = ", ".join(sorted({r.get("hardware", "?") for r in done
+                                  if r["compute"].get("artifacts")})) or where
         missing = (f"; not counted: {c['unrecorded']} made before costs were recorded"
                    if c["unrecorded"] else "")
         return (f"{len(done)} of {len(NOTEBOOKS)} sections: {c['seconds'] / 60:.0f} min of "
