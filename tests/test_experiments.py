@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tinytrace.experiments import (
     EXPERIMENTS,
@@ -113,7 +114,7 @@ def _check_contents(name, df, smoke_cache):
         for _, r in pre.iterrows():  # the pre-trained model is the base model
             assert _same_scores(r, base[(r["test_set"],)])
         # (at smoke the fine-tuning changes no greedy output, so the scores cannot tell the
-        # fine-tuned model from the base model here; the PE and coverage checks can)
+        # fine-tuned model from the base model: test_sft_rows_evaluate_the_fine_tuned_model)
     elif name == "pe_ablation":
         assert list(df["model"]) == ["ape"] * 3 + ["rpe"] * 3 + ["rpb"] * 3
         assert list(df["test_set"]) == ["id", "longer", "deeper"] * 3 and (df["n"] == n).all()
@@ -138,6 +139,32 @@ def test_experiment_at_smoke_scale(name, smoke_cache, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["experiment"] == name and config["scale"]["name"] == "smoke"
     assert config["scale"]["train"] == get_scale("smoke").train.to_dict()
+
+
+def test_sft_rows_evaluate_the_fine_tuned_model(smoke_cache, monkeypatch):
+    """Each row's evaluation is of the model it names: the calls show which run's weights were
+    evaluated and under which run the result is cached (the scores cannot show it at smoke)."""
+    from tinytrace.experiments.cache import _Context
+    from tinytrace.model import load_checkpoint
+    from tinytrace.experiments.runners import _sft_finetune
+
+    calls, real = [], _Context.eval
+
+    def spy(self, model, run_dir, data, data_key, require=()):
+        calls.append((Path(model.run_dir), Path(run_dir), data_key))
+        return real(self, model, run_dir, data, data_key, require)
+
+    monkeypatch.setattr(_Context, "eval", spy)
+    df = run_experiment("sft_lora", "smoke", cache_dir=smoke_cache, progress=False)
+    ctx = _Context(get_scale("smoke"), smoke_cache, 0, False)
+    base, (tuned, _) = ctx.base_run(), _sft_finetune(ctx, 64, 1)
+    assert tuned != base and len(calls) == len(df) == 6
+    assert [c[2] for c in calls[:3]] == [c[2] for c in calls[3:]]  # the same three test sets
+    for (weights, cached_as, _), model in zip(calls, df["model"]):
+        assert weights == cached_as == (base if model == "pre-trained" else tuned), model
+    # and the fine-tuned weights are not the base model's
+    wb, wt = load_checkpoint(base).state_dict(), load_checkpoint(tuned).state_dict()
+    assert any(not torch.equal(wb[k], wt[k]) for k in wb)
 
 
 def test_coverage_reference_is_trained_as_long_as_the_exclusion_runs(smoke_cache):
