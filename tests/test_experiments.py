@@ -103,13 +103,15 @@ def _check_contents(name, df, smoke_cache):
         assert ft["best_val_loss"].notna().all() and (df["n"] == n).all()
         # the fine-tuning data holds no snippet of the test sets it is evaluated beside
         from tinytrace.experiments.cache import _Context
-        from tinytrace.experiments.runners import _sft_data, _sft_tests
+        from tinytrace.experiments.runners import _sft_data, _sft_finetune, _sft_tests
 
         ctx = _Context(s, smoke_cache, 0, False)
         data = _sft_data(ctx, s.sft_sizes[0])
         tests = {r["sha256"] for _, c in _sft_tests(ctx) for r in read_split(*c, columns=("sha256",))}
         for split in ("train", "validation"):
             assert not tests & {r["sha256"] for r in read_split(*data, split, columns=("sha256",))}
+        # the run validates on as many examples as its config asks for: the split holds them
+        assert _sft_finetune(ctx, 64, 1)[1]["val_examples"] == s.sft.val_examples == 16
         base = _by(run_experiment("base", "smoke", cache_dir=smoke_cache, progress=False), "test_set")
         for _, r in pre.iterrows():  # the pre-trained model is the base model
             assert _same_scores(r, base[(r["test_set"],)])

@@ -9,7 +9,9 @@ Positional encodings (``ModelConfig.pe``):
 * ``ape``: learned absolute position embeddings added to the token embeddings (the paper's base);
 * ``rpe``: Shaw et al. (2018) relative position representations: a learned vector per clipped
   distance ``min(i - j, rpe_clip)`` added to the keys (``q.(k_j + a_ij)``) and, optionally,
-  to the values, one table per layer shared by the heads;
+  to the values, one table per layer shared by the heads. Shaw et al. add them to both; the
+  paper does not say which it used, and keys only is the default here (the values' term
+  rules out the fused attention kernel);
 * ``rpb``: T5 (Raffel et al., 2020) relative position bias: a per-head scalar per log-spaced
   distance bucket added to the attention logits, one table shared by all layers.
 

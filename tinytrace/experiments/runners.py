@@ -432,7 +432,7 @@ def _sft_data(ctx: _Context, size: int) -> tuple[Path, str]:
     """The fine-tuning corpus of ``size`` examples (shared by every number of epochs), its
     train and validation splits without any snippet of the test sets it is evaluated on."""
     s = ctx.scale
-    val = max(s.test_size // 4, 8)
+    val = max(s.test_size // 4, s.sft.val_examples, 8)  # as many as the runs validate on
     spare = size // 16 + 64  # room for the snippets the test sets take out
     raw = ctx.cache.corpus(s.generator("id"), size + spare + val, test_size=0,
                            validation_size=val, seed=ctx.seed + 7, context=s.context)

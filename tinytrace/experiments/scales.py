@@ -44,6 +44,8 @@ class Scale:
     curriculum_ps: tuple = (0, 1, 5, 10, 20, 40, 60, 80, 100)
     curriculum_corpus: float = 1.0  # fraction of corpus_snippets for each curriculum run
     curriculum_epochs: int | None = None  # each curriculum run's epochs; None: the base run's
+    # G.1 gives the ranges (65,536 to 2,097,152 examples, 1 to 8 epochs), not the grid: powers
+    # of two within them, which hold Table 3's best run (1,048,576 x 1)
     sft_sizes: tuple = (65_536, 131_072, 262_144, 524_288, 1_048_576, 2_097_152)
     sft_epochs: tuple = (1, 2, 4, 8)
     sft: SFTConfig = field(default_factory=SFTConfig)  # the fine-tuning recipe (Sec. 4.4)

@@ -96,7 +96,7 @@ class SFTConfig(ConfigDict):
     name: str = "paper"
     rank: int = 8
     alpha: float = 16.0  # LoRA scale alpha / rank = 2 (not stated in the paper)
-    lora_dropout: float = 0.0
+    lora_dropout: float = 0.0  # not stated in the paper
     target_modules: tuple[str, ...] = LORA_TARGETS
     lr: float = 1e-3  # peak
     lr_min_ratio: float = 0.1  # cosine floor = lr * lr_min_ratio
