@@ -129,6 +129,24 @@ def test_token_stream_matches_traces(built):
     assert stream[-1] == tk.EOS_ID
 
 
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_a_main_guard_builds_instead_of_hanging(tmp_path, guarded):
+    """Spawned workers import the main script again: one that calls tinytrace at its top level
+    would have each worker build the same corpus and wait for its parent's lock, forever. Such
+    a build runs in the one process, with a warning; a guarded script gets its workers."""
+    body = ('build_preset("base", sys.argv[1], 600, test_size=50, validation_size=50, '
+            'workers=2, progress=False, chunk_size=128)\nprint("built")\n')
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nfrom tinytrace.data import build_preset\n\n"
+                      + ('if __name__ == "__main__":\n    ' + body.replace("\nprint", "\n    print")
+                         if guarded else body))
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], text=True,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "built\n", proc.stderr
+    assert ("in this process only" in proc.stderr) is not guarded, proc.stderr
+    assert (tmp_path / "out" / "base" / "build.json").exists()
+
+
 def test_seed_determinism_with_1_and_2_workers(tmp_path):
     a = build_preset("base", tmp_path / "a", 1500, seed=9, test_size=100, validation_size=100,
                      workers=1, progress=False, chunk_size=128)
@@ -240,7 +258,7 @@ def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code
         children = _children(p.pid)  # the workers and the resource tracker
         assert len(children) >= 2
         os.killpg(p.pid, signum)
-        _, err = p.communicate(timeout=30)
+        _, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

@@ -21,6 +21,7 @@ process group, so that Ctrl-C reaches only the main process) are ended, and
 """
 from __future__ import annotations
 
+import ast
 import collections
 import itertools
 import json
@@ -30,7 +31,9 @@ import os
 import random
 import resource
 import shutil
+import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +96,34 @@ def _own_process_group() -> None:
     locks (sending a result) would hang the pool; one left alone exits on the pool's EOF if
     the main process dies."""
     os.setpgrp()
+
+
+def _workers_would_rerun_the_caller() -> bool:
+    """Whether a spawned worker would run this build again: it imports the main script, as
+    ``multiprocessing``'s spawn does, and the build is called from the script's top-level
+    code outside an ``if __name__ == "__main__":`` block. That worker would then build the
+    same corpus and wait for the lock its parent holds, forever (the parent waits on it)."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return False  # `python -m pkg`: spawn does not import the main module again
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "<module>"
+                                     and frame.f_globals.get("__name__") == "__main__"):
+        frame = frame.f_back
+    if not path or frame is None:
+        return False  # interactive, `-c`, a notebook, or called from an imported module
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return not any(
+        isinstance(node, ast.If) and node.lineno <= frame.f_lineno <= node.end_lineno
+        and isinstance(t := node.test, ast.Compare) and len(t.ops) == 1
+        and isinstance(t.ops[0], ast.Eq)
+        and {ast.unparse(t.left), ast.unparse(t.comparators[0])} == {"__name__", "'__main__'"}
+        for node in tree.body)
 
 
 class _Window:
@@ -266,7 +297,9 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     """Build one config of a dataset into ``out`` (other configs there are kept) and
     regenerate the dataset card. Returns the build summary (also in ``build.json``).
     ``release`` (what the card says about a shipped set, see :func:`build_release`) is stored
-    in ``build.json`` as is."""
+    in ``build.json`` as is. ``workers`` processes (default: one per CPU) generate the chunks;
+    one only, with a warning, where they would run the caller again (a script that calls this
+    at its top level, without ``if __name__ == "__main__":``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = cfg.config_name
@@ -276,6 +309,12 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
         shutil.rmtree(tmp)  # a previous build was interrupted: start it again
     tmp.mkdir()
     workers = max(1, workers or os.cpu_count() or 1)
+    if workers > 1 and _workers_would_rerun_the_caller():
+        warnings.warn(f"building {name} in this process only: the main script calls tinytrace "
+                      "at its top level, which each worker process would run again; put that "
+                      "code under `if __name__ == \"__main__\":` to build with "
+                      f"{workers} processes", stacklevel=2)
+        workers = 1
     sizes = cfg.split_sizes
     writers = {
         s: _ShardWriter(tmp, s, sizes[s], cfg.shard_rows, cfg.tokens) for s in SPLITS if sizes[s]
