@@ -417,10 +417,11 @@ def test_performance_page_from_benchmark_results(tmp_path):
 
 
 def test_tables_credit_the_paper_with_what_it_states():
-    """App. C states no weight decay, betas or dropout for pre-training (G.1 gives the first two
-    for fine-tuning): the paper column and the caption say so instead of crediting App. C."""
+    """App. C states no weight decay, betas, dropout, biases or weight tying for pre-training
+    (G.1 gives the first two for fine-tuning): the paper column and the caption say so instead
+    of crediting App. C."""
     table = nbkit.hyperparameters("cpu")
-    for k in ("weight decay", "betas", "dropout"):
+    for k in ("weight decay", "betas", "dropout", "linear biases", "tied input/output embeddings"):
         assert "not stated" in table.loc[k, "paper"], k
     assert "not stated" not in " ".join(map(str, table["cpu"]))
     caption = nbkit.training_caption("cpu")._repr_markdown_()

@@ -267,6 +267,7 @@ def hyperparameters(scale: str) -> pd.DataFrame:
             "layers": mc.n_layer, "heads": mc.n_head, "embedding size": mc.n_embd,
             "head size": mc.head_size, "norm": "RMSNorm (pre-norm)", "position encoding": mc.pe.upper(),
             "context (tokens)": mc.block_size, "vocabulary": mc.vocab_size, "dropout": mc.dropout,
+            "linear biases": "yes" if mc.bias else "none", "tied input/output embeddings": "yes",
             "parameters": f"{count_params(mc):,}", "optimizer": tc.optimizer,
             "peak / min LR": f"{tc.lr_peak:g} / {tc.lr_min:g}"
                              + (f" (Muon {tc.muon_lr or tc.lr_peak:g})" if tc.optimizer == "muon" else ""),
@@ -281,7 +282,9 @@ def hyperparameters(scale: str) -> pd.DataFrame:
     paper = cols(get_scale("paper"))
     # what App. C does not state for pre-training: the `paper` scale's choice, marked
     for k, why in (("weight decay", "G.1's fine-tuning value"), ("betas", "G.1's fine-tuning value"),
-                   ("dropout", "none here")):
+                   ("dropout", "none here"),
+                   ("linear biases", "G.1 fine-tunes biases, so the authors' model may have had them"),
+                   ("tied input/output embeddings", "nanoGPT's")):
         paper[k] = f"{paper[k]} (not stated; {why})"
     return pd.DataFrame({"paper": paper, scale: cols(get_scale(scale))})
 
