@@ -129,22 +129,47 @@ def test_token_stream_matches_traces(built):
     assert stream[-1] == tk.EOS_ID
 
 
-@pytest.mark.parametrize("guarded", [False, True])
-def test_a_script_without_a_main_guard_builds_instead_of_hanging(tmp_path, guarded):
-    """Spawned workers import the main script again: one that calls tinytrace at its top level
-    would have each worker build the same corpus and wait for its parent's lock, forever. Such
-    a build runs in the one process, with a warning; a guarded script gets its workers."""
-    body = ('build_preset("base", sys.argv[1], 600, test_size=50, validation_size=50, '
-            'workers=2, progress=False, chunk_size=128)\nprint("built")\n')
+_BUILD = ('build_preset("base", sys.argv[1], 600, test_size=50, validation_size=50, workers=2, '
+          'progress=False, chunk_size=128); print("built")')
+# (script body after its imports, whether spawned workers would run the build again)
+_SCRIPTS = {
+    "top level": (f"{_BUILD}\n", True),
+    "a function called at top level": (f"def main():\n    {_BUILD}\n\nmain()\n", True),
+    "guarded": (f'if __name__ == "__main__":\n    {_BUILD}\n', False),
+    "guarded, reversed, with `and`, in a try": (
+        f'try:\n    if "__main__" == __name__ and len(sys.argv) > 1:\n        {_BUILD}\n'
+        f'except KeyboardInterrupt:\n    pass\n', False),
+}
+
+
+@pytest.mark.parametrize("case", _SCRIPTS)
+def test_a_script_without_a_main_guard_builds_instead_of_hanging(tmp_path, case):
+    """Spawned workers import the main script again: one that builds at its top level would
+    have each worker start the same build (through the experiment cache: wait for its
+    parent's lock), forever. Such a build runs in the one process, with a warning; a guarded
+    script gets its workers."""
+    body, reruns = _SCRIPTS[case]
     script = tmp_path / "script.py"
-    script.write_text("import sys\nfrom tinytrace.data import build_preset\n\n"
-                      + ('if __name__ == "__main__":\n    ' + body.replace("\nprint", "\n    print")
-                         if guarded else body))
+    script.write_text(f"import sys\nfrom tinytrace.data import build_preset\n\n{body}")
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], text=True,
                           capture_output=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == "built\n", proc.stderr
-    assert ("in this process only" in proc.stderr) is not guarded, proc.stderr
+    assert ("in this process only" in proc.stderr) is reruns, proc.stderr
     assert (tmp_path / "out" / "base" / "build.json").exists()
+
+
+def test_a_starting_worker_refuses_to_build(tmp_path, monkeypatch):
+    """What the check above cannot see (a build from a thread the script starts): a process
+    still importing the main script for its parent refuses to build, before touching the
+    parent's build, with the cause, instead of waiting forever."""
+    import multiprocessing as mp
+
+    monkeypatch.setattr(mp.current_process(), "_inheriting", True, raising=False)
+    (tmp_path / ".base.incomplete").mkdir()  # the parent's build in progress
+    with pytest.raises(RuntimeError, match="if __name__ == "):
+        build_preset("base", tmp_path, 100, test_size=10, validation_size=10, workers=1,
+                     progress=False)
+    assert (tmp_path / ".base.incomplete").exists()
 
 
 def test_seed_determinism_with_1_and_2_workers(tmp_path):
@@ -258,7 +283,7 @@ def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code
         children = _children(p.pid)  # the workers and the resource tracker
         assert len(children) >= 2
         os.killpg(p.pid, signum)
-        _, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

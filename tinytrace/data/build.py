@@ -98,32 +98,52 @@ def _own_process_group() -> None:
     os.setpgrp()
 
 
+def _is_main_test(test: ast.expr) -> bool:
+    """``__name__ == "__main__"``, either way round, alone or in an ``and``."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return any(_is_main_test(v) for v in test.values)
+    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+            and {ast.unparse(test.left), ast.unparse(test.comparators[0])} == {"__name__", "'__main__'"})
+
+
 def _workers_would_rerun_the_caller() -> bool:
     """Whether a spawned worker would run this build again: it imports the main script, as
-    ``multiprocessing``'s spawn does, and the build is called from the script's top-level
-    code outside an ``if __name__ == "__main__":`` block. That worker would then build the
-    same corpus and wait for the lock its parent holds, forever (the parent waits on it)."""
+    ``multiprocessing``'s spawn does, and the build is called from the script's module-level
+    code outside an ``if __name__ == "__main__":`` block. Each worker would then start the
+    same build (through the experiment cache: wait for the lock its parent holds) and the
+    parent would wait on them forever."""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if name is not None and (name == "__main__" or name.endswith(".__main__")):
         return False  # `python -m pkg`: spawn does not import the main module again
     path = getattr(main, "__file__", None)
-    frame = sys._getframe(1)
-    while frame is not None and not (frame.f_code.co_name == "<module>"
-                                     and frame.f_globals.get("__name__") == "__main__"):
+    if not path:
+        return False  # interactive, `-c`, a notebook: the workers import nothing of it
+    path = os.path.realpath(path)
+    frame = sys._getframe(1)  # the main script's own module-level line on the call stack
+    while frame is not None and not (frame.f_code.co_name == "<module>" and
+                                     os.path.realpath(frame.f_code.co_filename) == path):
         frame = frame.f_back
-    if not path or frame is None:
-        return False  # interactive, `-c`, a notebook, or called from an imported module
+    if frame is None:
+        return False  # called from a function the script does not run at import
     try:
-        tree = ast.parse(Path(path).read_text())
+        tree = ast.parse(Path(path).read_bytes())
     except (OSError, SyntaxError, ValueError):
         return False
-    return not any(
-        isinstance(node, ast.If) and node.lineno <= frame.f_lineno <= node.end_lineno
-        and isinstance(t := node.test, ast.Compare) and len(t.ops) == 1
-        and isinstance(t.ops[0], ast.Eq)
-        and {ast.unparse(t.left), ast.unparse(t.comparators[0])} == {"__name__", "'__main__'"}
-        for node in tree.body)
+    line = frame.f_lineno
+    return not any(isinstance(node, ast.If) and _is_main_test(node.test)
+                   and node.body[0].lineno <= line <= node.body[-1].end_lineno
+                   for node in ast.walk(tree))
+
+
+def refuse_in_a_starting_worker() -> None:
+    """A spawned process still importing the main script must not build: that script calls
+    tinytrace where a worker runs it again (e.g. from a thread, which the check above cannot
+    follow). Raised there, the error names the cause instead of a silent wait."""
+    if getattr(mp.current_process(), "_inheriting", False):  # what spawn sets while importing
+        raise RuntimeError("a worker process of a corpus build started another build while "
+                           "importing the main script: put the script's work under "
+                           "`if __name__ == \"__main__\":`")
 
 
 class _Window:
@@ -300,6 +320,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
     in ``build.json`` as is. ``workers`` processes (default: one per CPU) generate the chunks;
     one only, with a warning, where they would run the caller again (a script that calls this
     at its top level, without ``if __name__ == "__main__":``)."""
+    refuse_in_a_starting_worker()  # before anything of the parent's build is touched
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = cfg.config_name

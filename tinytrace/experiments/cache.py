@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 import tinytrace.data as tdata  # tdata.build, not a copy of it: tests capture what gets built
 from tinytrace.data import TEST_SEED_OFFSET, BuildConfig, read_split
+from tinytrace.data.build import refuse_in_a_starting_worker
 from tinytrace.evaluate import COUNTS, METRICS, evaluate, scores
 from tinytrace.lang.config import GeneratorConfig
 from tinytrace.model import load_checkpoint
@@ -160,6 +161,7 @@ class Cache:
         try:
             lock.acquire(timeout=0)
         except Timeout:
+            refuse_in_a_starting_worker()  # the holder may be the process that spawned this one
             logging.getLogger(__name__).warning("waiting for %s: another process is making it",
                                                 artifact.name)
             lock.acquire()

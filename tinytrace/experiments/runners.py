@@ -432,8 +432,9 @@ def _sft_data(ctx: _Context, size: int) -> tuple[Path, str]:
     """The fine-tuning corpus of ``size`` examples (shared by every number of epochs), its
     train and validation splits without any snippet of the test sets it is evaluated on."""
     s = ctx.scale
-    val = max(s.test_size // 4, s.sft.val_examples, 8)  # as many as the runs validate on
-    spare = size // 16 + 64  # room for the snippets the test sets take out
+    # as many as the runs validate on, and room in both splits for the test sets' snippets
+    val = max(s.test_size // 4, s.sft.val_examples + s.sft.val_examples // 16 + 8, 8)
+    spare = size // 16 + 64
     raw = ctx.cache.corpus(s.generator("id"), size + spare + val, test_size=0,
                            validation_size=val, seed=ctx.seed + 7, context=s.context)
     exclude = frozenset(r["sha256"] for _, corpus in _sft_tests(ctx)
