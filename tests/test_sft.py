@@ -177,6 +177,17 @@ def test_cache_refuses_a_changed_or_unknown_saved_field(data_dir, base_run, tmp_
             S.finetune(base_run, data_dir, "simple", out, cfg, progress=False, device="cpu")
 
 
+def test_says_when_the_validation_split_is_short(data_dir, base_run, tmp_path, caplog):
+    """Fewer usable validation examples than ``val_examples``: the run validates on what there
+    is, records that number, and says so."""
+    cfg = _cfg(data_size=16, epochs=1, eval_every_frac=1.0, val_examples=1000)
+    with caplog.at_level("WARNING", logger=S.__name__):
+        s = S.finetune(base_run, data_dir, "simple", tmp_path / "sft", cfg, progress=False,
+                       device="cpu")
+    assert 0 < s["val_examples"] <= 48  # the fixture's validation split
+    assert f"validating on {s['val_examples']} examples, fewer than val_examples=1000" in caplog.text
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_refuses_to_write_over_a_pre_training_run(data_dir, base_run, tmp_path, resume):
     """An --out that holds a pre-training run (its weights, or its run.json) is refused before

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -411,6 +412,10 @@ def _setup(cfg: SFTConfig, acc: Accelerator, base: Path, out: Path, data_dir, co
                          f"({cfg.batch_size})")
     if len(val_set) == 0:
         raise ValueError(f"no usable validation examples in {data_dir}/{config_name}")
+    if cfg.val_examples and len(val_set) < cfg.val_examples:
+        logging.getLogger(__name__).warning(
+            "validating on %d examples, fewer than val_examples=%d: the validation split of "
+            "%s/%s holds no more usable ones", len(val_set), cfg.val_examples, data_dir, config_name)
     spe = len(train_set) // cfg.batch_size  # the last partial batch of an epoch is dropped
     total = cfg.epochs * spe
     peft_model = apply_lora(model, cfg)
