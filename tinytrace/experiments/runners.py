@@ -433,7 +433,7 @@ def _sft_data(ctx: _Context, size: int) -> tuple[Path, str]:
     train and validation splits without any snippet of the test sets it is evaluated on."""
     s = ctx.scale
     # as many as the runs validate on, and room in both splits for the test sets' snippets
-    val = max(s.test_size // 4, s.sft.val_examples + s.sft.val_examples // 16 + 8, 8)
+    val = max(s.test_size // 4, s.sft.val_examples + s.sft.val_examples // 16 + 8)
     spare = size // 16 + 64
     raw = ctx.cache.corpus(s.generator("id"), size + spare + val, test_size=0,
                            validation_size=val, seed=ctx.seed + 7, context=s.context)

@@ -341,13 +341,15 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
     if not done:
         return "not measured"
     minutes = sum(r["seconds"] for r in done) / 60
-    where = ", ".join(sorted({r.get("hardware", "?") for r in done}))
+
+    def hardware(rs):
+        return ", ".join(sorted({r.get("hardware", "?") for r in rs}))
+
     if all("compute" in r for r in done):
         c = compute_total([r["compute"] for r in done])
         # the hardware of the sections that made or used something (not of a section that
         # only generated a few snippets on another machine)
-        where = ", ".join(sorted({r.get("hardware", "?") for r in done
-                                  if r["compute"].get("artifacts")})) or where
+        where = hardware([r for r in done if r["compute"].get("artifacts")] or done)
         missing = (f"; not counted: {c['unrecorded']} made before costs were recorded"
                    if c["unrecorded"] else "")
         return (f"{len(done)} of {len(NOTEBOOKS)} sections: {c['seconds'] / 60:.0f} min of "
@@ -356,7 +358,7 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
                 f"evaluation and corpus cost when it was made, each once, cached or not"
                 f"{missing}); {minutes:.0f} min of notebook time in their last executions")
     return (f"{len(done)} of {len(NOTEBOOKS)} sections: {minutes:.0f} min of notebook time on "
-            f"{where} (last executions; work they found cached is not counted)")
+            f"{hardware(done)} (last executions; work they found cached is not counted)")
 
 
 def scales_markdown(sections_dir=DEFAULT_OUT) -> str:

@@ -412,7 +412,7 @@ def _setup(cfg: SFTConfig, acc: Accelerator, base: Path, out: Path, data_dir, co
                          f"({cfg.batch_size})")
     if len(val_set) == 0:
         raise ValueError(f"no usable validation examples in {data_dir}/{config_name}")
-    if cfg.val_examples and len(val_set) < cfg.val_examples:
+    if len(val_set) < cfg.val_examples:
         logging.getLogger(__name__).warning(
             "validating on %d examples, fewer than val_examples=%d: the validation split of "
             "%s/%s holds no more usable ones", len(val_set), cfg.val_examples, data_dir, config_name)
