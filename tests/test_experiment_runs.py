@@ -72,13 +72,22 @@ def test_one_run_alone_is_reused_by_the_experiment(tmp_path, capsys):
     assert "coverage-" in capsys.readouterr().out
     alone = _done_runs(cache)
     assert len(alone) == 1
+    # --no-train: run 0 is not trained, so the experiment fails in one line and trains nothing
+    out = ["experiment", "pair_coverage", "--scale", "smoke", "--cache-dir", str(cache), "--quiet",
+           "--out", str(tmp_path / "res"), "--no-train"]
+    assert main(out) == 2
+    assert "is not trained" in capsys.readouterr().err and _done_runs(cache) == alone
+    assert main(out[:-3] + ["--run", "0", "--no-train"]) == 2  # a contradiction
+    assert "goes with --out" in capsys.readouterr().err and _done_runs(cache) == alone
     run_experiment("pair_coverage", "smoke", cache_dir=cache, progress=False)
     after = _done_runs(cache)
+    every = dict(after)
     base = _Context(get_scale("smoke"), cache, 0, progress=False).base_run().name
     assert base in after  # the reference rows' model, a prerequisite, not one of the runs
     del after[base]
     assert len(after) == len(training_runs("pair_coverage", "smoke"))
     assert alone.items() <= after.items()  # the same folder, not trained again
+    assert main(out) == 0 and _done_runs(cache) == every  # all there: nothing trained again
 
 
 @pytest.mark.slow

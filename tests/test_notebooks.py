@@ -245,6 +245,29 @@ def test_failure_reported_with_cell_and_keeps_good_result(tmp_path, capsys):
     assert not (out / ".07_toy.failed.ipynb").exists() and not (out / ".07_toy.log").exists()
 
 
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_every_experiment_call_obeys_the_train_parameter(path):
+    """``--no-train`` (``train = False``) must reach every experiment a notebook runs."""
+    nb = _read(path)
+    calls = [n for c in nb.cells if c.cell_type == "code" for n in ast.walk(ast.parse(c.source))
+             if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "run_experiment"]
+    if calls:
+        assert "train = True" in _param_cells(nb)[0].source
+    for call in calls:
+        assert any(k.arg == "train" and getattr(k.value, "id", None) == "train"
+                   for k in call.keywords), ast.unparse(call)
+
+
+def test_no_train_fails_a_section_whose_runs_are_not_cached(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = ["notebooks", "run", "--scale", "smoke", "--only", "03", "--out", str(tmp_path / "out"),
+            "--cache-dir", str(cache), "--no-records", "--no-train"]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "03_id_robustness: FAILED" in printed and "NotTrained" in printed
+    assert not list(cache.glob("run-*/log.jsonl"))  # not a step trained
+
+
 def test_bad_arguments_are_clear(tmp_path, capsys):
     assert main(["notebooks", "run", "--scale", "smoke", "--only", "nope", "--out", str(tmp_path)]) == 2
     assert "matches no notebook" in capsys.readouterr().err

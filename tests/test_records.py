@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from tinytrace.experiments import get_scale, run_experiment
-from tinytrace.experiments.cache import _key
+from tinytrace.experiments.cache import NotTrained, WeightsMissing, _key
 from tinytrace.experiments.records import (FORGOTTEN, export_records, forget, import_records,
                                            record_files)
 from tinytrace.report import runner
@@ -105,6 +105,11 @@ def test_a_run_without_weights_trains_again_where_an_evaluation_is_missing(tmp_p
     stale = c2 / evals[1]
     _mark(stale)
     (c2 / evals[0]).unlink()  # e.g. a changed notebook asks for an evaluation not cached
+    # training nothing (a GPU slot's section unit, --no-train): it fails and forgets nothing
+    with pytest.raises(WeightsMissing, match=run.name):
+        run_experiment("base", "smoke", cache_dir=c2, progress=False, train=False)
+    assert (c2 / run.name / "done.json").exists() and not (c2 / FORGOTTEN).exists()
+    assert json.loads(stale.read_text())["exact_match"] == -1.0
     with caplog.at_level(logging.WARNING):
         df = run_experiment("base", "smoke", cache_dir=c2, progress=False)
     assert "came without its weights" in caplog.text
@@ -112,6 +117,13 @@ def test_a_run_without_weights_trains_again_where_an_evaluation_is_missing(tmp_p
     # the evaluations of the weights that are gone were dropped, not mixed with the new ones'
     assert json.loads(stale.read_text())["exact_match"] != -1.0
     assert _evals_of(c2, run.name) == evals and (df["exact_match"] >= 0).all()
+
+
+def test_training_nothing_fails_at_the_first_run_not_in_the_cache(tmp_path):
+    with pytest.raises(NotTrained, match="is not trained"):
+        run_experiment("base", "smoke", cache_dir=tmp_path, progress=False, train=False)
+    assert not list(tmp_path.glob("run-*/log.jsonl"))  # not a step trained
+    assert list(tmp_path.glob("corpus-*/data/build.json"))  # its data is made, seeded
 
 
 def _notebook(path, cells):

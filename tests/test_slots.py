@@ -67,6 +67,8 @@ def test_the_plan_lists_every_run_and_section_with_costs_and_needs():
     # 04 evaluates the base model on the excluded-pairs sets (its reference): it carries it
     assert by["section-04"].weights == ("base",) and by["section-02"].weights == ()
     assert "base" in by["section-04"].needs
+    # a section trains nothing: a run its unit left out of the cache fails it at once
+    assert all("--no-train" in by[f"section-0{i}"].command for i in range(2, 7))
     assert set(by["section-03"].needs) == {f"id_robustness-{i}" for i in range(4)}
     assert all(u.cost_s > 0 for u in units) and by["base"].returns > 0 and by["bench-eval"].returns == 0
     # the fine-tuning's `base` entry and the PE ablation's APE run are the base run: nothing new

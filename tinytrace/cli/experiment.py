@@ -16,6 +16,7 @@ from tinytrace.experiments import (
     run_training,
     training_runs,
 )
+from tinytrace.experiments.cache import NotTrained
 from tinytrace.experiments.jobs import LAUNCHER
 from tinytrace.interrupt import Interrupted
 
@@ -50,6 +51,9 @@ def add_cli(sub) -> None:
     what.add_argument("--evaluate-trained", action="store_true",
                       help="evaluate into --cache-dir the runs already trained there, in order, "
                            "training nothing (stops at the first run not trained)")
+    p.add_argument("--no-train", action="store_true",
+                   help="with --out: train nothing, and fail at the first run that is not in "
+                        "--cache-dir (after the runs of --list-runs were trained elsewhere)")
     p.add_argument("--launcher", default=LAUNCHER,
                    help=f"what --list-runs starts each run with (default: {LAUNCHER})")
     p.add_argument("--cache-dir", default="cache")
@@ -75,6 +79,8 @@ def _cli(args) -> int:
 
 
 def _run(args) -> int:
+    if args.no_train and args.out is None:
+        raise ValueError("--no-train goes with --out (--evaluate-trained also trains nothing)")
     if args.list_runs:
         runs = training_runs(args.name, args.scale, args.seed)
         for cmd in run_commands(args.name, args.scale, args.cache_dir, args.seed, args.launcher,
@@ -97,8 +103,12 @@ def _run(args) -> int:
     if args.out is None:
         raise ValueError("give --out (run the experiment), --list-runs, --run INDEX or "
                          "--evaluate-trained")
-    df = run_experiment(args.name, args.scale, args.out, args.cache_dir, args.seed, args.device,
-                        progress=not args.quiet)
+    try:
+        df = run_experiment(args.name, args.scale, args.out, args.cache_dir, args.seed,
+                            args.device, progress=not args.quiet, train=not args.no_train)
+    except NotTrained as e:  # only with --no-train
+        raise ValueError(f"{e} in {args.cache_dir} and --no-train trains nothing: train it "
+                         "first (--list-runs, --run INDEX) or drop --no-train") from None
     print(df[shown_columns(df)].to_string(index=False))
     print(f"wrote {Path(args.out) / 'results.csv'}")
     return 0

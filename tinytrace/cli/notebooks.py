@@ -25,6 +25,9 @@ def add_cli(sub) -> None:
     r.add_argument("--device", default=None, help="e.g. cpu to ignore GPUs")
     r.add_argument("-p", "--param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="another notebook parameter (VALUE parsed as JSON, else a string)")
+    r.add_argument("--no-train", action="store_true",
+                   help="train nothing: a notebook whose runs are not all in the cache fails "
+                        "(e.g. after the runs were trained elsewhere: --list-runs, a GPU slot)")
     r.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
     r.add_argument("--missing", action="store_true",
                    help="only notebooks not executed into --out yet (e.g. a fresh checkout)")
@@ -45,9 +48,10 @@ def add_cli(sub) -> None:
 
 
 def _run_cli(args) -> int:
+    params = dict(args.param) | ({"train": False} if args.no_train else {})
     outcomes = run_notebooks(args.scale, only=args.only, jobs=args.jobs, out=args.out,
                              cache_dir=args.cache_dir, src=args.src, seed=args.seed,
-                             device=args.device, params=dict(args.param), timeout=args.timeout,
+                             device=args.device, params=params, timeout=args.timeout,
                              missing=args.missing,
                              records=False if args.no_records else args.records)
     if not args.no_pages and Path(args.out).resolve() == DEFAULT_OUT.resolve() and Path("book").is_dir():

@@ -276,14 +276,17 @@ class _Context:
     """What every experiment needs: the scale, the cache, the seed and the shared base model."""
 
     def __init__(self, scale: Scale, cache_dir, seed: int, progress: bool,
-                 train_missing: bool = True):
+                 train_missing: bool = True, evaluate_only: bool = False):
         self.scale = scale
         self.seed = seed
         self.cache = Cache(cache_dir, progress=progress, train_missing=train_missing)
+        # a training unit's pass over its own runs: rows that need another unit's weights wait
+        self.evaluate_only = evaluate_only
 
     def at_seed(self, seed: int) -> "_Context":
         """The same scale and cache at another seed (another draw of the data)."""
-        return _Context(self.scale, self.cache.root, seed, self.cache.progress, self.cache.train_missing)
+        return _Context(self.scale, self.cache.root, seed, self.cache.progress,
+                        self.cache.train_missing, self.evaluate_only)
 
     def base_corpus(self, fraction: float = 1.0, gen: GeneratorConfig | None = None):
         s = self.scale

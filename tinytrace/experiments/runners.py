@@ -256,7 +256,7 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
                 rows.append(_row("pair_coverage", condition, "excluded", value,
                                  c.eval_set(model, run, test), **common))
                 tests.append((test, common, value))
-        if tests and (draw or ctx.cache.train_missing):
+        if tests and (draw or not ctx.evaluate_only):
             ref = _coverage_reference(c)
             model = _load(ref)
             rows += [_row("pair_coverage", "reference", "excluded-base", value,
@@ -597,7 +597,8 @@ def evaluate_trained(name: str, scale="smoke", cache_dir="cache", seed: int = 0,
     _hide_gpu(device)
     random.seed(seed)
     try:
-        RUNNERS[name](_Context(get_scale(scale), cache_dir, seed, progress, train_missing=False))
+        RUNNERS[name](_Context(get_scale(scale), cache_dir, seed, progress, train_missing=False,
+                               evaluate_only=True))
     except NotTrained as e:
         why = "whose weights are not here" if isinstance(e, WeightsMissing) else "which is not trained"
         return f"evaluated the trained runs of {name} before {e.run.name}, {why}"
@@ -614,7 +615,7 @@ def _rows(runner: Callable, ctx: _Context) -> list[dict]:
             return runner(ctx)
         except WeightsMissing as e:
             tries[e.run] += 1
-            if tries[e.run] > 2:
+            if tries[e.run] > 2 or not ctx.cache.train_missing:
                 raise
             # under the run's lock: another process may have forgotten it and be training it
             # (then this waits for it), or have trained it again already
@@ -627,16 +628,19 @@ def _rows(runner: Callable, ctx: _Context) -> list[dict]:
 
 
 def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: int = 0,
-                   device=None, progress: bool = True):
+                   device=None, progress: bool = True, train: bool = True):
     """Run one experiment at a scale; returns the tidy results table (and writes
-    ``out/results.csv`` plus ``out/config.json`` when ``out`` is given)."""
+    ``out/results.csv`` plus ``out/config.json`` when ``out`` is given). ``train`` False:
+    train nothing, and raise :class:`NotTrained` at the first run the cache does not hold done
+    (or, where an evaluation is not cached, holds without its weights): a GPU slot's section
+    unit, whose runs earlier units trained, then fails at once instead of training them."""
     if name not in RUNNERS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     _hide_gpu(device)
     sc = get_scale(scale)
     random.seed(seed)
     t0 = time.time()
-    ctx = _Context(sc, cache_dir, seed, progress)
+    ctx = _Context(sc, cache_dir, seed, progress, train_missing=train)
     df = pd.DataFrame(_rows(RUNNERS[name], ctx))
     df.insert(len(df.columns), "scale", sc.name)
     df.insert(len(df.columns), "hardware", hardware())

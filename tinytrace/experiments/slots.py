@@ -216,7 +216,9 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
         # the base run, which the fine-tuning runs were made from, to be safe
         units.append(Unit(f"section-{sec}", f"{{python}} -m tinytrace notebooks run --scale "
                           f"{s.name} --only {sec} --out {{out}} --cache-dir {{cache}} --seed {seed} "
-                          "--no-records",  # the unit's records come back as the slot's
+                          # the unit's records come back as the slot's; a run that its
+                          # training unit left out of the cache fails the notebook at once
+                          "--no-records --no-train",
                           _section_cost(sec), needs, f"section {sec}: notebook from cached runs",
                           weights=("base",) if sec in ("04", "06") else ()))
     return units
