@@ -4,7 +4,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -286,6 +289,21 @@ def test_the_training_runs_of_further_draws_are_listed_in_the_runners_order(monk
     for scale in (s, "gpu", "paper"):  # one token count per run, every experiment
         assert {k: len(v) for k, v in run_tokens(scale).items()} == {
             k: len(training_runs(k, scale)) for k in EXPERIMENTS}
+    # a curriculum run counts the injected (deeper, longer) snippets at their own length
+    from tinytrace.experiments.scales import tokens_per_example
+
+    tok, gpu = tokens_per_example(), get_scale("gpu")
+    assert gpu.curriculum_ps[0] == 0 and gpu.curriculum_ps[-1] == 100
+    first, *_, last = run_tokens(gpu)["depth_curriculum"]
+    n = gpu.corpus_snippets * gpu.curriculum_corpus * gpu.recipe(gpu.curriculum_epochs).epochs
+    assert first == pytest.approx(n * tok["curriculum"])
+    assert last == pytest.approx(n * (tok["inject-6"] + tok["inject-7"]) / 2)
+    assert tok["inject-6"] > tok["curriculum"]
+    # at the paper-task scales each exclusion run trains as long as its reference, the base
+    # run (Sec. 4.2: as large a corpus): a shortfall is then the excluded pairs', not the data's
+    for scale in ("gpu", "paper"):
+        runs = run_tokens(scale)
+        assert set(runs["pair_coverage"]) == set(runs["base"])
 
 
 def test_cached_rerun_is_identical(smoke_cache, tmp_path):
@@ -369,6 +387,24 @@ def test_curriculum_runs_train_for_the_curriculum_epochs(smoke_cache, monkeypatc
     assert asked["train"] == dataclasses.replace(s.train, epochs=3) and asked["tag"] == "curriculum-0"
 
 
+def test_the_injected_depths_are_built_as_large_as_the_largest_p_takes(tmp_path, monkeypatch):
+    """p = 100 takes half the curriculum corpus's size of each injected depth: those corpora
+    hold that and 8 more, and the mix is written from them."""
+    from tinytrace.experiments.cache import _Context
+    from tinytrace.experiments.runners import _curriculum_corpora, _curriculum_run
+
+    s = dataclasses.replace(get_scale("smoke"), curriculum_ps=(0, 100))
+    ctx = _Context(s, tmp_path, 0, False)
+    mixed = {}
+    monkeypatch.setattr(ctx.cache, "run", lambda _s, corpus, *a, **k: mixed.update(c=corpus))
+    _curriculum_run(ctx, 100)
+    _, extra, n_train = _curriculum_corpora(ctx)
+    built = {r: read_split(*c, "train", columns=("sha256",)) for r, c in extra.items()}
+    assert {r: len(rows) for r, rows in built.items()} == {
+        r: k + 8 for r, k in curriculum_counts(n_train, 100, list(extra)).items() if r in extra}
+    assert len(read_split(*mixed["c"], "train", columns=("sha256",))) == n_train
+
+
 @pytest.mark.parametrize("p", [0, 1, 5, 10, 20, 40, 60, 80, 100])
 def test_curriculum_mix_has_the_requested_fractions(p, tmp_path):
     counts = curriculum_counts(1000, p, ["inject-6", "inject-7"])
@@ -377,22 +413,31 @@ def test_curriculum_mix_has_the_requested_fractions(p, tmp_path):
     assert abs(counts["inject-6"] - counts["inject-7"]) <= 1
 
 
-def test_mix_corpus(tmp_path):
+def test_mix_corpus(tmp_path, monkeypatch):
     from tinytrace.data import BuildConfig, build, token_stream
+    from tinytrace.experiments import runners
+    from tinytrace.lang import tokenizer as tk
     from tinytrace.lang.config import get_preset
+
+    monkeypatch.setattr(runners, "WRITE_BYTES", 5_000)  # written in pieces, as a large corpus is
 
     build(BuildConfig(get_preset("base"), num_snippets=120, test_size=10, validation_size=10,
                           config_name="a"), tmp_path / "a", workers=1, progress=False)
     build(BuildConfig(get_preset("depth-6"), num_snippets=40, test_size=0, validation_size=0,
                           config_name="b"), tmp_path / "b", workers=1, progress=False)
     out, cfg = mix_corpus([(tmp_path / "a", "a", 90), (tmp_path / "b", "b", 10)], tmp_path / "mix")
-    import pyarrow.parquet as pq
-
     train = pq.read_table(out / cfg / "train-00000-of-00001.parquet").to_pydict()
     assert len(train["code"]) == 100 and sum(d == 6 for d in train["max_depth"]) == 10
     assert pq.read_table(out / cfg / "test-00000-of-00001.parquet").num_rows == 10
     stream = token_stream(out, cfg, "train")
     assert len(stream) == sum(train["n_tokens"])
+    # each row's tokens are its own trace's, in the rows' order; the corpora's own schema
+    ends = np.cumsum(train["n_tokens"])
+    assert all(list(stream[e - n:e]) == tk.encode(t) + [tk.EOS_ID]
+               for e, n, t in zip(ends, train["n_tokens"], train["trace"]))
+    source = pq.read_schema(tmp_path / "a" / "a" / "train-00000-of-00001.parquet")
+    assert pq.read_schema(out / cfg / "train-00000-of-00001.parquet").equals(source,
+                                                                          check_metadata=True)
     # excluded snippets leave every split; the stream still matches the rows
     a_train = pq.read_table(tmp_path / "a" / "a" / "train-00000-of-00001.parquet").to_pydict()
     a_val = pq.read_table(tmp_path / "a" / "a" / "validation-00000-of-00001.parquet").to_pydict()
@@ -406,6 +451,30 @@ def test_mix_corpus(tmp_path):
     assert len(token_stream(out, cfg, "validation")) == sum(val["n_tokens"])
     with pytest.raises(ValueError, match="outside the excluded sets"):
         mix_corpus([(tmp_path / "a", "a", 98)], tmp_path / "mix-y", exclude=exclude)
+
+
+def test_a_mix_of_over_2_gib_of_traces_is_written(tmp_path):
+    """A `paper`-scale injected-depth corpus holds more than 2 GiB of traces, where a `take` on
+    32-bit string offsets fails. The mix is written in the corpora's schema, in its order."""
+    n, width = 120_000, 18_000  # 2.16e9 bytes: two chunks sharing one buffer of zeros
+    half = n // 2
+    offsets = pa.py_buffer(np.arange(0, half * width + 1, width, dtype=np.int32))
+    chunk = pa.StringArray.from_buffers(half, offsets, pa.py_buffer(bytes(half * width)))
+    table = pa.table({"trace": pa.chunked_array([chunk, chunk]), "i": np.arange(n),
+                      "sha256": [str(i) for i in range(n)]})
+    with pytest.raises(pa.ArrowInvalid, match="overflow"):
+        table.take([0, n - 1])  # what the mix did before
+    part = tmp_path / "deep" / "data"
+    (part / "tokens").mkdir(parents=True)
+    pq.write_table(table, part / "train-00000-of-00001.parquet", row_group_size=half)
+    (np.arange(n) % 251).astype(np.uint8).tofile(part / "tokens" / "train.bin")
+    np.save(part / "tokens" / "train.idx.npy", np.arange(n))
+    out, cfg = mix_corpus([(tmp_path / "deep", "data", n - 8)], tmp_path / "mix", seed=3)
+    path = out / cfg / "train-00000-of-00001.parquet"
+    assert pq.read_schema(path).equals(table.schema)
+    order = pq.read_table(path, columns=["i"]).column("i").to_numpy()
+    assert sorted(order) == list(range(n - 8)) and (order != np.arange(n - 8)).any()
+    assert (np.fromfile(out / cfg / "tokens" / "train.bin", dtype=np.uint8) == order % 251).all()
 
 
 def test_two_workers_asking_at_once_build_an_artifact_once(tmp_path, monkeypatch):

@@ -265,13 +265,25 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
 
 
 # --- 4. depth curriculum (Sec. 4.3.1, App. F) -----------------------------------------------------------
+# Bytes a mixed corpus is written in, about: a `take` of that many rows (a parquet row group)
+# stays far below the 2 GiB that a `string` column's 32-bit offsets can address.
+WRITE_BYTES = 2**28
+
+
+def _wide(table: pa.Table) -> pa.Table:
+    """``table`` with 64-bit string offsets: a `paper`-scale corpus's traces (3M rows of about
+    770 bytes) pass 2 GiB, where `take` on 32-bit offsets fails."""
+    return table.cast(pa.schema([f.with_type(pa.large_string()) if f.type == pa.string() else f
+                                 for f in table.schema]))
+
+
 def _examples(folder: Path, name: str, split: str, n: int | None, exclude) -> tuple:
     """The first ``n`` (None: all) examples of a split whose ``sha256`` is not in ``exclude``:
-    their table and their token pieces."""
+    their table (with wide strings, :func:`_wide`) and their token pieces."""
     files = sorted((folder / name).glob(f"{split}-*.parquet"))
     if not files:
         return None, []
-    t = pa.concat_tables([pq.read_table(f) for f in files])
+    t = _wide(pa.concat_tables([pq.read_table(f) for f in files]))
     keep = [i for i, h in enumerate(t.column("sha256").to_pylist()) if h not in exclude]
     if n is not None:
         if len(keep) < n:
@@ -284,8 +296,15 @@ def _examples(folder: Path, name: str, split: str, n: int | None, exclude) -> tu
     return t.take(keep), [stream[idx[i]:ends[i]] for i in keep]
 
 
-def _write_split(tmp: Path, split: str, table, pieces: list, order) -> None:
-    pq.write_table(table.take(order), tmp / f"{split}-00000-of-00001.parquet", compression="zstd")
+def _write_split(tmp: Path, split: str, table, pieces: list, order, schema: pa.Schema) -> None:
+    """The rows ``order`` of ``table`` (wide strings) and their token pieces, written as one
+    split in ``schema`` (the corpora's own), about :data:`WRITE_BYTES` at a time."""
+    table = table.combine_chunks()  # once: a take from many chunks joins them first
+    rows = max(1, WRITE_BYTES * table.num_rows // max(table.nbytes, 1))
+    with pq.ParquetWriter(tmp / f"{split}-00000-of-00001.parquet", schema,
+                          compression="zstd") as w:
+        for i in range(0, len(order), rows):
+            w.write_table(table.take(order[i:i + rows]).cast(schema))
     lengths = np.array([len(pieces[i]) for i in order], dtype=np.int64)
     with open(tmp / "tokens" / f"{split}.bin", "wb") as f:
         for i in order:
@@ -315,13 +334,15 @@ def mix_corpus(parts: list[tuple[Path, str, int]], out: Path, seed: int = 0,
             raise ValueError(f"{folder}/{name} has 0 train examples, {n} requested")
         tables.append(t)
         pieces += p
+    schema = pq.read_schema(next((parts[0][0] / parts[0][1]).glob("train-*.parquet")))
     table = pa.concat_tables(tables)
-    _write_split(tmp, "train", table, pieces, np.random.default_rng(seed).permutation(table.num_rows))
+    _write_split(tmp, "train", table, pieces, np.random.default_rng(seed).permutation(table.num_rows),
+                 schema)
     splits = {"train": int(table.num_rows)}
     for split in ("validation", "test"):
         t, p = _examples(parts[0][0], parts[0][1], split, None, exclude)
         if t is not None:
-            _write_split(tmp, split, t, p, np.arange(t.num_rows))
+            _write_split(tmp, split, t, p, np.arange(t.num_rows), schema)
             splits[split] = int(t.num_rows)
     info = {"config_name": cfg, "parts": [[str(p), c, n] for p, c, n in parts], "seed": seed,
             "excluded_hashes": len(exclude), "splits": splits}
@@ -343,9 +364,13 @@ def _curriculum_corpora(ctx: _Context):
     s = ctx.scale
     base = ctx.base_corpus(s.curriculum_corpus, gen=s.generator("curriculum"))
     n_train = json.loads((base[0] / base[1] / "build.json").read_text())["splits"]["train"]
-    extra = {r: ctx.cache.corpus(s.generator(r), n_train + 8, test_size=0, seed=ctx.seed,
+    # each injected depth as many snippets as the largest p takes of it (half the corpus at
+    # p = 100), and a few more
+    inject = _inject_roles(s)
+    most = curriculum_counts(n_train, max(s.curriculum_ps), inject)
+    extra = {r: ctx.cache.corpus(s.generator(r), most[r] + 8, test_size=0, seed=ctx.seed,
                                  context=s.context)
-             for r in _inject_roles(s)} if max(s.curriculum_ps) else {}
+             for r in inject} if max(s.curriculum_ps) else {}
     return base, extra, n_train
 
 
@@ -691,8 +716,12 @@ def run_tokens(scale: str, data_dir=SHIPPED) -> dict[str, list[float]]:
         "pair_coverage": [x for d, (_, covs) in enumerate(draws) for x in
                           [s.coverage_corpus * n * ce * tok["id"]] * len(covs)
                           + ([n * ce * tok["id"]] if d and covs else [])],
-        "depth_curriculum": [s.curriculum_corpus * n * s.recipe(s.curriculum_epochs).epochs
-                             * tok["curriculum"]] * len(s.curriculum_ps),
+        # the injected snippets are deeper, so longer: each p mixes its own token count (a
+        # scaled-down task's depths have no shipped set: its curriculum's mean stands in)
+        "depth_curriculum": [s.recipe(s.curriculum_epochs).epochs * sum(
+            k * tok.get(part, tok["curriculum"]) for part, k in curriculum_counts(
+                round(s.curriculum_corpus * n), p, _inject_roles(s)).items())
+            for p in s.curriculum_ps],
         "sft_lora": [0.0] + [size * epochs * tok["id"] for size in s.sft_sizes
                              for epochs in s.sft_epochs],
         "pe_ablation": [0.0 if _pe_is_base(s, pe) else s.pe_corpus * n * e * tok["id"]
