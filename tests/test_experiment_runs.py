@@ -7,6 +7,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tinytrace.cli import build_parser, main
@@ -88,6 +89,17 @@ def test_one_run_alone_is_reused_by_the_experiment(tmp_path, capsys):
     assert len(after) == len(training_runs("pair_coverage", "smoke"))
     assert alone.items() <= after.items()  # the same folder, not trained again
     assert main(out) == 0 and _done_runs(cache) == every  # all there: nothing trained again
+    rows = pd.read_csv(tmp_path / "res" / "results.csv")  # the reference rows too
+    assert (rows["test_set"] == "excluded-base").sum() == (rows["test_set"] == "excluded").sum() > 0
+    # a run done without its weights whose evaluation is missing: trained again only if allowed
+    (cache / base / "model.safetensors").unlink()
+    for f in cache.glob("eval-*.json"):
+        if json.loads(f.read_text())["run"] == base:
+            f.unlink()
+    assert main(out) == 2
+    assert "drop --no-train to train it again" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="True or False"):
+        run_experiment("pair_coverage", "smoke", cache_dir=cache, train="False")  # -p train=False
 
 
 @pytest.mark.slow

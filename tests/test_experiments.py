@@ -462,8 +462,6 @@ def test_a_mix_of_over_2_gib_of_traces_is_written(tmp_path):
     chunk = pa.StringArray.from_buffers(half, offsets, pa.py_buffer(bytes(half * width)))
     table = pa.table({"trace": pa.chunked_array([chunk, chunk]), "i": np.arange(n),
                       "sha256": [str(i) for i in range(n)]})
-    with pytest.raises(pa.ArrowInvalid, match="overflow"):
-        table.take([0, n - 1])  # what the mix did before
     part = tmp_path / "deep" / "data"
     (part / "tokens").mkdir(parents=True)
     pq.write_table(table, part / "train-00000-of-00001.parquet", row_group_size=half)

@@ -16,7 +16,7 @@ from tinytrace.experiments import (
     run_training,
     training_runs,
 )
-from tinytrace.experiments.cache import NotTrained
+from tinytrace.experiments.cache import NotTrained, WeightsMissing
 from tinytrace.experiments.jobs import LAUNCHER
 from tinytrace.interrupt import Interrupted
 
@@ -106,9 +106,12 @@ def _run(args) -> int:
     try:
         df = run_experiment(args.name, args.scale, args.out, args.cache_dir, args.seed,
                             args.device, progress=not args.quiet, train=not args.no_train)
-    except NotTrained as e:  # only with --no-train
-        raise ValueError(f"{e} in {args.cache_dir} and --no-train trains nothing: train it "
-                         "first (--list-runs, --run INDEX) or drop --no-train") from None
+    except NotTrained as e:
+        if not args.no_train:
+            raise
+        again = ("drop --no-train to train it again" if isinstance(e, WeightsMissing) else
+                 "train it first (--list-runs, --run INDEX) or drop --no-train")
+        raise ValueError(f"{e}, and --no-train trains nothing: {again}") from None
     print(df[shown_columns(df)].to_string(index=False))
     print(f"wrote {Path(args.out) / 'results.csv'}")
     return 0

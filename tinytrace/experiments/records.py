@@ -18,7 +18,7 @@ that is not cached: a changed notebook, or another scale that shares the run), t
 :class:`WeightsMissing`, and :func:`~.runners.run_experiment` forgets the run (:func:`forget`:
 its metadata, the evaluations made of it and its rows, and the fine-tuning runs made from it;
 listed in the cache's :data:`FORGOTTEN`, so that :func:`export_records` removes them from the
-store too) and trains it again.
+store too) and trains it again; with ``train=False`` (``--no-train``) it fails instead.
 """
 from __future__ import annotations
 

@@ -633,7 +633,8 @@ def evaluate_trained(name: str, scale="smoke", cache_dir="cache", seed: int = 0,
 def _rows(runner: Callable, ctx: _Context) -> list[dict]:
     """``runner``'s rows. A run that came as records only (:mod:`.records`: done, no weights)
     and is asked for an evaluation that is not cached is forgotten and trained again, and the
-    runner starts over (what it already evaluated is cached)."""
+    runner starts over (what it already evaluated is cached); where the context trains nothing,
+    :class:`WeightsMissing` is raised instead."""
     tries: Counter = Counter()
     while True:
         try:
@@ -656,11 +657,14 @@ def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: 
                    device=None, progress: bool = True, train: bool = True):
     """Run one experiment at a scale; returns the tidy results table (and writes
     ``out/results.csv`` plus ``out/config.json`` when ``out`` is given). ``train`` False:
-    train nothing, and raise :class:`NotTrained` at the first run the cache does not hold done
-    (or, where an evaluation is not cached, holds without its weights): a GPU slot's section
-    unit, whose runs earlier units trained, then fails at once instead of training them."""
+    train nothing (corpora are still built), and raise :class:`NotTrained` at the first run the
+    cache does not hold done (or, where an evaluation is not cached, holds without its
+    weights): a GPU slot's section unit, whose runs earlier units trained, then fails instead
+    of training them."""
     if name not in RUNNERS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    if not isinstance(train, bool):  # e.g. papermill's -p train=False, a string
+        raise ValueError(f"train must be True or False, got {train!r}")
     _hide_gpu(device)
     sc = get_scale(scale)
     random.seed(seed)
