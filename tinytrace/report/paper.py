@@ -70,7 +70,7 @@ REPORTED: list[Reported] = [
     Reported("depth_curriculum", "depth6_p0", "depth-6 EM with p = 0", 0.949, "4.3.1, Fig. 13"),
     Reported("depth_curriculum", "depth67_p1", "depth-6 and depth-7 EM once p >= 1 (at least)", 0.99,
              "4.3.1, Fig. 13", "threshold"),
-    Reported("depth_curriculum", "depth8_best", "depth-8 EM, best over p", 0.994, "4.3.1, Fig. 13"),
+    Reported("depth_curriculum", "depth8_best", "depth-8 EM, best over p >= 1", 0.994, "4.3.1, Fig. 13"),
     Reported("depth_curriculum", "depth9", "depth-9 EM much lower for every p", "qualitative",
              "4.3.1, Fig. 13", "threshold"),
     # SFT with LoRA (Sec. 4.4, App. G.1, Table 3)

@@ -172,8 +172,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
                 f"{_pc(value[key] - 0.1)}){'' if key == 'depth6_p0' else note}"))
         if not gate and "depth8_best" in m:
             d8 = m["depth8_best"]
-            d9 = float(kept[kept["test_set"] == tests[3]]["exact_match"].max())
-            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p: {_pc(d9)} vs depth-8's {_pc(d8)}{note}")
+            d9 = float(kept[(kept["test_set"] == tests[3]) & (kept["p"] >= 1)]["exact_match"].max())
+            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p >= 1: {_pc(d9)} vs depth-8's {_pc(d8)}{note}")
         else:
             out["depth9"] = gate or out["depth8_best"]
     elif experiment == "pe_ablation":
