@@ -48,6 +48,14 @@ def untrained_curriculum_runs(df) -> dict:
     return {p: em for p, em in own.items() if em < TRAINED_EM}
 
 
+def trained_later_runs(df):
+    """The rows of the curriculum runs with p >= 1 that are trained enough on their own test:
+    what the findings about the injected and deeper depths read (depth 8 once depths 6-7 are
+    trained, Sec. 4.3.1; the p = 0 run never sees them)."""
+    kept = df[~df["p"].isin(list(untrained_curriculum_runs(df)))]
+    return kept[kept["p"] >= 1]
+
+
 def depth_tests(df) -> list[str]:
     """The OOD depth test sets of a curriculum run, shallowest first (``depth-6`` .. at paper
     scale, ``depth-3`` .. on the scaled-down task): the paper's 6, 7, 8, 9 in that order."""
@@ -152,14 +160,10 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
         if len(tests) >= 4:
             d6, d7, d8, d9 = tests[:4]
             out["depth6_p0"] = mean_em(df, test_set=d6, p=df["p"].min())
-            # the p >= 1 findings over the runs trained enough on their own test
-            kept = df[~df["p"].isin(list(untrained_curriculum_runs(df)))]
-            later = kept[kept["p"] >= 1]
+            later = trained_later_runs(df)
             if len(later):
                 out["depth67_p1"] = float(
                     later[later["test_set"].isin([d6, d7])].groupby("p")["exact_match"].min().min())
-            # depth 8 "up to 99.4%" once depths 6-7 are in training (Sec. 4.3.1): over those runs
-            # only; the p = 0 run never saw them and cannot show it
             if (later["test_set"] == d8).any():
                 out["depth8_best"] = float(later[later["test_set"] == d8]["exact_match"].max())
                 out["depth9"] = f"best over p >= 1: {float(later[later['test_set'] == d9]['exact_match'].max()):.3f}"
