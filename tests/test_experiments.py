@@ -346,9 +346,11 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     assert row["epochs"] == 2
     assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
     assert long.coverage_draws == 3
-    assert long.coverage_drawn == ("assignment-90", "assignment-100", "global-10", "global-30")
-    assert row["exclusion %"] == ("10, 30, 60, 90, 100; assignment 90 (x3); assignment 100 (x3); "
-                                  "global 10 (x3); global 30 (x3)")
+    assert long.coverage_drawn == ("assignment-60", "assignment-90", "assignment-100",
+                                   "global-10", "global-30", "global-60")
+    assert row["exclusion %"] == ("10, 30, 60, 90, 100; assignment 60 (x3); assignment 90 (x3); "
+                                  "assignment 100 (x3); global 10 (x3); global 30 (x3); "
+                                  "global 60 (x3)")
     assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 1"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")

@@ -219,7 +219,9 @@ def _scales() -> Presets[Scale]:
     # standard error (about 2.6 points of share at n = 512) of the 80% or 20% line are drawn
     # three times: global 10% and 30% (below the line), assignment 90% (above it); so is
     # assignment 100%, the collapse point, whose one run fell on either side of the 20% line on
-    # two machines (15.2% and 41.8% of the reference).
+    # two machines (15.2% and 41.8% of the reference); and so are the points on the other side
+    # of each crossing the verdicts read, assignment 60% and global 60%, so that every point
+    # next to a verdict's threshold has three draws.
     # Everything else is `cpu`'s (but the LoRA runs start from the 2-epoch base model), so the
     # two scales share every run of the same recipe and corpus in the cache.
     cpu_long = dataclasses.replace(
@@ -227,8 +229,9 @@ def _scales() -> Presets[Scale]:
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid, "
-                    "10% and 30%; three draws of the points near a line, assignment 90%, global 10% "
-                    "and 30%, and of the collapse point, assignment 100%) and curriculum run (Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
+                    "10% and 30%; three draws of each point next to a verdict's threshold: "
+                    "assignment 60%, 90% and 100%, global 10%, 30% and 60%) and curriculum run "
+                    "(Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
                     "they train on a fifth and 15% of it and stop near 50% ID EM); the base "
                     "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
                     "and the LoRA runs start from that base model; every other run is `cpu`'s, "
@@ -239,7 +242,8 @@ def _scales() -> Presets[Scale]:
         coverage_corpus=1.0,
         coverage_epochs=1,
         coverage_draws=3,
-        coverage_drawn=("assignment-90", "assignment-100", "global-10", "global-30"),
+        coverage_drawn=("assignment-60", "assignment-90", "assignment-100", "global-10", "global-30",
+                       "global-60"),
         curriculum_corpus=1.0,
         curriculum_epochs=1,
     )
