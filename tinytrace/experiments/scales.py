@@ -215,13 +215,11 @@ def _scales() -> Presets[Scale]:
     # The base run, and with it the PE runs (the paper trains both alike, G.2), gets 2 epochs
     # (the paper: 4; `cpu`: 1); the exclusion and curriculum runs, whose epochs the paper does
     # not give, keep `cpu`'s 1 (they are many), and the exclusion runs' reference is then the
-    # base recipe at 1 epoch: `cpu`'s base model. The points whose first draw sat within a
-    # standard error (about 2.6 points of share at n = 512) of the 80% or 20% line are drawn
-    # three times: global 10% and 30% (below the line), assignment 90% (above it); so is
-    # assignment 100%, the collapse point, whose one run fell on either side of the 20% line on
-    # two machines (15.2% and 41.8% of the reference); and so are the points on the other side
-    # of each crossing the verdicts read, assignment 60% and global 60%, so that every point
-    # next to a verdict's threshold has three draws.
+    # base recipe at 1 epoch: `cpu`'s base model. The points the verdicts hinge on are drawn
+    # three times: those whose first draw sat within a standard error (about 2.6 points of
+    # share at n = 512) of the 80% line (global 10% and 30%, assignment 90%), the collapse
+    # point (assignment 100%), and the other side of each crossing the verdicts read (both
+    # 60% points); why and when each was added: notes/issue15-learning.md.
     # Everything else is `cpu`'s (but the LoRA runs start from the 2-epoch base model), so the
     # two scales share every run of the same recipe and corpus in the cache.
     cpu_long = dataclasses.replace(
@@ -229,8 +227,8 @@ def _scales() -> Presets[Scale]:
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid, "
-                    "10% and 30%; three draws of each point next to a verdict's threshold: "
-                    "assignment 60%, 90% and 100%, global 10%, 30% and 60%) and curriculum run "
+                    "10% and 30%; three draws of the points the verdicts hinge on: assignment "
+                    "60%, 90% and 100%, global 10%, 30% and 60%) and curriculum run "
                     "(Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
                     "they train on a fifth and 15% of it and stop near 50% ID EM); the base "
                     "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
