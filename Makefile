@@ -11,6 +11,8 @@ SCALE  ?= $(shell $(BIN)/python -c "import torch; print('gpu' if torch.cuda.is_a
 JOBS   ?= 1
 # a subset of the sections for `make notebooks` (e.g. ONLY=04,05); empty: all six
 ONLY   ?=
+# pytest-xdist processes of `make test`, each test file on one of them (0: one process)
+TEST_JOBS ?= 2
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install test book html lab clean notebooks
@@ -26,7 +28,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # The main job: build the shipped test set, show one example, run every section notebook at
 # $(SCALE) into book/sections/ (a progress line per notebook), regenerate the pages, build the book.

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -5,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +22,8 @@ def _hf_home(tmp_path_factory, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:  # tiny models gain nothing from threads; oversubscribed cores lose a lot
         import torch
 
@@ -28,26 +32,47 @@ def pytest_configure(config):
         pass
 
 
+def _shared(tmp_path_factory, name: str) -> Path:
+    """A folder of this test session: under pytest-xdist (``-n``) every worker's same folder,
+    so the session fixtures below are made once (the filelock pattern of xdist's docs)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    return root / name
+
+
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
     """One experiment cache for the whole session: the smoke-scale base model is trained once
-    and reused by the experiment tests and the notebook runs."""
-    return tmp_path_factory.mktemp("smoke-cache")
+    and reused by the experiment tests and the notebook runs (the cache's own locks make
+    workers that ask for one artifact at once build it once)."""
+    path = _shared(tmp_path_factory, "smoke-cache")
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
 def smoke_batch(tmp_path_factory, smoke_cache):
     """The book at smoke scale (`tinytrace notebooks run`) on the session's cache, its records
     store in the default place: the runs the experiment tests trained are reused, so this
-    checks the notebooks themselves (training is checked by those tests).
+    checks the notebooks themselves (training is checked by those tests). Run once per
+    session; the tests only read it.
     Returns ``(out, completed process, seconds)``."""
-    out = tmp_path_factory.mktemp("sections")
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinytrace", "notebooks", "run", "--scale", "smoke", "--out",
-         str(out), "--cache-dir", str(smoke_cache), "--jobs", "2"],
-        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
-    return out, proc, time.perf_counter() - t0
+    out = _shared(tmp_path_factory, "sections")
+    done = out.with_name("sections.json")
+    with FileLock(f"{out}.lock"):
+        if not done.exists():
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "tinytrace", "notebooks", "run", "--scale", "smoke",
+                 "--out", str(out), "--cache-dir", str(smoke_cache), "--jobs", "2"],
+                capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+            done.write_text(json.dumps({"args": proc.args, "returncode": proc.returncode,
+                                        "stdout": proc.stdout, "stderr": proc.stderr,
+                                        "seconds": time.perf_counter() - t0}))
+    r = json.loads(done.read_text())
+    proc = subprocess.CompletedProcess(r["args"], r["returncode"], r["stdout"], r["stderr"])
+    return out, proc, r["seconds"]
 
 
 def _signal_when(cmd, ready, signum, env=None, deadline_s=120):
@@ -74,3 +99,4 @@ def _signal_when(cmd, ready, signum, env=None, deadline_s=120):
 def signal_when():
     """:func:`_signal_when`: run a command and interrupt it once a condition holds."""
     return _signal_when
+
