@@ -325,6 +325,17 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     assert v["verdict"] == REPRODUCED and "declines between 10% and 60%" in v["evidence"]
     assert "10%: 88.7% (72.5% of 81.7%, pooled over 3 draws, each 78.7% to 101.0%)" in v["evidence"]
     assert "60%: 50.0% (40.0% of 80.0%)," in v["evidence"]
+    # the reading rests on a point whose draws straddle the line: the evidence says so
+    split = "the draws at 10% (78.7% to 101.0%) lie on both sides of the 80% line"
+    assert split in v["evidence"] and v["evidence"].count("both sides") == 1
+    assert split in verdicts("pair_coverage", df, "cpu")["assignment_decline_from"]["evidence"]
+    # and not where every draw lies on one side (the first draw lifted above the line)
+    above = df.copy()
+    above.loc[(above["seed"] == 0) & (above["test_set"] == "excluded") & (above["exclusion_pct"] == 10),
+              "exact_match"] = 0.7
+    v_above = verdicts("pair_coverage", above, "cpu")
+    assert v_above["global_below_80_from"]["verdict"] == REPRODUCED
+    assert not [k for k, x in v_above.items() if "both sides" in x["evidence"]]
     assert "10%: 72.5% (pooled over 3 draws, each 65.6% to 84.4%)" in verdicts(
         "pair_coverage", df[df["test_set"] != "excluded-base"], "paper")["global_below_80_from"]["evidence"]
     one = verdicts("pair_coverage", df[df["seed"] == 0], "cpu")["global_below_80_from"]

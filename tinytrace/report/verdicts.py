@@ -250,11 +250,13 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         if gate:
             out.update({k: gate for k in keys})
             continue
-        pooled = {}  # a point drawn more than once: how many, and the range of its draws
+        pooled, spread = {}, {}  # a point drawn more than once: how many, the range of its draws
         for p, each in draws(df, scope).items():
             vals = [e / r if shares else e for e, r in each.values() if not shares or r > 0]
             pooled[p] = (f", pooled over {len(each)} draws, each {_pc(min(vals))} to {_pc(max(vals))}"
                          if len(each) > 1 and vals else "")
+            if len(vals) > 1:
+                spread[p] = (min(vals), max(vals))
         if shares:
             curve = ("excluded-pairs EM as a share of the reference model's on the same snippets: "
                      + ", ".join(f"{p}%: {_pc(e)} ({_pc(a)} of {_pc(r)}{pooled[p]})"
@@ -263,6 +265,7 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
             curve = ", ".join(f"{p}%: {_pc(e)}" + (f" ({pooled[p][2:]})" if pooled[p] else "")
                               for p, e in zip(pcts, ems))
         lo, hi = bracket(pcts, ems, HIGH_EM)
+        split80 = _split_draws(spread, (lo, hi), HIGH_EM)
         if scope == "assignment":
             paper_until = value["assignment_excluded_above_80_until"]
             if hi is None or lo is None:
@@ -288,6 +291,9 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
                 _verdict(False, f"no collapse below {_pc(COLLAPSE_EM)} on the grid ({curve})")
                 if chi is None else
                 _verdict(chi == value["assignment_collapse_at"], f"below {_pc(COLLAPSE_EM)} from {chi}% ({curve})"))
+            _add(out["assignment_collapse_at"], _split_draws(spread, (clo, chi), COLLAPSE_EM))
+            for k in ("assignment_excluded_above_80_until", "assignment_decline_from"):
+                _add(out[k], split80)
         else:
             paper_from = value["global_below_80_from"]
             if lo is None:
@@ -298,4 +304,23 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
             else:
                 out["global_below_80_from"] = _verdict(lo < paper_from <= hi,
                                                        f"declines between {lo}% and {hi}% ({curve})")
+            _add(out["global_below_80_from"], split80)
     return out
+
+
+def _split_draws(spread: dict, points, line: float) -> str:
+    """The evidence's clause for the points a reading rests on (``points``: a bracket) whose
+    draws lie on both sides of ``line`` (some at or below it, some above): the side the pooled
+    mean falls on decides the reading, and other draws could move it. Empty where none do."""
+    split = [p for p in dict.fromkeys(points) if p in spread and spread[p][0] <= line < spread[p][1]]
+    if not split:
+        return ""
+    where = ", ".join(f"{p}% ({_pc(spread[p][0])} to {_pc(spread[p][1])})" for p in split)
+    return (f"; the draws at {where} lie on both sides of the {100 * line:g}% line, so this reading "
+            f"rests on their pooled mean and more draws could change it")
+
+
+def _add(verdict: dict, clause: str) -> None:
+    """Append ``clause`` to a verdict's evidence (not to a not-comparable one: it read no point)."""
+    if clause and verdict["verdict"] != NOT_COMPARABLE:
+        verdict["evidence"] += clause
