@@ -155,6 +155,32 @@ def test_the_runner_keeps_the_records_of_a_notebook_that_failed(tmp_path):
     assert not res.ok and not (tmp_path / "out2" / "records").exists()
 
 
+
+def test_listing_the_records_skips_what_another_process_removes_meanwhile(tmp_path, monkeypatch):
+    """Two notebooks (``--jobs``) or test workers share a cache: a run folder that another
+    process removes while the records are listed is left out, not an error."""
+    from tinytrace.experiments import records as R
+
+    cache = tmp_path / "cache"
+    runs = [cache / "run-a", cache / "run-b"]
+    for run in runs:
+        run.mkdir(parents=True)
+        (run / "done.json").write_text("{}")
+        (run / "config.json").write_text("{}")
+    (cache / "eval-x.json").write_text("{}")
+    listed = R._entries
+
+    def racing(folder):
+        out = listed(folder)
+        if folder == cache:
+            shutil.rmtree(runs[1])  # gone between the cache's listing and the run's
+        return out
+
+    monkeypatch.setattr(R, "_entries", racing)
+    assert [str(p) for p in record_files(cache)] == ["eval-x.json", "run-a/config.json",
+                                                     "run-a/done.json"]
+    assert listed(tmp_path / "gone") == []
+
 def test_a_notebook_reruns_from_the_store_on_a_fresh_cache(tmp_path, smoke_batch):
     out1, proc, _ = smoke_batch  # the book at smoke, its store in the default place
     out2, cache2 = tmp_path / "out2", tmp_path / "cache2"

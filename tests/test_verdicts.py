@@ -329,6 +329,12 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     split = "the draws at 10% (78.7% to 101.0%) lie on both sides of the 80% line"
     assert split in v["evidence"] and v["evidence"].count("both sides") == 1
     assert split in verdicts("pair_coverage", df, "cpu")["assignment_decline_from"]["evidence"]
+    # a draw exactly at the line counts as below it
+    at = df.copy()
+    at.loc[(at["seed"] == 0) & (at["test_set"] == "excluded") & (at["exclusion_pct"] == 10),
+           "exact_match"] = 0.8 * 0.834
+    assert "the draws at 10% (80.0% to 101.0%) lie on both sides" in verdicts(
+        "pair_coverage", at, "cpu")["global_below_80_from"]["evidence"]
     # and not where every draw lies on one side (the first draw lifted above the line)
     above = df.copy()
     above.loc[(above["seed"] == 0) & (above["test_set"] == "excluded") & (above["exclusion_pct"] == 10),
@@ -346,6 +352,26 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     assert t.loc[("global", 10, "0"), "share of the reference (%)"] == 78.7
     assert draws_table(df[df["seed"] == 0]).empty
 
+
+
+def test_a_reading_names_every_point_before_its_line_whose_draws_straddle_it():
+    """The collapse reads the grid up to its first point below 20%: a point before that one
+    whose draws lie on both sides of the line is named (its pooled mean keeps it above) along
+    with the crossing point itself."""
+    rows = []
+    for pct, seed, share in ((10, 0, 0.9), (60, 0, 0.1), (60, 1, 0.5), (90, 0, 0.5),
+                             (100, 0, 0.05), (100, 1, 0.15), (100, 2, 0.3)):
+        rows += [{"scope": "assignment", "exclusion_pct": pct, "seed": seed, "test_set": t,
+                  "exact_match": v} for t, v in (("allowed", 0.96), ("excluded", 0.8 * share),
+                                                 ("excluded-base", 0.8))]
+    v = verdicts("pair_coverage", pd.DataFrame(rows), "cpu")
+    collapse = v["assignment_collapse_at"]
+    assert collapse["verdict"] == REPRODUCED  # pooled: 30% at 60%, 16.7% at 100%, the paper's
+    assert "below 20.0% from 100%" in collapse["evidence"]
+    assert ("the draws at 60% (10.0% to 50.0%), 100% (5.0% to 30.0%) lie on both sides of the "
+            "20% line" in collapse["evidence"])
+    # the 80% line: first at or below from 60%, where the draws (10% and 50%) do not straddle it
+    assert "both sides" not in v["assignment_decline_from"]["evidence"]
 
 def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
     """The AMD EPYC render of the book's 05 (cpu-long): the p = 50 run traces 84.6% of its own

@@ -68,17 +68,30 @@ def record_files(cache, since: float | None = None, used=()) -> list[Path]:
     ``compute.artifacts``: its runs' metadata, rows and evaluations too)."""
     cache, used = Path(cache), set(used)
     out = []
-    for f in cache.rglob("*"):
-        rel = f.relative_to(cache)
-        if (len(rel.parts) > 2 or f.name.startswith(".")
-                or (len(rel.parts) == 2 and not (_is_run(rel.parts[0])
-                                                 and (f.parent / "done.json").is_file()))
-                or f.suffix in (".lock", ".safetensors", ".tmp") or not f.is_file()):
-            continue
-        if (since is None or f.stat().st_mtime >= since or rel.parts[0] in used
-                or (used and _of_run(cache, rel) in used)):
-            out.append(rel)
+    for top in _entries(cache):
+        files = (_entries(top) if _is_run(top.name) and (top / "done.json").is_file() else [top])
+        for f in files:
+            rel = f.relative_to(cache)
+            if (f.name.startswith(".") or f.suffix in (".lock", ".safetensors", ".tmp")
+                    or not f.is_file()):
+                continue
+            try:
+                mtime = f.stat().st_mtime
+            except FileNotFoundError:  # removed since listed: another process is making it
+                continue
+            if (since is None or mtime >= since or rel.parts[0] in used
+                    or (used and _of_run(cache, rel) in used)):
+                out.append(rel)
     return sorted(out)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds now, not its subfolders' contents (none if it is gone: another
+    process working in the same cache may rename or remove a folder meanwhile)."""
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -252,7 +252,8 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
             continue
         pooled, spread = {}, {}  # a point drawn more than once: how many, the range of its draws
         for p, each in draws(df, scope).items():
-            vals = [e / r if shares else e for e, r in each.values() if not shares or r > 0]
+            vals = [v for v in (e / r if shares else e for e, r in each.values()
+                                if not shares or r > 0) if math.isfinite(v)]
             pooled[p] = (f", pooled over {len(each)} draws, each {_pc(min(vals))} to {_pc(max(vals))}"
                          if len(each) > 1 and vals else "")
             if len(vals) > 1:
@@ -265,7 +266,7 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
             curve = ", ".join(f"{p}%: {_pc(e)}" + (f" ({pooled[p][2:]})" if pooled[p] else "")
                               for p, e in zip(pcts, ems))
         lo, hi = bracket(pcts, ems, HIGH_EM)
-        split80 = _split_draws(spread, (lo, hi), HIGH_EM)
+        split80 = _split_draws(spread, pcts, hi, HIGH_EM)
         if scope == "assignment":
             paper_until = value["assignment_excluded_above_80_until"]
             if hi is None or lo is None:
@@ -291,7 +292,7 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
                 _verdict(False, f"no collapse below {_pc(COLLAPSE_EM)} on the grid ({curve})")
                 if chi is None else
                 _verdict(chi == value["assignment_collapse_at"], f"below {_pc(COLLAPSE_EM)} from {chi}% ({curve})"))
-            _add(out["assignment_collapse_at"], _split_draws(spread, (clo, chi), COLLAPSE_EM))
+            _add(out["assignment_collapse_at"], _split_draws(spread, pcts, chi, COLLAPSE_EM))
             for k in ("assignment_excluded_above_80_until", "assignment_decline_from"):
                 _add(out[k], split80)
         else:
@@ -308,11 +309,13 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
     return out
 
 
-def _split_draws(spread: dict, points, line: float) -> str:
-    """The evidence's clause for the points a reading rests on (``points``: a bracket) whose
-    draws lie on both sides of ``line`` (some at or below it, some above): the side the pooled
-    mean falls on decides the reading, and other draws could move it. Empty where none do."""
-    split = [p for p in dict.fromkeys(points) if p in spread and spread[p][0] <= line < spread[p][1]]
+def _split_draws(spread: dict, pcts, first_below, line: float) -> str:
+    """The evidence's clause for the points a reading rests on (the grid up to the first point
+    at or below ``line``, all of it where none is) whose draws lie on both sides of ``line``
+    (some at or below it, some above): the side their pooled mean falls on decides the reading,
+    and other draws could move it. Empty where none do."""
+    read = [p for p in pcts if first_below is None or p <= first_below]
+    split = [p for p in read if p in spread and spread[p][0] <= line < spread[p][1]]
     if not split:
         return ""
     where = ", ".join(f"{p}% ({_pc(spread[p][0])} to {_pc(spread[p][1])})" for p in split)
