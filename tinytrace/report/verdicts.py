@@ -319,8 +319,18 @@ def _split_draws(spread: dict, pcts, first_below, line: float) -> str:
     if not split:
         return ""
     where = ", ".join(f"{p}% ({_pc(spread[p][0])} to {_pc(spread[p][1])})" for p in split)
-    return (f"; the draws at {where} lie on both sides of the {100 * line:g}% line, so this reading "
-            f"rests on their pooled mean and more draws could change it")
+    return (f"; the draws at {where} lie on both sides of the {100 * line:g}% line, so this "
+            f"{SPLIT_DRAWS}")
+
+
+# the end of the evidence clause of :func:`_split_draws`, which :func:`rests_on_split_draws` finds
+SPLIT_DRAWS = "reading rests on their pooled mean and more draws could change it"
+
+
+def rests_on_split_draws(row: dict) -> bool:
+    """Whether a verdict (or a paper-vs-ours row) reads a point whose draws lie on both sides
+    of the line it is read against (:func:`_split_draws`)."""
+    return SPLIT_DRAWS in (row.get("evidence") or "")
 
 
 def _add(verdict: dict, clause: str) -> None:
