@@ -299,6 +299,26 @@ def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code
     assert list((tmp_path / ".base.chunks").glob("*.arrow"))  # kept for the rerun
 
 
+
+def _sigint_disposition(_):
+    return signal.getsignal(signal.SIGINT)
+
+
+def test_pool_workers_start_with_sigint_ignored():
+    """A group Ctrl-C that reaches a build worker still importing (before it leaves the job's
+    process group) finds SIGINT ignored there, not a KeyboardInterrupt with its traceback;
+    the main process keeps its own handler."""
+    from tinytrace.data.build import _worker_pool
+
+    before = signal.getsignal(signal.SIGINT)
+    pool = _worker_pool(2)
+    try:
+        assert signal.getsignal(signal.SIGINT) is before
+        assert pool.map(_sigint_disposition, range(2)) == [signal.SIG_IGN] * 2
+    finally:
+        pool.terminate()
+        pool.join()
+
 PIPELINE_CONFIGS = {
     "base": get_preset("base"),
     "deeper": get_preset("deeper"),

@@ -31,7 +31,9 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -96,6 +98,20 @@ def _own_process_group() -> None:
     locks (sending a result) would hang the pool; one left alone exits on the pool's EOF if
     the main process dies."""
     os.setpgrp()
+
+
+def _worker_pool(workers: int):
+    """The build's spawned worker pool. Its workers start with SIGINT ignored (inherited through
+    ``exec``; Python then installs no KeyboardInterrupt handler): a Ctrl-C that reaches one while
+    it is still importing, before :func:`_own_process_group` takes it out of the job's group,
+    would print a traceback. ``Pool.terminate`` ends them with SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():  # no handlers to swap there
+        return mp.get_context("spawn").Pool(workers, _own_process_group)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return mp.get_context("spawn").Pool(workers, _own_process_group)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
 def _is_main_test(test: ast.expr) -> bool:
@@ -351,7 +367,7 @@ def build(cfg: BuildConfig, out: str | os.PathLike, workers: int | None = None,
         "chunk_size": cfg.chunk_size, "tinytrace_version": __version__})
     tasks = ((gen_dict, cfg.context, cfg.seed, i, cfg.chunk_size)
              for i in itertools.count(store.count))
-    pool = mp.get_context("spawn").Pool(workers, _own_process_group) if workers > 1 else None
+    pool = _worker_pool(workers) if workers > 1 else None
     bar = tqdm(total=total, desc=f"build {name}", unit="snippet", disable=not progress)
     with stop_requests() as stop:
         try:
