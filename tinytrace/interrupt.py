@@ -39,6 +39,21 @@ class StopRequest:
 
 
 @contextmanager
+def signal_handlers(handlers: dict):
+    """Install ``handlers`` (signal -> handler) for the block and restore the previous ones
+    after it. Outside the main thread, where Python cannot install handlers, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: set outside Python
+
+
+@contextmanager
 def stop_requests(signals=SIGNALS):
     """Turn ``signals`` into a :class:`StopRequest` the job polls, instead of an exception
     raised wherever the job happens to be (mid-step, mid-save). Later signals change nothing:
@@ -47,17 +62,10 @@ def stop_requests(signals=SIGNALS):
     inside a notebook or a test leaves them as it found them. Outside the main thread, where
     Python cannot install handlers, the flag never sets and signals keep their usual effect."""
     stop = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
     def handler(signum, frame):
         if not stop:
             stop.signum = signum
 
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with signal_handlers({s: handler for s in signals}):
         yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: set outside Python

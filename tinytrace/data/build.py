@@ -33,7 +33,6 @@ import resource
 import shutil
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections import Counter
@@ -46,7 +45,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tinytrace import __version__
-from tinytrace.interrupt import Interrupted, stop_requests
+from tinytrace.interrupt import Interrupted, signal_handlers, stop_requests
 from tinytrace.lang.config import GeneratorConfig, get_preset
 
 from .card import write_card
@@ -105,13 +104,8 @@ def _worker_pool(workers: int):
     ``exec``; Python then installs no KeyboardInterrupt handler): a Ctrl-C that reaches one while
     it is still importing, before :func:`_own_process_group` takes it out of the job's group,
     would print a traceback. ``Pool.terminate`` ends them with SIGTERM."""
-    if threading.current_thread() is not threading.main_thread():  # no handlers to swap there
+    with signal_handlers({signal.SIGINT: signal.SIG_IGN}):
         return mp.get_context("spawn").Pool(workers, _own_process_group)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return mp.get_context("spawn").Pool(workers, _own_process_group)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
 def _is_main_test(test: ast.expr) -> bool:

@@ -88,15 +88,15 @@ def verdict_counts(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def _counts_text(counts: dict[str, int], rows: list[dict] = ()) -> str:
-    """The verdict counts, and how many of ``rows``' verdicts rest on draws that disagree."""
-    text = ", ".join(f"{n} {v}" for v, n in counts.items())
+def _counts_text(rows: list[dict]) -> str:
+    """How many of ``rows`` have each verdict, and how many of those rest on draws that
+    disagree (:func:`.verdicts.rests_on_split_draws`)."""
+    text = ", ".join(f"{n} {v}" for v, n in verdict_counts(rows).items())
     split = [r for r in rows if r.get("verdict") in VERDICTS and rests_on_split_draws(r)]
     if split:
-        by = verdict_counts(split)
-        text += (f" ({len(split)} of them, {_counts_text({v: n for v, n in by.items() if n})}, "
-                 "read a point whose draws lie on both sides of the line: more draws could "
-                 "change them; see their evidence)")
+        by = ", ".join(f"{n} {v}" for v, n in verdict_counts(split).items() if n)
+        text += (f" ({len(split)} of them, {by}, read a point whose draws lie on both sides of "
+                 "the line: more draws could change them; see their evidence)")
     return text
 
 
@@ -117,7 +117,7 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
         by_setting.setdefault((doc["scale"], doc["hardware"]), []).append(row)
     summary = " ".join(
         f"At `{scale}` scale on {hw}: of the paper's {len(rows)} findings measured, "
-        f"{_counts_text(verdict_counts(rows), rows)}." for (scale, hw), rows in by_setting.items())
+        f"{_counts_text(rows)}." for (scale, hw), rows in by_setting.items())
     parts = [
         "# Results summary",
         "",
@@ -184,7 +184,7 @@ def _sections_markdown(res: dict, findings: dict, link, not_run) -> list[str]:
                  "verdict": c.get("verdict") if c.get("verdict") in VERDICTS else "(setup)",
                  "evidence": c.get("evidence", "")} for c in found]
         if any(c.get("verdict") in VERDICTS for c in found):
-            parts += [f"Verdicts: {_counts_text(verdict_counts(found), found)}.", ""]
+            parts += [f"Verdicts: {_counts_text(found)}.", ""]
         if rows:
             parts += [md_table(rows, ["what", "paper section", "paper", "this run", "scale",
                                       "verdict", "evidence"]), ""]
@@ -237,7 +237,7 @@ def gpu_scale_page(done_dir=None) -> str:
         "## Findings at `gpu` scale",
         "",
         (f"Of the paper's {len(counted)} findings measured at `gpu` scale: "
-         f"{_counts_text(verdict_counts(counted), counted)}." if counted else
+         f"{_counts_text(counted)}." if counted else
          "No section notebook has run at `gpu` scale yet."),
         "",
     ]

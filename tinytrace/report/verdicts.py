@@ -254,10 +254,10 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         for p, each in draws(df, scope).items():
             vals = [v for v in (e / r if shares else e for e, r in each.values()
                                 if not shares or r > 0) if math.isfinite(v)]
-            pooled[p] = (f", pooled over {len(each)} draws, each {_pc(min(vals))} to {_pc(max(vals))}"
-                         if len(each) > 1 and vals else "")
-            if len(vals) > 1:
+            if len(each) > 1 and vals:
                 spread[p] = (min(vals), max(vals))
+            pooled[p] = (f", pooled over {len(each)} draws, each {_pc(spread[p][0])} to "
+                         f"{_pc(spread[p][1])}" if p in spread else "")
         if shares:
             curve = ("excluded-pairs EM as a share of the reference model's on the same snippets: "
                      + ", ".join(f"{p}%: {_pc(e)} ({_pc(a)} of {_pc(r)}{pooled[p]})"
