@@ -23,6 +23,7 @@ from tinytrace.experiments import (
 from tinytrace.data import read_split
 from tinytrace.evaluate import METRICS
 from tinytrace.experiments.cache import Cache
+from tinytrace.experiments.scales import _drawn_label
 from tinytrace.lang.config import sample_pairs
 from tinytrace.lang.edits import EDIT_NAMES
 from tinytrace.report import paper
@@ -328,7 +329,7 @@ def test_scales_table():
 def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
     """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
     of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
-    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (three draws of the points near a line) and trains the base run for 2 epochs while
+    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (each drawn three times) and trains the base run for 2 epochs while
     the exclusion and curriculum runs keep `cpu`'s 1; a run's cache key does not contain the
     scale's name, so every run of the same recipe is the same folder in a shared cache."""
     cpu, long = get_scale("cpu"), get_scale("cpu-long")
@@ -346,11 +347,12 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     assert row["epochs"] == 2
     assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
     assert long.coverage_draws == 3
-    assert long.coverage_drawn == ("assignment-60", "assignment-90", "assignment-100",
-                                   "global-10", "global-30", "global-60")
-    assert row["exclusion %"] == ("10, 30, 60, 90, 100; assignment 60 (x3); assignment 90 (x3); "
-                                  "assignment 100 (x3); global 10 (x3); global 30 (x3); "
-                                  "global 60 (x3)")
+    assert sorted(long.coverage_drawn) == sorted(f"{scope}-{pct}" for scope in long.scopes
+                                                 for pct in long.exclusion_pcts)
+    assert row["exclusion %"] == "10, 30, 60, 90, 100; every point (x3)"
+    some = dataclasses.replace(long, coverage_drawn=("assignment-90", "global-30"))
+    assert _drawn_label(some) == "; assignment 90 (x3); global 30 (x3)"
+    assert _drawn_label(dataclasses.replace(some, coverage_draws=1)) == ""
     assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 1"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")

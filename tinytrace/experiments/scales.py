@@ -215,11 +215,12 @@ def _scales() -> Presets[Scale]:
     # The base run, and with it the PE runs (the paper trains both alike, G.2), gets 2 epochs
     # (the paper: 4; `cpu`: 1); the exclusion and curriculum runs, whose epochs the paper does
     # not give, keep `cpu`'s 1 (they are many), and the exclusion runs' reference is then the
-    # base recipe at 1 epoch: `cpu`'s base model. The points the verdicts hinge on are drawn
-    # three times: those whose first draw sat within a standard error (about 2.6 points of
-    # share at n = 512) of the 80% line (global 10% and 30%, assignment 90%), the collapse
-    # point (assignment 100%), and the other side of each crossing the verdicts read (both
-    # 60% points); why and when each was added: notes/issue15-learning.md.
+    # base recipe at 1 epoch: `cpu`'s base model. Every exclusion point is drawn three times.
+    # The draws were added in steps, after earlier draws were seen: first the points within a
+    # standard error (about 2.6 points of share at n = 512) of the 80% line (global 10% and
+    # 30%, assignment 90%), then the collapse point (assignment 100%), then the other side of
+    # each crossing the verdicts read (both 60% points), and last the rest, so that no point
+    # is read from one draw; why and when: notes/issue15-learning.md.
     # Everything else is `cpu`'s (but the LoRA runs start from the 2-epoch base model), so the
     # two scales share every run of the same recipe and corpus in the cache.
     cpu_long = dataclasses.replace(
@@ -227,8 +228,7 @@ def _scales() -> Presets[Scale]:
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid, "
-                    "10% and 30%; three draws of the points the verdicts hinge on: assignment "
-                    "60%, 90% and 100%, global 10%, 30% and 60%) and curriculum run "
+                    "10% and 30%; every point drawn three times) and curriculum run "
                     "(Sec. 4.3.1) on all of it for 1 epoch (at `cpu` "
                     "they train on a fifth and 15% of it and stop near 50% ID EM); the base "
                     "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
@@ -240,8 +240,7 @@ def _scales() -> Presets[Scale]:
         coverage_corpus=1.0,
         coverage_epochs=1,
         coverage_draws=3,
-        coverage_drawn=("assignment-60", "assignment-90", "assignment-100", "global-10", "global-30",
-                       "global-60"),
+        coverage_drawn=tuple(f"{scope}-{pct}" for scope in cpu.scopes for pct in (10, 30, 60, 90, 100)),
         curriculum_corpus=1.0,
         curriculum_epochs=1,
     )
@@ -295,6 +294,16 @@ def get_scale(name) -> Scale:
     return name if isinstance(name, Scale) else SCALES[name]
 
 
+def _drawn_label(s: Scale) -> str:
+    """The points drawn more than once (``coverage_drawn``): "; every point (x3)", or each one,
+    "; global 10 (x3)"."""
+    if s.coverage_draws < 2 or not s.coverage_drawn:
+        return ""
+    if len(s.coverage_drawn) == len(s.scopes) * len(s.exclusion_pcts):
+        return f"; every point (x{s.coverage_draws})"
+    return "".join(f"; {d.replace('-', ' ')} (x{s.coverage_draws})" for d in s.coverage_drawn)
+
+
 def scale_table():
     """One row per scale: what it fixes (for the book)."""
     rows = []
@@ -309,10 +318,7 @@ def scale_table():
             # each robustness run's corpus, as a fraction of the base corpus, and its epochs
             "robustness corpora x epochs": ", ".join(f"{f:g}" for f in s.robustness_corpora)
                                            + f" x {s.robustness_epochs}",
-            # "global 10 (x3)": a point drawn more than once (coverage_drawn)
-            "exclusion %": ", ".join(map(str, s.exclusion_pcts)) + "".join(
-                f"; {d.replace('-', ' ')} (x{s.coverage_draws})" for d in s.coverage_drawn
-                if s.coverage_draws > 1),
+            "exclusion %": ", ".join(map(str, s.exclusion_pcts)) + _drawn_label(s),
             "curriculum p": ", ".join(map(str, s.curriculum_ps)),
             # each exclusion / curriculum run's corpus, as a fraction of the base corpus, and epochs
             "exclusion / curriculum corpus x epochs":
