@@ -299,7 +299,6 @@ def test_signal_to_the_process_group_stops_a_pooled_build(tmp_path, signum, code
     assert list((tmp_path / ".base.chunks").glob("*.arrow"))  # kept for the rerun
 
 
-
 def _sigint_disposition(_):
     return signal.getsignal(signal.SIGINT)
 
@@ -318,6 +317,7 @@ def test_pool_workers_start_with_sigint_ignored():
     finally:
         pool.terminate()
         pool.join()
+
 
 PIPELINE_CONFIGS = {
     "base": get_preset("base"),

@@ -155,7 +155,6 @@ def test_the_runner_keeps_the_records_of_a_notebook_that_failed(tmp_path):
     assert not res.ok and not (tmp_path / "out2" / "records").exists()
 
 
-
 def test_listing_the_records_skips_what_another_process_removes_meanwhile(tmp_path, monkeypatch):
     """Two notebooks (``--jobs``) or test workers share a cache: a run folder that another
     process removes while the records are listed is left out, not an error."""
@@ -180,6 +179,7 @@ def test_listing_the_records_skips_what_another_process_removes_meanwhile(tmp_pa
     assert [str(p) for p in record_files(cache)] == ["eval-x.json", "run-a/config.json",
                                                      "run-a/done.json"]
     assert listed(tmp_path / "gone") == []
+
 
 def test_a_notebook_reruns_from_the_store_on_a_fresh_cache(tmp_path, smoke_batch):
     out1, proc, _ = smoke_batch  # the book at smoke, its store in the default place

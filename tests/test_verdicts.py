@@ -359,7 +359,6 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     assert draws_table(df[df["seed"] == 0]).empty
 
 
-
 def test_a_reading_names_every_point_before_its_line_whose_draws_straddle_it():
     """The collapse reads the grid up to its first point below 20%: a point before that one
     whose draws lie on both sides of the line is named (its pooled mean keeps it above) along
@@ -378,6 +377,7 @@ def test_a_reading_names_every_point_before_its_line_whose_draws_straddle_it():
             "20% line" in collapse["evidence"])
     # the 80% line: first at or below from 60%, where the draws (10% and 50%) do not straddle it
     assert "both sides" not in v["assignment_decline_from"]["evidence"]
+
 
 def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
     """The AMD EPYC render of the book's 05 (cpu-long): the p = 50 run traces 84.6% of its own

@@ -61,11 +61,14 @@ class Scale:
 
     def __post_init__(self):
         """A drawn point must be a point of the grid: a typo would otherwise draw nothing."""
-        grid = {f"{scope}-{pct}" for scope in self.scopes for pct in self.exclusion_pcts}
-        if self.coverage_draws < 1 or not set(self.coverage_drawn) <= grid:
+        if self.coverage_draws < 1 or not set(self.coverage_drawn) <= set(self.exclusion_points()):
             raise ValueError(f"scale {self.name!r}: coverage_draws must be >= 1 and coverage_drawn "
                              f"points of the exclusion grid (scope-pct, e.g. global-10), not "
                              f"{self.coverage_draws} and {list(self.coverage_drawn)}")
+
+    def exclusion_points(self) -> tuple[str, ...]:
+        """Every point of the exclusion grid, as ``coverage_drawn`` names them."""
+        return exclusion_points(self.scopes, self.exclusion_pcts)
 
     def generator(self, role: str) -> GeneratorConfig:
         try:
@@ -93,6 +96,11 @@ class Scale:
         d.update(train=self.train.to_dict(), sft=self.sft.to_dict(),
                  task={k: v.to_dict() for k, v in self.task.items()})
         return d
+
+
+def exclusion_points(scopes, pcts) -> tuple[str, ...]:
+    """The points of an exclusion grid, scope-major, each "scope-pct" (e.g. "global-10")."""
+    return tuple(f"{scope}-{pct}" for scope in scopes for pct in pcts)
 
 
 def paper_task() -> dict:
@@ -223,6 +231,7 @@ def _scales() -> Presets[Scale]:
     # is read from one draw; why and when: notes/issue15-learning.md.
     # Everything else is `cpu`'s (but the LoRA runs start from the 2-epoch base model), so the
     # two scales share every run of the same recipe and corpus in the cache.
+    long_pcts = (10, 30, 60, 90, 100)
     cpu_long = dataclasses.replace(
         cpu, name="cpu-long",
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
@@ -236,11 +245,11 @@ def _scales() -> Presets[Scale]:
                     "shared through the cache",
         train=dataclasses.replace(cpu.train, epochs=2),
         robustness_corpora=Scale.robustness_corpora,  # the default: the paper's fractions
-        exclusion_pcts=(10, 30, 60, 90, 100),
+        exclusion_pcts=long_pcts,
         coverage_corpus=1.0,
         coverage_epochs=1,
         coverage_draws=3,
-        coverage_drawn=tuple(f"{scope}-{pct}" for scope in cpu.scopes for pct in (10, 30, 60, 90, 100)),
+        coverage_drawn=exclusion_points(cpu.scopes, long_pcts),
         curriculum_corpus=1.0,
         curriculum_epochs=1,
     )
@@ -299,7 +308,7 @@ def _drawn_label(s: Scale) -> str:
     "; global 10 (x3)"."""
     if s.coverage_draws < 2 or not s.coverage_drawn:
         return ""
-    if len(s.coverage_drawn) == len(s.scopes) * len(s.exclusion_pcts):
+    if set(s.coverage_drawn) == set(s.exclusion_points()):
         return f"; every point (x{s.coverage_draws})"
     return "".join(f"; {d.replace('-', ' ')} (x{s.coverage_draws})" for d in s.coverage_drawn)
 
