@@ -329,13 +329,14 @@ def test_scales_table():
 def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
     """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
     of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
-    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (each drawn three times) and trains the base run for 2 epochs while
-    the exclusion and curriculum runs keep `cpu`'s 1; a run's cache key does not contain the
-    scale's name, so every run of the same recipe is the same folder in a shared cache."""
+    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (each drawn three times) and trains the
+    base and curriculum runs for 2 epochs while the exclusion runs keep `cpu`'s 1; a run's cache
+    key does not contain the scale's name, so every run of the same recipe is the same folder in
+    a shared cache."""
     cpu, long = get_scale("cpu"), get_scale("cpu-long")
     changed = {f.name for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(long, f.name)}
     assert changed == {"name", "description", "train", "coverage_corpus", "coverage_epochs",
-                       "curriculum_corpus", "curriculum_epochs", "robustness_corpora",
+                       "curriculum_corpus", "robustness_corpora",
                        "exclusion_pcts", "coverage_draws", "coverage_drawn"}
     assert long.train == dataclasses.replace(cpu.train, epochs=2) and cpu.train.epochs == 1
     assert long.coverage_corpus == long.curriculum_corpus == 1.0
@@ -353,7 +354,8 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     some = dataclasses.replace(long, coverage_drawn=("assignment-90", "global-30"))
     assert _drawn_label(some) == "; assignment 90 (x3); global 30 (x3)"
     assert _drawn_label(dataclasses.replace(some, coverage_draws=1)) == ""
-    assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 1"
+    assert long.recipe(long.curriculum_epochs) is long.train  # the base run's 2 epochs
+    assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 2"
     cache = Cache(tmp_path)
     corpus = (tmp_path / "corpus-0123", "data")
 
@@ -363,14 +365,15 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     assert key(cpu) != key(long)  # the base runs: 1 and 2 epochs
     assert key(long) == key(cpu, 2)
     assert key(long, long.coverage_epochs, "coverage-global-60") == key(cpu, None, "coverage-global-60")
-    assert key(long, long.curriculum_epochs, "curriculum-0") == key(cpu, None, "curriculum-0")
+    assert key(long, long.curriculum_epochs, "curriculum-0") == key(cpu, 2, "curriculum-0")
+    assert key(long, long.curriculum_epochs, "curriculum-0") != key(cpu, None, "curriculum-0")
     assert key(long, long.robustness_epochs, "id_robustness") == key(cpu, cpu.robustness_epochs,
                                                                      "id_robustness")
 
 
 @pytest.mark.parametrize("name", [n for n in SCALES if n != "cpu-long"])
 def test_the_exclusion_and_curriculum_runs_keep_the_base_recipe_where_the_scale_says_nothing(name):
-    """Only `cpu-long` gives its exclusion and curriculum runs other epochs: every other scale's
+    """Only `cpu-long` gives its exclusion runs other epochs: every other scale's
     runs keep the very recipe (and so the cache keys) they had before the fields existed."""
     from tinytrace.experiments.cache import settings
 
