@@ -395,12 +395,19 @@ def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
     for key in ("depth67_p1", "depth8_best", "depth9"):
         assert "p = 50 left out: its own ID EM 84.6% < 90.0%" in v[key]["evidence"], key
     assert v["depth8_best"]["evidence"].startswith("6.2% vs the paper's 99.4%")
+    # depth 9 must be 20 points below the best depth 8: with depth 8 at 6.2% nothing can pass
+    # (the floor 05's text names); with depth 8 at 50% the same depth 9 does
+    assert v["depth9"]["verdict"] == NOT_REPRODUCED
+    assert v["depth9"]["evidence"].startswith("best over p >= 1: 0.0% vs depth-8's 6.2%")
+    deep = df.copy()
+    deep.loc[(deep["p"] == 10) & (deep["test_set"] == "depth-4"), "exact_match"] = 0.5
+    assert verdicts("depth_curriculum", deep, "cpu-long")["depth9"]["verdict"] == REPRODUCED
     # the p = 0 run is no candidate for the depth-8 and depth-9 rows (Sec. 4.3.1: depth 8 once
     # depths 6-7 are trained), even where it traces more of depth 4 than the p >= 1 runs
     more = df.copy()
     more.loc[(more["p"] == 0) & (more["test_set"] == "depth-4"), "exact_match"] = 0.5
     assert measured("depth_curriculum", more, relative=True)["depth8_best"] == 0.0625
-    # no run with p >= 1 trained enough (the Intel Xeon render: 87.7% and 88.9%): the p >= 1,
+    # no run with p >= 1 trained enough (the Intel Xeon 1-epoch render: 87.7% and 88.9%): the p >= 1,
     # depth-8 and depth-9 rows are not comparable, not read off the p = 0 run alone
     low = df.copy()
     low.loc[(low["p"] >= 1) & (low["test_set"] == "depth-0-1"), "exact_match"] = 0.5
