@@ -146,7 +146,8 @@ def test_the_reading_page_is_the_readme_account_of_the_committed_book(built_book
     page = (html_dir / "book" / "reading.html").read_text()
     assert "The committed book is at" in page and "Both create" not in page
     # the whole block: its last sentence in, the paragraph before the start marker out
-    assert "now reads only the runs with injected depths." in page and "scale trains a 0.2M-parameter model" not in page
+    assert "now reads only the runs with injected depths." in page
+    assert "scale trains a 0.2M-parameter model" not in page
 
 
 def test_no_broken_local_images_or_links(built_book):

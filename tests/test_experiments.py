@@ -371,8 +371,8 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
 
 @pytest.mark.parametrize("name", [n for n in SCALES if n != "cpu-long"])
 def test_the_exclusion_and_curriculum_runs_keep_the_base_recipe_where_the_scale_says_nothing(name):
-    """Only `cpu-long` gives its exclusion runs other epochs: every other scale's
-    runs keep the very recipe (and so the cache keys) they had before the fields existed."""
+    """Only `cpu-long` gives its exclusion runs other epochs: every other scale's runs keep the
+    very recipe (and so the cache keys) they had before the fields existed."""
     from tinytrace.experiments.cache import settings
 
     s = get_scale(name)

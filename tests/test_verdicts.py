@@ -407,8 +407,8 @@ def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
     more = df.copy()
     more.loc[(more["p"] == 0) & (more["test_set"] == "depth-4"), "exact_match"] = 0.5
     assert measured("depth_curriculum", more, relative=True)["depth8_best"] == 0.0625
-    # no run with p >= 1 trained enough (the Intel Xeon 1-epoch render: 87.7% and 88.9%): the p >= 1,
-    # depth-8 and depth-9 rows are not comparable, not read off the p = 0 run alone
+    # no run with p >= 1 trained enough (the Intel Xeon 1-epoch render: 87.7% and 88.9%): the
+    # p >= 1, depth-8 and depth-9 rows are not comparable, not read off the p = 0 run alone
     low = df.copy()
     low.loc[(low["p"] >= 1) & (low["test_set"] == "depth-0-1"), "exact_match"] = 0.5
     v = verdicts("depth_curriculum", low, "cpu-long")
