@@ -77,6 +77,8 @@ def test_one_parameters_cell_of_plain_literals(path):
     idx = nb.cells.index(cells[0])
     setup = nb.cells[idx + 1].source
     assert 'if "google.colab" in sys.modules' in setup and "pip" in setup
+    if path.stem == "06_ablations":  # LoRA needs the extra with peft
+        assert '"tinytrace[lora] @ git+https://github.com/tinytrace/tinytrace"' in setup
     assert "nb.banner(scale, hardware, seed)" in setup
     assert "from tinytrace.report import nbkit as nb" in setup
     imported = {n.module for c in nb.cells if c.cell_type == "code"

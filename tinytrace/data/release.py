@@ -75,7 +75,8 @@ def coverage_configs(base: GeneratorConfig, pcts=RELEASE_PCTS, scopes=RELEASE_SC
 def release_sets(size: int = RELEASE_SIZE, seed: int = 0, pcts=RELEASE_PCTS,
                  scopes=RELEASE_SCOPES) -> list[ReleaseSet]:
     """The test sets shipped in ``data/tinytracing``, in card order: what the sections evaluate
-    at the ``gpu`` and ``paper`` scales with experiment seed ``seed`` (``tests/test_release.py``
+    at the ``gpu`` scale with experiment seed ``seed`` (and at ``paper``, whose exclusion grid
+    adds further percentages) (``tests/test_release.py``
     checks it against :mod:`tinytrace.experiments`)."""
     base = get_preset("base")
     test_seed = seed + TEST_SEED_OFFSET

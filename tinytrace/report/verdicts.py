@@ -40,6 +40,11 @@ def _nc(reason: str) -> dict:
     return {"verdict": NOT_COMPARABLE, "evidence": reason}
 
 
+def _change(d: float) -> str:
+    """A change of EM in points, with its sign ("-3.7 points", "no change")."""
+    return "no change" if round(100 * d, 1) == 0 else f"{100 * d:+.1f} points"
+
+
 def _untrained(name: str, em: float) -> dict | None:
     """The not-comparable verdict when the model the finding needs is not trained enough."""
     if math.isnan(em):
@@ -59,6 +64,19 @@ def bracket(pcts: list, ems: list, above: float) -> tuple | None:
     first = min(below)
     higher = [p for p, e in zip(pcts, ems) if p < first]
     return (max(higher) if higher else None, first)
+
+
+def _first_wrong(df) -> str:
+    """Where the failing deeper traces first go wrong (indentation or snippet copy), from the
+    failure counts where the results have them: the clip rate cannot tell a line written one
+    level up from the ``if`` line that opens the block dropped."""
+    cols = {k: f"fail: {k}" for k in ("indentation (depth)", "snippet copy")}
+    deeper = df[df["test_set"] == "deeper"] if "test_set" in df else df.iloc[:0]
+    if deeper.empty or not all(c in deeper for c in cols.values()):
+        return ""
+    n = {k: int(deeper[c].iloc[0]) for k, c in cols.items()}
+    return (f"; first wrong token: an indentation in {n['indentation (depth)']}, a snippet copy "
+            f"(e.g. a dropped `if` line) in {n['snippet copy']}")
 
 
 def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
@@ -104,16 +122,23 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
                 _nc("no deeper failures to classify") if not len(rate) else
                 _verdict(float(rate.iloc[0]) >= 0.5, f"clip rate {float(rate.iloc[0]):.2f}: the share "
                          "of failing deeper traces with no line deeper than the ID depth "
-                         "(reproduced from 0.5)"))
+                         f"(reproduced from 0.5){_first_wrong(df)}"))
         else:
             ft = d[d["model"] == "fine-tuned"]
             f = {ts: mean_em(ft, test_set=ts) for ts in ("id", "longer", "deeper")}
+            # the rules read the paper's conclusion (Sec. 4.4: no substantial OOD gain, ID kept
+            # within a few points); the evidence also gives each change's direction beside the
+            # paper's, which the rules do not read
             out["finetuned_id"] = gate or _verdict(
-                abs(f["id"] - em["id"]) <= NEAR, f"fine-tuned {_pc(f['id'])} vs pre-trained {_pc(em['id'])}")
+                abs(f["id"] - em["id"]) <= NEAR,
+                f"fine-tuned {_pc(f['id'])} vs pre-trained {_pc(em['id'])} "
+                f"({_change(f['id'] - em['id'])}; the paper: {_change(value['finetuned_id'] - 1.0)})")
             out["finetuned_deeper"] = gate or _verdict(f["deeper"] <= NEAR, f"deeper {_pc(f['deeper'])}")
+            paper_gain = value["finetuned_longer"] - value["pretrained_longer"]
             out["finetuned_longer"] = gate or _verdict(
                 abs(f["longer"] - em["longer"]) <= 0.1,
-                f"longer {_pc(f['longer'])} vs pre-trained {_pc(em['longer'])}: no large OOD gain")
+                f"longer {_pc(f['longer'])} vs pre-trained {_pc(em['longer'])}: no large OOD gain "
+                f"({_change(f['longer'] - em['longer'])}; the paper: {_change(paper_gain)})")
             tp = m.get("trainable_params")
             out["trainable_params"] = (
                 _nc("LoRA not run") if tp is None else
@@ -174,7 +199,10 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             d8 = m["depth8_best"]
             later = trained_later_runs(df)
             d9 = float(later[later["test_set"] == tests[3]]["exact_match"].max())
-            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p >= 1: {_pc(d9)} vs depth-8's {_pc(d8)}{note}")
+            floor = (f" (cannot pass: it must be 20 points below depth 8, which is below 20%)"
+                     if d8 < 0.2 else "")
+            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p >= 1: {_pc(d9)} vs depth-8's "
+                                                     f"{_pc(d8)}{floor}{note}")
         else:
             out["depth9"] = gate or out["depth8_best"]
     elif experiment == "pe_ablation":
