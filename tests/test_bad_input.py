@@ -34,6 +34,7 @@ def files(tmp_path_factory):
         f.write_bytes(f.read_bytes()[:100])
     (d / "corrupt_data" / "s" / "tokens" / "train.bin").write_bytes(b"")
     (d / "not_a_dataset").mkdir()
+    (d / "empty_config" / "s").mkdir(parents=True)
     (d / "bad_run_json").mkdir()
     (d / "bad_run_json" / "run.json").write_text('{"train": {"epochs": 4')  # truncated
     (d / "bad_run_json" / "state").mkdir()
@@ -73,6 +74,8 @@ CASES = [
     (_eval("{d}/other_vocab", "{d}/data"), "field 'vocab' differs"),
     (_eval("{d}/run", "{d}/corrupt_data"), "not a readable parquet file"),
     (_eval("{d}/run", "{d}/data", config="nope"), "no config 'nope'"),
+    (_eval("{d}/run", "{d}/no_such_data"), "data folder {d}/no_such_data does not exist"),
+    (_eval("{d}/run", "{d}/empty_config"), "config folder {d}/empty_config/s holds no data files"),
     (["sft", "--base", "{d}/truncated_run", "--data", "{d}/data", "--config", "s", "--out",
       "{d}/s1"], "not a readable safetensors file"),
     (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/s2",
@@ -106,6 +109,7 @@ if not torch.cuda.is_available():  # asking for a GPU where torch sees none
 @pytest.mark.parametrize("argv, says", CASES, ids=[" ".join(c[0][:2]) + f" {i}" for i, c in enumerate(CASES)])
 def test_bad_input_gives_one_clear_line(files, argv, says, capsys):
     argv = [a.replace("{d}", str(files)) for a in argv]
+    says = says.replace("{d}", str(files))
     try:
         rc = main(argv)
     except SystemExit as e:  # argparse

@@ -1,3 +1,4 @@
+import io
 import json
 import subprocess
 import sys
@@ -47,6 +48,17 @@ def test_trace_bad_input_prints_only_the_projects_error(code):
 def test_trace_runtime_rejection():
     r = run_cli("trace", "--value-range", "-9", "9", stdin="a = 5\nb = a + 7\n")
     assert r.returncode == 1 and "value_range" in r.stderr
+
+
+@pytest.mark.parametrize("code, cause", [
+    ("a = b + 1\n", "NameError: name 'b' is not defined"),
+    ("a = 5 // 0\n", "ZeroDivisionError: integer division or modulo by zero"),
+])
+def test_trace_runtime_rejection_names_the_exception(code, cause, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(code))
+    assert main(["trace"]) == 1
+    said = capsys.readouterr().err
+    assert said == f"tinytrace trace: rejected by the runtime filter: exception ({cause})\n"
 
 
 @pytest.mark.parametrize(

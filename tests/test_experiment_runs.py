@@ -20,7 +20,8 @@ from tinytrace.experiments import (
     submit_runs,
     training_runs,
 )
-from tinytrace.experiments.cache import _Context
+from tinytrace.experiments import runners
+from tinytrace.experiments.cache import Cache, _Context, _key
 
 
 def _done_runs(cache: Path) -> dict[str, str]:
@@ -80,6 +81,15 @@ def test_one_run_alone_is_reused_by_the_experiment(tmp_path, capsys):
     assert "is not trained" in capsys.readouterr().err and _done_runs(cache) == alone
     assert main(out[:-3] + ["--run", "0", "--no-train"]) == 2  # a contradiction
     assert "goes with --out" in capsys.readouterr().err and _done_runs(cache) == alone
+    # every run of --list-runs trained: the error names the base model, which `base` trains
+    for i in range(len(training_runs("pair_coverage", "smoke"))):
+        run_training("pair_coverage", i, "smoke", cache, progress=False)
+    assert main(out) == 2
+    err = capsys.readouterr().err
+    assert "the base model of scale smoke" in err and "is not trained" in err
+    assert err.strip().endswith("train it first: accelerate launch -m tinytrace experiment base "
+                                f"--scale smoke --run 0 --cache-dir {shlex.quote(str(cache))} "
+                                "--seed 0")
     run_experiment("pair_coverage", "smoke", cache_dir=cache, progress=False)
     after = _done_runs(cache)
     every = dict(after)
@@ -100,6 +110,45 @@ def test_one_run_alone_is_reused_by_the_experiment(tmp_path, capsys):
     assert "drop --no-train to train it again" in capsys.readouterr().err
     with pytest.raises(ValueError, match="True or False"):
         run_experiment("pair_coverage", "smoke", cache_dir=cache, train="False")  # -p train=False
+
+
+@pytest.mark.parametrize("scale, base_of", [("smoke", "smoke"), ("cpu-long", "cpu"),
+                                           ("paper", "paper")])
+def test_list_runs_names_the_runs_of_other_experiments(tmp_path, capsys, scale, base_of):
+    """stdout: one command per run of the experiment; stderr: the command of each run of
+    another experiment or scale that its evaluation needs (the pair coverage's reference)."""
+    cache = tmp_path / "cache"
+    assert main(["experiment", "pair_coverage", "--scale", scale, "--list-runs",
+                 "--cache-dir", str(cache)]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert len(lines) == len(training_runs("pair_coverage", scale))
+    assert all(" pair_coverage " in line for line in lines)
+    need = (f"the base model of scale {base_of}, not a run listed here; first: accelerate launch "
+            f"-m tinytrace experiment base --scale {base_of} --run 0 --cache-dir {cache} --seed 0")
+    assert need in printed.err
+    assert main(["experiment", "base", "--scale", scale, "--list-runs",
+                 "--cache-dir", str(cache)]) == 0
+    assert "also needs" not in capsys.readouterr().err
+    assert not cache.exists()  # listing builds nothing
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+def test_a_prerequisite_is_the_run_the_experiment_reads(tmp_path, monkeypatch, scale):
+    """The run a prerequisite's command trains is the reference the pair coverage evaluates
+    (corpora and runs stubbed: their folders, keyed as the cache keys them, nothing built)."""
+    def corpus(self, gen, n, test_size, validation_size=0, seed=0, context=512):
+        key = _key([gen.to_dict(), n, test_size, validation_size, seed, context])
+        return self.root / f"corpus-{key}", "data"
+
+    monkeypatch.setattr(Cache, "corpus", corpus)
+    monkeypatch.setattr(Cache, "run", lambda self, scale, corpus, model_cfg, callbacks=(),
+                        train=None, tag="": self.run_dir(scale, corpus, model_cfg, train, tag)[0])
+    [need] = runners.prerequisites("pair_coverage", scale)
+    assert runners.prerequisites("base", scale) == []
+    ref = runners._coverage_reference(_Context(get_scale(scale), tmp_path, 0, progress=False))
+    trains = training_runs(need.experiment, need.scale)[need.index]
+    assert trains.train(_Context(get_scale(need.scale), tmp_path, 0, progress=False)) == ref
 
 
 @pytest.mark.slow

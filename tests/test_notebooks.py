@@ -279,6 +279,46 @@ def test_bad_arguments_are_clear(tmp_path, capsys):
         main(["notebooks", "run", "--scale", "smoke", "--jobs", "0"])
 
 
+def test_unknown_parameter_fails_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """``-p NAME=VALUE``: NAME must be a parameter of a notebook the call runs, else one line
+    lists theirs and nothing runs; ``--no-train`` reaches every notebook, 01 included."""
+    ran = []
+
+    def fake_execute(name, src_path, out, params, **kw):
+        ran.append((name, params))
+        return runner.Outcome(name, True, 0.0, out / f"{name}.ipynb")
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    out = tmp_path / "out"
+    base = ["notebooks", "run", "--scale", "smoke", "--out", str(out), "--no-records"]
+    assert main(base + ["-p", "nosuchparam=3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "has a parameter nosuchparam; their parameters: bench_seconds, cache_dir" in lines[0]
+    assert not ran and not out.exists()
+    assert main(base + ["--only", "02", "-p", "n_snippets=50"]) == 2  # 01's, not 02's
+    assert ("their parameters: cache_dir, device, progress, results_dir, scale, seed, train"
+            in capsys.readouterr().err)
+    assert main(base + ["--only", "01,02", "-p", "n_snippets=50", "--no-train"]) == 0
+    assert [n for n, _ in ran] == ["01_task_and_generator", "02_model_data_training"]
+    assert all(p["n_snippets"] == 50 and p["train"] is False for _, p in ran)
+
+
+def test_pages_check_says_when_the_pages_are_up_to_date(tmp_path, capsys):
+    book = tmp_path / "book"
+    book.mkdir()
+    argv = ["notebooks", "pages", "--book", str(book), "--sections", str(ROOT / "book" / "sections"),
+            "--data", str(ROOT / "data" / "tinytracing")]
+    assert main(argv + ["--check"]) == 1
+    assert "out of date:" in capsys.readouterr().out and not list(book.glob("*.md"))
+    assert main(argv) == 0
+    assert {p.name for p in book.glob("*.md")} == {"results.md", "datasets.md", "performance.md",
+                                                   "gpu_scale.md"}
+    capsys.readouterr()
+    assert main(argv + ["--check"]) == 0
+    assert capsys.readouterr().out == "pages up to date\n"
+
+
 def test_only_matches_stems_prefixes_and_names():
     avail = runner.discover()
     assert list(runner.select(avail, ["03"])) == ["03_id_robustness"]

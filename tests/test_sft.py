@@ -1,8 +1,10 @@
 """tinytrace.train.sft: instruction masking, LoRA parameter counts, a fine-tuning run and its cache."""
 import json
 import os
+import re
 import shlex
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,18 @@ def test_only_lora_trainable(rank, bias):
     # embeddings (tied with lm_head), positions and norms are frozen
     assert not pm.base_model.model.transformer.wte.weight.requires_grad
     assert S.lora_param_count(get_model_config("paper"), 8) == 12 * 8 * 16 * 368 == 565_248
+
+
+def test_without_peft_says_how_to_install_it(data_dir, base_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if not installed
+    says = "LoRA fine-tuning needs peft: pip install 'tinytrace[lora]'"
+    with pytest.raises(ValueError, match=re.escape(says)):
+        S.apply_lora(GPT(get_model_config("tiny")), S.SFTConfig())
+    assert main(["sft", "--base", str(base_run), "--data", str(data_dir), "--config", "simple",
+                 "--out", str(tmp_path / "sft"), "--preset", "smoke", "--block-size", str(BLOCK),
+                 "--batch-size", "16", "--data-size", "64", "--val-examples", "16",
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"tinytrace sft: error: {says}"
 
 
 # --- fine-tuning --------------------------------------------------------------------------------

@@ -158,6 +158,23 @@ def test_runtime_filters():
     assert run(parse("a = 1\nif a > 5:\n\tc = z + 1"))
 
 
+@pytest.mark.parametrize("code, cause", [
+    ("a = b + 1", "NameError: name 'b' is not defined"),
+    ("a = 1\nif a > 0:\n\tc = z - a", "NameError: name 'z' is not defined"),
+    ("a = 0\nb = 5 // a", "ZeroDivisionError: integer division or modulo by zero"),
+    ("a = 0\nb = 5 % a", None),  # Python's own words, whatever its version says
+])
+def test_an_exception_rejection_names_its_cause_in_both_tracers(code, cause):
+    causes = []
+    for tracer in (lambda: run(parse(code)), lambda: run_settrace(code)):
+        with pytest.raises(Rejected) as r:
+            tracer()
+        assert r.value.reason == "exception" and str(r.value) == "exception"
+        causes.append(r.value.cause)
+    assert causes[0] == causes[1] == (cause or causes[0]) and causes[0].startswith(
+        ("NameError: ", "ZeroDivisionError: "))
+
+
 @pytest.mark.parametrize(
     "code, match",
     [

@@ -132,6 +132,7 @@ def _trace(args) -> int:
         sys.stderr.write(f"tinytrace trace: unsupported code: {e}\n")
         return 2
     except Rejected as r:
-        sys.stderr.write(f"tinytrace trace: rejected by the runtime filter: {r.reason}\n")
+        cause = f" ({r.cause})" if r.cause else ""
+        sys.stderr.write(f"tinytrace trace: rejected by the runtime filter: {r.reason}{cause}\n")
         return 1
     return 0

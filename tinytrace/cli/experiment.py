@@ -1,5 +1,6 @@
 """``tinytrace experiment NAME --scale S --out DIR``: run one of the paper's experiments;
-``--list-runs`` prints one command per training run, ``--run INDEX`` trains only that run."""
+``--list-runs`` prints one command per training run (and, on stderr, the runs of other
+experiments or scales that the evaluation needs), ``--run INDEX`` trains only that run."""
 from __future__ import annotations
 
 import signal
@@ -18,6 +19,7 @@ from tinytrace.experiments import (
 )
 from tinytrace.experiments.cache import NotTrained, WeightsMissing
 from tinytrace.experiments.jobs import LAUNCHER
+from tinytrace.experiments.runners import PrerequisiteMissing, prerequisites
 from tinytrace.interrupt import Interrupted
 
 # the printed table: what names a row, then its scores (every column is in results.csv)
@@ -39,7 +41,8 @@ def add_cli(sub) -> None:
                        description="Run an experiment (--out), or split its training runs over "
                                    "machines: --list-runs prints one command per run, each "
                                    "trains that run (--run INDEX) into the shared --cache-dir; "
-                                   "the experiment run afterwards with that cache reuses them.")
+                                   "the experiment run afterwards with that cache reuses them "
+                                   "(stderr names the runs of other experiments it also needs).")
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("--scale", default="smoke", choices=list(SCALES))
     what = p.add_mutually_exclusive_group()
@@ -89,6 +92,9 @@ def _run(args) -> int:
         if any(r.after_first for r in runs):
             sys.stderr.write("runs 1 ... start after run 0 has finished: they need what it "
                              "builds\n")
+        for need in prerequisites(args.name, args.scale, args.seed):
+            sys.stderr.write(f"the evaluation (--out) also needs {need.label}, not a run listed "
+                             f"here; first: {_command(need, args)}\n")
         return 0
     if args.run is not None:
         folder = run_training(args.name, args.run, args.scale, args.cache_dir, args.seed,
@@ -109,9 +115,18 @@ def _run(args) -> int:
     except NotTrained as e:
         if not args.no_train:
             raise
+        if isinstance(e, PrerequisiteMissing):
+            raise ValueError(f"{e}, and --no-train trains nothing: train it first: "
+                             f"{_command(e.needed, args)}") from None
         again = ("drop --no-train to train it again" if isinstance(e, WeightsMissing) else
                  "train it first (--list-runs, --run INDEX) or drop --no-train")
         raise ValueError(f"{e}, and --no-train trains nothing: {again}") from None
     print(df[shown_columns(df)].to_string(index=False))
     print(f"wrote {Path(args.out) / 'results.csv'}")
     return 0
+
+
+def _command(need, args) -> str:
+    """The command that trains the prerequisite ``need`` into this command's cache."""
+    return run_commands(need.experiment, need.scale, args.cache_dir, args.seed, args.launcher,
+                        args.device)[need.index]

@@ -24,7 +24,8 @@ def add_cli(sub) -> None:
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--device", default=None, help="e.g. cpu to ignore GPUs")
     r.add_argument("-p", "--param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
-                   help="another notebook parameter (VALUE parsed as JSON, else a string)")
+                   help="another notebook parameter, one of a notebook's parameters cell "
+                        "(VALUE parsed as JSON, else a string)")
     r.add_argument("--no-train", action="store_true",
                    help="train nothing: a notebook whose runs are not all in the cache fails "
                         "(e.g. after the runs were trained elsewhere: --list-runs, a GPU slot)")
@@ -36,24 +37,28 @@ def add_cli(sub) -> None:
                         "first and write after each notebook (default OUT/records)")
     r.add_argument("--no-records", action="store_true", help="no store of records")
     r.add_argument("--no-pages", action="store_true",
-                   help="do not regenerate book/results.md (done when --out is book/sections)")
+                   help="do not regenerate the book's pages (notebooks pages; done when --out "
+                        "is book/sections)")
     r.set_defaults(func=_run_cli)
-    g = nsub.add_parser("pages", help="regenerate book/results.md, book/datasets.md and the "
-                                      "scales table of book/reproducing.md")
+    pages = ("regenerate book/results.md, datasets.md, performance.md (and "
+             "figures/performance-loss.png), gpu_scale.md and the scales table of "
+             "book/reproducing.md")
+    g = nsub.add_parser("pages", help=pages, description=pages[0].upper() + pages[1:] + ".")
     g.add_argument("--book", default="book")
     g.add_argument("--sections", default=None, help="default BOOK/sections")
     g.add_argument("--data", default="data/tinytracing")
-    g.add_argument("--check", action="store_true", help="exit 1 if a page is out of date")
+    g.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if a page is out of date")
     g.set_defaults(func=_pages_cli)
 
 
 def _run_cli(args) -> int:
-    params = dict(args.param) | ({"train": False} if args.no_train else {})
     outcomes = run_notebooks(args.scale, only=args.only, jobs=args.jobs, out=args.out,
                              cache_dir=args.cache_dir, src=args.src, seed=args.seed,
-                             device=args.device, params=params, timeout=args.timeout,
+                             device=args.device, params=dict(args.param), timeout=args.timeout,
                              missing=args.missing,
-                             records=False if args.no_records else args.records)
+                             records=False if args.no_records else args.records,
+                             train=not args.no_train)
     if not args.no_pages and Path(args.out).resolve() == DEFAULT_OUT.resolve() and Path("book").is_dir():
         for path in write_pages("book", args.out, check=False):
             print(f"wrote {path}")
@@ -64,5 +69,7 @@ def _pages_cli(args) -> int:
     changed = write_pages(args.book, args.sections, args.data, check=args.check)
     for path in changed:
         print(f"{'out of date' if args.check else 'wrote'}: {path}")
+    if args.check and not changed:
+        print("pages up to date")
     return 1 if args.check and changed else 0
 

@@ -28,10 +28,17 @@ def load(out: str | os.PathLike, config: str, split: str = "test"):
     from datasets import load_dataset
 
     folder = Path(out)
+    if not folder.exists():
+        raise FileNotFoundError(f"data folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a data folder")
     if not (folder / config).is_dir():
-        have = sorted(p.name for p in folder.iterdir() if (p / "build.json").exists()) if folder.is_dir() else []
+        have = sorted(p.name for p in folder.iterdir() if (p / "build.json").exists())
         raise FileNotFoundError(f"no config {config!r} in {folder} (have: {', '.join(have) or 'none'})")
-    for f in sorted((folder / config).glob("*.parquet")):  # datasets reads every split
+    files = sorted((folder / config).glob("*.parquet"))
+    if not files:  # else datasets names the parent folder
+        raise FileNotFoundError(f"config folder {folder / config} holds no data files (*.parquet)")
+    for f in files:  # datasets reads every split
         try:
             pq.ParquetFile(f)  # the footer: a truncated or corrupt file fails here, quietly
         except pa.ArrowException as e:

@@ -9,9 +9,11 @@ Each experiment also lists its training runs (:func:`training_runs`), the same f
 runner trains them with, so each run can be trained on its own (another machine, a cluster
 job) into a shared cache that the experiment then reuses. The base run is listed by ``base``
 (and by ``sft_lora``, which starts from it); the other experiments that use it (the pair
-coverage's reference, the depth curriculum's section) expect it trained first. Where a scale
-trains the exclusion runs for other epochs than the base run (``cpu-long``), their reference
-is its own run, which the experiment trains when it is missing.
+coverage's reference, the depth curriculum's section) expect it trained first. An
+experiment's evaluation may also need a run that another experiment or scale trains
+(:func:`prerequisites`): the pair coverage's reference is the base run of its scale, or, where
+the scale trains the exclusion runs for other epochs than its base run (``cpu-long``), the
+base run of the scale whose recipe has those epochs (``cpu``).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from .analysis import FAILURE_CLASSES, clip_rate
 from .cache import (USED, LazyModel, NotTrained, WeightsMissing, _Context, _key, _run_seconds, _use,
                     settings, subset)
 from .records import forget, weightless
-from .scales import SHIPPED, get_scale, tokens_per_example
+from .scales import SCALES, SHIPPED, get_scale, tokens_per_example
 
 
 def _device():
@@ -206,6 +208,38 @@ def _coverage_reference(ctx: _Context) -> Path:
     return ctx.cache.run(s, ctx.base_corpus(), s.model_config(), train=s.recipe(s.coverage_epochs))
 
 
+def _base_inputs(s, train) -> tuple:
+    """What the base run of scale ``s`` with recipe ``train`` is keyed by
+    (:meth:`_Context.base_run`): the model, the recipe's key fields and the base corpus's
+    generator, size, test size and context."""
+    return (s.model_config().to_dict(), settings(train), s.generator("id").to_dict(),
+            s.corpus_snippets, s.test_size, s.context)
+
+
+def _coverage_prerequisite(s) -> Prerequisite | None:
+    """The first draw's reference (:func:`_coverage_reference`) as the base run of a scale:
+    ``s``'s own, or that of a scale whose base run is the same model, recipe and corpus (at
+    `cpu-long`, whose exclusion runs train for 1 epoch: `cpu`'s). None where no scale's base
+    run is it: the experiment then trains it as its own run."""
+    want = _base_inputs(s, s.recipe(s.coverage_epochs))
+    for t in [s, *SCALES.values()]:
+        if _base_inputs(t, t.train) == want:
+            return Prerequisite(f"the base model of scale {t.name}", "base", t.name, 0)
+    return None
+
+
+def _first_reference(ctx: _Context) -> Path:
+    """The first draw's reference; where the cache trains nothing and it is not trained, the
+    error names the run of another experiment or scale that it is."""
+    try:
+        return _coverage_reference(ctx)
+    except NotTrained as e:
+        need = None if isinstance(e, WeightsMissing) else _coverage_prerequisite(ctx.scale)
+        if need is None:
+            raise
+        raise PrerequisiteMissing(e.run, need) from None
+
+
 def _at_draw(ctx: _Context, fn: Callable, draw: int, **kw) -> Path:
     """``fn`` at the seed ``draw`` after ctx's: a training run of a further draw."""
     return fn(ctx.at_seed(ctx.seed + draw), **kw)
@@ -227,11 +261,11 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
     """Each exclusion run on its allowed-pairs and excluded-pairs test sets (Sec. 4.2, 4.2.1);
     then, not in the paper, the reference model (:func:`_coverage_reference`: the base recipe
     on the whole base corpus, every pair included, for as many epochs as the exclusion runs;
-    the base model unless the scale gives the exclusion runs other epochs) on each
-    excluded-pairs test set (test_set ``excluded-base``): what a model that saw the pairs
-    traces of the same snippets, every one of which executes an `x = u op v`. The paper's base
-    model traces 100% of its ID test, so its 80% line needs no such reference; a smaller
-    model's does. The reference run is a prerequisite (trained here if missing, not one of
+    a base model, :func:`_coverage_prerequisite`) on each excluded-pairs test set (test_set
+    ``excluded-base``): what a model that saw the pairs traces of the same snippets, every one
+    of which executes an `x = u op v`. The paper's base model traces 100% of its ID test, so
+    its 80% line needs no such reference; a smaller model's does. The reference run is a
+    prerequisite (:func:`prerequisites`; trained here if missing, not one of
     :func:`training_runs`); an evaluate-only pass (:func:`evaluate_trained`, a GPU slot's
     training unit, which does not carry the base weights) leaves these rows to the section.
 
@@ -257,7 +291,7 @@ def exp_pair_coverage(ctx: _Context) -> list[dict]:
                                  c.eval_set(model, run, test), **common))
                 tests.append((test, common, value))
         if tests and (draw or not ctx.evaluate_only):
-            ref = _coverage_reference(c)
+            ref = _coverage_reference(c) if draw else _first_reference(c)
             model = _load(ref)
             rows += [_row("pair_coverage", "reference", "excluded-base", value,
                           c.eval_set(model, ref, test), **common) for test, common, value in tests]
@@ -561,6 +595,25 @@ class TrainingRun:
     after_first: bool = False
 
 
+@dataclass(frozen=True)
+class Prerequisite:
+    """A run that an experiment's evaluation needs but another experiment or scale trains:
+    run ``index`` of ``experiment`` at ``scale`` (its ``--list-runs``), called ``label``."""
+
+    label: str
+    experiment: str
+    scale: str
+    index: int = 0
+
+
+class PrerequisiteMissing(NotTrained):
+    """A :class:`Prerequisite` is not trained, and the cache trains nothing."""
+
+    def __init__(self, run: Path, needed: Prerequisite):
+        Exception.__init__(self, f"{needed.label} ({run.name}) is not trained")
+        self.run, self.needed = run, needed
+
+
 def _first_then_rest(runs: list[tuple[str, Callable]]) -> list[TrainingRun]:
     return [TrainingRun(label, fn, after_first=i > 0) for i, (label, fn) in enumerate(runs)]
 
@@ -587,6 +640,19 @@ def training_runs(name: str, scale="smoke", seed: int = 0) -> list[TrainingRun]:
     if name not in PLANS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     return PLANS[name](get_scale(scale), seed)
+
+
+def prerequisites(name: str, scale="smoke", seed: int = 0) -> list[Prerequisite]:
+    """The runs of other experiments or scales that the evaluation of experiment ``name`` at
+    ``scale`` needs, not among its :func:`training_runs`: the pair coverage's first reference,
+    a base model (:func:`_coverage_prerequisite`). Nothing is built or trained."""
+    if name not in PLANS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    s = get_scale(scale)
+    if name == "pair_coverage" and any(c.excluded is not None for c in _coverages(s, seed)):
+        need = _coverage_prerequisite(s)
+        return [need] if need is not None else []
+    return []
 
 
 def _hide_gpu(device) -> None:

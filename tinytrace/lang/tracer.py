@@ -32,11 +32,14 @@ State = tuple  # tuple of (name, value) pairs in first-assignment order
 
 
 class Rejected(Exception):
-    """A runtime filter rejected the snippet; ``reason`` is one of REASONS."""
+    """A runtime filter rejected the snippet; ``reason`` is one of REASONS (what the corpus
+    statistics count), ``cause`` says more where the filter knows it (the exception, e.g.
+    ``NameError: name 'b' is not defined``), else it is empty."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, cause: str = ""):
         super().__init__(reason)
         self.reason = reason
+        self.cause = cause
 
 
 REASONS = ("value_range", "loop_cap", "exception")
@@ -158,10 +161,10 @@ def run(lines: list[Line], value_range=(-99, 99), max_loop_iterations: int = 100
                 ind = ln.indent
                 while i < n and lines[i].indent == ind and lines[i].kind in (ELIF, ELSE):
                     i = ends[i]
-    except KeyError:
-        raise Rejected("exception") from None
-    except ZeroDivisionError:
-        raise Rejected("exception") from None
+    except KeyError as e:  # a variable read before it is assigned: Python's NameError
+        raise Rejected("exception", f"NameError: name {e.args[0]!r} is not defined") from None
+    except ZeroDivisionError as e:
+        raise Rejected("exception", f"ZeroDivisionError: {e}") from None
     return Execution(steps, state)
 
 
@@ -220,8 +223,8 @@ def run_settrace(code: str, value_range=(-99, 99), max_loop_iterations: int = 10
         exec(compiled, env)
     except Rejected:
         raise
-    except Exception:
-        raise Rejected("exception") from None
+    except Exception as e:
+        raise Rejected("exception", f"{type(e).__name__}: {e}") from None
     finally:
         sys.settrace(old)
     return Execution(steps, snapshot(env))

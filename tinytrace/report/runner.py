@@ -83,6 +83,22 @@ def select(available: dict[str, Path], only=None) -> dict[str, Path]:
     return {n: available[n] for n in available if n in out}
 
 
+def check_params(notebooks: dict[str, Path], names) -> None:
+    """Raise ``ValueError`` when one of ``names`` is a parameter of none of ``notebooks`` (the
+    names their cell tagged ``parameters`` assigns, as papermill reads them): papermill would
+    inject it unused, so a misspelt name would silently change nothing."""
+    names = set(names)
+    if not names or not notebooks:
+        return
+    import papermill as pm  # heavy: only when there are names to check
+
+    known = {k for path in notebooks.values() for k in pm.inspect_notebook(str(path))}
+    unknown = sorted(names - known)
+    if unknown:
+        raise ValueError(f"no notebook of this run has a parameter {', '.join(unknown)}; "
+                         f"their parameters: {', '.join(sorted(known)) or 'none'}")
+
+
 def gpu_slots() -> list[str]:
     """The GPUs a batch run may spread notebooks over (``CUDA_VISIBLE_DEVICES`` entries)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -255,9 +271,13 @@ def _source_cell(job: dict, source: str, executed_index: int) -> int:
 def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_dir="cache",
                   src=None, seed: int | None = None, device: str | None = None,
                   params: dict | None = None, timeout: float | None = None,
-                  missing: bool = False, records=None, echo=print) -> list[Outcome]:
+                  missing: bool = False, records=None, train: bool = True,
+                  echo=print) -> list[Outcome]:
     """Execute the selected notebooks at ``scale`` into ``out`` (``jobs`` at a time); with
     ``missing``, only those without an executed copy and results JSON in ``out`` yet.
+    ``params``: more notebook parameters, each one of at least one of these notebooks
+    (:func:`check_params`, before any runs). ``train`` False: every notebook gets
+    ``train = False`` (its experiments train nothing; one without experiments ignores it).
     ``records``: the store of cache records (default ``out/records``; False: none), imported
     into the cache first and written after each notebook.
     SIGINT/SIGTERM start nothing more and end the running workers (their notebooks keep their
@@ -270,6 +290,7 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
     if missing:
         todo = {n: p for n, p in todo.items()
                 if not ((out / f"{n}.ipynb").exists() and (out / f"{n}.json").exists())}
+    check_params(todo, params or {})
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).resolve()
     p = {"scale": scale, "cache_dir": os.path.relpath(cache, out.resolve()), "progress": False}
@@ -278,6 +299,8 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
     if device is not None:
         p["device"] = device
     p.update(params or {})
+    if not train:
+        p["train"] = False
     store = None if records is False else Path(out / "records" if records is None else records)
     if store is not None:
         n = import_records(store, cache)

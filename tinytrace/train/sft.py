@@ -266,11 +266,17 @@ def lora_param_count(model_config, rank: int, targets=LORA_TARGETS) -> int:
 
 def apply_lora(model, cfg: SFTConfig):
     """Wrap a :class:`model.GPT` in a peft ``PeftModel``: adapters on ``cfg.target_modules``;
-    only the adapters (and the Linear biases, if any) stay trainable."""
-    from peft import (  # lazy: an optional extra that imports transformers
-        LoraConfig,
-        get_peft_model,
-    )
+    only the adapters (and the Linear biases, if any) stay trainable. Without peft (the
+    ``lora`` extra) a ``ValueError`` says how to install it (the CLI prints it in one line)."""
+    try:
+        from peft import (  # lazy: an optional extra that imports transformers
+            LoraConfig,
+            get_peft_model,
+        )
+    except ModuleNotFoundError as e:
+        if e.name != "peft":  # peft is there but something it imports is not: say that
+            raise
+        raise ValueError("LoRA fine-tuning needs peft: pip install 'tinytrace[lora]'") from None
 
     lc = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                     target_modules=list(cfg.target_modules),
