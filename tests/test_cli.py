@@ -52,13 +52,14 @@ def test_trace_runtime_rejection():
 
 @pytest.mark.parametrize("code, cause", [
     ("a = b + 1\n", "NameError: name 'b' is not defined"),
-    ("a = 5 // 0\n", "ZeroDivisionError: integer division or modulo by zero"),
+    ("a = 5 // 0\n", "ZeroDivisionError: "),  # then Python's own words, which change
 ])
 def test_trace_runtime_rejection_names_the_exception(code, cause, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(code))
     assert main(["trace"]) == 1
     said = capsys.readouterr().err
-    assert said == f"tinytrace trace: rejected by the runtime filter: exception ({cause})\n"
+    assert said.startswith(f"tinytrace trace: rejected by the runtime filter: exception ({cause}")
+    assert said.endswith(")\n") and said.count("\n") == 1
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pytest
 
 from tinytrace.experiments import get_scale, slots
 from tinytrace.experiments.slots import Unit
+from tinytrace.report import paper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -507,6 +508,15 @@ def test_the_gpu_scale_page_follows_the_slot_records(tmp_path, monkeypatch):
     assert "section-02/02_model_data_training.ipynb" in page
     assert "Waits for the GPU slots (unit `section-03`)" in page
     assert "unit `section-01`" not in page and "--scale gpu --only 01` runs it on a CPU" in page
+    # 05 shows the base model's findings too: counted once, as on the results page
+    ood = json.loads((ROOT / "book" / "sections" / "05_ood.json").read_text())
+    ood.update(scale="gpu", hardware="GPU: NVIDIA H200")
+    (tmp_path / "section-05").mkdir()
+    (tmp_path / "section-05" / "05_ood.json").write_text(json.dumps(ood))
+    (tmp_path / "section-05" / "05_ood.ipynb").write_text("{}")
+    n = sum(1 for r in paper.REPORTED if r.experiment in ("base", "depth_curriculum")
+            and r.kind != "setup")
+    assert f"Of the paper's {n} findings measured at `gpu` scale" in pages.gpu_scale_page(tmp_path)
 
 
 def test_slots_needed_counts_the_slots_left():

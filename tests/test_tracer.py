@@ -158,11 +158,20 @@ def test_runtime_filters():
     assert run(parse("a = 1\nif a > 5:\n\tc = z + 1"))
 
 
+def _zero_division(f) -> str:
+    """Python's own words for a division by zero (they change between versions)."""
+    try:
+        f()
+    except ZeroDivisionError as e:
+        return f"ZeroDivisionError: {e}"
+    raise AssertionError("no ZeroDivisionError")
+
+
 @pytest.mark.parametrize("code, cause", [
     ("a = b + 1", "NameError: name 'b' is not defined"),
     ("a = 1\nif a > 0:\n\tc = z - a", "NameError: name 'z' is not defined"),
-    ("a = 0\nb = 5 // a", "ZeroDivisionError: integer division or modulo by zero"),
-    ("a = 0\nb = 5 % a", None),  # Python's own words, whatever its version says
+    ("a = 0\nb = 5 // a", _zero_division(lambda: 5 // 0)),
+    ("a = 0\nb = 5 % a", _zero_division(lambda: 5 % 0)),
 ])
 def test_an_exception_rejection_names_its_cause_in_both_tracers(code, cause):
     causes = []
@@ -171,8 +180,7 @@ def test_an_exception_rejection_names_its_cause_in_both_tracers(code, cause):
             tracer()
         assert r.value.reason == "exception" and str(r.value) == "exception"
         causes.append(r.value.cause)
-    assert causes[0] == causes[1] == (cause or causes[0]) and causes[0].startswith(
-        ("NameError: ", "ZeroDivisionError: "))
+    assert causes == [cause, cause]
 
 
 @pytest.mark.parametrize(

@@ -157,8 +157,9 @@ def plan(scale: str = "gpu", device: str = "cuda", tokens_per_s: float = 1.2e6,
     if s.recipe(s.coverage_epochs) != s.train:
         # section 04 carries the base run's weights as the exclusion runs' reference
         raise ValueError(f"scale {s.name!r} trains its exclusion runs for other epochs than the "
-                         "base run: their reference is then a run of its own, which no unit "
-                         "trains; the slot plan supports scales whose reference is the base run")
+                         "base run: their reference is then another scale's base run, which "
+                         "no unit trains; the slot plan supports scales whose reference is "
+                         "their own base run")
     tokens = run_tokens(s.name)
     run_bytes = int(count_params(s.model_config()) * 2 * PACKED_ESTIMATE)  # one run, packed
     units = []

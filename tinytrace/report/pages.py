@@ -80,6 +80,18 @@ def _finding(row: dict) -> tuple:
     return same or (row.get("experiment"), row.get("key"))
 
 
+def _unique_findings(res: dict, findings: dict) -> list[tuple[dict, dict]]:
+    """Each finding with a verdict once, as ``(row, its section's results)``: a finding shown
+    in two sections at one scale (the base model's), or stated twice by the paper
+    (:attr:`.paper.Reported.same_as`), counts once."""
+    unique = {}
+    for stem, rows in findings.items():
+        for row in rows:
+            if row.get("verdict") in VERDICTS:
+                unique.setdefault((res[stem]["scale"], *_finding(row)), (row, res[stem]))
+    return list(unique.values())
+
+
 def _described(row: dict) -> str:
     """A stored row's "what", as the paper module words it now (where it still lists it)."""
     try:
@@ -115,15 +127,8 @@ def results_page(sections_dir=DEFAULT_OUT, link_prefix: str = "sections/") -> st
     is at which scale."""
     res = load_results(sections_dir)
     findings = {stem: section_findings(r) for stem, r in res.items()}
-    # a finding shown in two sections at one scale (the base model's), or stated twice by the
-    # paper (paper.Reported.same_as), counts once
-    unique = {}
-    for stem, rows in findings.items():
-        for row in rows:
-            if row.get("verdict") in VERDICTS:
-                unique.setdefault((res[stem]["scale"], *_finding(row)), (row, res[stem]))
     by_setting: dict[tuple, list] = {}
-    for row, doc in unique.values():
+    for row, doc in _unique_findings(res, findings):
         by_setting.setdefault((doc["scale"], doc["hardware"]), []).append(row)
     summary = " ".join(
         f"At `{scale}` scale on {hw}: of the paper's {len(rows)} findings measured, "
@@ -220,7 +225,7 @@ def gpu_scale_page(done_dir=None) -> str:
         if stem in got:
             res[stem] = got[stem]
     findings = {stem: section_findings(r) for stem, r in res.items()}
-    counted = [row for rows in findings.values() for row in rows if row.get("verdict") in VERDICTS]
+    counted = [row for row, _ in _unique_findings(res, findings)]
     parts = [
         "# At `gpu` scale: the GPU slots",
         "",

@@ -77,7 +77,8 @@ REPORTED: list[Reported] = [
     Reported("depth_curriculum", "depth9", "depth-9 EM much lower for every p", "qualitative",
              "4.3.1, Fig. 13", "threshold"),
     # SFT with LoRA (Sec. 4.4, App. G.1, Table 3); its pre-trained model is the base model, the
-    # row Sec. 4.3 quotes from the same table
+    # row Sec. 4.3 quotes from the same table. (Table 4's APE row has the same numbers, but at
+    # the scaled-down scales it is another run, read as an order of three encodings: kept apart.)
     Reported("sft_lora", "pretrained_id", "pre-trained, ID", 1.0, "G.1, Table 3",
              same_as=("base", "id")),
     Reported("sft_lora", "pretrained_deeper", "pre-trained, deeper", 0.0, "G.1, Table 3",

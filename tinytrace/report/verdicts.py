@@ -26,6 +26,7 @@ from . import paper
 REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable at this scale"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE)
 NEAR = 0.05  # "near 100%" / "near 0%" / "matches": within this of the value
+MUCH_LOWER = 0.2  # depth 9 "much lower" (Sec. 4.3.1): at least this far below depth 8
 
 
 def _pc(v) -> str:
@@ -132,7 +133,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             out["finetuned_id"] = gate or _verdict(
                 abs(f["id"] - em["id"]) <= NEAR,
                 f"fine-tuned {_pc(f['id'])} vs pre-trained {_pc(em['id'])} "
-                f"({_change(f['id'] - em['id'])}; the paper: {_change(value['finetuned_id'] - 1.0)})")
+                f"({_change(f['id'] - em['id'])}; the paper: "
+                f"{_change(value['finetuned_id'] - value['pretrained_id'])})")
             out["finetuned_deeper"] = gate or _verdict(f["deeper"] <= NEAR, f"deeper {_pc(f['deeper'])}")
             paper_gain = value["finetuned_longer"] - value["pretrained_longer"]
             out["finetuned_longer"] = gate or _verdict(
@@ -199,10 +201,10 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             d8 = m["depth8_best"]
             later = trained_later_runs(df)
             d9 = float(later[later["test_set"] == tests[3]]["exact_match"].max())
-            floor = (f" (cannot pass: it must be 20 points below depth 8, which is below 20%)"
-                     if d8 < 0.2 else "")
-            out["depth9"] = _verdict(d9 <= d8 - 0.2, f"best over p >= 1: {_pc(d9)} vs depth-8's "
-                                                     f"{_pc(d8)}{floor}{note}")
+            floor = (f" (cannot pass: it must be {100 * MUCH_LOWER:.0f} points below depth 8, "
+                     f"which is below {100 * MUCH_LOWER:.0f}%)" if d8 < MUCH_LOWER else "")
+            out["depth9"] = _verdict(d9 <= d8 - MUCH_LOWER, f"best over p >= 1: {_pc(d9)} vs "
+                                                            f"depth-8's {_pc(d8)}{floor}{note}")
         else:
             out["depth9"] = gate or out["depth8_best"]
     elif experiment == "pe_ablation":
