@@ -93,6 +93,9 @@ CASES = [
     (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/s4",
       "--preset", "smoke", "--alpha", "-1"], "need alpha > 0"),
     (["bench", "generate", "--seconds", "-1"], "need seconds > 0"),
+    (["notebooks", "pages", "--book", "{d}/no_book"], "no book folder {d}/no_book"),
+    (["notebooks", "run", "--scale", "smoke", "--device", "gpu", "--out", "{d}/nb"],
+     "device must be cpu or cuda"),
     (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/run",
       "--preset", "smoke"], "not a fine-tuning run"),
 ]
@@ -101,6 +104,8 @@ if not torch.cuda.is_available():  # asking for a GPU where torch sees none
         (_eval("{d}/run", "{d}/data") + ["--device", "cuda"], "torch sees 0 CUDA device(s)"),
         (["bench", "eval", "--model", "tiny", "--device", "cuda:1"], "torch sees 0 CUDA device(s)"),
         (["experiment", "base", "--device", "cuda", "--out", "{d}/e"], "torch sees no CUDA device"),
+        (["notebooks", "run", "--scale", "smoke", "--device", "cuda", "--out", "{d}/nb"],
+         "torch sees no CUDA device"),
         (["sft", "--base", "{d}/run", "--data", "{d}/data", "--config", "s", "--out", "{d}/s3",
           "--preset", "smoke", "--device", "cuda"], "torch sees no CUDA device"),
     ]

@@ -603,6 +603,8 @@ def write_pages(book_dir="book", sections_dir=None, data_dir="data/tinytracing",
     """Regenerate (or, with ``check``, compare) the generated pages: results summary, datasets,
     performance (and its figure) and the scales table of the reproducing page. Returns the pages that changed / differ."""
     book = Path(book_dir)
+    if not book.is_dir():
+        raise FileNotFoundError(f"no book folder {book} (the repository's book/, or --book DIR)")
     sections = Path(sections_dir) if sections_dir is not None else book / "sections"
     rel = os.path.relpath(sections.resolve(), book.resolve())
     wanted = {
