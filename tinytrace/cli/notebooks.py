@@ -53,10 +53,6 @@ def add_cli(sub) -> None:
 
 
 def _run_cli(args) -> int:
-    if args.device is not None:  # before any notebook starts, as `experiment --device` does
-        from tinytrace.train.common import check_device
-
-        check_device(args.device)
     outcomes = run_notebooks(args.scale, only=args.only, jobs=args.jobs, out=args.out,
                              cache_dir=args.cache_dir, src=args.src, seed=args.seed,
                              device=args.device, params=dict(args.param), timeout=args.timeout,

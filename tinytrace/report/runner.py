@@ -290,6 +290,10 @@ def run_notebooks(scale: str, only=None, jobs: int = 1, out=DEFAULT_OUT, cache_d
     if missing:
         todo = {n: p for n, p in todo.items()
                 if not ((out / f"{n}.ipynb").exists() and (out / f"{n}.json").exists())}
+    if device is not None:  # before any notebook starts, as `experiment --device` does
+        from tinytrace.train.common import check_device  # torch: only when a device is named
+
+        check_device(device)
     check_params(todo, params or {})
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).resolve()

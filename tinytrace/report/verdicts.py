@@ -72,7 +72,7 @@ def _first_wrong(df) -> str:
     failure counts where the results have them: the clip rate cannot tell a line written one
     level up from the ``if`` line that opens the block dropped."""
     cols = {k: f"fail: {k}" for k in ("indentation (depth)", "snippet copy")}
-    deeper = df[df["test_set"] == "deeper"] if "test_set" in df else df.iloc[:0]
+    deeper = df[df["test_set"] == "deeper"]
     if deeper.empty or not all(c in deeper for c in cols.values()):
         return ""
     n = {k: int(deeper[c].iloc[0]) for k, c in cols.items()}
