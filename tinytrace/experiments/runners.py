@@ -614,6 +614,12 @@ class PrerequisiteMissing(NotTrained):
         self.run, self.needed = run, needed
 
 
+def _check_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of :data:`EXPERIMENTS`."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+
+
 def _first_then_rest(runs: list[tuple[str, Callable]]) -> list[TrainingRun]:
     return [TrainingRun(label, fn, after_first=i > 0) for i, (label, fn) in enumerate(runs)]
 
@@ -637,8 +643,7 @@ PLANS: dict[str, Callable] = {
 def training_runs(name: str, scale="smoke", seed: int = 0) -> list[TrainingRun]:
     """The training runs of experiment ``name`` at ``scale``, in the order its runner trains
     them; nothing is built or trained."""
-    if name not in PLANS:
-        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    _check_name(name)
     return PLANS[name](get_scale(scale), seed)
 
 
@@ -646,8 +651,7 @@ def prerequisites(name: str, scale="smoke", seed: int = 0) -> list[Prerequisite]
     """The runs of other experiments or scales that the evaluation of experiment ``name`` at
     ``scale`` needs, not among its :func:`training_runs`: the pair coverage's first reference,
     a base model (:func:`_coverage_prerequisite`). Nothing is built or trained."""
-    if name not in PLANS:
-        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    _check_name(name)
     s = get_scale(scale)
     if name == "pair_coverage" and any(c.excluded is not None for c in _coverages(s, seed)):
         need = _coverage_prerequisite(s)
@@ -683,8 +687,7 @@ def evaluate_trained(name: str, scale="smoke", cache_dir="cache", seed: int = 0,
     training nothing: it stops at the first run that is not trained. A GPU slot's training
     unit calls it after its run, so that later units find the evaluations cached and need not
     carry the weights. Returns what it did, in words."""
-    if name not in RUNNERS:
-        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    _check_name(name)
     _hide_gpu(device)
     random.seed(seed)
     try:
@@ -727,8 +730,7 @@ def run_experiment(name: str, scale="smoke", out=None, cache_dir="cache", seed: 
     cache does not hold done (or, where an evaluation is not cached, holds without its
     weights): a GPU slot's section unit, whose runs earlier units trained, then fails instead
     of training them."""
-    if name not in RUNNERS:
-        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    _check_name(name)
     if not isinstance(train, bool):  # e.g. papermill's -p train=False, a string
         raise ValueError(f"train must be True or False, got {train!r}")
     _hide_gpu(device)

@@ -71,13 +71,18 @@ def section_findings(doc: dict) -> list[dict]:
     return rows
 
 
+def _reported(row: dict) -> paper.Reported | None:
+    """What the paper module lists for a stored row's finding (None where it no longer does)."""
+    try:
+        return paper.reported(row.get("experiment"), row.get("key"))
+    except KeyError:
+        return None
+
+
 def _finding(row: dict) -> tuple:
     """The (experiment, key) a row's finding is counted as: the paper's first statement of it."""
-    try:
-        same = paper.reported(row.get("experiment"), row.get("key")).same_as
-    except KeyError:
-        same = None
-    return same or (row.get("experiment"), row.get("key"))
+    listed = _reported(row)
+    return (listed and listed.same_as) or (row.get("experiment"), row.get("key"))
 
 
 def _unique_findings(res: dict, findings: dict) -> list[tuple[dict, dict]]:
@@ -94,10 +99,8 @@ def _unique_findings(res: dict, findings: dict) -> list[tuple[dict, dict]]:
 
 def _described(row: dict) -> str:
     """A stored row's "what", as the paper module words it now (where it still lists it)."""
-    try:
-        return paper.reported(row.get("experiment"), row.get("key")).what
-    except KeyError:
-        return row.get("what", "")
+    listed = _reported(row)
+    return listed.what if listed else row.get("what", "")
 
 
 def verdict_counts(rows: list[dict]) -> dict[str, int]:
