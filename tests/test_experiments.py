@@ -329,7 +329,7 @@ def test_scales_table():
 def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractions(tmp_path):
     """`cpu-long` changes only the corpora of the robustness runs (the paper's 1, 1/2, 1/4, 1/8
     of the base corpus, Sec. 4.1), of the exclusion and curriculum runs (the base model's, as
-    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (each drawn four times) and trains the
+    Sec. 4.2 and 4.3.1), adds 10% and 30% exclusion points (each drawn five times) and trains the
     base and curriculum runs for 2 epochs while the exclusion runs keep `cpu`'s 1; a run's cache
     key does not contain the scale's name, so every run of the same recipe is the same folder in
     a shared cache."""
@@ -347,12 +347,12 @@ def test_cpu_long_is_cpu_with_each_experiments_runs_on_the_papers_corpus_fractio
     row = scale_table().set_index("scale").loc["cpu-long"]
     assert row["epochs"] == 2
     assert row["robustness corpora x epochs"] == "1, 0.5, 0.25, 0.125 x 2"
-    assert long.coverage_draws == 4
+    assert long.coverage_draws == 5
     assert sorted(long.coverage_drawn) == sorted(f"{scope}-{pct}" for scope in long.scopes
                                                  for pct in long.exclusion_pcts)
-    assert row["exclusion %"] == "10, 30, 60, 90, 100; every point (x4)"
+    assert row["exclusion %"] == "10, 30, 60, 90, 100; every point (x5)"
     some = dataclasses.replace(long, coverage_drawn=("assignment-90", "global-30"))
-    assert _drawn_label(some) == "; assignment 90 (x4); global 30 (x4)"
+    assert _drawn_label(some) == "; assignment 90 (x5); global 30 (x5)"
     assert _drawn_label(dataclasses.replace(some, coverage_draws=1)) == ""
     assert row["exclusion / curriculum corpus x epochs"] == "1 x 1 / 1 x 2"
     cache = Cache(tmp_path)

@@ -225,14 +225,14 @@ def _scales() -> Presets[Scale]:
     # `cpu`'s 1 (they are many), and their reference is then the base recipe at 1 epoch:
     # `cpu`'s base model. The curriculum runs (epochs not given either) get the base run's 2:
     # at 1 epoch the p >= 1 runs stopped below the verdicts' 90% ID rule (87.7 and 88.9%), a
-    # change made after seeing them. Every exclusion point is drawn four times.
+    # change made after seeing them. Every exclusion point is drawn five times.
     # The draws were added in steps, after earlier draws were seen: first the points within a
     # standard error (about 2.6 points of share at n = 512) of the 80% line (global 10% and
     # 30%, assignment 90%), then the collapse point (assignment 100%), then the other side of
     # each crossing the verdicts read (both 60% points), then the rest, so that no point is
-    # read from one draw, and last a fourth draw of every point, because three verdicts read
-    # points whose three draws lay on both sides of the line; why and when:
-    # notes/issue15-learning.md.
+    # read from one draw, then a fourth draw of every point, because three verdicts read
+    # points whose three draws lay on both sides of the line, and a fifth, declared the last
+    # before it ran, because four verdicts then did; why and when: notes/issue15-learning.md.
     # Everything else is `cpu`'s (but the LoRA runs start from the 2-epoch base model), so the
     # two scales share every run of the same recipe and corpus in the cache.
     long_pcts = (10, 30, 60, 90, 100)
@@ -241,7 +241,7 @@ def _scales() -> Presets[Scale]:
         description="the `cpu` scale with each experiment's runs on the paper's fractions of the "
                     "base corpus: the robustness runs (Sec. 4.1) on 1, 1/2, 1/4 and 1/8 of it for "
                     "2 epochs (the paper: 8), every pair-exclusion run (Sec. 4.2; `cpu`'s grid, "
-                    "10% and 30%; every point drawn four times) on all of it for 1 epoch and "
+                    "10% and 30%; every point drawn five times) on all of it for 1 epoch and "
                     "every curriculum run (Sec. 4.3.1) on all of it for 2 (at `cpu` "
                     "they train on a fifth and 15% of it and stop near 50% ID EM); the base "
                     "model and the PE ablation's runs for 2 epochs (the paper: 4; `cpu`: 1), "
@@ -252,7 +252,7 @@ def _scales() -> Presets[Scale]:
         exclusion_pcts=long_pcts,
         coverage_corpus=1.0,
         coverage_epochs=1,
-        coverage_draws=4,
+        coverage_draws=5,
         coverage_drawn=exclusion_points(cpu.scopes, long_pcts),
         curriculum_corpus=1.0,
     )
@@ -307,8 +307,8 @@ def get_scale(name) -> Scale:
 
 
 def _drawn_label(s: Scale) -> str:
-    """The points drawn more than once (``coverage_drawn``): "; every point (x4)", or each one,
-    "; global 10 (x4)"."""
+    """The points drawn more than once (``coverage_drawn``): "; every point (x5)", or each one,
+    "; global 10 (x5)"."""
     if s.coverage_draws < 2 or not s.coverage_drawn:
         return ""
     if set(s.coverage_drawn) == set(s.exclusion_points()):
