@@ -161,7 +161,7 @@ def test_measured_time_comes_from_results():
     results["03"]["compute"] = {"artifacts": {**base, "run-rob": ["train", 540.0],
                                               "corpus-old": ["data", None]}}
     assert pages.measured_time("cpu", results) == (
-        "2 of 6 sections: 20 min of training, evaluation and data on CPU: x (19 / 0 / 0 min; "
+        "2 of 6 sections: 20 min of training, evaluation and data on CPU: x (19 / 1 / 0 min; "
         "what each run, evaluation and corpus cost when it was made, each once, cached or not; "
         "not counted: 1 made before costs were recorded); 15 min of notebook "
         "time in their last executions")
@@ -169,9 +169,20 @@ def test_measured_time_comes_from_results():
     results["01"] = {"scale": "cpu", "seconds": 60.0, "hardware": "CPU: y",
                      "compute": {"artifacts": {}}}
     assert pages.measured_time("cpu", results).startswith(
-        "3 of 6 sections: 20 min of training, evaluation and data on CPU: x (19 / 0 / 0 min;")
+        "3 of 6 sections: 20 min of training, evaluation and data on CPU: x (19 / 1 / 0 min;")
     assert pages.measured_time("cpu", results).endswith("; 16 min of notebook time in their "
                                                         "last executions")
+
+
+def test_the_minutes_shown_add_up_to_the_total_shown():
+    # rounded one by one these read 720 / 9 / 4 of 734
+    assert pages.whole_minutes(44_052, [43_224, 564, 264]) == (734, [720, 10, 4])
+    assert pages.whole_minutes(1200, [1140, 30, 30]) == (20, [19, 1, 0])  # a tie: the first
+    assert pages.whole_minutes(0, [0, 0, 0]) == (0, [0, 0, 0])
+    for parts in ([59.0, 59.0, 59.0], [89.0, 29.0, 1.0], [3599.0, 0.4, 0.4]):
+        total, shown = pages.whole_minutes(sum(parts), parts)
+        assert sum(shown) == total == round(sum(parts) / 60)
+        assert all(abs(m - p / 60) < 1 for m, p in zip(shown, parts))
 
 
 def test_a_section_reports_the_same_compute_cold_and_warm(tmp_path):

@@ -362,6 +362,18 @@ def write_datasets_page(data_dir="data/tinytracing", path=DATASETS_PAGE) -> Path
     return path
 
 
+def whole_minutes(total: float, parts: list[float]) -> tuple[int, list[int]]:
+    """``total`` seconds and its ``parts`` in whole minutes that add up to the total shown:
+    each part rounded down, then the minutes still missing given to the parts with the largest
+    remainders (rounded one by one, 720.4 / 9.4 / 4.4 would read 720 / 9 / 4 of 734)."""
+    whole = round(total / 60)
+    shown = [int(p // 60) for p in parts]
+    by_rest = sorted(range(len(parts)), key=lambda i: parts[i] / 60 - shown[i], reverse=True)
+    for i in by_rest[:max(whole - sum(shown), 0)]:
+        shown[i] += 1
+    return whole, shown
+
+
 def measured_time(scale: str, results: dict[str, dict]) -> str:
     """What the executed sections at ``scale`` took in their last executions, from their
     results, else "not measured". An execution that found its runs and evaluations in the cache
@@ -381,10 +393,10 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
         where = hardware([r for r in done if r["compute"].get("artifacts")] or done)
         missing = (f"; not counted: {c['unrecorded']} made before costs were recorded"
                    if c["unrecorded"] else "")
-        return (f"{len(done)} of {len(NOTEBOOKS)} sections: {c['seconds'] / 60:.0f} min of "
-                f"training, evaluation and data on {where} ({c['train'] / 60:.0f} / "
-                f"{c['evaluate'] / 60:.0f} / {c['data'] / 60:.0f} min; what each run, "
-                f"evaluation and corpus cost when it was made, each once, cached or not"
+        total, parts = whole_minutes(c["seconds"], [c[k] for k in ("train", "evaluate", "data")])
+        return (f"{len(done)} of {len(NOTEBOOKS)} sections: {total} min of "
+                f"training, evaluation and data on {where} ({' / '.join(map(str, parts))} min; "
+                f"what each run, evaluation and corpus cost when it was made, each once, cached or not"
                 f"{missing}); {minutes:.0f} min of notebook time in their last executions")
     return (f"{len(done)} of {len(NOTEBOOKS)} sections: {minutes:.0f} min of notebook time on "
             f"{hardware(done)} (last executions; work they found cached is not counted)")
