@@ -1,6 +1,7 @@
 """The book's honesty rules: verdicts read only what the data supports, rows describe the run's
 own task, the failure classes, one parameters cell per rendered section."""
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -10,12 +11,13 @@ from tinytrace.experiments.analysis import FAILURE_CLASSES, excluded_curve, meas
 from tinytrace.report import pages, paper
 from tinytrace.report.nbkit import training_caption
 from tinytrace.report.runner import hide_default_parameters
-from tinytrace.report.tables import draws_table, failure_table, generator_comparison
+from tinytrace.report.tables import draws_table, failure_table, generator_comparison, setup_comparison
 from tinytrace.report.verdicts import (
     NOT_COMPARABLE,
     NOT_REPRODUCED,
     REPRODUCED,
     bracket,
+    own_sets,
     verdicts,
 )
 
@@ -259,8 +261,28 @@ def test_lora_evidence_gives_each_change_beside_the_papers():
     v = verdicts("sft_lora", df, "cpu-long")
     assert v["finetuned_longer"]["verdict"] == REPRODUCED
     assert v["finetuned_longer"]["evidence"].endswith(
-        "no large OOD gain (-3.8 points; the paper: +3.0 points)")
+        "no large OOD gain (-3.8 points; the paper: +3.0 points); this scale's longer set: 5-6 "
+        "statements (the paper's: 11-17)")
     assert v["finetuned_id"]["evidence"].endswith("(no change; the paper: -0.8 points)")
+
+
+def test_evidence_names_the_scales_own_sets_where_they_are_not_the_papers():
+    """The rows name the paper's sets (11-17 statements, depth 3-4): below the paper's task the
+    evidence says which sets the numbers are of; at the paper's sets it adds nothing."""
+    df = _base(0.98, 0.05, 0.0, 1.0)
+    small = verdicts("base", df, "cpu-long")
+    assert small["longer"]["evidence"].endswith(
+        "; this scale's longer set: 5-6 statements (the paper's: 11-17)")
+    assert small["deeper"]["evidence"] == (
+        "deeper 0.0%; this scale's deeper set: depth 2-3, ID depth <= 1 (the paper's: 3-4, <= 2)")
+    for scale in ("gpu", "paper"):
+        assert own_sets(scale) == {}
+        assert not any("this scale's" in v["evidence"] for v in verdicts("base", df, scale).values())
+    renamed = pd.DataFrame([{"experiment": "depth_curriculum", "p": p, "test_set": t,
+                             "exact_match": 0.95, "n": 8} for p in (0, 10)
+                            for t in ["depth-0-2", "depth-6", "depth-7", "depth-8", "depth-9"]])
+    assert not any("this scale's" in v["evidence"]
+                   for v in verdicts("depth_curriculum", renamed, "gpu").values())
 
 
 def test_clipping_evidence_says_where_the_failures_first_go_wrong():
@@ -268,7 +290,8 @@ def test_clipping_evidence_says_where_the_failures_first_go_wrong():
     df["fail: indentation (depth)"], df["fail: snippet copy"] = [0, 3, 2], [0, 1, 510]
     evidence = verdicts("base", df, "cpu")["deeper_clipping"]["evidence"]
     assert evidence.endswith("first wrong token: an indentation in 2, a snippet copy "
-                             "(e.g. a dropped `if` line) in 510")
+                             "(e.g. a dropped `if` line) in 510; this scale's deeper set: depth "
+                             "2-3, ID depth <= 1 (the paper's: 3-4, <= 2)")
     assert "first wrong" not in verdicts("base", _base(0.98, 0.05, 0.0, 1.0), "cpu")[
         "deeper_clipping"]["evidence"]
 
@@ -436,6 +459,11 @@ def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
     for key in ("depth67_p1", "depth8_best", "depth9"):
         assert "p = 50 left out: its own ID EM 84.6% < 90.0%" in v[key]["evidence"], key
     assert v["depth8_best"]["evidence"].startswith("6.2% vs the paper's 99.4%")
+    # the rows name the paper's depths; the evidence names the ones that stand for them here
+    assert v["depth6_p0"]["evidence"].endswith("; this scale's depth 2 (the paper's 6)")
+    assert v["depth67_p1"]["evidence"].endswith("; this scale's depths 2 and 3 (the paper's 6 and 7)")
+    assert v["depth8_best"]["evidence"].endswith("; this scale's depth 4 (the paper's 8)")
+    assert v["depth9"]["evidence"].endswith("; this scale's depths 4 and 5 (the paper's 8 and 9)")
     # depth 9 must be 20 points below the best depth 8: with depth 8 at 6.2% nothing can pass
     # (the floor 05's text names); with depth 8 at 50% the same depth 9 does
     assert v["depth9"]["verdict"] == NOT_REPRODUCED
@@ -459,3 +487,16 @@ def test_curriculum_findings_leave_out_runs_below_the_trained_bar():
         assert v[key]["verdict"] == NOT_COMPARABLE, key
         assert "no run with p >= 1 reaches 90.0%" in v[key]["evidence"], key
     assert v["depth6_p0"]["verdict"] == NOT_REPRODUCED
+
+
+def test_setup_table_reads_the_runs_training_tokens(tmp_path):
+    """The paper's corpus tokens (933M, Sec. 3.4) beside the tokens of the run's training
+    split, from its records; a run without them reads n/a, not a guess."""
+    run = tmp_path / "run-x"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"data": {"config": "data", "train_tokens": 29_894_613}}))
+    (run / "log.jsonl").write_text('{"time": 0}\n{"time": 1800}\n')
+    rows = setup_comparison("cpu-long", run).set_index("key")["this run"]
+    assert rows["corpus_tokens"] == 29_894_613 and rows["train_hours"] == 0.5
+    (run / "run.json").unlink()
+    assert math.isnan(setup_comparison("cpu-long", run).set_index("key").loc["corpus_tokens", "this run"])

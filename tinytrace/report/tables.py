@@ -5,7 +5,9 @@ Exact match is stored as a fraction and shown in percent.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -65,7 +67,8 @@ def generator_comparison(stats, scale: str, hardware: str = "", described: str |
 
 def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
     """The paper's setup numbers (Sec. 3, App. C) beside this scale's: corpus, test size,
-    epochs, model size and, from the run's log, the training time."""
+    epochs, model size and, from the run's records, the tokens of its training split (the
+    paper's 933M count its whole corpus, of which a test set is 0.03%) and the training time."""
     s = get_scale(scale)
     ours = {"corpus_snippets": s.corpus_snippets, "test_size": s.test_size,
             "epochs": s.train.epochs, "model_params": count_params(s.model_config())}
@@ -73,6 +76,10 @@ def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
         hours = train_hours(run_dir)
         if hours is not None:
             ours["train_hours"] = round(hours, 4)
+        try:
+            ours["corpus_tokens"] = json.loads(Path(run_dir, "run.json").read_text())["data"]["train_tokens"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a run without its metadata: the row reads n/a
     rows = []
     for r in paper.REPORTED:
         if r.experiment == "base" and r.kind == "setup":

@@ -20,6 +20,7 @@ from tinytrace.experiments.analysis import (
     trained_later_runs,
     untrained_curriculum_runs,
 )
+from tinytrace.experiments.scales import get_scale
 
 from . import paper
 
@@ -53,6 +54,37 @@ def _untrained(name: str, em: float) -> dict | None:
     if em < TRAINED_EM:
         return _nc(f"{name} ID EM {_pc(em)} < {_pc(TRAINED_EM)}: the finding needs a trained model")
     return None
+
+
+def own_sets(scale: str) -> dict[str, str]:
+    """Clauses naming this scale's OOD sets where they are not the paper's, for the evidence of
+    findings whose rows name the paper's (11-17 statements; depth 3-4 against ID depth 2):
+    ``longer`` and ``deeper``. Empty for a scale with the paper's sets, or one not in SCALES."""
+    try:
+        own, ref = get_scale(scale), get_scale("paper")
+    except (KeyError, ValueError):
+        return {}
+    (lo, hi), (plo, phi) = ((s.generator("longer").min_statements,
+                             s.generator("longer").max_statements) for s in (own, ref))
+    deep, pdeep = ((s.generator("deeper").min_depth, s.generator("deeper").max_depth,
+                    s.generator("id").max_depth) for s in (own, ref))
+    out = {}
+    if (lo, hi) != (plo, phi):
+        out["longer"] = f"; this scale's longer set: {lo}-{hi} statements (the paper's: {plo}-{phi})"
+    if deep != pdeep:
+        out["deeper"] = (f"; this scale's deeper set: depth {deep[0]}-{deep[1]}, ID depth <= "
+                         f"{deep[2]} (the paper's: {pdeep[0]}-{pdeep[1]}, <= {pdeep[2]})")
+    return out
+
+
+def _own_depths(tests: list[str], paper_depths: tuple[int, ...]) -> str:
+    """A clause naming the curriculum test depths that stand for the paper's ``paper_depths``
+    (6 to 9, in order) where they are not the paper's; ``tests`` from :func:`depth_tests`."""
+    own = [int(tests[d - 6].split("-")[1]) for d in paper_depths]
+    if own == list(paper_depths):
+        return ""
+    return (f"; this scale's depth{'s' if len(own) > 1 else ''} "
+            f"{' and '.join(map(str, own))} (the paper's {' and '.join(map(str, paper_depths))})")
 
 
 def bracket(pcts: list, ems: list, above: float) -> tuple | None:
@@ -108,6 +140,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         out[pre + "id"] = _verdict(em["id"] >= 1 - NEAR,
                                    f"ID EM {_pc(em['id'])}, the paper's 100% within {_pc(NEAR)}")
         gate = _untrained("base", em["id"])
+        here = own_sets(scale)
         if exact:
             out[pre + "longer"] = gate or near(pre + "longer", em["longer"], 0.1)
         else:
@@ -115,15 +148,16 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
                 0.05 <= em["longer"] <= em["id"] - 0.1,
                 f"longer {_pc(em['longer'])}; partial generalization (reproduced) is between 5% "
                 f"and the ID EM ({_pc(em['id'])}) - 10 points: the numbers depend on the task's "
-                "lengths")
-        out[pre + "deeper"] = gate or _verdict(em["deeper"] <= NEAR, f"deeper {_pc(em['deeper'])}")
+                f"lengths{here.get('longer', '')}")
+        out[pre + "deeper"] = gate or _verdict(em["deeper"] <= NEAR, f"deeper {_pc(em['deeper'])}"
+                                                                     f"{here.get('deeper', '')}")
         if experiment == "base":
             rate = df["clip_rate"].dropna() if "clip_rate" in df else []
             out["deeper_clipping"] = gate or (
                 _nc("no deeper failures to classify") if not len(rate) else
                 _verdict(float(rate.iloc[0]) >= 0.5, f"clip rate {float(rate.iloc[0]):.2f}: the share "
                          "of failing deeper traces with no line deeper than the ID depth "
-                         f"(reproduced from 0.5){_first_wrong(df)}"))
+                         f"(reproduced from 0.5){_first_wrong(df)}{here.get('deeper', '')}"))
         else:
             ft = d[d["model"] == "fine-tuned"]
             f = {ts: mean_em(ft, test_set=ts) for ts in ("id", "longer", "deeper")}
@@ -135,12 +169,14 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
                 f"fine-tuned {_pc(f['id'])} vs pre-trained {_pc(em['id'])} "
                 f"({_change(f['id'] - em['id'])}; the paper: "
                 f"{_change(value['finetuned_id'] - value['pretrained_id'])})")
-            out["finetuned_deeper"] = gate or _verdict(f["deeper"] <= NEAR, f"deeper {_pc(f['deeper'])}")
+            out["finetuned_deeper"] = gate or _verdict(f["deeper"] <= NEAR, f"deeper {_pc(f['deeper'])}"
+                                                                         f"{here.get('deeper', '')}")
             paper_gain = value["finetuned_longer"] - value["pretrained_longer"]
             out["finetuned_longer"] = gate or _verdict(
                 abs(f["longer"] - em["longer"]) <= 0.1,
                 f"longer {_pc(f['longer'])} vs pre-trained {_pc(em['longer'])}: no large OOD gain "
-                f"({_change(f['longer'] - em['longer'])}; the paper: {_change(paper_gain)})")
+                f"({_change(f['longer'] - em['longer'])}; the paper: {_change(paper_gain)})"
+                f"{here.get('longer', '')}")
             tp = m.get("trainable_params")
             out["trainable_params"] = (
                 _nc("LoRA not run") if tp is None else
@@ -189,6 +225,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         left = untrained_curriculum_runs(df)
         note = "".join(f"; p = {p:g} left out: its own ID EM {_pc(em)} < {_pc(TRAINED_EM)}"
                        for p, em in left.items() if p >= 1)
+        depths = {"depth6_p0": (6,), "depth67_p1": (6, 7), "depth8_best": (8,), "depth9": (8, 9)}
+        where = {k: _own_depths(tests, d) if len(tests) >= 4 else "" for k, d in depths.items()}
         for key in ("depth6_p0", "depth67_p1", "depth8_best"):
             if key != "depth6_p0" and not gate and key not in m:
                 out[key] = _nc(f"no run with p >= 1 reaches {_pc(TRAINED_EM)} on its own test{note}")
@@ -196,7 +234,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             out[key] = gate or (near(key, m[key]) if exact else _verdict(
                 m.get(key, math.nan) >= value[key] - 0.1,
                 f"{_pc(m.get(key))} vs the paper's {_pc(value[key])} (reproduced from "
-                f"{_pc(value[key] - 0.1)}){'' if key == 'depth6_p0' else note}"))
+                f"{_pc(value[key] - 0.1)}){'' if key == 'depth6_p0' else note}{where[key]}"))
         if not gate and "depth8_best" in m:
             d8 = m["depth8_best"]
             later = trained_later_runs(df)
@@ -204,7 +242,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             floor = (f" (cannot pass: it must be {100 * MUCH_LOWER:.0f} points below depth 8, "
                      f"which is below {100 * MUCH_LOWER:.0f}%)" if d8 < MUCH_LOWER else "")
             out["depth9"] = _verdict(d9 <= d8 - MUCH_LOWER, f"best over p >= 1: {_pc(d9)} vs "
-                                                            f"depth-8's {_pc(d8)}{floor}{note}")
+                                                            f"depth-8's {_pc(d8)}{floor}{note}"
+                                                            f"{where['depth9']}")
         else:
             out["depth9"] = gate or out["depth8_best"]
     elif experiment == "pe_ablation":
