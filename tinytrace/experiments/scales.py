@@ -262,7 +262,8 @@ def _scales() -> Presets[Scale]:
                     "estimates): the paper's task and model, a fifth of the corpus, one epoch "
                     "of the `gpu-muon-state` recipe (batch 128 x 512, Muon on the hidden "
                     "matrices + AdamW, one cosine phase, the state lists weighted 3x in the "
-                    "loss; about 3 minutes of an H200)",
+                    "loss; about 3 minutes of an H200, measured for the same schedule "
+                    "without the state-list weighting, `gpu-muon`)",
         model="paper",
         train=TRAIN_PRESETS["gpu-muon-state"],
         corpus_snippets=600_000,
