@@ -24,6 +24,7 @@ import pytest
 from tinytrace.cli import main
 from tinytrace.experiments import measured, run_experiment, training_tokens
 from tinytrace.report import nbkit, pages, paper, runner
+from tinytrace.provenance import code_dirty
 from tinytrace.report.sections import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,14 +176,47 @@ def test_measured_time_comes_from_results():
 
 
 def test_the_minutes_shown_add_up_to_the_total_shown():
-    # rounded one by one these read 720 / 9 / 4 of 734
-    assert pages.whole_minutes(44_052, [43_224, 564, 264]) == (734, [720, 10, 4])
-    assert pages.whole_minutes(1200, [1140, 30, 30]) == (20, [19, 1, 0])  # a tie: the first
-    assert pages.whole_minutes(0, [0, 0, 0]) == (0, [0, 0, 0])
-    for parts in ([59.0, 59.0, 59.0], [89.0, 29.0, 1.0], [3599.0, 0.4, 0.4]):
-        total, shown = pages.whole_minutes(sum(parts), parts)
-        assert sum(shown) == total == round(sum(parts) / 60)
-        assert all(abs(m - p / 60) < 1 for m, p in zip(shown, parts))
+    # the committed cpu-long book's costs: rounded one by one they read 720 / 9 / 4 of 734
+    assert pages.whole_minutes([43_220.7, 535.8, 259.8]) == (734, [721, 9, 4])
+    assert pages.whole_minutes([43_224, 564, 264]) == (734, [721, 9, 4])  # a tie: the first
+    assert pages.whole_minutes([1140, 30, 30]) == (20, [19, 1, 0])
+    assert pages.whole_minutes([0, 0, 0]) == (0, [0, 0, 0])
+    for parts in ([59.0, 59.0, 59.0], [89.0, 29.0, 1.0], [3599.0, 0.4, 0.4], [10.0, 20.0, 29.0]):
+        total, shown = pages.whole_minutes(parts)
+        assert sum(shown) == total and all(abs(m - p / 60) < 1 for m, p in zip(shown, parts))
+
+
+def test_results_say_whether_the_code_had_uncommitted_edits(tmp_path):
+    """``git_commit`` names the code that made a section's results only when the package and
+    notebooks match it: ``code_dirty`` says so, and the outputs a render writes do not count."""
+    repo = tmp_path / "repo"
+    for f in ("tinytrace/x.py", "notebooks/a.ipynb", "book/sections/a.json"):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text("0\n")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    assert code_dirty(repo) is False
+    (repo / "book/sections/a.json").write_text("1\n")
+    assert code_dirty(repo) is False
+    (repo / "notebooks/a.ipynb").write_text("1\n")
+    assert code_dirty(repo) is True
+    git("commit", "-qam", "y")
+    (repo / "tinytrace/x.py").write_text("1\n")
+    assert code_dirty(repo / "book") is True  # from anywhere in the checkout
+    (tmp_path / "plain").mkdir()
+    assert code_dirty(tmp_path / "plain") is None
+    import pandas as pd
+
+    doc = json.loads(nbkit.write_results_json("s", scale="smoke", seed=0, hardware="x",
+                                              comparison=pd.DataFrame(), results={},
+                                              results_dir=tmp_path).read_text())
+    assert doc["code_dirty"] == code_dirty()
 
 
 def test_a_section_reports_the_same_compute_cold_and_warm(tmp_path):

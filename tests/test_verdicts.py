@@ -213,6 +213,13 @@ def test_results_page_shows_verdicts(tmp_path):
     assert "base ID EM 45.0% < 90.0%" in page
     hours = next(x for x in page.splitlines() if "| 0.25 |" in x)  # labelled as the paper module says
     assert hours.startswith(f"| {paper.reported('base', 'train_hours').what} |") and "None" not in hours
+    assert "Scale `cpu` on CPU: x, seed 0, 2026-12-04.\n" in page  # results that name no commit
+    doc.update(git_commit="0123456789abcdef", code_dirty=False)
+    (tmp_path / "02_model_data_training.json").write_text(json.dumps(doc))
+    assert "Scale `cpu` on CPU: x, seed 0, 2026-12-04, code at `0123456`.\n" in pages.results_page(tmp_path)
+    doc["code_dirty"] = True
+    (tmp_path / "02_model_data_training.json").write_text(json.dumps(doc))
+    assert ", code at `0123456` with uncommitted edits.\n" in pages.results_page(tmp_path)
 
 
 def test_a_finding_two_sections_share_counts_once_per_scale(tmp_path):

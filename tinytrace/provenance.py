@@ -80,10 +80,11 @@ def compile_pays(device) -> bool:
     return True
 
 
-def git(*args) -> str | None:
-    """Output of ``git ARGS`` run in the package's folder ("" when empty); None outside a checkout."""
+def git(*args, cwd=None) -> str | None:
+    """Output of ``git ARGS`` run in ``cwd``, by default the package's folder ("" when empty);
+    None outside a checkout."""
     try:
-        r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+        r = subprocess.run(["git", *args], cwd=cwd or Path(__file__).resolve().parent,
                            capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -92,6 +93,16 @@ def git(*args) -> str | None:
 
 def git_commit() -> str | None:
     return git("rev-parse", "HEAD") or None
+
+
+def code_dirty(cwd=None) -> bool | None:
+    """Whether the package or the notebooks of the checkout at ``cwd`` (by default this
+    package's) have uncommitted edits, so that ``git_commit`` alone does not name the code that
+    made a result; None outside a git checkout. Outputs do not count: a render writes into
+    ``book/`` as it goes."""
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":/tinytrace",
+                 ":/notebooks", cwd=cwd)
+    return None if status is None else bool(status)
 
 
 def versions() -> dict:

@@ -22,7 +22,7 @@ from tinytrace.lang import generator as G
 from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.lang.edits import EDIT_NAMES, apply_edit
 from tinytrace.lang.program import render
-from tinytrace.provenance import git_commit, hardware, versions
+from tinytrace.provenance import code_dirty, git_commit, hardware, versions
 
 from .sections import NOTEBOOKS, Section
 from .tables import (
@@ -359,6 +359,7 @@ def write_results_json(stem: str, *, scale: str, seed: int, hardware: str, compa
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tinytrace": versions()["tinytrace"],
         "git_commit": git_commit(),
+        "code_dirty": code_dirty(),
         "python": versions()["python"],
         "scale_config": _scale_config(scale),
         # what the artifacts this notebook used cost when they were made, cached or not

@@ -194,8 +194,8 @@ def _sections_markdown(res: dict, findings: dict, link, not_run) -> list[str]:
         if not r:
             parts += [not_run(stem), ""]
             continue
-        parts += [f"Scale `{r['scale']}` on {r['hardware']}, seed {r['seed']}, {r['date'][:10]}.",
-                  ""]
+        parts += [f"Scale `{r['scale']}` on {r['hardware']}, seed {r['seed']}, {r['date'][:10]}"
+                  f"{_code(r)}.", ""]
         found = findings[stem]
         rows = [{"what": c.get("what", ""), "paper section": c.get("section", ""),
                  "paper": fmt(c.get("paper"), c.get("kind", "exact_match")),
@@ -362,16 +362,26 @@ def write_datasets_page(data_dir="data/tinytracing", path=DATASETS_PAGE) -> Path
     return path
 
 
-def whole_minutes(total: float, parts: list[float]) -> tuple[int, list[int]]:
-    """``total`` seconds and its ``parts`` in whole minutes that add up to the total shown:
+def _code(result: dict) -> str:
+    """", code at `abc1234`" from a section's results (and "with uncommitted edits" where they
+    say so); "" where they name no commit."""
+    commit = result.get("git_commit")
+    if not commit:
+        return ""
+    return f", code at `{commit[:7]}`" + (" with uncommitted edits" if result.get("code_dirty") else "")
+
+
+def whole_minutes(parts: list[float]) -> tuple[int, list[int]]:
+    """Seconds ``parts`` and their sum in whole minutes, the parts adding up to the sum shown:
     each part rounded down, then the minutes still missing given to the parts with the largest
-    remainders (rounded one by one, 720.4 / 9.4 / 4.4 would read 720 / 9 / 4 of 734)."""
-    whole = round(total / 60)
+    remainders, the first of a tie first (rounded one by one, 43,220.7 / 535.8 / 259.8 s would
+    read 720 / 9 / 4 of 734)."""
+    total = round(sum(parts) / 60)
     shown = [int(p // 60) for p in parts]
-    by_rest = sorted(range(len(parts)), key=lambda i: parts[i] / 60 - shown[i], reverse=True)
-    for i in by_rest[:max(whole - sum(shown), 0)]:
+    by_rest = sorted(range(len(parts)), key=lambda i: parts[i] % 60, reverse=True)
+    for i in by_rest[:max(total - sum(shown), 0)]:
         shown[i] += 1
-    return whole, shown
+    return total, shown
 
 
 def measured_time(scale: str, results: dict[str, dict]) -> str:
@@ -393,7 +403,7 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
         where = hardware([r for r in done if r["compute"].get("artifacts")] or done)
         missing = (f"; not counted: {c['unrecorded']} made before costs were recorded"
                    if c["unrecorded"] else "")
-        total, parts = whole_minutes(c["seconds"], [c[k] for k in ("train", "evaluate", "data")])
+        total, parts = whole_minutes([c[k] for k in ("train", "evaluate", "data")])
         return (f"{len(done)} of {len(NOTEBOOKS)} sections: {total} min of "
                 f"training, evaluation and data on {where} ({' / '.join(map(str, parts))} min; "
                 f"what each run, evaluation and corpus cost when it was made, each once, cached or not"

@@ -68,7 +68,8 @@ def generator_comparison(stats, scale: str, hardware: str = "", described: str |
 def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
     """The paper's setup numbers (Sec. 3, App. C) beside this scale's: corpus, test size,
     epochs, model size and, from the run's records, the tokens of its training split (the
-    paper's 933M count its whole corpus, of which a test set is 0.03%) and the training time."""
+    paper's 933M are those of the 3M snippets it trains on, Sec. 3.4; the snippets row counts
+    the test and validation splits too) and the training time."""
     s = get_scale(scale)
     ours = {"corpus_snippets": s.corpus_snippets, "test_size": s.test_size,
             "epochs": s.train.epochs, "model_params": count_params(s.model_config())}
