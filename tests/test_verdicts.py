@@ -282,6 +282,10 @@ def test_evidence_names_the_scales_own_sets_where_they_are_not_the_papers():
         "; this scale's longer set: 5-6 statements (the paper's: 11-17)")
     assert small["deeper"]["evidence"] == (
         "deeper 0.0%; this scale's deeper set: depth 2-3, ID depth <= 1 (the paper's: 3-4, <= 2)")
+    pe = verdicts("pe_ablation", _pe({"ape": (0.98, 0.07, 0.0), "rpe": (0.99, 0.0, 0.0),
+                                      "rpb": (0.98, 0.05, 0.0)}), "cpu-long")
+    assert pe["ape_longer"]["evidence"].endswith("(the paper's: 11-17)")
+    assert pe["rpb_deeper"]["evidence"].endswith("(the paper's: 3-4, <= 2)")
     for scale in ("gpu", "paper"):
         assert own_sets(scale) == {}
         assert not any("this scale's" in v["evidence"] for v in verdicts("base", df, scale).values())

@@ -127,6 +127,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     out: dict[str, dict] = {}
     m = measured(experiment, df, relative=not exact)
     value = {r.key: r.value for r in paper.REPORTED if r.experiment == experiment}
+    here = own_sets(scale)  # the sets the OOD numbers are of, where they are not the paper's
 
     def near(key, ours, tol=NEAR):
         return _verdict(abs(ours - value[key]) <= tol,
@@ -140,7 +141,6 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         out[pre + "id"] = _verdict(em["id"] >= 1 - NEAR,
                                    f"ID EM {_pc(em['id'])}, the paper's 100% within {_pc(NEAR)}")
         gate = _untrained("base", em["id"])
-        here = own_sets(scale)
         if exact:
             out[pre + "longer"] = gate or near(pre + "longer", em["longer"], 0.1)
         else:
@@ -268,8 +268,10 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
                                                    f"ID {_pc(em[(pe, 'id')])}")
             rank = {"ape": 0, "rpb": 1, "rpe": 2}[pe]  # the paper's order on longer
             ours = sorted(longer, key=lambda k: -longer[k]).index(pe)
-            out[f"{pe}_longer"] = gate or _verdict(ours == rank, f"longer: {order} (paper: APE > RPB > RPE)")
-            out[f"{pe}_deeper"] = gate or _verdict(em[(pe, "deeper")] <= NEAR, f"deeper {_pc(em[(pe, 'deeper')])}")
+            out[f"{pe}_longer"] = gate or _verdict(ours == rank, f"longer: {order} (paper: APE > RPB > RPE)"
+                                                                 f"{here.get('longer', '')}")
+            out[f"{pe}_deeper"] = gate or _verdict(em[(pe, "deeper")] <= NEAR, f"deeper {_pc(em[(pe, 'deeper')])}"
+                                                                             f"{here.get('deeper', '')}")
     else:
         raise ValueError(f"unknown experiment {experiment!r}")
     return {k: v for k, v in out.items() if k in value}
