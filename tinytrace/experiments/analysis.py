@@ -98,6 +98,22 @@ def excluded_curve(df, scope: str) -> tuple[list, list, list | None, list | None
     return pcts, ems, refs, shares
 
 
+def edited_at(df, corpus, epoch) -> tuple[float, float]:
+    """A robustness run's (base test EM, mean EM of the edits on the correctly traced snippets)
+    at ``epoch`` of ``corpus``: the two curves of the paper's Fig. 3."""
+    d = df[(df["corpus"] == corpus) & (df["epoch"] == epoch)]
+    return mean_em(d, edit="none"), mean_em(d[(d["subset"] == "correct") & (d["edit"] != "none")])
+
+
+def nearest_base(df, base: float) -> tuple | None:
+    """The (corpus, epoch, base test EM, edited EM) of the robustness results whose base test EM
+    is nearest ``base``; None without results."""
+    pairs = [(c, e, *edited_at(df, c, e)) for c, e in
+             df[["corpus", "epoch"]].drop_duplicates().itertuples(index=False)]
+    pairs = [p for p in pairs if not math.isnan(p[2])]
+    return min(pairs, key=lambda p: abs(p[2] - base)) if pairs else None
+
+
 def measured(experiment: str, df, relative: bool = False) -> dict:
     """Our value for each key the paper reports about ``experiment``
     (:mod:`tinytrace.report.paper`), computed from the tidy results; keys we cannot measure at
@@ -115,10 +131,8 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
         corpora = (df.sort_values("corpus_snippets", ascending=False)["corpus"]
                    .drop_duplicates().tolist())
         if len(corpora) >= 2:
-            c2 = df[(df["corpus"] == corpora[1]) & (df["epoch"] == df["epoch"].min())]
-            out["corpus2_epoch1_base"] = mean_em(c2, edit="none")
-            edited = c2[(c2["subset"] == "correct") & (c2["edit"] != "none")]
-            out["corpus2_epoch1_edited"] = mean_em(edited)
+            base, edited = edited_at(df, corpora[1], df["epoch"].min())
+            out["corpus2_epoch1_base"], out["corpus2_epoch1_edited"] = base, edited
         last = df[df["epoch"] == df["epoch"].max()]
         corr = last[last["subset"] == "correct"].dropna(subset=["exact_match"])
         if len(corr):

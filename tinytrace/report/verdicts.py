@@ -15,6 +15,7 @@ from tinytrace.experiments.analysis import (
     excluded_curve,
     mean_em,
     measured,
+    nearest_base,
     same_subset_gap,
     select_sft,
     trained_later_runs,
@@ -85,6 +86,18 @@ def _own_depths(tests: list[str], paper_depths: tuple[int, ...]) -> str:
         return ""
     return (f"; this scale's depth{'s' if len(own) > 1 else ''} "
             f"{' and '.join(map(str, own))} (the paper's {' and '.join(map(str, paper_depths))})")
+
+
+def _near_papers_base(df, paper_base: float, base: float) -> str:
+    """Below the paper's scale the second corpus's first epoch need not be where the paper's
+    is (a base test near ~40%): a clause with the corpus and epoch whose base test is nearest
+    it, where that is another one. The verdict does not read it."""
+    near = nearest_base(df, paper_base)
+    if near is None or math.isclose(near[2], base):
+        return ""
+    c, e, b, x = near
+    return (f"; nearest the paper's ~{_pc(paper_base)} base test: the {c} corpus at epoch {e}, "
+            f"edited sets {_pc(x)} against a base test of {_pc(b)}")
 
 
 def bracket(pcts: list, ems: list, above: float) -> tuple | None:
@@ -196,7 +209,8 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
             _nc("no correctly traced snippets at epoch 1 of the second corpus") if edited is None else
             _verdict(edited >= 0.8 and (base is None or edited > base),
                      f"edited sets on the correctly traced snippets {_pc(edited)} (base test "
-                     f"{_pc(base)}): reproduced when >= 80% and above the base test"))
+                     f"{_pc(base)}): reproduced when >= 80% and above the base test"
+                     f"{'' if exact else _near_papers_base(df, value['corpus2_epoch1_base'], base)}"))
         drop = m.get("neutral_assignment_drop")
         out["neutral_assignment_drop"] = (
             _nc("no correctly traced snippets") if drop is None else
