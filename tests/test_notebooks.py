@@ -186,6 +186,25 @@ def test_the_minutes_shown_add_up_to_the_total_shown():
         assert sum(shown) == total and all(abs(m - p / 60) < 1 for m, p in zip(shown, parts))
 
 
+def test_a_section_says_what_the_work_it_used_cost(tmp_path):
+    """The last line of a section: its results file and the minutes its runs, evaluations and
+    corpora cost when made (parts that add up to the total), cached or not."""
+    path = tmp_path / "05.json"
+    path.write_text(json.dumps({"compute": {
+        "train": 6125.7, "evaluate": 92.0, "data": 13.1, "unrecorded": 0,
+        "artifacts": {"run-a": ["train", 6125.7]}}}))
+    assert nbkit.written(path) == (
+        f"results written to {path}. The runs, evaluations and corpora this section used cost "
+        "104 min when they were made (102 / 2 / 0 min of training, evaluation and data), "
+        "whether this execution made them or found them cached.")
+    path.write_text(json.dumps({"compute": {"train": 0, "evaluate": 0, "data": 0, "unrecorded": 2,
+                                            "artifacts": {"run-a": ["train", None]}}}))
+    assert "(0 / 0 / 0 min of training, evaluation and data; 2 made before costs were recorded " \
+           "are not counted)" in nbkit.written(path)
+    path.write_text(json.dumps({"compute": {"artifacts": {}}}))  # a section that used nothing
+    assert nbkit.written(path) == f"results written to {path}"
+
+
 def test_results_say_whether_the_code_had_uncommitted_edits(tmp_path):
     """``git_commit`` names the code that made a section's results only when the package and
     notebooks match it: ``code_dirty`` says so, and the outputs a render writes do not count."""

@@ -24,6 +24,7 @@ from tinytrace.lang.edits import EDIT_NAMES, apply_edit
 from tinytrace.lang.program import render
 from tinytrace.provenance import code_dirty, git_commit, hardware, versions
 
+from .pages import whole_minutes
 from .sections import NOTEBOOKS, Section
 from .tables import (
     clip_table,
@@ -67,6 +68,7 @@ __all__ = [
     "task_table",
     "wide",
     "write_results_json",
+    "written",
 ]
 
 # tqdm.auto warns in kernels without ipywidgets (progress then falls back to text bars)
@@ -330,6 +332,22 @@ def _records(df) -> list[dict]:
     if any(n is not None for n in df.index.names):  # a named index is data: keep it
         df = df.reset_index()
     return json.loads(df.to_json(orient="records", default_handler=str))
+
+
+def written(path) -> str:
+    """Where a section's results went and what the runs, evaluations and corpora it used cost
+    when they were made (the results' ``compute``), whether this execution made them or found
+    them cached: a reader sees what rerunning the section from nothing takes."""
+    c = json.loads(Path(path).read_text()).get("compute") or {}
+    if not c.get("artifacts"):
+        return f"results written to {path}"
+    total, parts = whole_minutes([c.get(k) or 0.0 for k in ("train", "evaluate", "data")])
+    missing = (f"; {c['unrecorded']} made before costs were recorded are not counted"
+               if c.get("unrecorded") else "")
+    return (f"results written to {path}. The runs, evaluations and corpora this section used "
+            f"cost {total} min when they were made ({' / '.join(map(str, parts))} min of "
+            f"training, evaluation and data{missing}), whether this execution made them or "
+            f"found them cached.")
 
 
 def _scale_config(scale: str) -> dict | None:
