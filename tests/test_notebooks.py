@@ -88,6 +88,7 @@ def test_one_parameters_cell_of_plain_literals(path):
         "tinytrace.report", "tinytrace.experiments", "tinytrace.bench"}
     body = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert f'nb.write_results_json("{path.stem}"' in body
+    assert nb.cells[-1].source.endswith("print(nb.written(path))")  # what the section's work cost
     if path.stem != "01_task_and_generator":
         assert "nb.comparison(" in body  # the paper-vs-ours table from tinytrace.report.paper.compare
 
@@ -190,19 +191,24 @@ def test_a_section_says_what_the_work_it_used_cost(tmp_path):
     """The last line of a section: its results file and the minutes its runs, evaluations and
     corpora cost when made (parts that add up to the total), cached or not."""
     path = tmp_path / "05.json"
-    path.write_text(json.dumps({"compute": {
-        "train": 6125.7, "evaluate": 92.0, "data": 13.1, "unrecorded": 0,
-        "artifacts": {"run-a": ["train", 6125.7]}}}))
+    path.write_text(json.dumps({"compute": {"artifacts": {
+        "run-a": ["train", 6000.0], "run-b": ["train", 125.7], "eval-a.json": ["evaluate", 92.0],
+        "corpus-a": ["data", 13.1]}}}))
     assert nbkit.written(path) == (
         f"results written to {path}. The runs, evaluations and corpora this section used cost "
         "104 min when they were made (102 / 2 / 0 min of training, evaluation and data), "
         "whether this execution made them or found them cached.")
-    path.write_text(json.dumps({"compute": {"train": 0, "evaluate": 0, "data": 0, "unrecorded": 2,
-                                            "artifacts": {"run-a": ["train", None]}}}))
+    path.write_text(json.dumps({"compute": {"artifacts": {"run-a": ["train", None],
+                                                          "corpus-a": ["data", None]}}}))
     assert "(0 / 0 / 0 min of training, evaluation and data; 2 made before costs were recorded " \
            "are not counted)" in nbkit.written(path)
-    path.write_text(json.dumps({"compute": {"artifacts": {}}}))  # a section that used nothing
-    assert nbkit.written(path) == f"results written to {path}"
+    for nothing in ({"compute": {"artifacts": {}}}, {"compute": None}, {}):  # used nothing
+        path.write_text(json.dumps(nothing))
+        assert nbkit.written(path) == f"results written to {path}"
+    # the minutes come from the artifacts, each once
+    path.write_text(json.dumps({"compute": {"artifacts": {"run-a": ["train", 600.0],
+                                                          "eval-a.json": ["evaluate", 60.0]}}}))
+    assert "cost 11 min when they were made (10 / 1 / 0 min of" in nbkit.written(path)
 
 
 def test_results_say_whether_the_code_had_uncommitted_edits(tmp_path):

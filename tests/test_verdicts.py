@@ -175,7 +175,7 @@ def test_the_early_training_row_also_shows_where_the_base_test_is_near_the_paper
     v = verdicts("id_robustness", df, "cpu-long")["corpus2_epoch1_edited"]
     assert v["verdict"] == REPRODUCED and v["evidence"].startswith(
         "edited sets on the correctly traced snippets 90.0% (base test 79.0%)")
-    assert v["evidence"].endswith("; nearest the paper's ~40.0% base test: the 10K corpus at "
+    assert v["evidence"].endswith("; nearest the paper's ~40% base test: the 10K corpus at "
                                   "epoch 1, edited sets 79.0% against a base test of 36.0%")
     # where the second corpus's first epoch is itself the nearest, or at the paper's scale: no clause
     near = df.copy()
@@ -308,8 +308,9 @@ def test_evidence_names_the_scales_own_sets_where_they_are_not_the_papers():
         "deeper 0.0%; this scale's deeper set: depth 2-3, ID depth <= 1 (the paper's: 3-4, <= 2)")
     pe = verdicts("pe_ablation", _pe({"ape": (0.98, 0.07, 0.0), "rpe": (0.99, 0.0, 0.0),
                                       "rpb": (0.98, 0.05, 0.0)}), "cpu-long")
-    assert pe["ape_longer"]["evidence"].endswith("(the paper's: 11-17)")
-    assert pe["rpb_deeper"]["evidence"].endswith("(the paper's: 3-4, <= 2)")
+    for enc in ("ape", "rpe", "rpb"):
+        assert pe[f"{enc}_longer"]["evidence"].endswith("(the paper's: 11-17)")
+        assert pe[f"{enc}_deeper"]["evidence"].endswith("(the paper's: 3-4, <= 2)")
     for scale in ("gpu", "paper"):
         assert own_sets(scale) == {}
         assert not any("this scale's" in v["evidence"] for v in verdicts("base", df, scale).values())

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tinytrace.data import Pipeline
 from tinytrace.experiments import get_scale
-from tinytrace.experiments.cache import compute_used
+from tinytrace.experiments.cache import compute_total, compute_used
 from tinytrace.lang import generator as G
 from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.lang.edits import EDIT_NAMES, apply_edit
@@ -337,13 +337,15 @@ def _records(df) -> list[dict]:
 def written(path) -> str:
     """Where a section's results went and what the runs, evaluations and corpora it used cost
     when they were made (the results' ``compute``), whether this execution made them or found
-    them cached: a reader sees what rerunning the section from nothing takes."""
-    c = json.loads(Path(path).read_text()).get("compute") or {}
-    if not c.get("artifacts"):
+    them cached: what rerunning the section from nothing takes on the hardware that made them.
+    (The robustness runs' per-epoch evaluations count in their training, as in the book.)"""
+    used = json.loads(Path(path).read_text()).get("compute") or {}
+    if not used.get("artifacts"):
         return f"results written to {path}"
-    total, parts = whole_minutes([c.get(k) or 0.0 for k in ("train", "evaluate", "data")])
+    c = compute_total([used])
+    total, parts = whole_minutes([c[k] for k in ("train", "evaluate", "data")])
     missing = (f"; {c['unrecorded']} made before costs were recorded are not counted"
-               if c.get("unrecorded") else "")
+               if c["unrecorded"] else "")
     return (f"results written to {path}. The runs, evaluations and corpora this section used "
             f"cost {total} min when they were made ({' / '.join(map(str, parts))} min of "
             f"training, evaluation and data{missing}), whether this execution made them or "

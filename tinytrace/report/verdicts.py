@@ -96,7 +96,7 @@ def _near_papers_base(df, paper_base: float, base: float) -> str:
     if near is None or math.isclose(near[2], base):
         return ""
     c, e, b, x = near
-    return (f"; nearest the paper's ~{_pc(paper_base)} base test: the {c} corpus at epoch {e}, "
+    return (f"; nearest the paper's ~{100 * paper_base:.0f}% base test: the {c} corpus at epoch {e}, "
             f"edited sets {_pc(x)} against a base test of {_pc(b)}")
 
 
