@@ -9,6 +9,7 @@ from .analysis import (
     measured,
     select_sft,
     train_hours,
+    trained_tokens,
 )
 from .cache import Cache
 from .jobs import run_commands, submit_runs
@@ -68,6 +69,7 @@ __all__ = [
     "select_sft",
     "submit_runs",
     "train_hours",
+    "trained_tokens",
     "train_log",
     "training_runs",
 ]

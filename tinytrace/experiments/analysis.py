@@ -211,6 +211,15 @@ def train_hours(run_dir) -> float | None:
     return max(secs) / 3600 if secs else None
 
 
+def trained_tokens(run_dir) -> int | None:
+    """The tokens of one epoch of a run's training split, from its record ``run.json`` (None
+    where it has none)."""
+    try:
+        return json.loads(Path(run_dir, "run.json").read_text())["data"]["train_tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # --- where the model fails (beyond the paper, which shows failures only by example) --------------
 FAILURE_CLASSES = ("snippet copy", "@ line (control flow)", "indentation (depth)", "state value",
                    "final state", "length")

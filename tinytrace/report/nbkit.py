@@ -17,14 +17,14 @@ import pandas as pd
 
 from tinytrace.data import Pipeline
 from tinytrace.experiments import get_scale
-from tinytrace.experiments.cache import compute_total, compute_used
+from tinytrace.experiments.cache import compute_used
 from tinytrace.lang import generator as G
 from tinytrace.lang.config import GeneratorConfig, get_preset
 from tinytrace.lang.edits import EDIT_NAMES, apply_edit
 from tinytrace.lang.program import render
 from tinytrace.provenance import code_dirty, git_commit, hardware, versions
 
-from .pages import whole_minutes
+from .pages import cost_minutes
 from .sections import NOTEBOOKS, Section
 from .tables import (
     clip_table,
@@ -342,12 +342,11 @@ def written(path) -> str:
     used = json.loads(Path(path).read_text()).get("compute") or {}
     if not used.get("artifacts"):
         return f"results written to {path}"
-    c = compute_total([used])
-    total, parts = whole_minutes([c[k] for k in ("train", "evaluate", "data")])
-    missing = (f"; {c['unrecorded']} made before costs were recorded are not counted"
-               if c["unrecorded"] else "")
+    total, parts, unrecorded = cost_minutes([used])
+    missing = (f"; {unrecorded} made before costs were recorded are not counted"
+               if unrecorded else "")
     return (f"results written to {path}. The runs, evaluations and corpora this section used "
-            f"cost {total} min when they were made ({' / '.join(map(str, parts))} min of "
+            f"cost {total} min when they were made ({parts} min of "
             f"training, evaluation and data{missing}), whether this execution made them or "
             f"found them cached.")
 

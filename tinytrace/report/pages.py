@@ -384,6 +384,15 @@ def whole_minutes(parts: list[float]) -> tuple[int, list[int]]:
     return total, shown
 
 
+def cost_minutes(records: list[dict]) -> tuple[int, str, int]:
+    """What the artifacts of sections' ``compute`` records cost when made, each once: the
+    total in whole minutes, its training / evaluation / data parts ("721 / 9 / 4", adding up
+    to it) and how many were made before costs were recorded."""
+    c = compute_total(records)
+    total, parts = whole_minutes([c[k] for k in ("train", "evaluate", "data")])
+    return total, " / ".join(map(str, parts)), c["unrecorded"]
+
+
 def measured_time(scale: str, results: dict[str, dict]) -> str:
     """What the executed sections at ``scale`` took in their last executions, from their
     results, else "not measured". An execution that found its runs and evaluations in the cache
@@ -397,15 +406,14 @@ def measured_time(scale: str, results: dict[str, dict]) -> str:
         return ", ".join(sorted({r.get("hardware", "?") for r in rs}))
 
     if all("compute" in r for r in done):
-        c = compute_total([r["compute"] for r in done])
+        total, parts, unrecorded = cost_minutes([r["compute"] for r in done])
         # the hardware of the sections that made or used something (not of a section that
         # only generated a few snippets on another machine)
         where = hardware([r for r in done if r["compute"].get("artifacts")] or done)
-        missing = (f"; not counted: {c['unrecorded']} made before costs were recorded"
-                   if c["unrecorded"] else "")
-        total, parts = whole_minutes([c[k] for k in ("train", "evaluate", "data")])
+        missing = (f"; not counted: {unrecorded} made before costs were recorded"
+                   if unrecorded else "")
         return (f"{len(done)} of {len(NOTEBOOKS)} sections: {total} min of "
-                f"training, evaluation and data on {where} ({' / '.join(map(str, parts))} min; "
+                f"training, evaluation and data on {where} ({parts} min; "
                 f"what each run, evaluation and corpus cost when it was made, each once, cached or not"
                 f"{missing}); {minutes:.0f} min of notebook time in their last executions")
     return (f"{len(done)} of {len(NOTEBOOKS)} sections: {minutes:.0f} min of notebook time on "

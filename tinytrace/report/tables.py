@@ -5,13 +5,11 @@ Exact match is stored as a fraction and shown in percent.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
-from tinytrace.experiments import get_scale, measured, select_sft, train_hours
+from tinytrace.experiments import get_scale, measured, select_sft, train_hours, trained_tokens
 from tinytrace.experiments.analysis import draws, excluded_curve
 from tinytrace.model import count_params
 
@@ -77,10 +75,9 @@ def setup_comparison(scale: str, run_dir=None, hardware: str = ""):
         hours = train_hours(run_dir)
         if hours is not None:
             ours["train_hours"] = round(hours, 4)
-        try:
-            ours["corpus_tokens"] = json.loads(Path(run_dir, "run.json").read_text())["data"]["train_tokens"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # a run without its metadata: the row reads n/a
+        tokens = trained_tokens(run_dir)
+        if tokens is not None:  # else (a run without its record) the row reads n/a
+            ours["corpus_tokens"] = tokens
     rows = []
     for r in paper.REPORTED:
         if r.experiment == "base" and r.kind == "setup":

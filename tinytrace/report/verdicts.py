@@ -65,10 +65,13 @@ def own_sets(scale: str) -> dict[str, str]:
         own, ref = get_scale(scale), get_scale("paper")
     except (KeyError, ValueError):
         return {}
-    (lo, hi), (plo, phi) = ((s.generator("longer").min_statements,
-                             s.generator("longer").max_statements) for s in (own, ref))
-    deep, pdeep = ((s.generator("deeper").min_depth, s.generator("deeper").max_depth,
-                    s.generator("id").max_depth) for s in (own, ref))
+    def sets(s):  # (longer statements), (deeper depths, ID depth)
+        longer, deeper = s.generator("longer"), s.generator("deeper")
+        return ((longer.min_statements, longer.max_statements),
+                (deeper.min_depth, deeper.max_depth, s.generator("id").max_depth))
+
+    (lo, hi), deep = sets(own)
+    (plo, phi), pdeep = sets(ref)
     out = {}
     if (lo, hi) != (plo, phi):
         out["longer"] = f"; this scale's longer set: {lo}-{hi} statements (the paper's: {plo}-{phi})"
