@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tinytrace.experiments import classify_failure, failure_counts
-from tinytrace.experiments.analysis import FAILURE_CLASSES, excluded_curve, measured
+from tinytrace.experiments.analysis import FAILURE_CLASSES, excluded_curve, measured, select_sft
 from tinytrace.report import pages, paper
 from tinytrace.report.nbkit import training_caption
 from tinytrace.report.runner import hide_default_parameters
@@ -297,6 +297,21 @@ def test_lora_evidence_gives_each_change_beside_the_papers():
     assert v["finetuned_id"]["evidence"].endswith("(no change; the paper: -0.8 points)")
 
 
+def test_table3_fine_tuned_model_is_the_best_validation_loss_under_a_repeated_index():
+    """App. G.1 keeps the fine-tuning run with the best validation loss (else the best ID EM);
+    the results concatenated per run repeat their index, which must not mix up the rows."""
+    def ft(size, loss, id_em):
+        return _base(id_em, 0.05, 0.0).assign(model="fine-tuned", data_size=size, sft_epochs=1,
+                                              best_val_loss=loss)
+    df = pd.concat([_base(0.98, 0.05, 0.0).assign(model="pre-trained"),
+                    ft(64, 0.30, 0.99), ft(128, 0.10, 0.95), ft(256, 0.20, 0.97)])
+    kept = select_sft(df)
+    assert sorted(kept["data_size"].dropna().unique()) == [128]
+    assert (kept["model"] == "pre-trained").sum() == 3 and len(kept) == 6
+    no_loss = select_sft(df.assign(best_val_loss=math.nan))
+    assert sorted(no_loss["data_size"].dropna().unique()) == [64]
+
+
 def test_evidence_names_the_scales_own_sets_where_they_are_not_the_papers():
     """The rows name the paper's sets (11-17 statements, depth 3-4): below the paper's task the
     evidence says which sets the numbers are of; at the paper's sets it adds nothing."""
@@ -305,12 +320,13 @@ def test_evidence_names_the_scales_own_sets_where_they_are_not_the_papers():
     assert small["longer"]["evidence"].endswith(
         "; this scale's longer set: 5-6 statements (the paper's: 11-17)")
     assert small["deeper"]["evidence"] == (
-        "deeper 0.0%; this scale's deeper set: depth 2-3, ID depth <= 1 (the paper's: 3-4, <= 2)")
+        "deeper 0.0%; this scale's deeper set: depth 2-3 in 3-4 statements, ID depth <= 1 (the "
+        "paper's: depth 3-4 in 5-10, <= 2)")
     pe = verdicts("pe_ablation", _pe({"ape": (0.98, 0.07, 0.0), "rpe": (0.99, 0.0, 0.0),
                                       "rpb": (0.98, 0.05, 0.0)}), "cpu-long")
     for enc in ("ape", "rpe", "rpb"):
         assert pe[f"{enc}_longer"]["evidence"].endswith("(the paper's: 11-17)")
-        assert pe[f"{enc}_deeper"]["evidence"].endswith("(the paper's: 3-4, <= 2)")
+        assert pe[f"{enc}_deeper"]["evidence"].endswith("(the paper's: depth 3-4 in 5-10, <= 2)")
     for scale in ("gpu", "paper"):
         assert own_sets(scale) == {}
         assert not any("this scale's" in v["evidence"] for v in verdicts("base", df, scale).values())
@@ -327,7 +343,8 @@ def test_clipping_evidence_says_where_the_failures_first_go_wrong():
     evidence = verdicts("base", df, "cpu")["deeper_clipping"]["evidence"]
     assert evidence.endswith("first wrong token: an indentation in 2, a snippet copy "
                              "(e.g. a dropped `if` line) in 510; this scale's deeper set: depth "
-                             "2-3, ID depth <= 1 (the paper's: 3-4, <= 2)")
+                             "2-3 in 3-4 statements, ID depth <= 1 (the paper's: depth 3-4 in "
+                             "5-10, <= 2)")
     assert "first wrong" not in verdicts("base", _base(0.98, 0.05, 0.0, 1.0), "cpu")[
         "deeper_clipping"]["evidence"]
 
@@ -343,6 +360,21 @@ def test_brittleness_needs_two_corpora_and_shrinks_with_size():
     assert verdicts("id_robustness", shrinks, "cpu")["larger_corpora_less_brittle"]["verdict"] == REPRODUCED
     grows = pd.DataFrame(rows("10K", 10_000, 0.7) + rows("2K", 2_000, 0.95))
     assert verdicts("id_robustness", grows, "cpu")["larger_corpora_less_brittle"]["verdict"] == NOT_REPRODUCED
+
+
+def test_robustness_readings_do_not_depend_on_the_results_index():
+    """Results concatenated per corpus repeat their index; every reading is of values, so a
+    repeated index gives the same numbers, verdicts and evidence."""
+    rows = [{"corpus": c, "corpus_snippets": n, "epoch": 2, "subset": "correct", "edit": e,
+             "exact_match": em - drop}
+            for c, n, em in (("40K", 40_000, 0.99), ("20K", 20_000, 0.95), ("10K", 10_000, 0.9))
+            for e, drop in (("variable_renaming", 0.01), ("neutral_assignment", 0.2))]
+    df = pd.DataFrame(rows)
+    repeated = df.set_axis([0] * len(df))
+    assert measured("id_robustness", df)["neutral_assignment_drop"] == (
+        "lowest edit on the smaller corpora: 10K: neutral_assignment")
+    assert measured("id_robustness", repeated) == measured("id_robustness", df)
+    assert verdicts("id_robustness", repeated, "cpu-long") == verdicts("id_robustness", df, "cpu-long")
 
 
 def _pe(ems):

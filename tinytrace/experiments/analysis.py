@@ -19,7 +19,8 @@ COLLAPSE_EM = 0.2  # "accuracy collapses"
 def select_sft(df):
     """Table 3's fine-tuned model: of the (data size x epochs) runs, the one with the lowest
     validation loss (App. G.1 keeps the best validation loss), else the best ID exact match."""
-    ft = df[df["model"] == "fine-tuned"]
+    # results concatenated per run repeat their index: pick by value, then mask df itself
+    ft = df[df["model"] == "fine-tuned"].reset_index(drop=True)
     if ft.empty:
         return df
     keys = ["data_size", "sft_epochs"]
@@ -28,7 +29,7 @@ def select_sft(df):
     else:
         id_em = ft[ft["test_set"] == "id"].set_index(keys)["exact_match"]
         best = dict(zip(keys, id_em.idxmax()))
-    chosen = (ft["data_size"] == best["data_size"]) & (ft["sft_epochs"] == best["sft_epochs"])
+    chosen = (df["data_size"] == best["data_size"]) & (df["sft_epochs"] == best["sft_epochs"])
     return df[(df["model"] != "fine-tuned") | chosen]
 
 
@@ -120,6 +121,7 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
     this scale are left out. ``relative``: the pair-coverage thresholds are read off
     :func:`excluded_curve`'s shares (below the paper's scale)."""
     out: dict = {}
+    df = df.reset_index(drop=True)  # results concatenated per run repeat their index
     if experiment == "base":
         for ts in ("id", "longer", "deeper"):
             out[ts] = mean_em(df, test_set=ts)

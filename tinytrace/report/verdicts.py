@@ -59,16 +59,17 @@ def _untrained(name: str, em: float) -> dict | None:
 
 def own_sets(scale: str) -> dict[str, str]:
     """Clauses naming this scale's OOD sets where they are not the paper's, for the evidence of
-    findings whose rows name the paper's (11-17 statements; depth 3-4 against ID depth 2):
-    ``longer`` and ``deeper``. Empty for a scale with the paper's sets, or one not in SCALES."""
+    findings whose rows name the paper's (11-17 statements; depth 3-4 in 5-10 statements against
+    ID depth 2): ``longer`` and ``deeper``. Empty for a scale with the paper's sets, or one not in SCALES."""
     try:
         own, ref = get_scale(scale), get_scale("paper")
     except (KeyError, ValueError):
         return {}
-    def sets(s):  # (longer statements), (deeper depths, ID depth)
+    def sets(s):  # (longer statements), (deeper depths, its statements, ID depth)
         longer, deeper = s.generator("longer"), s.generator("deeper")
         return ((longer.min_statements, longer.max_statements),
-                (deeper.min_depth, deeper.max_depth, s.generator("id").max_depth))
+                (deeper.min_depth, deeper.max_depth, deeper.min_statements,
+                 deeper.max_statements, s.generator("id").max_depth))
 
     (lo, hi), deep = sets(own)
     (plo, phi), pdeep = sets(ref)
@@ -76,8 +77,9 @@ def own_sets(scale: str) -> dict[str, str]:
     if (lo, hi) != (plo, phi):
         out["longer"] = f"; this scale's longer set: {lo}-{hi} statements (the paper's: {plo}-{phi})"
     if deep != pdeep:
-        out["deeper"] = (f"; this scale's deeper set: depth {deep[0]}-{deep[1]}, ID depth <= "
-                         f"{deep[2]} (the paper's: {pdeep[0]}-{pdeep[1]}, <= {pdeep[2]})")
+        out["deeper"] = (f"; this scale's deeper set: depth {deep[0]}-{deep[1]} in {deep[2]}-"
+                         f"{deep[3]} statements, ID depth <= {deep[4]} (the paper's: depth {pdeep[0]}-"
+                         f"{pdeep[1]} in {pdeep[2]}-{pdeep[3]}, <= {pdeep[4]})")
     return out
 
 
