@@ -2,6 +2,7 @@
 own task, the failure classes, one parameters cell per rendered section."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -375,6 +376,24 @@ def test_robustness_readings_do_not_depend_on_the_results_index():
         "lowest edit on the smaller corpora: 10K: neutral_assignment")
     assert measured("id_robustness", repeated) == measured("id_robustness", df)
     assert verdicts("id_robustness", repeated, "cpu-long") == verdicts("id_robustness", df, "cpu-long")
+
+
+SECTIONS = Path(__file__).resolve().parents[1] / "book" / "sections"
+
+
+@pytest.mark.parametrize("section", sorted(p.name for p in SECTIONS.glob("0[2-6]_*.json")))
+def test_committed_verdicts_do_not_depend_on_row_order_or_index(section):
+    """Every reading is of values: the committed sections' results, shuffled or with one
+    repeated index label, give the same verdicts and evidence."""
+    doc = json.loads((SECTIONS / section).read_text())
+    experiments = {r["experiment"] for r in doc["paper_vs_ours"]} & set(doc["results"])
+    assert experiments
+    for experiment in sorted(experiments):
+        df = pd.DataFrame(doc["results"][experiment])
+        expected = verdicts(experiment, df, doc["scale"])
+        shuffled = df.sample(frac=1.0, random_state=0)
+        assert verdicts(experiment, shuffled, doc["scale"]) == expected
+        assert verdicts(experiment, shuffled.set_axis([0] * len(df)), doc["scale"]) == expected
 
 
 def _pe(ems):
