@@ -218,6 +218,8 @@ def test_failure_table_and_clip_rate():
     t = failure_table(df)
     assert list(t.index) == ["id", "longer", "deeper"]
     assert t.loc["longer", "failed"] == len(FAILURE_CLASSES) and t.loc["deeper", "clip rate"] == "75.00%"
+    with pytest.raises(ValueError, match=r"one base run's results.*\['deeper', 'id', 'longer'\]"):
+        failure_table(pd.concat([df, df]))
 
 
 def test_results_page_shows_verdicts(tmp_path):
@@ -508,6 +510,10 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     assert t.loc[("global", 10, "pooled"), "share of the reference (%)"] == 88.7
     assert t.loc[("global", 10, "0"), "share of the reference (%)"] == 78.7
     assert draws_table(df[df["seed"] == 0]).empty
+    # a draw whose allowed-pairs row is missing reads n/a there, the rest of its row stays
+    gone = df[~((df["seed"] == 1) & (df["test_set"] == "allowed") & (df["exclusion_pct"] == 10))]
+    row = draws_table(gone).loc[("global", 10, "1")]
+    assert math.isnan(row["allowed EM (%)"]) and row["excluded EM (%)"] == 67.4
 
 
 def test_a_reading_names_every_point_before_its_line_whose_draws_straddle_it():
@@ -587,3 +593,95 @@ def test_setup_table_reads_the_runs_training_tokens(tmp_path):
     assert rows["corpus_tokens"] == 29_894_613 and rows["train_hours"] == 0.5
     (run / "run.json").unlink()
     assert math.isnan(setup_comparison("cpu-long", run).set_index("key").loc["corpus_tokens", "this run"])
+    # a log still being written may end in half a line: the hours come from the whole lines
+    (run / "log.jsonl").write_text('{"time": 0}\n{"time": 1800}\n{"time": 36')
+    assert setup_comparison("cpu-long", run).set_index("key").loc["train_hours", "this run"] == 0.5
+
+
+def test_a_number_the_results_lack_is_not_comparable_not_a_failed_comparison():
+    """A test set, model or run missing from the results (a partial frame) reads NaN, which
+    every comparison fails: the finding is then not comparable and says what is missing."""
+    base = verdicts("base", _base(0.98, 0.05, 0.0, 1.0).iloc[:1], "cpu-long")
+    assert base["id"]["verdict"] == REPRODUCED
+    for key in ("longer", "deeper"):
+        assert base[key] == {"verdict": NOT_COMPARABLE, "evidence": f"{key} EM not measured"}
+    assert verdicts("base", _base(0.98, 0.05, 0.0).iloc[1:], "cpu")["id"]["verdict"] == NOT_COMPARABLE
+    pe = _pe({"ape": (0.98, 0.07, 0.0), "rpe": (0.99, 0.0, 0.0), "rpb": (0.98, 0.05, 0.0)})
+    v = verdicts("pe_ablation", pe[pe["model"] != "rpe"], "cpu-long")
+    assert v["rpe_id"] == {"verdict": NOT_COMPARABLE, "evidence": "RPE ID EM not measured"}
+    assert v["ape_longer"]["verdict"] == NOT_COMPARABLE and v["rpe_deeper"]["verdict"] == NOT_COMPARABLE
+    assert v["ape_id"]["verdict"] == REPRODUCED and v["rpb_deeper"]["verdict"] == REPRODUCED
+    v = verdicts("pe_ablation", pe[pe["test_set"] != "longer"], "cpu-long")
+    assert {v[f"{x}_longer"]["verdict"] for x in ("ape", "rpe", "rpb")} == {NOT_COMPARABLE}
+    sft = _base(0.98, 0.05, 0.0).assign(model="pre-trained")
+    v = verdicts("sft_lora", sft, "cpu-long")
+    assert v["finetuned_longer"] == {"verdict": NOT_COMPARABLE,
+                                     "evidence": "fine-tuned longer EM not measured"}
+    assert v["pretrained_longer"]["verdict"] == REPRODUCED  # the pre-trained model is measured
+
+
+def test_the_curriculum_reads_the_p0_run_itself():
+    """Sec. 4.3.1's depth-6 row is the p = 0 run's: without it the row is not comparable, not
+    read off the smallest p the results have."""
+    df = pd.DataFrame([{"p": p, "test_set": t, "exact_match": 0.96, "n": 512} for p in (0, 10)
+                       for t in ["depth-0-1", "depth-2", "depth-3", "depth-4", "depth-5"]])
+    df.loc[df["p"] == 0, "exact_match"] = [0.95, 0.0, 0.0, 0.0, 0.0]
+    assert measured("depth_curriculum", df)["depth6_p0"] == 0.0
+    later = df[df["p"] != 0]
+    assert "depth6_p0" not in measured("depth_curriculum", later)
+    v = verdicts("depth_curriculum", later, "cpu-long")
+    assert v["depth6_p0"] == {"verdict": NOT_COMPARABLE,
+                              "evidence": "curriculum (p = 0) ID EM not measured"}
+
+
+def _robustness(ems: dict, epochs=(1, 2)) -> pd.DataFrame:
+    """Robustness rows: corpus -> {edit: EM on the correctly traced snippets} at each epoch,
+    base test 0.9."""
+    rows = []
+    for corpus, by_edit in ems.items():
+        common = {"corpus": corpus, "corpus_snippets": int(float(corpus[:-1]) * 1000)}
+        for epoch in epochs:
+            rows.append({**common, "epoch": epoch, "edit": "none", "subset": "full", "exact_match": 0.9})
+            rows += [{**common, "epoch": epoch, "edit": e, "subset": "correct", "exact_match": em}
+                     for e, em in by_edit.items()]
+    return pd.DataFrame(rows)
+
+
+def test_the_lowest_edit_names_every_tie_and_reads_each_corpus_at_its_last_epoch():
+    edits = lambda na, vr: {"neutral_assignment": na, "variable_renaming": vr}  # noqa: E731
+    df = _robustness({"40K": edits(0.99, 0.99), "20K": edits(0.95, 0.97), "10K": edits(0.9, 0.9)})
+    v = verdicts("id_robustness", df, "cpu-long")["neutral_assignment_drop"]
+    # tied for the lowest: neutral assignment drops as much as any edit, and more than none
+    assert v["evidence"] == "lowest edit on the smaller corpora: 10K: neutral_assignment = variable_renaming"
+    assert v["verdict"] == NOT_REPRODUCED  # the only edits tie: no edit drops more than another
+    three = _robustness({"40K": {**edits(0.99, 0.99), "neutral_operator": 1.0},
+                         "20K": {**edits(0.95, 0.97), "neutral_operator": 1.0},
+                         "10K": {**edits(0.9, 0.9), "neutral_operator": 1.0}})
+    v = verdicts("id_robustness", three, "cpu-long")["neutral_assignment_drop"]
+    assert v["verdict"] == REPRODUCED and v["evidence"].endswith("neutral_assignment = variable_renaming")
+    assert verdicts("id_robustness", three.iloc[::-1], "cpu-long")["neutral_assignment_drop"] == v
+    # results still coming in: the smallest corpus has only epoch 1, read there, not left out
+    partial = pd.concat([three[three["corpus"] != "10K"],
+                         _robustness({"10K": {**edits(0.8, 0.9), "neutral_operator": 1.0}}, epochs=(1,))])
+    v = verdicts("id_robustness", partial, "cpu-long")
+    assert v["neutral_assignment_drop"]["evidence"].endswith("10K: neutral_assignment")
+    assert "10K" in v["larger_corpora_less_brittle"]["evidence"]
+    # Fig. 3's row is epoch 1 of the second corpus: without it, not comparable
+    late = three[three["epoch"] == 2]
+    assert verdicts("id_robustness", late, "cpu-long")["corpus2_epoch1_edited"] == {
+        "verdict": NOT_COMPARABLE, "evidence": "no base test at epoch 1 of the second corpus"}
+
+
+def test_the_coverage_gate_reads_every_draw_of_the_first_point():
+    """Whether the runs are trained enough is read off the mean allowed-pairs EM of the first
+    grid point's draws, whichever draw comes first in the results."""
+    df = _coverage([60, 90, 100], [0.9, 0.5, 0.1], [0.5, 0.3, 0.0]).assign(seed=0)
+    again = df[df["exclusion_pct"] == 60].assign(seed=1)
+    again.loc[again["test_set"] == "allowed", "exact_match"] = 0.8  # 0.97 and 0.8: mean 0.885
+    both = pd.concat([again, df], ignore_index=True)
+    v = verdicts("pair_coverage", both, "paper")
+    assert v["global_below_80_from"]["verdict"] == NOT_COMPARABLE
+    assert "mean over its draws) ID EM 88.5%" in v["global_below_80_from"]["evidence"]
+    assert verdicts("pair_coverage", both.iloc[::-1], "paper") == v
+    one = verdicts("pair_coverage", df[df["scope"] == "global"], "paper")["allowed_stays_high"]
+    assert one["evidence"].startswith("lowest allowed-pairs EM 97.0% over the global scope and")

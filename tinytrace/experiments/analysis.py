@@ -27,7 +27,9 @@ def select_sft(df):
     if "best_val_loss" in ft and ft["best_val_loss"].notna().any():
         best = ft.loc[ft["best_val_loss"].astype(float).idxmin(), keys]
     else:
-        id_em = ft[ft["test_set"] == "id"].set_index(keys)["exact_match"]
+        id_em = ft[ft["test_set"] == "id"].set_index(keys)["exact_match"].dropna()
+        if id_em.empty:  # nothing to choose by
+            return df
         best = dict(zip(keys, id_em.idxmax()))
     chosen = (df["data_size"] == best["data_size"]) & (df["sft_epochs"] == best["sft_epochs"])
     return df[(df["model"] != "fine-tuned") | chosen]
@@ -99,6 +101,12 @@ def excluded_curve(df, scope: str) -> tuple[list, list, list | None, list | None
     return pcts, ems, refs, shares
 
 
+def last_epochs(df):
+    """The robustness results at each corpus's own last epoch (results still coming in may
+    have reached different epochs on different corpora)."""
+    return df[df["epoch"] == df.groupby("corpus")["epoch"].transform("max")]
+
+
 def edited_at(df, corpus, epoch) -> tuple[float, float]:
     """A robustness run's (base test EM, mean EM of the edits on the correctly traced snippets)
     at ``epoch`` of ``corpus``: the two curves of the paper's Fig. 3."""
@@ -133,16 +141,13 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
         corpora = (df.sort_values("corpus_snippets", ascending=False)["corpus"]
                    .drop_duplicates().tolist())
         if len(corpora) >= 2:
-            base, edited = edited_at(df, corpora[1], df["epoch"].min())
+            # Fig. 3's epoch 1 (NaN where these results have no epoch 1 of that corpus)
+            base, edited = edited_at(df, corpora[1], 1)
             out["corpus2_epoch1_base"], out["corpus2_epoch1_edited"] = base, edited
-        last = df[df["epoch"] == df["epoch"].max()]
-        corr = last[last["subset"] == "correct"].dropna(subset=["exact_match"])
-        if len(corr):
-            worst = corr.groupby("corpus")["exact_match"].idxmin()
-            drops = {c: corr.loc[i, "edit"] for c, i in worst.items()}
-            small = corpora[2:] or corpora[-1:]
+        lowest = lowest_edits(df)
+        if lowest:
             out["neutral_assignment_drop"] = ("lowest edit on the smaller corpora: " + ", ".join(
-                f"{c}: {drops[c]}" for c in small if c in drops))
+                f"{c}: {' = '.join(e)}" for c, (e, _) in lowest.items()))
         brittle = brittleness(df)
         if len(brittle) >= 2:
             out["larger_corpora_less_brittle"] = ", ".join(
@@ -175,7 +180,7 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
         tests = depth_tests(df)
         if len(tests) >= 4:
             d6, d7, d8, d9 = tests[:4]
-            out["depth6_p0"] = mean_em(df, test_set=d6, p=df["p"].min())
+            out["depth6_p0"] = mean_em(df, test_set=d6, p=0)  # NaN without the p = 0 run
             later = trained_later_runs(df)
             if len(later):
                 out["depth67_p1"] = float(
@@ -188,7 +193,7 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
         for model, k in (("pre-trained", "pretrained"), ("fine-tuned", "finetuned")):
             for ts in ("id", "deeper", "longer"):
                 out[f"{k}_{ts}"] = mean_em(d, model=model, test_set=ts)
-        tp = d[d["model"] == "fine-tuned"]["trainable_params"].dropna()
+        tp = d[d["model"] == "fine-tuned"].get("trainable_params", pd.Series(dtype=float)).dropna()
         if len(tp):
             out["trainable_params"] = int(tp.iloc[0])
     elif experiment == "pe_ablation":
@@ -203,9 +208,16 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
 def train_hours(run_dir) -> float | None:
     """Wall-clock training time of a run, from the timestamps of its log (None if absent)."""
     try:
-        recs = [json.loads(x) for x in Path(run_dir, "log.jsonl").read_text().splitlines() if x]
+        lines = Path(run_dir, "log.jsonl").read_text().splitlines()
     except OSError:
         return None
+    recs = []
+    for line in lines:  # a log still being written may end in half a line
+        try:
+            recs.append(json.loads(line))
+        except ValueError:
+            continue
+    recs = [r for r in recs if isinstance(r, dict)]
     times = [r["time"] for r in recs if isinstance(r.get("time"), (int, float))]
     if len(times) >= 2:
         return (max(times) - min(times)) / 3600
@@ -294,13 +306,34 @@ def failure_counts(predictions, targets) -> dict[str, int]:
     return counts
 
 
+def lowest_edits(df) -> dict[str, tuple[list[str], int]]:
+    """Per smaller corpus (all but the two largest; the smallest where there are fewer), at
+    its last epoch: the edits with the lowest EM on the correctly traced snippets, every one
+    of them where they tie, in name order, and how many edits it has (Sec. 4.1: neutral
+    assignment drops most on the smaller corpora)."""
+    if "subset" not in df or df.empty:
+        return {}
+    corpora = (df.sort_values("corpus_snippets", ascending=False)["corpus"]
+               .drop_duplicates().tolist())
+    last = last_epochs(df)
+    corr = last[(last["subset"] == "correct") & (last["edit"] != "none")].dropna(
+        subset=["exact_match"])
+    out = {}
+    for c in corpora[2:] or corpora[-1:]:
+        em = corr[corr["corpus"] == c].groupby("edit")["exact_match"].mean()
+        if len(em):
+            out[c] = (sorted(em.index[em == em.min()]), len(em))
+    return out
+
+
 def brittleness(df):
     """Per corpus (largest first): the mean share of correctly traced snippets an edit breaks
-    (1 - EM on the ``correct`` subset) at the last epoch."""
+    (1 - EM on the ``correct`` subset) at its last epoch."""
     if "subset" not in df or df.empty:
         return pd.Series(dtype=float)
-    last = df[(df["epoch"] == df["epoch"].max()) & (df["subset"] == "correct")
-              & (df["edit"] != "none")].dropna(subset=["exact_match"])
+    last = last_epochs(df)
+    last = last[(last["subset"] == "correct") & (last["edit"] != "none")].dropna(
+        subset=["exact_match"])
     sizes = last.groupby("corpus")["corpus_snippets"].first().sort_values(ascending=False)
     return (1 - last.groupby("corpus")["exact_match"].mean()).reindex(sizes.index)
 

@@ -199,7 +199,8 @@ def draws_table(df: pd.DataFrame) -> pd.DataFrame:
         pcts, ems, refs, _ = excluded_curve(df, scope)
         for p, each in draws(df, scope).items():
             if len(each) > 1:
-                rows += [(scope, p, str(seed), allowed[(p, seed)], e, r) for seed, (e, r) in each.items()]
+                rows += [(scope, p, str(seed), allowed.get((p, seed), math.nan), e, r)
+                         for seed, (e, r) in each.items()]
                 i = pcts.index(p)
                 rows.append((scope, p, "pooled", allowed[p].astype(float).mean(), ems[i],
                              refs[i] if refs else math.nan))
@@ -232,6 +233,10 @@ def failure_table(df: pd.DataFrame) -> pd.DataFrame:
     (``fail: <kind>`` columns) and, on the deeper set, the clipping rate (the share of its
     failures that write no line deeper than the ID depth: :func:`~tinytrace.experiments.
     analysis.clip_rate`)."""
+    repeated = sorted(df["test_set"][df["test_set"].duplicated()].unique())
+    if repeated:
+        raise ValueError(f"failure_table reads one base run's results; these have test sets "
+                         f"{repeated} more than once (results of several runs?)")
     cols = [c for c in df.columns if c.startswith("fail: ")]
     d = df.set_index("test_set").reindex(order(df["test_set"], TEST_SET_ORDER))
     t = d[cols].fillna(0).astype(int)

@@ -13,6 +13,7 @@ from tinytrace.experiments.analysis import (
     depth_tests,
     draws,
     excluded_curve,
+    lowest_edits,
     mean_em,
     measured,
     nearest_base,
@@ -55,6 +56,14 @@ def _untrained(name: str, em: float) -> dict | None:
     if em < TRAINED_EM:
         return _nc(f"{name} ID EM {_pc(em)} < {_pc(TRAINED_EM)}: the finding needs a trained model")
     return None
+
+
+def _unmeasured(numbers: dict) -> dict | None:
+    """The not-comparable verdict where a number the finding reads (name -> value) is not in
+    the results (NaN: a test set, model or run they lack), rather than a comparison that a
+    NaN always fails."""
+    gone = [name for name, v in numbers.items() if v is None or math.isnan(v)]
+    return _nc(f"{', '.join(gone)} not measured") if gone else None
 
 
 def own_sets(scale: str) -> dict[str, str]:
@@ -156,19 +165,20 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         d = select_sft(df) if experiment == "sft_lora" else df
         base = d[d["model"] == "pre-trained"] if pre else d
         em = {ts: mean_em(base, test_set=ts) for ts in ("id", "longer", "deeper")}
-        out[pre + "id"] = _verdict(em["id"] >= 1 - NEAR,
-                                   f"ID EM {_pc(em['id'])}, the paper's 100% within {_pc(NEAR)}")
+        out[pre + "id"] = _unmeasured({"ID EM": em["id"]}) or _verdict(
+            em["id"] >= 1 - NEAR, f"ID EM {_pc(em['id'])}, the paper's 100% within {_pc(NEAR)}")
         gate = _untrained("base", em["id"])
         if exact:
-            out[pre + "longer"] = gate or near(pre + "longer", em["longer"], 0.1)
+            out[pre + "longer"] = (gate or _unmeasured({"longer EM": em["longer"]})
+                                   or near(pre + "longer", em["longer"], 0.1))
         else:
-            out[pre + "longer"] = gate or _verdict(
+            out[pre + "longer"] = gate or _unmeasured({"longer EM": em["longer"]}) or _verdict(
                 0.05 <= em["longer"] <= em["id"] - 0.1,
                 f"longer {_pc(em['longer'])}; partial generalization (reproduced) is between 5% "
                 f"and the ID EM ({_pc(em['id'])}) - 10 points: the numbers depend on the task's "
                 f"lengths{here.get('longer', '')}")
-        out[pre + "deeper"] = gate or _verdict(em["deeper"] <= NEAR, f"deeper {_pc(em['deeper'])}"
-                                                                     f"{here.get('deeper', '')}")
+        out[pre + "deeper"] = gate or _unmeasured({"deeper EM": em["deeper"]}) or _verdict(
+            em["deeper"] <= NEAR, f"deeper {_pc(em['deeper'])}{here.get('deeper', '')}")
         if experiment == "base":
             rate = df["clip_rate"].dropna() if "clip_rate" in df else []
             out["deeper_clipping"] = gate or (
@@ -179,18 +189,20 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         else:
             ft = d[d["model"] == "fine-tuned"]
             f = {ts: mean_em(ft, test_set=ts) for ts in ("id", "longer", "deeper")}
+            gone = {ts: _unmeasured({f"fine-tuned {ts} EM": f[ts], f"pre-trained {ts} EM": em[ts]})
+                    for ts in f}
             # the rules read the paper's conclusion (Sec. 4.4: no substantial OOD gain, ID kept
             # within a few points); the evidence also gives each change's direction beside the
             # paper's, which the rules do not read
-            out["finetuned_id"] = gate or _verdict(
+            out["finetuned_id"] = gate or gone["id"] or _verdict(
                 abs(f["id"] - em["id"]) <= NEAR,
                 f"fine-tuned {_pc(f['id'])} vs pre-trained {_pc(em['id'])} "
                 f"({_change(f['id'] - em['id'])}; the paper: "
                 f"{_change(value['finetuned_id'] - value['pretrained_id'])})")
-            out["finetuned_deeper"] = gate or _verdict(f["deeper"] <= NEAR, f"deeper {_pc(f['deeper'])}"
-                                                                         f"{here.get('deeper', '')}")
+            out["finetuned_deeper"] = gate or gone["deeper"] or _verdict(
+                f["deeper"] <= NEAR, f"deeper {_pc(f['deeper'])}{here.get('deeper', '')}")
             paper_gain = value["finetuned_longer"] - value["pretrained_longer"]
-            out["finetuned_longer"] = gate or _verdict(
+            out["finetuned_longer"] = gate or gone["longer"] or _verdict(
                 abs(f["longer"] - em["longer"]) <= 0.1,
                 f"longer {_pc(f['longer'])} vs pre-trained {_pc(em['longer'])}: no large OOD gain "
                 f"({_change(f['longer'] - em['longer'])}; the paper: {_change(paper_gain)})"
@@ -205,21 +217,26 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
                 _nc(f"{tp:,} on this scale's smaller model"))
     elif experiment == "id_robustness":
         base, edited = m.get("corpus2_epoch1_base"), m.get("corpus2_epoch1_edited")
+        few = df["corpus"].nunique() < 2
+        nobase = "fewer than 2 corpora" if few else "no base test at epoch 1 of the second corpus"
         out["corpus2_epoch1_base"] = (
-            _nc("fewer than 2 corpora") if base is None else near("corpus2_epoch1_base", base, 0.1)
+            _nc(nobase) if base is None else near("corpus2_epoch1_base", base, 0.1)
             if exact else _nc(f"{_pc(base)}: an early-training number that depends on the corpus "
                               "sizes and schedule"))
         out["corpus2_epoch1_edited"] = (
-            _nc("fewer than 2 corpora") if base is None else
+            _nc(nobase) if base is None else
             _nc("no correctly traced snippets at epoch 1 of the second corpus") if edited is None else
             _verdict(edited >= 0.8 and (base is None or edited > base),
                      f"edited sets on the correctly traced snippets {_pc(edited)} (base test "
                      f"{_pc(base)}): reproduced when >= 80% and above the base test"
                      f"{'' if exact else _near_papers_base(df, value['corpus2_epoch1_base'], base)}"))
-        drop = m.get("neutral_assignment_drop")
+        drop, lowest = m.get("neutral_assignment_drop"), lowest_edits(df)
+        # where edits tie for the lowest, neutral assignment drops most if it is among them,
+        # unless every edit ties (no edit drops more than another)
         out["neutral_assignment_drop"] = (
             _nc("no correctly traced snippets") if drop is None else
-            _verdict(all(x.endswith("neutral_assignment") for x in drop.split(": ", 1)[1].split(", ")), drop))
+            _verdict(all("neutral_assignment" in e and len(e) < n for e, n in lowest.values()),
+                     drop))
         brittle = brittleness(df)
         vals = list(brittle.values)
         out["larger_corpora_less_brittle"] = (
@@ -237,7 +254,7 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     elif experiment == "depth_curriculum":
         tests = depth_tests(df)
         ids = [t for t in df["test_set"].unique() if t.startswith("depth-0-")]
-        own = mean_em(df, test_set=ids[0], p=df["p"].min()) if ids else math.nan
+        own = mean_em(df, test_set=ids[0], p=0) if ids else math.nan
         gate = _untrained("curriculum (p = 0)", own)
         if len(tests) < 4:
             gate = gate or _nc(f"{len(tests)} depth test sets; the finding needs 4")
@@ -272,25 +289,31 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
         longer = {pe: em[(pe, "longer")] for pe in ("ape", "rpe", "rpb")}
         order = " > ".join(f"{pe.upper()} {_pc(v)}" for pe, v in
                            sorted(longer.items(), key=lambda kv: -kv[1]))
-        for pe in ("ape", "rpe", "rpb"):
+        pes = ("ape", "rpe", "rpb")
+
+        def need(*keys):  # not comparable where the results lack one of these numbers
+            return gate or _unmeasured({f"{pe.upper()} {'ID' if ts == 'id' else ts} EM": em[(pe, ts)]
+                                        for pe, ts in keys})
+
+        for pe in pes:
             if exact:
                 for ts in ("id", "longer", "deeper"):
-                    out[f"{pe}_{ts}"] = gate or near(f"{pe}_{ts}", em[(pe, ts)], 0.1)
+                    out[f"{pe}_{ts}"] = need((pe, ts)) or near(f"{pe}_{ts}", em[(pe, ts)], 0.1)
                 continue
             if pe == "rpe":
-                out["rpe_id"] = gate or _verdict(
+                out["rpe_id"] = need(*((x, "id") for x in pes)) or _verdict(
                     em[("rpe", "id")] < min(em[("ape", "id")], em[("rpb", "id")]) - 0.02,
                     f"RPE {_pc(em[('rpe', 'id')])} vs APE {_pc(em[('ape', 'id')])} and RPB "
                     f"{_pc(em[('rpb', 'id')])} (reproduced when RPE is 2 points below both)")
             else:
-                out[f"{pe}_id"] = gate or _verdict(em[(pe, "id")] >= 1 - NEAR,
-                                                   f"ID {_pc(em[(pe, 'id')])}")
+                out[f"{pe}_id"] = need((pe, "id")) or _verdict(em[(pe, "id")] >= 1 - NEAR,
+                                                               f"ID {_pc(em[(pe, 'id')])}")
             rank = {"ape": 0, "rpb": 1, "rpe": 2}[pe]  # the paper's order on longer
             ours = sorted(longer, key=lambda k: -longer[k]).index(pe)
-            out[f"{pe}_longer"] = gate or _verdict(ours == rank, f"longer: {order} (paper: APE > RPB > RPE)"
-                                                                 f"{here.get('longer', '')}")
-            out[f"{pe}_deeper"] = gate or _verdict(em[(pe, "deeper")] <= NEAR, f"deeper {_pc(em[(pe, 'deeper')])}"
-                                                                             f"{here.get('deeper', '')}")
+            out[f"{pe}_longer"] = need(*((x, "longer") for x in pes)) or _verdict(
+                ours == rank, f"longer: {order} (paper: APE > RPB > RPE){here.get('longer', '')}")
+            out[f"{pe}_deeper"] = need((pe, "deeper")) or _verdict(
+                em[(pe, "deeper")] <= NEAR, f"deeper {_pc(em[(pe, 'deeper')])}{here.get('deeper', '')}")
     else:
         raise ValueError(f"unknown experiment {experiment!r}")
     return {k: v for k, v in out.items() if k in value}
@@ -318,9 +341,11 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
     snippets, every one of which executes an `x = u op v`. A point drawn more than once is read
     pooled over its draws (:func:`excluded_curve`)."""
     allowed = df[df["test_set"] == "allowed"]["exact_match"].dropna().astype(float)
+    scopes = " and ".join(sorted(df[df["test_set"] == "allowed"]["scope"].unique()))
     out = {"allowed_stays_high": _nc("not run") if allowed.empty else _verdict(
-        allowed.min() >= HIGH_EM, f"lowest allowed-pairs EM {_pc(allowed.min())} over both scopes "
-        f"and {df['exclusion_pct'].nunique()} exclusion points (high from {_pc(HIGH_EM)})")}
+        allowed.min() >= HIGH_EM, f"lowest allowed-pairs EM {_pc(allowed.min())} over the "
+        f"{scopes} scope{'s' if ' and ' in scopes else ''} and {df['exclusion_pct'].nunique()} "
+        f"exclusion points (high from {_pc(HIGH_EM)})")}
     for scope in ("assignment", "global"):
         d = df[df["scope"] == scope]
         keys = (["assignment_excluded_above_80_until", "assignment_decline_from",
@@ -333,8 +358,8 @@ def _coverage_verdicts(df, value: dict, relative: bool = False) -> dict[str, dic
         ems = share_curve if shares else absolute
         readable = shares or not relative  # the 80% line means what the paper's means
         allowed = d[(d["test_set"] == "allowed") & (d["exclusion_pct"] == pcts[0])]["exact_match"]
-        gate = _untrained(f"{scope} scope at {pcts[0]}% (allowed pairs)",
-                          float(allowed.iloc[0]) if len(allowed) else math.nan)
+        gate = _untrained(f"{scope} scope at {pcts[0]}% (allowed pairs, mean over its draws)",
+                          float(allowed.astype(float).mean()) if len(allowed) else math.nan)
         if len(pcts) < 3:
             gate = gate or _nc(f"the grid has {len(pcts)} points: no knee can be located")
         if gate:
