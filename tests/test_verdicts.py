@@ -313,6 +313,12 @@ def test_table3_fine_tuned_model_is_the_best_validation_loss_under_a_repeated_in
     assert (kept["model"] == "pre-trained").sum() == 3 and len(kept) == 6
     no_loss = select_sft(df.assign(best_val_loss=math.nan))
     assert sorted(no_loss["data_size"].dropna().unique()) == [64]
+    # neither a loss nor an ID EM to choose by: of several runs none is Table 3's, of one it is
+    longer_only = df[(df["model"] == "pre-trained") | (df["test_set"] != "id")].assign(
+        best_val_loss=math.nan)
+    assert (select_sft(longer_only)["model"] == "pre-trained").all()
+    alone = longer_only[longer_only["data_size"].fillna(128) == 128]
+    assert sorted(select_sft(alone)["data_size"].dropna().unique()) == [128]
 
 
 def test_evidence_names_the_scales_own_sets_where_they_are_not_the_papers():
@@ -385,8 +391,8 @@ SECTIONS = Path(__file__).resolve().parents[1] / "book" / "sections"
 
 @pytest.mark.parametrize("section", sorted(p.name for p in SECTIONS.glob("0[2-6]_*.json")))
 def test_committed_verdicts_do_not_depend_on_row_order_or_index(section):
-    """Every reading is of values: the committed sections' results, shuffled or with one
-    repeated index label, give the same verdicts and evidence."""
+    """Every reading is of values: the committed sections' results, shuffled, or shuffled with
+    every row labelled 0, give the same verdicts and evidence."""
     doc = json.loads((SECTIONS / section).read_text())
     experiments = {r["experiment"] for r in doc["paper_vs_ours"]} & set(doc["results"])
     assert experiments
@@ -514,6 +520,8 @@ def test_a_point_drawn_more_than_once_is_read_pooled_over_its_draws():
     gone = df[~((df["seed"] == 1) & (df["test_set"] == "allowed") & (df["exclusion_pct"] == 10))]
     row = draws_table(gone).loc[("global", 10, "1")]
     assert math.isnan(row["allowed EM (%)"]) and row["excluded EM (%)"] == 67.4
+    none = df[~((df["test_set"] == "allowed") & (df["exclusion_pct"] == 10))]
+    assert math.isnan(draws_table(none).loc[("global", 10, "pooled"), "allowed EM (%)"])
 
 
 def test_a_reading_names_every_point_before_its_line_whose_draws_straddle_it():
@@ -632,6 +640,14 @@ def test_the_curriculum_reads_the_p0_run_itself():
     v = verdicts("depth_curriculum", later, "cpu-long")
     assert v["depth6_p0"] == {"verdict": NOT_COMPARABLE,
                               "evidence": "curriculum (p = 0) ID EM not measured"}
+    # the p >= 1 rows read the p >= 1 runs, with or without the p = 0 run
+    assert v["depth67_p1"] == verdicts("depth_curriculum", df, "cpu-long")["depth67_p1"]
+    assert v["depth67_p1"]["verdict"] == REPRODUCED
+    # the p = 0 run without its depth-6 (here depth-2) test: not measured, at any scale
+    no_d6 = df[~((df["p"] == 0) & (df["test_set"] == "depth-2"))]
+    for scale in ("cpu-long", "paper"):
+        assert verdicts("depth_curriculum", no_d6, scale)["depth6_p0"] == {
+            "verdict": NOT_COMPARABLE, "evidence": "p = 0 depth-2 EM not measured"}
 
 
 def _robustness(ems: dict, epochs=(1, 2)) -> pd.DataFrame:
@@ -648,6 +664,9 @@ def _robustness(ems: dict, epochs=(1, 2)) -> pd.DataFrame:
 
 
 def test_the_lowest_edit_names_every_tie_and_reads_each_corpus_at_its_last_epoch():
+    """Sec. 4.1: neutral assignment drops most on the smaller corpora. Tied edits are all
+    named, whatever the row order; a corpus whose results stop at an earlier epoch is read
+    there, and the evidence says which epoch; Fig. 3's row needs epoch 1 itself."""
     edits = lambda na, vr: {"neutral_assignment": na, "variable_renaming": vr}  # noqa: E731
     df = _robustness({"40K": edits(0.99, 0.99), "20K": edits(0.95, 0.97), "10K": edits(0.9, 0.9)})
     v = verdicts("id_robustness", df, "cpu-long")["neutral_assignment_drop"]
@@ -664,8 +683,13 @@ def test_the_lowest_edit_names_every_tie_and_reads_each_corpus_at_its_last_epoch
     partial = pd.concat([three[three["corpus"] != "10K"],
                          _robustness({"10K": {**edits(0.8, 0.9), "neutral_operator": 1.0}}, epochs=(1,))])
     v = verdicts("id_robustness", partial, "cpu-long")
-    assert v["neutral_assignment_drop"]["evidence"].endswith("10K: neutral_assignment")
-    assert "10K" in v["larger_corpora_less_brittle"]["evidence"]
+    assert v["neutral_assignment_drop"]["evidence"].endswith("10K (epoch 1): neutral_assignment")
+    assert v["larger_corpora_less_brittle"]["evidence"].endswith(
+        "40K (epoch 2): 0.7%, 20K (epoch 2): 2.7%, 10K (epoch 1): 10.0%")
+    assert "(epoch" not in verdicts("id_robustness", three, "cpu-long")[
+        "larger_corpora_less_brittle"]["evidence"]
+    one = three[three["edit"].isin(["none", "neutral_assignment"])]
+    assert verdicts("id_robustness", one, "cpu-long")["neutral_assignment_drop"]["verdict"] == NOT_COMPARABLE
     # Fig. 3's row is epoch 1 of the second corpus: without it, not comparable
     late = three[three["epoch"] == 2]
     assert verdicts("id_robustness", late, "cpu-long")["corpus2_epoch1_edited"] == {

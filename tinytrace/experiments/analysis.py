@@ -28,8 +28,8 @@ def select_sft(df):
         best = ft.loc[ft["best_val_loss"].astype(float).idxmin(), keys]
     else:
         id_em = ft[ft["test_set"] == "id"].set_index(keys)["exact_match"].dropna()
-        if id_em.empty:  # nothing to choose by
-            return df
+        if id_em.empty:  # nothing to choose by: one run is Table 3's, of several none is
+            return df if len(ft[keys].drop_duplicates()) == 1 else df[df["model"] != "fine-tuned"]
         best = dict(zip(keys, id_em.idxmax()))
     chosen = (df["data_size"] == best["data_size"]) & (df["sft_epochs"] == best["sft_epochs"])
     return df[(df["model"] != "fine-tuned") | chosen]
@@ -107,6 +107,15 @@ def last_epochs(df):
     return df[df["epoch"] == df.groupby("corpus")["epoch"].transform("max")]
 
 
+def corpus_labels(df) -> dict[str, str]:
+    """Each corpus's name for the last-epoch readings, with the epoch they are of where the
+    corpora's last epochs differ (a less trained corpus looks more brittle)."""
+    last = last_epochs(df).groupby("corpus")["epoch"].max()
+    if last.nunique() <= 1:
+        return {c: c for c in last.index}
+    return {c: f"{c} (epoch {e})" for c, e in last.items()}
+
+
 def edited_at(df, corpus, epoch) -> tuple[float, float]:
     """A robustness run's (base test EM, mean EM of the edits on the correctly traced snippets)
     at ``epoch`` of ``corpus``: the two curves of the paper's Fig. 3."""
@@ -144,14 +153,14 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
             # Fig. 3's epoch 1 (NaN where these results have no epoch 1 of that corpus)
             base, edited = edited_at(df, corpora[1], 1)
             out["corpus2_epoch1_base"], out["corpus2_epoch1_edited"] = base, edited
-        lowest = lowest_edits(df)
+        lowest, label = lowest_edits(df), corpus_labels(df)
         if lowest:
             out["neutral_assignment_drop"] = ("lowest edit on the smaller corpora: " + ", ".join(
-                f"{c}: {' = '.join(e)}" for c, (e, _) in lowest.items()))
+                f"{label[c]}: {' = '.join(e)}" for c, (e, _) in lowest.items()))
         brittle = brittleness(df)
         if len(brittle) >= 2:
             out["larger_corpora_less_brittle"] = ", ".join(
-                f"{c}: {b:.3f}" for c, b in brittle.items())
+                f"{label[c]}: {b:.3f}" for c, b in brittle.items())
         gap = same_subset_gap(df)
         if gap is not None:  # Fig. 12 like for like: the edit's applicable snippets, unaltered
             out["full_test_matches"] = f"max |EM(edit) - EM(unaltered, same snippets)| = {gap:.3f}"

@@ -202,7 +202,8 @@ def draws_table(df: pd.DataFrame) -> pd.DataFrame:
                 rows += [(scope, p, str(seed), allowed.get((p, seed), math.nan), e, r)
                          for seed, (e, r) in each.items()]
                 i = pcts.index(p)
-                rows.append((scope, p, "pooled", allowed[p].astype(float).mean(), ems[i],
+                at = allowed[allowed.index.get_level_values("exclusion_pct") == p]
+                rows.append((scope, p, "pooled", at.astype(float).mean(), ems[i],
                              refs[i] if refs else math.nan))
     if not rows:
         return pd.DataFrame()
