@@ -147,9 +147,9 @@ def verdicts(experiment: str, df, scale: str) -> dict[str, dict]:
     ``experiment`` (:mod:`tinytrace.report.paper`; setup numbers excluded).
 
     Rules: a finding about a trained model needs that model's own ID EM >= :data:`TRAINED_EM`,
-    else it is not comparable; numbers that depend on the task's sizes (e.g. EM on the paper's
-    11-17-statement longer set) are compared as numbers only at the ``paper`` scale and as the
-    direction of the finding elsewhere (the pair coverage's 80% and 20% lines then as shares of
+    else it is not comparable, as is one whose numbers the results lack (NaN); numbers that
+    depend on the task's sizes (e.g. EM on the paper's 11-17-statement longer set) are
+    compared as numbers only at the ``paper`` scale and as the direction of the finding elsewhere (the pair coverage's 80% and 20% lines then as shares of
     the reference model's EM on the same excluded-pairs snippets, where the results have it); a
     threshold needs a grid of >= 3 points that brackets it; a curve already past the line at
     its first grid point, before the paper's threshold, contradicts it."""
