@@ -101,10 +101,23 @@ def excluded_curve(df, scope: str) -> tuple[list, list, list | None, list | None
     return pcts, ems, refs, shares
 
 
+def corpora_by_size(df) -> list[str]:
+    """The robustness results' corpora, largest first."""
+    return (df.sort_values("corpus_snippets", ascending=False)["corpus"]
+            .drop_duplicates().tolist())
+
+
 def last_epochs(df):
     """The robustness results at each corpus's own last epoch (results still coming in may
     have reached different epochs on different corpora)."""
     return df[df["epoch"] == df.groupby("corpus")["epoch"].transform("max")]
+
+
+def _last_edited(df):
+    """The edits' EM on the correctly traced snippets, each corpus at its last epoch."""
+    last = last_epochs(df)
+    return last[(last["subset"] == "correct") & (last["edit"] != "none")].dropna(
+        subset=["exact_match"])
 
 
 def corpus_labels(df) -> dict[str, str]:
@@ -147,8 +160,7 @@ def measured(experiment: str, df, relative: bool = False) -> dict:
             if len(v):
                 out["deeper_clipping"] = f"clip rate {float(v.iloc[0]):.2f}"
     elif experiment == "id_robustness":
-        corpora = (df.sort_values("corpus_snippets", ascending=False)["corpus"]
-                   .drop_duplicates().tolist())
+        corpora = corpora_by_size(df)
         if len(corpora) >= 2:
             # Fig. 3's epoch 1 (NaN where these results have no epoch 1 of that corpus)
             base, edited = edited_at(df, corpora[1], 1)
@@ -322,11 +334,7 @@ def lowest_edits(df) -> dict[str, tuple[list[str], int]]:
     assignment drops most on the smaller corpora)."""
     if "subset" not in df or df.empty:
         return {}
-    corpora = (df.sort_values("corpus_snippets", ascending=False)["corpus"]
-               .drop_duplicates().tolist())
-    last = last_epochs(df)
-    corr = last[(last["subset"] == "correct") & (last["edit"] != "none")].dropna(
-        subset=["exact_match"])
+    corpora, corr = corpora_by_size(df), _last_edited(df)
     out = {}
     for c in corpora[2:] or corpora[-1:]:
         em = corr[corr["corpus"] == c].groupby("edit")["exact_match"].mean()
@@ -340,9 +348,7 @@ def brittleness(df):
     (1 - EM on the ``correct`` subset) at its last epoch."""
     if "subset" not in df or df.empty:
         return pd.Series(dtype=float)
-    last = last_epochs(df)
-    last = last[(last["subset"] == "correct") & (last["edit"] != "none")].dropna(
-        subset=["exact_match"])
+    last = _last_edited(df)
     sizes = last.groupby("corpus")["corpus_snippets"].first().sort_values(ascending=False)
     return (1 - last.groupby("corpus")["exact_match"].mean()).reindex(sizes.index)
 

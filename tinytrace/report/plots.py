@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 
 from tinytrace.evaluate import SCORES
+from tinytrace.experiments.analysis import corpora_by_size
 from tinytrace.lang.edits import EDIT_NAMES
 
 from .tables import PCT, TEST_SET_ORDER, ood_table, order, pct
@@ -126,7 +127,7 @@ def id_robustness(df: pd.DataFrame, subset: str = "correct", title: str = "") ->
         # the unaltered test set ("none") is the reference line of both figures
         d = pd.concat([d, df[df["edit"] == "none"]])
     d = pct(d)
-    corpora = list(dict.fromkeys(d.sort_values("corpus_snippets", ascending=False)["corpus"]))
+    corpora = corpora_by_size(d)
     g = sns.relplot(d, x="epoch", y="EM (%)", hue="edit", style="edit", col="corpus",
                     col_order=corpora, hue_order=order(d["edit"], EDIT_ORDER), kind="line",
                     markers=True, dashes=False, height=3.2, aspect=0.95,
